@@ -1,0 +1,30 @@
+"""Data-quality flag bits, as Roman's pixel and group flags (roman_datamodels ``dqflags``).
+
+A resultant whose dq has any bit of :data:`DO_NOT_USE_IN_FIT` set is excluded from ramp fits
+and splits its ramp into sub-ramps. The fitters never raise inside ``jit``; every resultant
+of a pixel they cannot fit (no sub-ramp of two or more usable resultants) gets
+:data:`DO_NOT_USE` in the returned dq instead.
+"""
+
+__all__ = [
+    "DO_NOT_USE",
+    "SATURATED",
+    "JUMP_DET",
+    "NONLINEAR",
+    "NO_LIN_CORR",
+    "DO_NOT_USE_IN_FIT",
+]
+
+#: Pixel/resultant should not be used (Roman ``DO_NOT_USE``); set on every resultant of a
+#: pixel the fitters could not fit (fewer than two usable resultants).
+DO_NOT_USE = 1
+#: Resultant at or above the saturation level.
+SATURATED = 2
+#: Jump (cosmic ray) detected in, or simulated into, this resultant.
+JUMP_DET = 4
+#: Non-linear response.
+NONLINEAR = 2**16
+#: Non-linearity correction not available for this pixel.
+NO_LIN_CORR = 2**20
+#: ``SATURATED | JUMP_DET``: the bits that exclude a resultant from fits (romanisim's 6).
+DO_NOT_USE_IN_FIT = SATURATED | JUMP_DET

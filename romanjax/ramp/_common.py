@@ -1,0 +1,157 @@
+"""Shared pieces of the ramp fitters: the result container and the pixel-batching wrapper."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .._read_pattern import ReadPattern
+
+__all__ = ["RampFit", "float_dtype", "prepare_inputs", "map_pixels"]
+
+
+class RampFit(NamedTuple):
+    """Result of a ramp fit; a pytree, so it passes through ``jit``, ``vmap`` and ``grad``.
+
+    Attributes
+    ----------
+    par : Array
+        ``[*pixels, 2]`` (pedestal [e], slope [e/s]). Fitters that do not estimate the pedestal
+        (Casertano, likelihood) return 0 for it, as romanisim and stcal do.
+    var : Array
+        ``[*pixels, 3, 2, 2]`` covariance of ``par`` from read noise, Poisson noise and their
+        total ([e**2], [e**2/s], [e**2/s**2] entries).
+    dq : Array
+        ``[n_resultant, *pixels]`` uint32: the input dq OR-ed with the jumps the fitter found
+        (``JUMP_DET``) and ``DO_NOT_USE`` on pixels that could not be fitted.
+    chisq : Array or None
+        ``[*pixels]`` chi-square of the fit (likelihood fitter), else None.
+    """
+
+    par: jax.Array
+    var: jax.Array
+    dq: jax.Array
+    chisq: jax.Array | None = None
+
+    @property
+    def slope(self) -> jax.Array:
+        """``[*pixels]`` fitted count rate [e/s]."""
+        return self.par[..., 1]
+
+    @property
+    def pedestal(self) -> jax.Array:
+        """``[*pixels]`` fitted pedestal [e] (0 for fitters that do not estimate it)."""
+        return self.par[..., 0]
+
+    @property
+    def var_read(self) -> jax.Array:
+        """``[*pixels]`` slope variance from read noise [(e/s)**2]."""
+        return self.var[..., 0, 1, 1]
+
+    @property
+    def var_poisson(self) -> jax.Array:
+        """``[*pixels]`` slope variance from Poisson noise [(e/s)**2]."""
+        return self.var[..., 1, 1, 1]
+
+    @property
+    def var_total(self) -> jax.Array:
+        """``[*pixels]`` total slope variance [(e/s)**2]."""
+        return self.var[..., 2, 1, 1]
+
+
+def float_dtype(*arrays) -> jnp.dtype:
+    """The floating dtype of a computation on ``arrays``: the first floating input's dtype
+    (float32 unless it is float64 and x64 is on); integers promote to JAX's default float."""
+    for array in arrays:
+        dtype = jnp.asarray(array).dtype if not hasattr(array, "dtype") else array.dtype
+        if jnp.issubdtype(dtype, jnp.floating):
+            return jnp.dtype(jax.dtypes.canonicalize_dtype(dtype))
+    return jnp.dtype(jax.dtypes.canonicalize_dtype(jnp.float64))
+
+
+def check_pattern(pattern, function: str) -> ReadPattern:
+    if not isinstance(pattern, ReadPattern):
+        raise TypeError(
+            f"{function}: `pattern` must be a romanjax.ReadPattern, got {type(pattern).__name__}"
+        )
+    return pattern
+
+
+def prepare_inputs(function: str, resultants, pattern, dq=None, **per_pixel):
+    """Validate shapes on the host and broadcast per-pixel inputs against the pixel shape.
+
+    Returns ``(resultants, dq, per_pixel)`` as JAX arrays: resultants in their float dtype,
+    dq as uint32 ``[n_resultant, *pixels]`` (zeros if None), per-pixel values broadcast to
+    ``[*pixels]`` in the resultants' dtype (None stays None).
+    """
+    check_pattern(pattern, function)
+    if not hasattr(resultants, "shape"):
+        resultants = np.asarray(resultants)
+    if resultants.ndim < 1:
+        raise ValueError(f"{function}: `resultants` must have a leading resultant axis")
+    if resultants.shape[0] != pattern.n_resultants:
+        raise ValueError(
+            f"{function}: `resultants` has {resultants.shape[0]} resultants on axis 0 but the "
+            f"read pattern has {pattern.n_resultants}"
+        )
+    dtype = float_dtype(resultants)
+    resultants = jnp.asarray(resultants, dtype=dtype)
+    pixels = resultants.shape[1:]
+    if dq is None:
+        dq = jnp.zeros(resultants.shape, dtype=jnp.uint32)
+    else:
+        dq_shape = np.shape(dq)
+        try:
+            np.broadcast_shapes(dq_shape, resultants.shape)
+        except ValueError:
+            raise ValueError(
+                f"{function}: `dq` of shape {dq_shape} does not broadcast against `resultants` "
+                f"of shape {resultants.shape}"
+            ) from None
+        dq = jnp.broadcast_to(jnp.asarray(dq).astype(jnp.uint32), resultants.shape)
+    out = {}
+    for name, value in per_pixel.items():
+        if value is None:
+            out[name] = None
+            continue
+        shape = np.shape(value)
+        try:
+            if np.broadcast_shapes(shape, pixels) != pixels:
+                raise ValueError
+        except ValueError:
+            raise ValueError(
+                f"{function}: `{name}` of shape {shape} does not broadcast against the pixel "
+                f"shape {pixels} of `resultants`"
+            ) from None
+        out[name] = jnp.broadcast_to(jnp.asarray(value, dtype=dtype), pixels)
+    return resultants, dq, out
+
+
+def map_pixels(kernel, resultants, dq, *per_pixel):
+    """Apply a one-pixel ``kernel(ramp[n], dq[n], *scalars)`` to every pixel with ``vmap``.
+
+    ``resultants`` and ``dq`` are ``[n, *pixels]``, each of ``per_pixel`` is ``[*pixels]``.
+    The kernel returns a pytree of per-pixel arrays; the result has ``*pixels`` prepended
+    to each leaf, except leaves named in a ``RampFit.dq`` slot, which keep the resultant axis
+    first (``[n, *pixels]``).
+    """
+    n = resultants.shape[0]
+    pixels = resultants.shape[1:]
+    flat_ramps = resultants.reshape(n, -1)
+    flat_dq = dq.reshape(n, -1)
+    flat_extra = [value.reshape(-1) for value in per_pixel]
+    fit = jax.vmap(kernel, in_axes=(1, 1) + (0,) * len(flat_extra))(
+        flat_ramps, flat_dq, *flat_extra
+    )
+
+    def unflatten(leaf):
+        return leaf.reshape(pixels + leaf.shape[1:])
+
+    result = jax.tree_util.tree_map(unflatten, fit)
+    if isinstance(result, RampFit):
+        # the kernel returns dq as [n] per pixel -> [*pixels, n]; move the resultant axis first
+        result = result._replace(dq=jnp.moveaxis(result.dq, -1, 0))
+    return result

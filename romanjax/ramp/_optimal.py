@@ -1,0 +1,231 @@
+"""The "optimal" full-covariance ramp fitter with interpolated weights (romanisim's
+``RampFitInterpolator``), as a pure JAX kernel.
+
+Generalized least squares on the differences ``d`` (see :mod:`._covariance`):
+``k = (A^T C^-1 A)^-1 A^T C^-1`` and ``par = k d``. After dividing by sigma**2 the weights
+depend on one number, ``x = f / sigma**2``, so ``k(x)`` and the parameter covariances are
+computed once per read pattern on a grid in ``x`` (float64, on the host) and interpolated per
+pixel with a not-a-knot cubic spline in linear ``x``. Spline weights sum to one, so the
+interpolated ``k`` still satisfies ``k A = I``: noiseless ramps are fitted exactly whatever
+the interpolation error.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache, partial
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .._read_pattern import ReadPattern
+from ._common import RampFit, map_pixels, prepare_inputs
+from ._covariance import covariance_parts, design_matrix, resultants_to_differences
+
+__all__ = ["fit_ramps_optimal", "optimal_weight_grid", "DEFAULT_GRID"]
+
+#: Default grid of ``flux / read_noise**2`` [1/s / e]: 200 log-spaced knots over 1e-5..1e5.
+DEFAULT_GRID = (-5.0, 5.0, 200)
+
+
+def exact_weights(pattern: ReadPattern, x: np.ndarray):
+    """Exact GLS weights and covariances at ``x = f / sigma**2`` (float64, host).
+
+    Returns
+    -------
+    k : ``[len(x), 2, n]``
+        Rows (pedestal, slope) applied to the differences.
+    var_read : ``[len(x), 2, 2]``
+        ``k C_read k^T``: parameter covariance per unit sigma**2.
+    var_poisson_per_flux : ``[len(x), 2, 2]``
+        ``k C_poisson k^T``: parameter covariance per unit flux [e/s].
+    """
+    read_part, poisson_part = covariance_parts(pattern)
+    a = design_matrix(pattern)
+    covs = read_part[None] + np.asarray(x, np.float64)[:, None, None] * poisson_part[None]
+    c_inv_a = np.linalg.solve(covs, np.broadcast_to(a, covs.shape[:1] + a.shape))
+    normal = np.einsum("ni,xnj->xij", a, c_inv_a)  # A^T C^-1 A
+    k = np.linalg.solve(normal, np.swapaxes(c_inv_a, 1, 2))  # (A^T C^-1 A)^-1 A^T C^-1
+    var_read = np.einsum("xin,nm,xjm->xij", k, read_part, k)
+    var_poisson = np.einsum("xin,nm,xjm->xij", k, poisson_part, k)
+    return k, var_read, var_poisson
+
+
+def not_a_knot_spline(knots: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Coefficients of the not-a-knot cubic spline through ``values`` at ``knots``.
+
+    Parameters
+    ----------
+    knots : ``[m]`` strictly increasing, m >= 4.
+    values : ``[m, p]``
+
+    Returns
+    -------
+    ``[m - 1, 4, p]``: on interval j, ``y = c0 + c1 t + c2 t**2 + c3 t**3`` with
+    ``t = x - knots[j]``.
+    """
+    h = np.diff(knots)
+    secant = np.diff(values, axis=0) / h[:, None]
+    m = len(knots)
+    system = np.zeros((m, m))
+    rhs = np.zeros((m,) + values.shape[1:])
+    # interior: continuity of the second derivative, in terms of the knot slopes s_j
+    for j in range(1, m - 1):
+        system[j, j - 1] = h[j]
+        system[j, j] = 2 * (h[j - 1] + h[j])
+        system[j, j + 1] = h[j - 1]
+        rhs[j] = 3 * (h[j] * secant[j - 1] + h[j - 1] * secant[j])
+    # not-a-knot: the third derivative is continuous at the second and second-last knots
+    span = knots[2] - knots[0]
+    system[0, 0], system[0, 1] = h[1], span
+    rhs[0] = ((h[0] + 2 * span) * h[1] * secant[0] + h[0] ** 2 * secant[1]) / span
+    span = knots[-1] - knots[-3]
+    system[-1, -1], system[-1, -2] = h[-2], span
+    rhs[-1] = (h[-1] ** 2 * secant[-2] + (2 * span + h[-1]) * h[-2] * secant[-1]) / span
+    slopes = np.linalg.solve(system, rhs)
+    hh = h[:, None]
+    c0 = values[:-1]
+    c1 = slopes[:-1]
+    c2 = (3 * secant - 2 * slopes[:-1] - slopes[1:]) / hh
+    c3 = (slopes[:-1] + slopes[1:] - 2 * secant) / hh**2
+    return np.stack([c0, c1, c2, c3], axis=1)
+
+
+@lru_cache(maxsize=64)
+def optimal_weight_grid(pattern: ReadPattern, grid: tuple = DEFAULT_GRID):
+    """Knots and spline coefficients of the optimal weights for ``pattern`` (cached).
+
+    Parameters
+    ----------
+    pattern : ReadPattern
+    grid : (log10 lower, log10 upper, number of knots)
+        Knots ``10**linspace(*grid)`` in ``x = flux / read_noise**2``.
+
+    Returns
+    -------
+    knots : numpy.ndarray ``[m]``
+    coefficients : numpy.ndarray ``[m - 1, 4, 2 n + 8]``
+        Per interval, the cubic coefficients of the flattened
+        ``(k [2, n], var_read [2, 2], var_poisson_per_flux [2, 2])``.
+    """
+    low, high, count = grid
+    if not (count >= 4 and high > low):
+        raise ValueError(f"optimal_weight_grid: `grid` needs >= 4 knots and high > low: {grid}")
+    knots = 10.0 ** np.linspace(low, high, int(count))
+    k, var_read, var_poisson = exact_weights(pattern, knots)
+    values = np.concatenate(
+        [k.reshape(len(knots), -1), var_read.reshape(len(knots), 4),
+         var_poisson.reshape(len(knots), 4)], axis=1,
+    )  # fmt: skip
+    return knots, not_a_knot_spline(knots, values)
+
+
+def _optimal_kernel(ramp, dq, read_noise, flux_estimate, *, pattern, knots, coefficients):
+    """Fit one ramp. ``ramp``, ``dq``: ``[n]``; ``read_noise`` [e], ``flux_estimate`` [e/s]
+    scalars (``flux_estimate`` None: median difference slope)."""
+    n = pattern.n_resultants
+    dtype = ramp.dtype
+    differences = resultants_to_differences(ramp)
+    if flux_estimate is None:
+        dt = jnp.asarray(np.diff(pattern.tbar), dtype)
+        flux_estimate = jnp.median(differences[1:] / dt)
+    read_var = jnp.square(read_noise)
+    has_read_noise = read_var > 0
+    safe_read_var = jnp.where(has_read_noise, read_var, 1)
+    x = jnp.where(has_read_noise, flux_estimate / safe_read_var, jnp.inf)
+    x = jnp.clip(x, knots[0], knots[-1])
+    x = jnp.where(jnp.isnan(x), knots[0], x)  # non-finite estimate: treat as read-noise limited
+    interval = jnp.clip(jnp.searchsorted(knots, x, side="right") - 1, 0, knots.shape[0] - 2)
+    t = x - knots[interval]
+    c = coefficients[interval]  # [4, 2n + 8]
+    values = c[0] + t * (c[1] + t * (c[2] + t * c[3]))
+    k = values[: 2 * n].reshape(2, n)
+    var_read_unit = values[2 * n : 2 * n + 4].reshape(2, 2)
+    var_poisson_unit = values[2 * n + 4 :].reshape(2, 2)
+    par = k @ differences
+    # Poisson variance at the (clipped) flux the weights were evaluated at, as romanisim; with
+    # zero read noise the flux estimate itself, floored at 0.
+    poisson_flux = jnp.where(has_read_noise, x * read_var, jnp.maximum(flux_estimate, 0))
+    var_read = read_var * var_read_unit
+    var_poisson = poisson_flux * var_poisson_unit
+    var = jnp.stack([var_read, var_poisson, var_read + var_poisson])
+    return RampFit(par=par, var=var, dq=dq)
+
+
+@partial(jax.jit, static_argnames=("pattern", "grid"))
+def _fit_optimal(resultants, dq, read_noise, flux_estimate, *, pattern, grid):
+    knots, coefficients = optimal_weight_grid(pattern, grid)
+    dtype = resultants.dtype
+    kernel = partial(
+        _optimal_kernel,
+        pattern=pattern,
+        knots=jnp.asarray(knots, dtype),
+        coefficients=jnp.asarray(coefficients, dtype),
+    )
+    if flux_estimate is None:
+        return map_pixels(lambda r, q, s: kernel(r, q, s, None), resultants, dq, read_noise)
+    return map_pixels(kernel, resultants, dq, read_noise, flux_estimate)
+
+
+def fit_ramps_optimal(resultants, pattern, read_noise, *, flux_estimate=None, dq=None,
+                      grid=DEFAULT_GRID):  # fmt: skip
+    """Fit ramps by full-covariance least squares with interpolated optimal weights.
+
+    The romanisim "optimal" fitter (``RampFitInterpolator.fit_ramps``): generalized least
+    squares on the resultant differences, ``k = (A^T C^-1 A)^-1 A^T C^-1``, with ``k`` and the
+    parameter covariances precomputed on a grid of ``x = flux / read_noise**2`` and
+    interpolated per pixel (not-a-knot cubic spline in linear x, x clipped to the grid).
+
+    Parameters
+    ----------
+    resultants : array ``[n_resultant, *pixels]``
+        Resultants [e].
+    pattern : ReadPattern
+        Static read pattern.
+    read_noise : float or array broadcasting to ``[*pixels]``
+        Read noise of one read [e].
+    flux_estimate : float or array broadcasting to ``[*pixels]``, optional
+        Count rate [e/s] at which the weights and the Poisson variance are evaluated. Default:
+        per-pixel median of the difference slopes ``(R_i - R_{i-1}) / (tbar_i - tbar_{i-1})``.
+    dq : array ``[n_resultant, *pixels]``, optional
+        Not supported yet by this fitter (sub-ramp fitting is planned); use
+        :func:`fit_ramps_casertano` for ramps with flagged resultants.
+    grid : (log10 low, log10 high, knots), optional
+        The interpolation grid in x; default ``(-5, 5, 200)`` as romanisim.
+
+    Returns
+    -------
+    RampFit
+        ``par [*pixels, 2]`` (pedestal [e], slope [e/s]); ``var [*pixels, 3, 2, 2]``
+        (read, Poisson, total covariance of ``par``), the read part ``read_noise**2 k C_r k^T``
+        and the Poisson part ``f k C_p k^T`` with f the clipped grid flux
+        ``x * read_noise**2`` (``max(flux_estimate, 0)`` where the read noise is 0);
+        ``dq`` the input dq (zeros if None).
+
+    Raises
+    ------
+    ValueError
+        If shapes do not match the pattern or the pattern has fewer than two resultants.
+    NotImplementedError
+        If ``dq`` is given.
+
+    Notes
+    -----
+    Romanisim evaluates the weights with float32 inverses; here the grid is computed in
+    float64 and cast to the dtype of ``resultants``.
+    """
+    if dq is not None:
+        raise NotImplementedError(
+            "fit_ramps_optimal: `dq` (sub-ramps between flagged resultants) is not supported "
+            "yet; use fit_ramps_casertano for flagged ramps"
+        )
+    resultants, dq_array, per_pixel = prepare_inputs(
+        "fit_ramps_optimal", resultants, pattern, None,
+        read_noise=read_noise, flux_estimate=flux_estimate,
+    )  # fmt: skip
+    if pattern.n_resultants < 2:
+        raise ValueError("fit_ramps_optimal: the read `pattern` needs at least two resultants")
+    return _fit_optimal(
+        resultants, dq_array, per_pixel["read_noise"], per_pixel["flux_estimate"],
+        pattern=pattern, grid=tuple(grid),
+    )  # fmt: skip

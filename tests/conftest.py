@@ -1,0 +1,46 @@
+"""Shared fixtures. Every test runs in float32 and, with JAX_ENABLE_X64=1, in float64."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+import romanjax  # noqa: E402
+
+#: A hand-made uneven pattern with skipped reads and resultants of very different sizes.
+UNEVEN_READS = ((1, 2, 3), (4, 5, 6, 7, 8), (10,), (11,), (21, 22, 23), (30, 31, 32, 33, 34, 35))
+
+
+def have(module: str) -> bool:
+    return importlib.util.find_spec(module) is not None
+
+
+requires_romanisim = pytest.mark.skipif(not have("romanisim"), reason="romanisim not installed")
+requires_stcal = pytest.mark.skipif(not have("stcal"), reason="stcal not installed")
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(20261124)
+
+
+@pytest.fixture(params=[4, 109, 110, "uneven"])
+def pattern(request):
+    """MA tables 4 (default), 109 (skipped reads), 110 and an uneven hand-made pattern."""
+    if request.param == "uneven":
+        return romanjax.ReadPattern(UNEVEN_READS)
+    return romanjax.ReadPattern.from_ma_table(request.param)
+
+
+@pytest.fixture
+def float_dtype():
+    """The dtype romanjax computes in for float inputs in this run."""
+    from romanjax.testing import x64_enabled
+
+    return np.float64 if x64_enabled() else np.float32
