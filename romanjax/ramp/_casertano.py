@@ -1,0 +1,521 @@
+"""Casertano (2022) ramp fitting with sub-ramps between flagged resultants and optional jump
+detection (Sharma & Casertano 2024), as romanisim's ``fit_ramps_casertano`` and stcal's
+``ols_cas22``.
+
+Per sub-ramp ``[s, e]`` of at least two resultants (Casertano 2022, Roman-STScI-000394):
+
+- signal-to-noise ``snr = S / sqrt(sigma**2 + S)`` with ``S = max(R_e - R_s, 0)`` [e];
+- exponent ``P`` from Table 2 (lower edges inclusive): 0, 0.4, 1, 3, 6, 10 for ``snr`` below
+  5, 10, 20, 50, 100 and above;
+- weights (Eq. 45) ``w_i = (1 + P) N_i / (1 + P N_i) |(tbar_i - tbar_mid) / t_scale|**P``
+  with ``tbar_mid = (tbar_s + tbar_e) / 2``, ``t_scale = (tbar_e - tbar_s) / 2`` and 0**0 = 1;
+- ``K_i = (F0 tbar_i - F1) w_i / D`` with ``Fk = sum w tbar**k``, ``D = F2 F0 - F1**2``
+  (Eqs. 35-37); slope ``sum K_i R_i`` (Eq. 38); read variance ``sigma**2 sum K_i**2 / N_i``
+  (Eq. 39); Poisson coefficient ``V_S = sum K_i**2 tau_i + 2 sum_{i<j} K_i K_j tbar_i``
+  (Eq. 40).
+
+Sub-ramps are combined with weights ``1 / V_R`` (clipped at 1e10, romanisim); the Poisson
+variance is the combined coefficient times ``max(slope, 0)``.
+
+Implementation: the sums are evaluated in centred, scaled time ``(tbar_i - tbar_mid) /
+t_scale`` and resultants relative to ``R_s`` (exact rewritings, since ``sum K = 0`` and
+``sum K tbar = 1``), so float32 keeps ~1e-7 relative accuracy. Every pixel first gets the
+whole-ramp fit from six per-pattern weight vectors precomputed on the host (one per ``P``);
+only pixels with flagged resultants, or whose whole ramp fails the jump test, are gathered
+into a fixed-size buffer and refitted with the general sub-ramp kernel (sub-ramps as masks
+over the resultant axis, segment sums as unrolled forward/backward scans) and, with jump
+detection, iterated until no sub-ramp splits.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache, partial
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .. import dq as dqflags
+from .._read_pattern import ReadPattern
+from ._common import RampFit, prepare_inputs
+from ._jumps import segment_jumps, whole_ramp_trigger
+
+__all__ = ["fit_ramps_casertano", "casertano_weights", "P_EDGES", "P_VALUES"]
+
+#: Lower edges of the signal-to-noise bins of Casertano (2022) Table 2.
+P_EDGES = (5.0, 10.0, 20.0, 50.0, 100.0)
+#: Weight exponents of Casertano (2022) Table 2, one per bin (below 5, 5-10, ..., >= 100).
+P_VALUES = (0.0, 0.4, 1.0, 3.0, 6.0, 10.0)
+#: Largest segment weight 1 / V_R [1/(e/s)**2] (romanisim clips at 1e10).
+MAX_WEIGHT = 1e10
+
+
+def casertano_weights(tbar, tau, n_reads, power):
+    """Casertano (2022) coefficients of one ramp (float64, host).
+
+    Parameters
+    ----------
+    tbar, tau : ``[k]``
+        Mean and variance-based times of the sub-ramp's resultants [s].
+    n_reads : ``[k]``
+        Reads per resultant.
+    power : float
+        Exponent P of Table 2.
+
+    Returns
+    -------
+    k : ``[k]``
+        Slope weights K_i [1/s] (Eq. 37).
+    read : float
+        ``sum K_i**2 / N_i`` [1/s**2]: V_R = read_noise**2 * read (Eq. 39).
+    poisson : float
+        V_S [s/s**2] (Eq. 40): the Poisson variance is V_S times the slope.
+    """
+    tbar = np.asarray(tbar, np.float64)
+    tau = np.asarray(tau, np.float64)
+    n_reads = np.asarray(n_reads, np.float64)
+    half = (tbar[-1] - tbar[0]) / 2
+    half = 1.0 if half == 0 else half
+    v = (tbar - (tbar[0] + tbar[-1]) / 2) / half
+    u = np.abs(v)
+    u[u < 64 * np.finfo(np.float64).eps] = 0  # at the midpoint up to rounding
+    upow = np.ones_like(u) if power == 0 else u**power
+    w = (1 + power) * n_reads / (1 + power * n_reads) * upow
+    f0, f1, f2 = w.sum(), (w * v).sum(), (w * v * v).sum()
+    det = f2 * f0 - f1**2
+    k = (f0 * v - f1) * w / (det * half)
+    read = float(np.sum(k**2 / n_reads))
+    t0 = tbar[0]
+    poisson = float(np.sum(k**2 * (tau - t0)) + 2 * sum(
+        k[i] * k[j] * (tbar[i] - t0) for i in range(len(k)) for j in range(i + 1, len(k))
+    ))  # fmt: skip
+    return k, read, poisson
+
+
+@lru_cache(maxsize=64)
+def _constants(pattern: ReadPattern):
+    """Per-pattern host constants: whole-ramp K, V_R/sigma**2 and V_S for each P, and the
+    weight prefactors (1 + P) N_i / (1 + P N_i)."""
+    n = pattern.n_resultants
+    nreads = pattern.n_reads.astype(np.float64)
+    prefactor = np.array([(1 + p) * nreads / (1 + p * nreads) for p in P_VALUES])  # [6, n]
+    if n >= 2:
+        whole = [casertano_weights(pattern.tbar, pattern.tau, nreads, p) for p in P_VALUES]
+        k = np.array([w[0] for w in whole])
+        read = np.array([w[1] for w in whole])
+        poisson = np.array([w[2] for w in whole])
+    else:
+        k, read, poisson = np.zeros((6, n)), np.zeros(6), np.zeros(6)
+    return {"k": k, "read": read, "poisson": poisson, "prefactor": prefactor}
+
+
+def _power_masks(signal, read_var):
+    """``snr >= edge`` for each Table 2 edge, with ``snr = S / sqrt(sigma**2 + S)``.
+
+    Compared as ``S**2 >= edge**2 (sigma**2 + S)`` (no square root, S >= 0). When
+    ``sigma**2 + S == 0`` the snr is 0/0 = NaN, which romanisim's and stcal's table lookup
+    turn into the last bin (P = 10); that is reproduced here.
+    """
+    denominator = read_var + signal
+    undefined = denominator == 0
+    s2 = signal * signal
+    return [undefined | (s2 >= edge * edge * denominator) for edge in P_EDGES]
+
+
+def _select(masks, values):
+    """``values[0]`` where no mask holds, else ``values[j+1]`` for the last true masks[j]
+    (the masks are nested: masks[j+1] implies masks[j])."""
+    out = values[0]
+    for mask, value in zip(masks, values[1:]):
+        out = jnp.where(mask, value, out)
+    return out
+
+
+def _whole_ramp(rows, read_var, pattern):
+    """Whole-ramp Casertano fit of every pixel (no flags): slope [e/s], V_R [(e/s)**2],
+    V_S [e/s]. ``rows``: n ``[m]`` resultants [e]; ``read_var``: ``[m]`` [e**2]."""
+    dtype = rows[0].dtype
+    const = _constants(pattern)
+    masks = _power_masks(jnp.maximum(rows[-1] - rows[0], 0), read_var)
+    slope = jnp.zeros_like(rows[0])
+    for i in range(1, len(rows)):
+        k_i = _select(masks, [jnp.asarray(v, dtype) for v in const["k"][:, i]])
+        slope = slope + k_i * (rows[i] - rows[0])
+    read = _select(masks, [jnp.asarray(v, dtype) for v in const["read"]])
+    poisson = _select(masks, [jnp.asarray(v, dtype) for v in const["poisson"]])
+    return slope, read_var * read, poisson
+
+
+def _combine(weight, slope_sum, read_sum, poisson_sum):
+    total = weight
+    ok = total > 0
+    safe = jnp.where(ok, total, 1)
+    slope = jnp.where(ok, slope_sum / safe, 0)
+    var_read = jnp.where(ok, read_sum / (safe * safe), 0)
+    coeff = jnp.where(ok, poisson_sum / (safe * safe), 0)
+    return slope, var_read, coeff, ok
+
+
+def _segments(rows, good, read_var, pattern, *, want_coefficients=False):
+    """Casertano fits of every sub-ramp (maximal run of good resultants) and their
+    inverse-read-variance combination, with sub-ramps as masks over the resultant axis.
+
+    Parameters
+    ----------
+    rows : list of n ``[m]``
+        Resultants [e].
+    good : list of n ``[m]`` bool
+        Resultant is used.
+    read_var : ``[m]``
+        Read noise squared [e**2].
+    pattern : ReadPattern
+    want_coefficients : bool
+        Also return the per-resultant coefficients of the combined slope (for derivatives).
+
+    Returns
+    -------
+    dict with the combined ``slope`` [e/s], ``var_read`` [(e/s)**2], ``coeff`` (V_S of the
+    combination) and ``fitted`` (a usable sub-ramp exists), all ``[m]``; the per-resultant
+    structure ``next_in``, ``first``, ``alpha`` (slope of the resultant's sub-ramp) and
+    ``span`` (its tbar_e - tbar_s) for the jump statistics; and ``coefficients`` (n ``[m]``)
+    if asked.
+    """
+    n = len(rows)
+    dtype = rows[0].dtype
+    const = _constants(pattern)
+    tbar = [jnp.asarray(t, dtype) for t in pattern.tbar]
+    tau = [jnp.asarray(t, dtype) for t in pattern.tau]
+    nreads = pattern.n_reads
+    cont = [jnp.zeros_like(good[0])] + [good[i] & good[i - 1] for i in range(1, n)]
+    next_in = cont[1:] + [jnp.zeros_like(good[0])]
+    first = [good[i] & ~cont[i] for i in range(n)]
+    # start time/value forward, end time/value backward, within each run
+    t_start, r_start = [None] * n, [None] * n
+    for i in range(n):
+        if i == 0:
+            t_start[i] = jnp.full_like(rows[0], tbar[0])
+            r_start[i] = rows[0]
+        else:
+            t_start[i] = jnp.where(cont[i], t_start[i - 1], tbar[i])
+            r_start[i] = jnp.where(cont[i], r_start[i - 1], rows[i])
+    t_end, r_end = [None] * n, [None] * n
+    for i in range(n - 1, -1, -1):
+        if i == n - 1:
+            t_end[i] = jnp.full_like(rows[0], tbar[i])
+            r_end[i] = rows[i]
+        else:
+            t_end[i] = jnp.where(next_in[i], t_end[i + 1], tbar[i])
+            r_end[i] = jnp.where(next_in[i], r_end[i + 1], rows[i])
+    # weights (Eq. 45) in centred, scaled time v in [-1, 1]
+    w, v, half = [], [], []
+    for i in range(n):
+        span = t_end[i] - t_start[i]
+        h = jnp.where(span > 0, span / 2, 1)
+        vi = (tbar[i] - (t_start[i] + t_end[i]) / 2) / h
+        # a resultant at the midpoint to rounding gets |v| = 0 exactly (0**0.4 = 0, not the
+        # ~1e-3 that float32 rounding of tbar_mid would give)
+        u = jnp.abs(vi)
+        u = jnp.where(u < 64 * jnp.finfo(dtype).eps, 0, u)
+        masks = _power_masks(jnp.maximum(r_end[i] - r_start[i], 0), read_var)
+        u2 = u * u
+        u3 = u2 * u
+        u6 = u3 * u3
+        upow = _select(
+            masks, [jnp.ones_like(u), jnp.exp(0.4 * jnp.log(u)), u, u3, u6, u6 * u3 * u]
+        )
+        pre = _select(masks, [jnp.asarray(p, dtype) for p in const["prefactor"][:, i]])
+        w.append(jnp.where(good[i] & (span > 0), pre * upow, 0))
+        v.append(vi)
+        half.append(h)
+    # segment sums F0, F1, F2: forward accumulation, backward broadcast from the run's end
+    sums = [None] * n
+    for i in range(n):
+        term = (w[i], w[i] * v[i], w[i] * v[i] * v[i])
+        if i == 0:
+            sums[i] = term
+        else:
+            sums[i] = tuple(t + jnp.where(cont[i], s, 0) for t, s in zip(term, sums[i - 1]))
+    for i in range(n - 2, -1, -1):
+        sums[i] = tuple(jnp.where(next_in[i], b, a) for a, b in zip(sums[i], sums[i + 1]))
+    # K, and per-run accumulations of slope, read and Poisson coefficients
+    k = []
+    slope_acc = read_acc = poisson_acc = cross = None
+    for i in range(n):
+        f0, f1, f2 = sums[i]
+        det = f2 * f0 - f1 * f1
+        ok = det != 0
+        k_i = jnp.where(ok, (f0 * v[i] - f1) * w[i] / (jnp.where(ok, det, 1) * half[i]), 0)
+        k.append(k_i)
+        dt = tbar[i] - t_start[i]
+        slope_t = k_i * (rows[i] - r_start[i])
+        read_t = k_i * k_i / float(nreads[i])
+        if i == 0:
+            slope_acc, read_acc = slope_t, read_t
+            poisson_acc = k_i * k_i * (tau[i] - t_start[i])
+            cross = k_i * dt
+        else:
+            slope_acc = slope_t + jnp.where(cont[i], slope_acc, 0)
+            read_acc = read_t + jnp.where(cont[i], read_acc, 0)
+            prev_cross = jnp.where(cont[i], cross, 0)
+            poisson_acc = (k_i * k_i * (tau[i] - t_start[i]) + 2 * k_i * prev_cross
+                           + jnp.where(cont[i], poisson_acc, 0))  # fmt: skip
+            cross = prev_cross + k_i * dt
+        # combine at the last resultant of each run (segments of >= 2 resultants, D != 0)
+        last = good[i] & ~next_in[i] & ok & (t_end[i] > t_start[i])
+        seg_read = read_var * read_acc
+        weight = jnp.where(last, 1 / jnp.maximum(seg_read, 1 / MAX_WEIGHT), 0)
+        if i == 0:
+            total = (weight, weight * slope_acc, weight * weight * seg_read,
+                     weight * weight * poisson_acc)  # fmt: skip
+            seg_slopes = [slope_acc]
+            seg_weights = [weight]
+        else:
+            total = (total[0] + weight, total[1] + weight * slope_acc,
+                     total[2] + weight * weight * seg_read,
+                     total[3] + weight * weight * poisson_acc)  # fmt: skip
+            seg_slopes.append(slope_acc)
+            seg_weights.append(weight)
+    slope, var_read, coeff, fitted = _combine(*total)
+    # slope of each resultant's sub-ramp, broadcast backwards from the run's end
+    alpha = [None] * n
+    for i in range(n - 1, -1, -1):
+        alpha[i] = seg_slopes[i] if i == n - 1 else jnp.where(
+            next_in[i], alpha[i + 1], seg_slopes[i])  # fmt: skip
+    out = {
+        "slope": slope, "var_read": var_read, "coeff": coeff, "fitted": fitted,
+        "next_in": next_in, "first": first, "alpha": alpha,
+        "span": [t_end[i] - t_start[i] for i in range(n)],
+    }  # fmt: skip
+    if want_coefficients:
+        safe_total = jnp.where(fitted, total[0], 1)
+        seg_weight = [None] * n
+        for i in range(n - 1, -1, -1):
+            seg_weight[i] = seg_weights[i] if i == n - 1 else jnp.where(
+                next_in[i], seg_weight[i + 1], seg_weights[i])  # fmt: skip
+        # slope = sum_runs W_run sum_i K_i (R_i - R_s) / sum W = sum_i c_i R_i (sum K = 0)
+        out["coefficients"] = [
+            jnp.where(fitted & good[i], seg_weight[i] * k[i] / safe_total, 0) for i in range(n)
+        ]
+    return out
+
+
+def _rows(array):
+    return [array[i] for i in range(array.shape[0])]
+
+
+def _general(resultants, good, read_var, pattern, detect_jumps, intercept, constant):
+    """Sub-ramp fit of ``[n, b]`` pixels with optional iterated jump detection.
+
+    Returns slope, V_R, V_S coefficient, fitted ``[b]`` and the jump flags ``[n, b]``.
+    """
+    rows = _rows(resultants)
+    n = len(rows)
+    base = _rows(good)
+
+    def fit(jumps):
+        use = [b & ~j for b, j in zip(base, jumps)]
+        return use, _segments(rows, use, read_var, pattern)
+
+    no_jumps = [jnp.zeros_like(b) for b in base]
+    if not detect_jumps:
+        _, seg = fit(no_jumps)
+        return seg["slope"], seg["var_read"], seg["coeff"], seg["fitted"], jnp.stack(no_jumps)
+
+    def body(state):
+        jumps, _, trips, _ = state
+        use, seg = fit(_rows(jumps))
+        new = segment_jumps(rows, use, seg["next_in"], seg["first"], seg["alpha"], seg["span"],
+                            read_var, pattern, intercept, constant)  # fmt: skip
+        new = jnp.stack(new)
+        result = (seg["slope"], seg["var_read"], seg["coeff"], seg["fitted"])
+        return jumps | new, jnp.any(new), trips + 1, result
+
+    def cond(state):
+        _, changed, trips, _ = state
+        return changed & (trips <= n)
+
+    zeros = jnp.zeros_like(rows[0])
+    init = (jnp.stack(no_jumps), jnp.array(True), jnp.array(0, jnp.int32),
+            (zeros, zeros, zeros, jnp.zeros(zeros.shape, bool)))  # fmt: skip
+    jumps, _, _, result = jax.lax.while_loop(cond, body, init)
+    return (*result, jumps)
+
+
+def _buffer_size(m: int) -> int:
+    """Static size of the candidate buffer for ``m`` pixels."""
+    return int(min(m, max(4096, -(-m // 16))))
+
+
+def _fit_flat(resultants, dq, read_noise, pattern, has_dq, detect_jumps, intercept, constant):
+    """Fit ``[n, m]`` resultants; returns slope, V_R, V_P (all ``[m]``) and dq ``[n, m]``."""
+    n, m = resultants.shape
+    read_var = read_noise * read_noise
+    rows = _rows(resultants)
+    if n >= 2:
+        slope, var_read, coeff = _whole_ramp(rows, read_var, pattern)
+        fitted = jnp.ones((m,), bool)
+    else:
+        slope = var_read = coeff = jnp.zeros((m,), resultants.dtype)
+        fitted = jnp.zeros((m,), bool)
+    jumps = jnp.zeros((n, m), bool)
+    bad = (dq & dqflags.DO_NOT_USE_IN_FIT) != 0
+    candidates = None
+    if has_dq:
+        candidates = jnp.any(bad, axis=0)
+    if detect_jumps and n >= 3:
+        trigger = whole_ramp_trigger(rows, slope, read_var, pattern, intercept, constant)
+        candidates = trigger if candidates is None else candidates | trigger
+    if candidates is not None and n >= 2:
+        size = _buffer_size(m)
+
+        def body(state):
+            todo, slope, var_read, coeff, fitted, jumps = state
+            index = jnp.nonzero(todo, size=size, fill_value=m)[0]
+            take = jnp.minimum(index, m - 1)
+            out = _general(resultants[:, take], ~bad[:, take], read_var[take], pattern,
+                           detect_jumps, intercept, constant)  # fmt: skip
+            s, vr, c, f, j = out
+            slope = slope.at[index].set(s, mode="drop")
+            var_read = var_read.at[index].set(vr, mode="drop")
+            coeff = coeff.at[index].set(c, mode="drop")
+            fitted = fitted.at[index].set(f, mode="drop")
+            jumps = jumps.at[:, index].set(j, mode="drop")
+            todo = todo.at[index].set(False, mode="drop")
+            return todo, slope, var_read, coeff, fitted, jumps
+
+        state = (candidates, slope, var_read, coeff, fitted, jumps)
+        state = jax.lax.while_loop(lambda s: jnp.any(s[0]), body, state)
+        _, slope, var_read, coeff, fitted, jumps = state
+    var_poisson = coeff * jnp.maximum(slope, 0)
+    out_dq = dq | jnp.where(jumps, jnp.uint32(dqflags.JUMP_DET), jnp.uint32(0))
+    out_dq = out_dq | jnp.where(fitted, jnp.uint32(0), jnp.uint32(dqflags.DO_NOT_USE))[None]
+    return slope, var_read, var_poisson, out_dq
+
+
+def _coefficients(resultants, dq_out, read_noise, pattern):
+    """Per-resultant coefficients ``c`` of the final slope (``slope = sum_i c_i R_i``) and the
+    combined V_S, from the final flags (derivative pass)."""
+    good = (dq_out & dqflags.DO_NOT_USE_IN_FIT) == 0
+    seg = _segments(_rows(resultants), _rows(good), read_noise * read_noise, pattern,
+                    want_coefficients=True)  # fmt: skip
+    return jnp.stack(seg["coefficients"]), seg["coeff"]
+
+
+@partial(
+    jax.jit,
+    static_argnames=("pattern", "has_dq", "detect_jumps", "intercept", "constant"),
+)
+def _fit_casertano(resultants, dq, read_noise, *, pattern, has_dq, detect_jumps, intercept,
+                   constant):  # fmt: skip
+    n = resultants.shape[0]
+    pixels = resultants.shape[1:]
+    flat = resultants.reshape(n, -1)
+    flat_dq = dq.reshape(n, -1)
+    flat_rn = read_noise.reshape(-1)
+    config = dict(pattern=pattern, has_dq=has_dq, detect_jumps=detect_jumps,
+                  intercept=intercept, constant=constant)  # fmt: skip
+
+    @jax.custom_jvp
+    def core(r, q, s):
+        return _fit_flat(r, q, s, **config)
+
+    @core.defjvp
+    def core_jvp(primals, tangents):
+        r, q, s = primals
+        dr, _, ds = tangents
+        slope, var_read, var_poisson, out_dq = _fit_flat(r, q, s, **config)
+        coefficients, coeff = _coefficients(r, out_dq, s, pattern)
+        dslope = jnp.sum(coefficients * dr, axis=0)
+        # V_R = s**2 / sum(1 / a_run): d V_R / d s = 2 V_R / s; the sub-ramp choice, P and the
+        # jump flags are piecewise constant
+        positive = s > 0
+        dvar_read = jnp.where(positive, 2 * var_read / jnp.where(positive, s, 1), 0) * ds
+        dvar_poisson = jnp.where(slope > 0, coeff, 0) * dslope
+        zero_dq = np.zeros(out_dq.shape, dtype=jax.dtypes.float0)
+        return (slope, var_read, var_poisson, out_dq), (dslope, dvar_read, dvar_poisson, zero_dq)
+
+    slope, var_read, var_poisson, out_dq = core(flat, flat_dq, flat_rn)
+    zero = jnp.zeros_like(slope)
+    par = jnp.stack([zero, slope], axis=-1)
+    corner = jnp.zeros((2, 2), resultants.dtype).at[1, 1].set(1)
+    var = jnp.stack([var_read, var_poisson, var_read + var_poisson], axis=-1)
+    var = var[:, :, None, None] * corner
+    return RampFit(
+        par=par.reshape(pixels + (2,)),
+        var=var.reshape(pixels + (3, 2, 2)),
+        dq=out_dq.reshape(resultants.shape),
+    )
+
+
+def fit_ramps_casertano(resultants, pattern, read_noise, *, dq=None, detect_jumps=False,
+                        threshold_intercept=5.5, threshold_constant=1 / 3):  # fmt: skip
+    """Fit ramps with Casertano (2022) weights, splitting at flagged resultants and,
+    optionally, at detected jumps (Sharma & Casertano 2024), as romanisim's
+    ``fit_ramps_casertano`` and stcal's ``ols_cas22.fit_ramps``.
+
+    Parameters
+    ----------
+    resultants : array ``[n_resultant, *pixels]``
+        Resultants [e]; float32 in gives float32 out, float64 (x64) gives float64.
+    pattern : ReadPattern
+        Static read pattern (its ``read_time`` sets the times).
+    read_noise : float or array broadcasting to ``[*pixels]``
+        Read noise of one read [e], >= 0.
+    dq : integer array broadcasting to ``[n_resultant, *pixels]``, optional
+        Resultant flags. Resultants with ``dq & romanjax.dq.DO_NOT_USE_IN_FIT`` (saturated or
+        jump) are dropped and split the ramp into sub-ramps; other bits are ignored and passed
+        through. None: the whole ramp is fitted.
+    detect_jumps : bool
+        Run stcal's ``ols_cas22`` jump detection: per sub-ramp, the single- and
+        double-difference excess-slope statistics with the slope-dependent variance and the
+        ``-slope / (tbar_e - tbar_s)`` correction; if the maximum is strictly above
+        ``threshold_intercept - threshold_constant * log10(clip(slope, 1, 1e4))`` resultants
+        ``i*`` and ``i* + 1`` are flagged ``JUMP_DET`` and both sides are refitted, until no
+        sub-ramp splits.
+    threshold_intercept, threshold_constant : float
+        Jump threshold parameters (stcal defaults 5.5 and 1/3).
+
+    Returns
+    -------
+    RampFit
+        ``par [*pixels, 2]`` = (0, slope [e/s]) (the pedestal is not fitted, as upstream);
+        ``var [*pixels, 3, 2, 2]`` with only the ``[..., k, 1, 1]`` slope variances non-zero:
+        read [(e/s)**2] (``1 / sum 1/V_R``), Poisson (combined ``V_S`` times
+        ``max(slope, 0)``) and their sum; ``dq [n_resultant, *pixels]`` uint32: the input
+        flags, OR ``JUMP_DET`` on detected jumps, OR ``DO_NOT_USE`` on every resultant of a
+        pixel with no usable sub-ramp (two or more resultants), whose slope and variances are
+        then 0.
+
+    Raises
+    ------
+    ValueError
+        On shapes that do not match the pattern, or a concrete negative or non-finite
+        ``read_noise``.
+
+    Notes
+    -----
+    Read noise 0 follows romanisim: every sub-ramp gets the same weight (romanisim's weight 1;
+    here the 1e10 clip, equivalent after normalisation), so the slope is the plain mean of the
+    sub-ramp slopes and the read variance is 0; stcal instead returns slope 0. With read noise 0
+    and a non-increasing ramp the signal-to-noise is 0/0, which romanisim and stcal put in the
+    last bin (P = 10); so does this function.
+
+    The result is differentiable with respect to ``resultants`` (and ``read_noise`` for the read
+    variance): the sub-ramp boundaries, ``P`` and the jump flags are piecewise constant, so the
+    slope's gradient is its coefficient vector ``sum_runs W K / sum W``.
+    """
+    resultants, dq_array, per_pixel = prepare_inputs(
+        "fit_ramps_casertano", resultants, pattern, dq, read_noise=read_noise
+    )
+    rn = per_pixel["read_noise"]
+    if not isinstance(rn, jax.core.Tracer):
+        values = np.asarray(rn)
+        if not np.all(np.isfinite(values)) or np.any(values < 0):
+            raise ValueError(
+                "fit_ramps_casertano: `read_noise` must be finite and >= 0 [e]"
+            )
+    return _fit_casertano(
+        resultants, dq_array, rn, pattern=pattern, has_dq=dq is not None,
+        detect_jumps=bool(detect_jumps), intercept=float(threshold_intercept),
+        constant=float(threshold_constant),
+    )  # fmt: skip
