@@ -18,9 +18,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .. import dq as dqflags
 from .._read_pattern import ReadPattern
 from ._common import RampFit, map_pixels, prepare_inputs
 from ._covariance import covariance_parts, design_matrix, resultants_to_differences
+from ._likely import _barrier, _masked_median, tridiagonal_solve
 
 __all__ = ["fit_ramps_optimal", "optimal_weight_grid", "DEFAULT_GRID"]
 
@@ -167,6 +169,100 @@ def _fit_optimal(resultants, dq, read_noise, flux_estimate, *, pattern, grid):
     return map_pixels(kernel, resultants, dq, read_noise, flux_estimate)
 
 
+def _tridiagonal_parts(pattern: ReadPattern):
+    """Diagonals of the read and Poisson parts of the difference covariance (host, float64):
+    ``(read_diag [n], read_off [n-1], poisson_diag [n], poisson_off [n-1])``."""
+    read_part, poisson_part = covariance_parts(pattern)
+    return (np.diag(read_part).copy(), np.diag(read_part, 1).copy(),
+            np.diag(poisson_part).copy(), np.diag(poisson_part, 1).copy())  # fmt: skip
+
+
+def _optimal_dq_kernel(ramp, dq, read_noise, flux_estimate, *, pattern, x_low, x_high):
+    """Exact GLS of (pedestal, slope) on the usable differences of one ramp.
+
+    Differences ``u_0 = R_0``, ``u_i = R_i - R_{i-1}``; ``u_i`` is usable when neither
+    resultant it touches is flagged (``dq & DO_NOT_USE_IN_FIT``). Unusable differences are
+    decoupled exactly (their row and column of C and of the design matrix zeroed, Brandt
+    2024a ``diffs2use``), which is the optimal combination of the sub-ramps between flagged
+    resultants: the differences of different sub-ramps are uncorrelated once the differences
+    between them are removed. The pedestal is estimated only when ``R_0`` is usable (it enters
+    only ``u_0``); otherwise it is 0 with zero variance. Solved in O(n) with a tridiagonal
+    (Thomas) solve for ``C^-1 [a_pedestal, a_slope, u]``.
+    """
+    n = pattern.n_resultants
+    dtype = ramp.dtype
+    tbar = jnp.asarray(pattern.tbar, dtype)
+    delta = jnp.asarray(np.diff(pattern.tbar), dtype)
+    cr, er, cp, ep = (jnp.asarray(p, dtype) for p in _tridiagonal_parts(pattern))
+    bad = (dq & dqflags.DO_NOT_USE_IN_FIT) != 0
+    mask = [~bad[0]] + [~bad[i - 1] & ~bad[i] for i in range(1, n)]
+    mf = [mk.astype(dtype) for mk in mask]
+    u = [ramp[0]] + [ramp[i] - ramp[i - 1] for i in range(1, n)]
+    if flux_estimate is None:
+        flux_estimate = _masked_median(
+            [u[i] / delta[i - 1] for i in range(1, n)], mask[1:]
+        )
+    flux_estimate = flux_estimate.astype(dtype)
+    # weights at x = flux / read_noise**2 clipped to the interpolation grid, as dq=None
+    read_var = jnp.square(read_noise)
+    has_read_noise = read_var > 0
+    x = jnp.where(has_read_noise, flux_estimate / jnp.where(has_read_noise, read_var, 1), x_high)
+    x = jnp.where(jnp.isnan(x), x_low, jnp.clip(x, x_low, x_high))
+    poisson_flux = jnp.where(has_read_noise, x * read_var, jnp.maximum(flux_estimate, 0))
+    diag = [jnp.where(mask[i], cr[i] + x * cp[i], 1) for i in range(n)]
+    off = [(er[i] + x * ep[i]) * (mf[i] * mf[i + 1]) for i in range(n - 1)]
+    # design columns (pedestal, slope) of the usable differences; centre the data on the
+    # model at the flux estimate so float32 keeps its precision
+    a0 = [mf[0]] + [jnp.zeros((), dtype)] * (n - 1)
+    a1 = [mf[0] * tbar[0]] + [mf[i] * delta[i - 1] for i in range(1, n)]
+    ped_ref = jnp.where(mask[0], ramp[0] - flux_estimate * tbar[0], 0)
+    u_c = [jnp.where(mask[i], u[i] - ped_ref * a0[i] - flux_estimate * a1[i], 0)
+           for i in range(n)]  # fmt: skip
+    x0, x1, y = _barrier(tridiagonal_solve(diag, off, [a0, a1, u_c]))
+    n00 = sum(a0[i] * x0[i] for i in range(n))
+    n01 = sum(a0[i] * x1[i] for i in range(n))
+    n11 = sum(a1[i] * x1[i] for i in range(n))
+    b0 = sum(a0[i] * y[i] for i in range(n))
+    b1 = sum(a1[i] * y[i] for i in range(n))
+    slope_ok = jnp.any(jnp.stack(mask[1:]))
+    n00 = jnp.where(mask[0], n00, 1)  # no pedestal information: fix it (its row is zero)
+    det = n00 * n11 - n01 * n01
+    det = jnp.where(slope_ok & (det > 0), det, 1)
+    i00, i01, i11 = n11 / det, -n01 / det, n00 / det
+    par = jnp.stack([ped_ref + i00 * b0 + i01 * b1, flux_estimate + i01 * b0 + i11 * b1])
+    k0 = [i00 * x0[i] + i01 * x1[i] for i in range(n)]
+    k1 = [i01 * x0[i] + i11 * x1[i] for i in range(n)]
+    k = (k0, k1)
+
+    def quadratic(c_diag, c_off):
+        out = [[None, None], [None, None]]
+        for a in range(2):
+            for b in range(2):
+                q = sum(k[a][i] * k[b][i] * c_diag[i] for i in range(n))
+                q = q + sum(c_off[i] * (k[a][i] * k[b][i + 1] + k[a][i + 1] * k[b][i])
+                            for i in range(n - 1))  # fmt: skip
+                out[a][b] = q
+        return jnp.stack([jnp.stack(row) for row in out])
+
+    var_read = read_var * quadratic(cr, er)
+    var_poisson = poisson_flux * quadratic(cp, ep)
+    var = jnp.stack([var_read, var_poisson, var_read + var_poisson])
+    zero = jnp.zeros((), dtype)
+    par = jnp.where(slope_ok, par, zero)
+    var = jnp.where(slope_ok, var, zero)
+    out_dq = jnp.where(slope_ok, dq, dq | dqflags.DO_NOT_USE).astype(jnp.uint32)
+    return RampFit(par=par, var=var, dq=out_dq)
+
+
+@partial(jax.jit, static_argnames=("pattern", "grid"))
+def _fit_optimal_dq(resultants, dq, read_noise, flux_estimate, *, pattern, grid):
+    low, high, _ = grid
+    kernel = partial(_optimal_dq_kernel, pattern=pattern, x_low=10.0**low, x_high=10.0**high)
+    if flux_estimate is None:
+        return map_pixels(lambda r, q, s: kernel(r, q, s, None), resultants, dq, read_noise)
+    return map_pixels(kernel, resultants, dq, read_noise, flux_estimate)
+
+
 def fit_ramps_optimal(resultants, pattern, read_noise, *, flux_estimate=None, dq=None,
                       grid=DEFAULT_GRID):  # fmt: skip
     """Fit ramps by full-covariance least squares with interpolated optimal weights.
@@ -188,8 +284,15 @@ def fit_ramps_optimal(resultants, pattern, read_noise, *, flux_estimate=None, dq
         Count rate [e/s] at which the weights and the Poisson variance are evaluated. Default:
         per-pixel median of the difference slopes ``(R_i - R_{i-1}) / (tbar_i - tbar_{i-1})``.
     dq : array ``[n_resultant, *pixels]``, optional
-        Not supported yet by this fitter (sub-ramp fitting is planned); use
-        :func:`fit_ramps_casertano` for ramps with flagged resultants.
+        Resultant flags. If given, resultants with ``dq & DO_NOT_USE_IN_FIT`` (saturated
+        tails, jumps) are excluded: the differences touching them are removed exactly
+        (decoupled from the tridiagonal covariance), which combines the sub-ramps between
+        flagged resultants optimally, and the GLS is solved exactly per pixel in O(n) at the
+        same clipped ``x`` (no interpolation; it agrees with the ``dq=None`` result to the
+        grid's interpolation error when nothing is flagged). The pedestal is fitted only if
+        resultant 0 is usable (else 0 with zero variance). The default flux estimate is the
+        median of the usable difference slopes. Pixels without a usable difference between two
+        resultants get slope, pedestal and variances 0 and ``DO_NOT_USE`` on every resultant.
     grid : (log10 low, log10 high, knots), optional
         The interpolation grid in x; default ``(-5, 5, 200)`` as romanisim.
 
@@ -200,31 +303,32 @@ def fit_ramps_optimal(resultants, pattern, read_noise, *, flux_estimate=None, dq
         (read, Poisson, total covariance of ``par``), the read part ``read_noise**2 k C_r k^T``
         and the Poisson part ``f k C_p k^T`` with f the clipped grid flux
         ``x * read_noise**2`` (``max(flux_estimate, 0)`` where the read noise is 0);
-        ``dq`` the input dq (zeros if None).
+        ``dq`` the input dq (zeros if None), with ``DO_NOT_USE`` added on unfittable pixels.
 
     Raises
     ------
     ValueError
         If shapes do not match the pattern or the pattern has fewer than two resultants.
-    NotImplementedError
-        If ``dq`` is given.
 
     Notes
     -----
     Romanisim evaluates the weights with float32 inverses; here the grid is computed in
     float64 and cast to the dtype of ``resultants``.
     """
-    if dq is not None:
-        raise NotImplementedError(
-            "fit_ramps_optimal: `dq` (sub-ramps between flagged resultants) is not supported "
-            "yet; use fit_ramps_casertano for flagged ramps"
-        )
     resultants, dq_array, per_pixel = prepare_inputs(
-        "fit_ramps_optimal", resultants, pattern, None,
+        "fit_ramps_optimal", resultants, pattern, dq,
         read_noise=read_noise, flux_estimate=flux_estimate,
     )  # fmt: skip
     if pattern.n_resultants < 2:
         raise ValueError("fit_ramps_optimal: the read `pattern` needs at least two resultants")
+    if dq is not None:
+        low, high, count = grid
+        if not (count >= 4 and high > low):
+            raise ValueError(f"fit_ramps_optimal: `grid` needs >= 4 knots and high > low: {grid}")
+        return _fit_optimal_dq(
+            resultants, dq_array, per_pixel["read_noise"], per_pixel["flux_estimate"],
+            pattern=pattern, grid=tuple(grid),
+        )  # fmt: skip
     return _fit_optimal(
         resultants, dq_array, per_pixel["read_noise"], per_pixel["flux_estimate"],
         pattern=pattern, grid=tuple(grid),
