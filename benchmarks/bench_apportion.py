@@ -1,0 +1,64 @@
+"""romanjax.apportion_counts vs romanisim.l1.apportion_counts_to_resultants, MA table 4.
+
+    python benchmarks/bench_apportion.py [--full]
+
+Same counts, same pattern, one process; best of N after a warm-up (compile). ``--full`` also
+runs a 4088x4088 frame in 512-row chunks.
+"""
+
+import argparse
+import logging
+import time
+
+import jax
+import numpy as np
+
+import romanjax
+from romanjax.l1._apportion import apportion_counts
+
+
+def best(f, repeat):
+    times = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        f()
+        times.append(time.perf_counter() - t)
+    return min(times)
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--full", action="store_true")
+    parser.add_argument("--repeat", type=int, default=3)
+    args = parser.parse_args()
+    from romanisim import l1 as rl1
+
+    logging.disable(logging.WARNING)
+    pattern = romanjax.ReadPattern.from_ma_table(4)
+    tij = rl1.read_pattern_to_tij(4)
+    rng = np.random.default_rng(0)
+    sizes = [512] + ([4088] if args.full else [])
+    for size in sizes:
+        counts = rng.poisson(rng.uniform(0.5, 100, (size, size)) * pattern.exposure_time)
+        chunk = 512
+        key = jax.random.key(0)
+
+        def ours():
+            for start in range(0, size, chunk):
+                jax.block_until_ready(apportion_counts(
+                    jax.random.fold_in(key, start), counts[start:start + chunk], pattern))
+
+        def theirs():
+            for start in range(0, size, chunk):
+                rl1.apportion_counts_to_resultants(
+                    counts[start:start + chunk].astype(float), tij, seed=1)
+
+        ours()  # compile
+        t_ours = best(ours, args.repeat if size == 512 else 1)
+        t_theirs = best(theirs, args.repeat if size == 512 else 1)
+        print(f"{size}x{size}: romanjax {t_ours:.2f} s, romanisim {t_theirs:.2f} s, "
+              f"speed-up {t_theirs / t_ours:.2f}x")
+
+
+if __name__ == "__main__":
+    main()

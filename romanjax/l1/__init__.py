@@ -1,0 +1,7 @@
+"""L1 simulation: apportion electrons over reads and add the detector effects."""
+
+from ._apportion import apportion_counts
+from ._effects import IPC_KERNEL, CosmicRayParams
+from ._simulate import L1, simulate_l1
+
+__all__ = ["apportion_counts", "simulate_l1", "L1", "IPC_KERNEL", "CosmicRayParams"]

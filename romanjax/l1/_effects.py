@@ -1,0 +1,157 @@
+"""Detector effects of the L1 simulation: cosmic rays, IPC, inverse non-linearity.
+
+Pure ``jax.numpy`` functions on flat or 2-D pixel arrays; :func:`romanjax.simulate_l1`
+strings them together in romanisim's ``make_l1`` order.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+__all__ = [
+    "IPC_KERNEL",
+    "CosmicRayParams",
+    "cosmic_ray_params",
+    "cosmic_ray_cap",
+    "cosmic_ray_deposit",
+    "apply_ipc",
+    "apply_inverse_linearity",
+]
+
+#: romanisim's default IPC kernel (``romanisim.models.ipc``), normalised to sum 1, in the
+#: ``scipy.ndimage.convolve`` convention. romanisim 0.15 ``make_l1`` never applies it (the
+#: convolved array is discarded); romanjax applies it when ``simulate_l1(ipc=True)``.
+IPC_KERNEL = np.array([[0.21, 1.66, 0.22], [1.88, 91.59, 1.87], [0.21, 1.62, 0.2]])
+IPC_KERNEL = IPC_KERNEL / IPC_KERNEL.sum()
+IPC_KERNEL.setflags(write=False)
+
+
+class CosmicRayParams(NamedTuple):
+    """Cosmic-ray model (romanisim ``parameters.cr`` defaults; hashable, static).
+
+    flux [1/cm**2/s], min/max_dEdx [eV/um] (Moyal location/scale [eV/um]), min/max_cr_len
+    [um] with power-law slope, conversion_factor [eV/e], pixel_size and pixel_depth [um].
+    """
+
+    flux: float = 8.0
+    min_dEdx: float = 10.0
+    max_dEdx: float = 1e4
+    moyal_location: float = 120.0
+    moyal_scale: float = 50.0
+    min_cr_len: float = 10.0
+    max_cr_len: float = 2000.0
+    length_slope: float = -4.33
+    conversion_factor: float = 0.5
+    pixel_size: float = 10.0
+    pixel_depth: float = 5.0
+
+
+def cosmic_ray_params(cosmic_rays) -> CosmicRayParams | None:
+    """``None``/``False`` -> None, ``True`` -> defaults, a dict -> defaults overridden."""
+    if cosmic_rays is None or cosmic_rays is False:
+        return None
+    if cosmic_rays is True:
+        return CosmicRayParams()
+    if isinstance(cosmic_rays, CosmicRayParams):
+        return cosmic_rays
+    if isinstance(cosmic_rays, dict):
+        unknown = set(cosmic_rays) - set(CosmicRayParams._fields)
+        if unknown:
+            raise ValueError(
+                f"simulate_l1: unknown `cosmic_rays` parameters {sorted(unknown)}; known: "
+                f"{list(CosmicRayParams._fields)}"
+            )
+        return CosmicRayParams(**{k: float(v) for k, v in cosmic_rays.items()})
+    raise ValueError("simulate_l1: `cosmic_rays` must be None, a bool or a dict")
+
+
+def cosmic_ray_cap(mean: float) -> int:
+    """Static maximum number of CRs per read for a Poisson mean: mean + 10 sqrt(mean) + 12.
+
+    P(N > cap) < 1e-15 for every mean (Chernoff bound), so truncation is negligible."""
+    return int(math.ceil(mean + 10 * math.sqrt(mean) + 12))
+
+
+def _moyal_cdf(x, location, scale):
+    return math.erfc(math.exp(-(x - location) / scale / 2) / math.sqrt(2))
+
+
+def cosmic_ray_deposit(key, mean_number, cap, shape, params: CosmicRayParams, dtype):
+    """Electrons deposited by the cosmic rays of one read interval, ``[ny * nx]`` int32.
+
+    N ~ Poisson(mean_number) (truncated at ``cap``) tracks start uniformly on the image
+    (pixel centres at integers, edges at -1/2 and n - 1/2), with a uniform direction, a
+    length from the truncated power law l**slope and dE/dx from the truncated Moyal
+    distribution (romanisim ``cr.sample_cr_params``, here by exact inverse CDFs instead of a
+    tabulated one). Each track is sampled at ``P`` equally spaced points (spacing <= 1/4
+    pixel); the mean charge dE/dx * pixel_size / conversion_factor * L3d, with the 3-D
+    length L3d = sqrt(L2d**2 + (depth/size)**2) [pixels], is shared equally between the
+    points, and every point gets a Poisson draw. Per pixel this is Poisson with mean
+    proportional to the track length inside it (sampled to 1/4 pixel) -- romanisim instead
+    adds the depth term to every traversed pixel's chord, which gives short chords somewhat
+    more charge; the total charge per track agrees for tracks longer than a pixel.
+    """
+    ny, nx = shape
+    keys = jax.random.split(key, 6)
+    number = jnp.minimum(jax.random.poisson(keys[0], mean_number), cap)
+    valid = jnp.arange(cap) < number
+    i0 = jax.random.uniform(keys[1], (cap,), dtype) * ny - 0.5
+    j0 = jax.random.uniform(keys[2], (cap,), dtype) * nx - 0.5
+    phi = jax.random.uniform(keys[3], (cap,), dtype) * (2 * np.pi)
+    # power law on [lo, hi]: inverse CDF of x**s, s != -1
+    s1 = params.length_slope + 1
+    lo, hi = params.min_cr_len, params.max_cr_len
+    u = jax.random.uniform(keys[4], (cap,), dtype)
+    length = (lo**s1 + u * (hi**s1 - lo**s1)) ** (1 / s1) / params.pixel_size  # [pixels]
+    # truncated Moyal: CDF(x) = erfc(exp(-(x - loc) / (2 scale)) / sqrt 2)
+    c_lo = _moyal_cdf(params.min_dEdx, params.moyal_location, params.moyal_scale)
+    c_hi = _moyal_cdf(params.max_dEdx, params.moyal_location, params.moyal_scale)
+    w = jax.random.uniform(keys[5], (cap,), dtype) * (c_hi - c_lo) + c_lo
+    w = jnp.clip(w, 1e-30, 1 - 1e-7)
+    dedx = params.moyal_location - 2 * params.moyal_scale * jnp.log(
+        jnp.sqrt(2.0) * jax.scipy.special.erfinv(1 - w)
+    )
+    dedx = jnp.clip(dedx, params.min_dEdx, params.max_dEdx)
+    n_points = int(math.ceil(4 * params.max_cr_len / params.pixel_size)) + 1
+    frac = (jnp.arange(n_points, dtype=dtype) + 0.5) / n_points
+    ii = jnp.round(i0[:, None] + frac[None] * (length * jnp.cos(phi))[:, None])
+    jj = jnp.round(j0[:, None] + frac[None] * (length * jnp.sin(phi))[:, None])
+    length_3d = jnp.sqrt(length**2 + (params.pixel_depth / params.pixel_size) ** 2)
+    charge = dedx * params.pixel_size / params.conversion_factor * length_3d  # [e]
+    per_point = jnp.where(valid, charge / n_points, 0)[:, None] * jnp.ones_like(frac)
+    inside = (ii >= 0) & (ii < ny) & (jj >= 0) & (jj < nx)
+    electrons = jax.random.poisson(jax.random.fold_in(key, 7), per_point).astype(jnp.int32)
+    electrons = jnp.where(inside, electrons, 0)
+    index = jnp.where(inside, ii * nx + jj, ny * nx).astype(jnp.int32)
+    image = jnp.zeros(ny * nx, jnp.int32)
+    return image.at[index.reshape(-1)].add(electrons.reshape(-1), mode="drop")
+
+
+def apply_ipc(images, kernel):
+    """Convolve the last two axes with a 3x3 ``kernel``, zero padding, as
+    ``scipy.ndimage.convolve(images, kernel[None], mode="constant")``:
+    ``out[y, x] = sum_ab kernel[a, b] in[y + 1 - a, x + 1 - b]``."""
+    kernel = jnp.asarray(kernel, images.dtype)
+    pad = [(0, 0)] * (images.ndim - 2) + [(1, 1), (1, 1)]
+    padded = jnp.pad(images, pad)
+    ny, nx = images.shape[-2:]
+    out = jnp.zeros_like(images)
+    for a in range(3):
+        for b in range(3):
+            out = out + kernel[a, b] * padded[..., 2 - a : 2 - a + ny, 2 - b : 2 - b + nx]
+    return out
+
+
+def apply_inverse_linearity(electrons, coefficients, gain):
+    """romanisim ``NL.apply(electrons=True)``: DN = e / gain, polynomial in DN (coefficients
+    ``[ncoeff, ...]``, constant term first), times gain back to [e]."""
+    dn = electrons / gain
+    result = jnp.zeros_like(dn)
+    for c in coefficients[::-1]:
+        result = result * dn + c
+    return result * gain

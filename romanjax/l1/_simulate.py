@@ -1,0 +1,192 @@
+"""The full L1 chain (romanisim ``make_l1``) as one jitted JAX function."""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .. import dq as dqbits
+from .._read_pattern import ReadPattern
+from ._apportion import MAX_COUNTS, _float_dtype, check_counts, read_scan
+from ._effects import (
+    IPC_KERNEL,
+    apply_inverse_linearity,
+    apply_ipc,
+    cosmic_ray_cap,
+    cosmic_ray_deposit,
+    cosmic_ray_params,
+)
+
+__all__ = ["L1", "simulate_l1"]
+
+# fixed fold_in tags: switching one effect off leaves the others' draws unchanged
+_PHOTONS, _PEDESTAL, _COSMIC_RAYS, _READ_NOISE = 0, 1, 2, 3
+
+
+class L1(NamedTuple):
+    """Simulated L1 ramp: ``resultants`` ``[n_resultant, *pixels]`` [DN] (rounded, clipped
+    at 1.1 x saturation) and ``dq`` ``[n_resultant, *pixels]`` uint32 (SATURATED,
+    JUMP_DET for simulated cosmic-ray hits, NO_LIN_CORR)."""
+
+    resultants: jax.Array
+    dq: jax.Array
+
+
+@partial(jax.jit, static_argnames=("pattern", "dtype", "image_shape", "crparams", "cr_cap"))
+def _simulate(key, counts, read_noise, gain, pedestal, pedestal_noise, saturation,
+              ipc_kernel, inv_lin, *, pattern, dtype, image_shape, crparams, cr_cap):  # fmt: skip
+    shape = counts.shape
+    npix = counts.size
+    flat = jnp.clip(counts.reshape(-1), 0, MAX_COUNTS)
+    if jnp.issubdtype(flat.dtype, jnp.floating):
+        flat = jnp.round(flat)
+    flat = flat.astype(jnp.int32)
+    gain_flat = jnp.broadcast_to(gain, shape).reshape(-1)
+    noise = jax.random.normal(jax.random.fold_in(key, _PEDESTAL), (npix,), dtype)
+    instrumental = (jnp.broadcast_to(pedestal, shape).reshape(-1)
+                    + noise * jnp.broadcast_to(pedestal_noise, shape).reshape(-1))  # fmt: skip
+    no_lin_corr = jnp.zeros(npix, bool)
+    if inv_lin is not None:
+        ncoeff = inv_lin.shape[0]
+        coeffs = jnp.broadcast_to(inv_lin.reshape((ncoeff,) + (1,) * len(shape)) if inv_lin.ndim == 1 else inv_lin,
+                                  (ncoeff,) + shape).reshape(ncoeff, npix)  # fmt: skip
+        bad = jnp.any(~jnp.isfinite(coeffs), axis=0) | jnp.all(coeffs == 0, axis=0)
+        identity = jnp.zeros_like(coeffs).at[1].set(1)
+        coeffs = jnp.where(bad[None], identity, coeffs)
+        no_lin_corr = bad
+    times = np.asarray(pattern.read_times)
+    dts = np.diff(times, prepend=0.0)
+    cr_key = jax.random.fold_in(key, _COSMIC_RAYS)
+
+    def per_read(j, cumulative, inst):
+        hit = jnp.zeros(npix, bool)
+        if crparams is not None:
+            area = npix * (crparams.pixel_size * 1e-4) ** 2  # [cm**2]
+            mean = crparams.flux * area * jnp.asarray(dts, dtype)[j]
+            deposit = cosmic_ray_deposit(jax.random.fold_in(cr_key, j), mean, cr_cap,
+                                         image_shape, crparams, dtype)  # fmt: skip
+            hit = deposit > 0
+            inst = inst + deposit.astype(dtype)
+        value = cumulative.astype(dtype) + inst
+        if inv_lin is not None:
+            value = apply_inverse_linearity(value, coeffs, gain_flat)
+        return value, hit, inst
+
+    resultants, hits, _ = read_scan(jax.random.fold_in(key, _PHOTONS), flat, pattern, dtype,
+                                    per_read=per_read, carry0=instrumental)  # fmt: skip
+    n = pattern.n_resultants
+    resultants = resultants.reshape((n,) + shape)
+    if ipc_kernel is not None:
+        resultants = apply_ipc(resultants.reshape((n,) + image_shape), ipc_kernel).reshape(
+            resultants.shape)
+    resultants = resultants / gain
+    sigma = jnp.asarray(read_noise, dtype) / jnp.sqrt(
+        jnp.asarray(pattern.n_reads, dtype)).reshape((n,) + (1,) * len(shape))
+    resultants = resultants + sigma * jax.random.normal(
+        jax.random.fold_in(key, _READ_NOISE), resultants.shape, dtype)
+    resultants = jnp.clip(jnp.round(resultants), 0, 1.1 * saturation)
+    dq = jnp.where(hits.reshape((n,) + shape), jnp.uint32(dqbits.JUMP_DET), jnp.uint32(0))
+    dq = dq | jnp.where(resultants >= saturation, jnp.uint32(dqbits.SATURATED), jnp.uint32(0))
+    dq = dq | jnp.where(no_lin_corr.reshape(shape), jnp.uint32(dqbits.NO_LIN_CORR),
+                        jnp.uint32(0))  # fmt: skip
+    return L1(resultants.astype(dtype), dq.astype(jnp.uint32))
+
+
+def simulate_l1(key, counts, pattern: ReadPattern, *, read_noise=5.0, gain=2.0, pedestal=1e4,
+                pedestal_noise=8.0, saturation=55000.0, cosmic_rays=None, ipc=None,
+                inverse_linearity=None) -> L1:  # fmt: skip
+    """Simulate an L1 ramp from total electrons, as romanisim's ``make_l1``.
+
+    Order: apportion the photons read by read (:func:`romanjax.apportion_counts`), add the
+    pedestal plus one N(0, pedestal_noise) draw per pixel (identical in every resultant),
+    add cosmic-ray charge per read to the same non-photon buffer (so later reads keep it),
+    apply the inverse non-linearity per read, average reads into resultants, apply IPC,
+    divide by the gain, add read noise sigma/sqrt(N_i) per resultant, round, clip to
+    [0, 1.1 saturation] and flag SATURATED where >= saturation.
+
+    Parameters
+    ----------
+    key : jax.random key
+        Split internally with fixed ``fold_in`` tags (photons 0, pedestal 1, cosmic rays 2,
+        read noise 3): switching one effect off leaves the other draws unchanged.
+    counts : array ``[*pixels]``
+        Total electrons at the last read [e], non-negative integers.
+    pattern : ReadPattern
+    read_noise : float or array ``[*pixels]``
+        Read noise of ONE read [DN].
+    gain : float or array ``[*pixels]``
+        [e/DN].
+    pedestal, pedestal_noise : float or array ``[*pixels]``
+        Reset level and its per-pixel Gaussian scatter [e].
+    saturation : float or array ``[*pixels]``
+        [DN].
+    cosmic_rays : None, bool or dict
+        ``True``: romanisim's model (8 /cm**2/s, power-law lengths 10-2000 um, Moyal dE/dx)
+        at the rate for the simulated AREA: ``flux * n_pixels * (10 um)**2 * dt_j`` per read
+        interval ``dt_j`` (romanisim applies the rate of a whole 16.8 cm**2 detector to any
+        image, so small stamps get ~1e3 x the real density; here a 4088**2 frame gets about
+        romanisim's 425 per read). Skipped reads' time counts too (romanisim gives them none).
+        A dict overrides fields of :class:`CosmicRayParams`. Hit resultants get JUMP_DET.
+        Needs 0-, 1- or 2-D ``counts`` (treated as an image of shape (1, 1), (1, n), (ny, nx)).
+    ipc : None, bool or array ``[3, 3]``
+        ``True``: romanisim's default normalised kernel :data:`IPC_KERNEL`; an array: that
+        kernel. Applied to the electron resultants (pedestal included) with zero padding
+        before the gain. romanisim 0.15 never applies IPC (bug: the result is discarded), so
+        ``ipc=None`` matches it.
+    inverse_linearity : array ``[ncoeff]`` or ``[ncoeff, *pixels]`` or None
+        Polynomial coefficients in DN (constant first) applied to every read (romanisim
+        ``NL.apply(electrons=True)``); NaN or all-zero coefficients are replaced by the
+        identity and flagged NO_LIN_CORR.
+
+    Returns
+    -------
+    L1
+        ``resultants [n_resultant, *pixels]`` [DN], ``dq [n_resultant, *pixels]`` uint32.
+
+    Notes
+    -----
+    Memory: about 10 float/int ``[*pixels]`` buffers plus the two outputs (a 4088x4088 frame
+    with MA table 4 needs ~2 GB); split frames into row chunks on the host for less (with
+    cosmic rays the rate scales with each chunk's area, so chunking is statistically
+    equivalent).
+    """
+    from ..ramp._common import check_pattern
+
+    check_pattern(pattern, "simulate_l1")
+    counts = check_counts(counts, "simulate_l1")
+    dtype = _float_dtype(counts)
+    counts = jnp.asarray(counts)
+    shape = counts.shape
+    crparams = cosmic_ray_params(cosmic_rays)
+    if ipc is True:
+        kernel = IPC_KERNEL
+    elif ipc is None or ipc is False:
+        kernel = None
+    else:
+        kernel = np.asarray(ipc)
+        if kernel.shape != (3, 3):
+            raise ValueError(f"simulate_l1: `ipc` must be a 3x3 kernel, got shape {kernel.shape}")
+    image_shape = shape if len(shape) == 2 else (1, max(int(np.prod(shape)), 1))
+    if (crparams is not None or kernel is not None) and len(shape) > 2:
+        raise ValueError("simulate_l1: cosmic rays and IPC need `counts` of at most 2 dims")
+    cr_cap = 0
+    if crparams is not None:
+        area = int(np.prod(shape)) * (crparams.pixel_size * 1e-4) ** 2
+        max_dt = float(np.max(np.diff(pattern.read_times, prepend=0.0)))
+        cr_cap = cosmic_ray_cap(crparams.flux * area * max_dt)
+    for name, value in (("read_noise", read_noise), ("gain", gain), ("pedestal", pedestal),
+                        ("pedestal_noise", pedestal_noise), ("saturation", saturation)):  # fmt: skip
+        if np.broadcast_shapes(np.shape(value), shape) != shape:
+            raise ValueError(f"simulate_l1: `{name}` of shape {np.shape(value)} does not "
+                             f"broadcast against `counts` of shape {shape}")  # fmt: skip
+    as_float = partial(jnp.asarray, dtype=dtype)
+    inv_lin = None if inverse_linearity is None else as_float(inverse_linearity)
+    return _simulate(key, counts, as_float(read_noise), as_float(gain), as_float(pedestal),
+                     as_float(pedestal_noise), as_float(saturation),
+                     None if kernel is None else as_float(kernel), inv_lin,
+                     pattern=pattern, dtype=dtype, image_shape=image_shape,
+                     crparams=crparams, cr_cap=cr_cap)  # fmt: skip
