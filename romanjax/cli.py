@@ -1,0 +1,377 @@
+"""The ``romanjax`` command: simulate a scene, fit L1 files, inject sources into L2 files.
+
+::
+
+    romanjax simulate [--size 512] [--ma-table 4] [--seed 0] [--method casertano] [--output DIR]
+    romanjax fit L1.asdf [--output L2.asdf] [--method casertano]
+    romanjax inject L2.asdf CATALOG [--output OUT.asdf] [--seed 0] [--psf airy]
+
+User errors (missing or wrong files, bad options) print one line on stderr and exit with a
+non-zero status; they never show a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+__all__ = ["main", "build_parser"]
+
+METHODS = ("casertano", "optimal", "likely")
+EXIT_USAGE = 2
+EXIT_ERROR = 1
+
+
+class UserError(Exception):
+    """A problem with the user's input: reported as one line, exit status 1."""
+
+
+def _positive_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def _non_negative_float(text):
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative number, got {text}")
+    return value
+
+
+def _positive_float(text):
+    value = _non_negative_float(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError("expected a positive number, got 0")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="romanjax",
+        description="Roman WFI L1 simulation and ramp fitting in JAX. Run "
+        "`romanjax simulate` to make an example L1/L2 pair and a quick-look PNG.",
+    )
+    parser.add_argument("--version", action="version", version=f"romanjax {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+
+    sim = sub.add_parser(
+        "simulate", parents=[common],
+        help="simulate a built-in scene of stars and galaxies to L1 and L2 files",
+        description="Render a built-in scene of stars and galaxies with galsim on a TAN WCS, "
+        "simulate the L1 ramps (romanjax.simulate_l1), fit them (romanjax.make_l2) and write "
+        "L1 and L2 ASDF files, the source catalog (ECSV) and a quick-look PNG.",
+    )  # fmt: skip
+    sim.add_argument("--size", type=_positive_int, default=512,
+                     help="image side [pixels] (default 512)")
+    sim.add_argument("--ma-table", type=int, default=4,
+                     help="multi-accumulation table number (default 4)")
+    sim.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    sim.add_argument("--method", choices=METHODS, default="casertano",
+                     help="ramp fitter (default casertano, as romanisim)")
+    sim.add_argument("--output", type=Path, default=Path("romanjax_output"),
+                     help="output folder (default ./romanjax_output)")
+    sim.add_argument("--read-noise", type=_non_negative_float, default=5.0,
+                     help="read noise of one read [DN] (default 5)")
+    sim.add_argument("--gain", type=_positive_float, default=2.0,
+                     help="gain [e/DN] (default 2)")
+    sim.add_argument("--sky", type=_non_negative_float, default=1.0,
+                     help="sky background [e/s/pixel] (default 1)")
+    sim.add_argument("--psf", choices=("airy", "gaussian", "roman"), default="airy",
+                     help="PSF (default airy: Roman's aperture at 1.58 micron)")
+    sim.add_argument("--no-png", action="store_true", help="do not write the quick-look PNG")
+
+    fit = sub.add_parser(
+        "fit", parents=[common], help="fit an L1 file (romanjax's or romanisim's) into an L2 file",
+        description="Fit the ramps of an L1 ASDF file written by romanjax or romanisim and "
+        "write an L2 ASDF file (slope [DN/s], variances, dq). romanisim files get the default "
+        "gain 2 e/DN and read noise 5 DN unless given.",
+    )  # fmt: skip
+    fit.add_argument("l1", type=Path, metavar="L1.asdf", help="input L1 file")
+    fit.add_argument("--output", "-o", type=Path, default=None,
+                     help="output L2 file (default: next to the input, *_L2.asdf)")
+    fit.add_argument("--method", choices=METHODS, default="casertano",
+                     help="ramp fitter (default casertano)")
+    fit.add_argument("--read-noise", type=_non_negative_float, default=None,
+                     help="read noise of one read [DN] (default: from the file, else 5)")
+    fit.add_argument("--gain", type=_positive_float, default=None,
+                     help="gain [e/DN] (default: from the file, else 2)")
+
+    inject = sub.add_parser(
+        "inject", parents=[common], help="inject catalog sources into an L2 file",
+        description="Inject the sources of CATALOG (any astropy-readable table with x, y "
+        "[0-based pixels] or ra, dec [deg], and flux [e/s]; optional half_light_radius "
+        "[arcsec], n, q, beta for galaxies) into an L2 file written by romanjax or romanisim, "
+        "and write a new L2 file of the same kind.",
+    )  # fmt: skip
+    inject.add_argument("l2", type=Path, metavar="L2.asdf", help="input L2 file")
+    inject.add_argument("catalog", type=Path, metavar="CATALOG", help="source table")
+    inject.add_argument("--output", "-o", type=Path, default=None,
+                        help="output file (default: next to the input, *_injected.asdf)")
+    inject.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    inject.add_argument("--psf", choices=("airy", "gaussian", "roman"), default="airy",
+                        help="PSF (default airy)")
+    inject.add_argument("--method", choices=METHODS, default="casertano",
+                        help="ramp fitter for the refit (default casertano)")
+    inject.add_argument("--format", default=None,
+                        help="astropy table format of CATALOG (default: guessed)")
+    return parser
+
+
+def _stages(names, quiet):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=len(names), desc=names[0], unit="stage", disable=quiet, leave=False,
+                file=sys.stderr)  # fmt: skip
+
+
+def _advance(bar, label):
+    bar.update(1)
+    bar.set_description(label)
+
+
+def _quicklook(path, l2, title):
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from .io import atomic_path
+
+    data = np.asarray(l2.data, float)
+    finite = data[np.isfinite(data)]
+    low, high = np.percentile(finite, [1, 99.7]) if finite.size else (0.0, 1.0)
+    scale = max(high - low, 1e-6) / 20
+    fig, axes = plt.subplots(1, 2, figsize=(12, 5.4), constrained_layout=True)
+    fig.suptitle(title)
+    shown = axes[0].imshow(np.arcsinh((data - low) / scale), origin="lower", cmap="gray",
+                           vmin=0, vmax=np.arcsinh((high - low) / scale))  # fmt: skip
+    axes[0].set_title("L2 slope [DN/s], asinh stretch")
+    fig.colorbar(shown, ax=axes[0], label="asinh((slope - p1) / (p99.7 - p1) * 20)")
+    err = np.asarray(l2.err, float)
+    snr = np.where(err > 0, data / np.where(err > 0, err, 1), 0)
+    shown = axes[1].imshow(np.log10(np.clip(snr, 0.1, None)), origin="lower", cmap="viridis",
+                           vmin=-1, vmax=3)  # fmt: skip
+    flagged_y, flagged_x = np.nonzero(np.asarray(l2.dq) != 0)
+    axes[1].scatter(flagged_x, flagged_y, s=4, c="red", marker="s", linewidths=0,
+                    label=f"dq != 0 ({flagged_x.size} pixels)")  # fmt: skip
+    axes[1].legend(loc="upper right", fontsize=8)
+    axes[1].set_title("signal-to-noise (slope / err)")
+    fig.colorbar(shown, ax=axes[1], label="log10 S/N")
+    for ax in axes:
+        ax.set_xlabel("x [pixel]")
+        ax.set_ylabel("y [pixel]")
+    with atomic_path(path) as temporary:
+        fig.savefig(temporary, dpi=100, format="png")
+    plt.close(fig)
+
+
+def _simulate(args):
+    import jax
+    import numpy as np
+
+    import romanjax
+
+    from .io import L1Image, L2Image, atomic_path, write_l1, write_l2
+    from .scene import make_scene
+
+    if args.ma_table not in romanjax.MA_TABLES:
+        raise UserError(
+            f"unknown --ma-table {args.ma_table}; known tables: {sorted(romanjax.MA_TABLES)}"
+        )
+    if args.size > 4088:
+        raise UserError(f"--size {args.size} is larger than a WFI detector (4088)")
+    output = args.output
+    if output.exists() and not output.is_dir():
+        raise UserError(f"--output {output} exists and is not a folder")
+    output.mkdir(parents=True, exist_ok=True)
+    pattern = romanjax.ReadPattern.from_ma_table(args.ma_table)
+    shape = (args.size, args.size)
+    stages = ["rendering scene", "simulating L1 ramps", "fitting ramps", "writing files"]
+    start = time.perf_counter()
+    bar = _stages(stages, args.quiet)
+    scene = make_scene(shape, seed=args.seed, sky=args.sky, psf=args.psf)
+    _advance(bar, stages[1])
+    key = jax.random.key(args.seed)
+    key_photons, key_l1 = jax.random.split(key)
+    expected = scene.rate * pattern.exposure_time
+    counts = np.asarray(jax.random.poisson(key_photons, expected.astype(np.float32)), np.int32)
+    l1 = romanjax.simulate_l1(key_l1, counts, pattern, read_noise=args.read_noise,
+                              gain=args.gain)  # fmt: skip
+    resultants = np.asarray(l1.resultants, np.float32)
+    l1_dq = np.asarray(l1.dq, np.uint32)
+    _advance(bar, stages[2])
+    l2 = romanjax.make_l2(resultants, pattern, read_noise=args.read_noise, gain=args.gain,
+                          dq=l1_dq, method=args.method)  # fmt: skip
+    l2 = jax.block_until_ready(l2)
+    _advance(bar, stages[3])
+    meta = {
+        "command": "romanjax simulate",
+        "seed": args.seed,
+        "ma_table": args.ma_table,
+        "method": args.method,
+        "sky": args.sky,
+        "psf": args.psf,
+        "n_sources": len(scene.catalog),
+    }
+    l1_image = L1Image(resultants=resultants, dq=l1_dq, pattern=pattern, gain=args.gain,
+                       read_noise=args.read_noise, wcs=scene.wcs, meta=dict(meta))  # fmt: skip
+    l2_image = L2Image.from_l2(l2, pattern, gain=args.gain, read_noise=args.read_noise,
+                               wcs=scene.wcs, meta=dict(meta))  # fmt: skip
+    paths = {
+        "L1": write_l1(output / "romanjax_L1.asdf", l1_image),
+        "L2": write_l2(output / "romanjax_L2.asdf", l2_image),
+    }
+    catalog_path = output / "romanjax_catalog.ecsv"
+    with atomic_path(catalog_path) as temporary:
+        scene.catalog.write(temporary, format="ascii.ecsv", overwrite=True)
+    paths["catalog"] = catalog_path
+    if not args.no_png:
+        paths["quick-look"] = output / "romanjax_L2.png"
+        _quicklook(paths["quick-look"], l2_image,
+                   f"romanjax simulate: {args.size}x{args.size} pixels, MA table "
+                   f"{args.ma_table}, {args.method} fit, seed {args.seed}")
+    bar.update(1)
+    bar.close()
+    elapsed = time.perf_counter() - start
+    print(f"romanjax simulate: {len(scene.catalog)} sources, {args.size}x{args.size} pixels, "
+          f"MA table {args.ma_table}, {args.method} fit, {elapsed:.1f} s")  # fmt: skip
+    for label, path in paths.items():
+        print(f"  {label:<11} {path}")
+    return 0
+
+
+def _default_output(path: Path, suffix: str) -> Path:
+    stem = path.stem
+    for tag in ("_L1", "_l1", "_L2", "_l2", "_uncal", "_cal"):
+        if stem.endswith(tag):
+            stem = stem[: -len(tag)]
+            break
+    return path.with_name(f"{stem}{suffix}.asdf")
+
+
+def _fit(args):
+    import jax
+
+    import romanjax
+
+    from .io import L2Image, read_l1, write_l2
+
+    l1 = read_l1(args.l1)
+    gain = l1.gain if args.gain is None else args.gain
+    read_noise = l1.read_noise if args.read_noise is None else args.read_noise
+    output = args.output or _default_output(args.l1, "_L2")
+    if output.resolve() == args.l1.resolve():
+        raise UserError(f"--output {output} would overwrite the input L1 file")
+    stages = ["fitting ramps", "writing L2"]
+    bar = _stages(stages, args.quiet)
+    start = time.perf_counter()
+    l2 = romanjax.make_l2(l1.resultants, l1.pattern, read_noise=read_noise, gain=gain,
+                          dq=l1.dq, method=args.method)  # fmt: skip
+    l2 = jax.block_until_ready(l2)
+    _advance(bar, stages[1])
+    meta = dict(l1.meta)
+    meta.update(command="romanjax fit", method=args.method, source_l1=str(args.l1))
+    image = L2Image.from_l2(l2, l1.pattern, gain=gain, read_noise=read_noise, wcs=l1.wcs,
+                            meta=meta)  # fmt: skip
+    write_l2(output, image)
+    bar.update(1)
+    bar.close()
+    print(f"romanjax fit: {args.l1} -> {output} ({l1.shape[0]}x{l1.shape[1]} pixels, "
+          f"{args.method}, {time.perf_counter() - start:.1f} s)")  # fmt: skip
+    return 0
+
+
+def _read_catalog(path: Path, fmt):
+    from astropy.table import Table
+
+    if not path.exists():
+        raise FileNotFoundError(f"no such file: {path}")
+    try:
+        table = Table.read(path, format=fmt) if fmt else Table.read(path)
+    except Exception as first:  # noqa: BLE001 - astropy raises many kinds; try plain ASCII
+        if fmt:
+            raise UserError(f"cannot read catalog {path} as {fmt!r}: {first}") from None
+        try:
+            table = Table.read(path, format="ascii")
+        except Exception:  # noqa: BLE001
+            raise UserError(f"cannot read catalog {path}: {first}") from None
+    if "flux" not in table.colnames:
+        raise UserError(f"catalog {path} has no `flux` column [e/s]; columns: {table.colnames}")
+    if not ({"x", "y"} <= set(table.colnames) or {"ra", "dec"} <= set(table.colnames)):
+        raise UserError(
+            f"catalog {path} needs `x`, `y` or `ra`, `dec` columns; columns: {table.colnames}"
+        )
+    return table
+
+
+def _inject(args):
+    import jax
+
+    from .inject import inject_sources_into_l2
+    from .io import file_kind, open_datamodel, read_l2, write_datamodel, write_l2
+
+    source, kind = file_kind(args.l2)
+    if kind != "L2":
+        raise UserError(f"{args.l2} is an {kind} file; `romanjax inject` needs an L2 file")
+    catalog = _read_catalog(args.catalog, args.format)
+    output = args.output or _default_output(args.l2, "_injected")
+    stages = ["injecting sources", "writing L2"]
+    bar = _stages(stages, args.quiet)
+    start = time.perf_counter()
+    if source == "romanjax":
+        image = read_l2(args.l2)
+    else:
+        image = open_datamodel(args.l2)
+    new = inject_sources_into_l2(image, catalog, key=jax.random.key(args.seed), psf=args.psf,
+                                 method=args.method, progress=not args.quiet)  # fmt: skip
+    _advance(bar, stages[1])
+    if source == "romanjax":
+        new.meta.update(injected_from=str(args.catalog), injected_sources=len(catalog))
+        write_l2(output, new)
+    else:
+        write_datamodel(new, output)
+    bar.update(1)
+    bar.close()
+    print(f"romanjax inject: {len(catalog)} sources from {args.catalog} into {args.l2} -> "
+          f"{output} ({time.perf_counter() - start:.1f} s)")  # fmt: skip
+    return 0
+
+
+def main(argv=None) -> int:
+    """Run the ``romanjax`` command; returns the exit status (0 on success)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)  # exits with status 2 and a usage message on bad options
+    if args.command is None:
+        parser.print_help()
+        return EXIT_USAGE
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    handlers = {"simulate": _simulate, "fit": _fit, "inject": _inject}
+    try:
+        return handlers[args.command](args)
+    except KeyboardInterrupt:
+        print(f"romanjax {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except (UserError, ValueError, OSError, ImportError) as error:
+        print(f"romanjax {args.command}: error: {error}", file=sys.stderr)
+        return EXIT_ERROR
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,38 @@
+"""Reading and writing L1/L2 products as ASDF files (romanjax's own and romanisim's).
+
+Host-side only: imports numpy at import time and asdf / astropy / roman_datamodels only
+when a file is read or written.
+"""
+
+from ._asdf import (
+    NBORDER,
+    ProductFileError,
+    atomic_path,
+    file_kind,
+    open_datamodel,
+    read_l1,
+    read_l2,
+    read_product,
+    write_datamodel,
+    write_l1,
+    write_l2,
+)
+from ._products import DEFAULT_GAIN, DEFAULT_READ_NOISE, L1Image, L2Image
+
+__all__ = [
+    "L1Image",
+    "L2Image",
+    "DEFAULT_GAIN",
+    "DEFAULT_READ_NOISE",
+    "NBORDER",
+    "ProductFileError",
+    "atomic_path",
+    "file_kind",
+    "open_datamodel",
+    "read_l1",
+    "read_l2",
+    "read_product",
+    "write_datamodel",
+    "write_l1",
+    "write_l2",
+]

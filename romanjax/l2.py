@@ -1,0 +1,268 @@
+"""L2 (count-rate) products from L1 resultants: romanisim's ``make_l2`` as a pure function.
+
+The resultants arrive in DN; the ramp fitters work in electrons, so the chain is (romanisim
+``image.make_l2``, see ``research/romanisim.md`` section 5.1):
+
+1. optional classical non-linearity correction of the DN resultants (a per-pixel polynomial,
+   constant term first; pixels with NaN or all-zero coefficients are left uncorrected and
+   flagged ``NO_LIN_CORR`` on every resultant),
+2. ``fit(resultants * gain, dq & DO_NOT_USE_IN_FIT, read_noise * gain)`` [e, e/s],
+3. ``slope_e -= dark_rate`` (the Poisson variance keeps the dark-inclusive rate),
+4. divide the slope by the gain and the variances by ``gain**2`` [DN/s, (DN/s)**2],
+5. divide the slope by the flat (clipped at >= 1e-9) and the variances by ``flat**2``.
+
+Unlike romanisim, nothing is modified in place.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from . import dq as dqbits
+from ._read_pattern import ReadPattern
+from .ramp._common import float_dtype
+
+__all__ = ["L2", "make_l2", "METHODS", "apply_linearity"]
+
+#: Ramp-fitting methods of :func:`make_l2` and the romanjax fitter each one uses.
+METHODS = {
+    "casertano": "fit_ramps_casertano",
+    "optimal": "fit_ramps_optimal",
+    "likely": "fit_ramps_likely",
+}
+
+
+class L2(NamedTuple):
+    """A fitted count-rate image; a pytree, so it passes through ``jit`` and ``vmap``.
+
+    Attributes
+    ----------
+    slope : Array ``[*pixels]``
+        Count rate [DN/s] (dark-subtracted and flat-fielded when asked).
+    var_rnoise : Array ``[*pixels]``
+        Slope variance from read noise [(DN/s)**2].
+    var_poisson : Array ``[*pixels]``
+        Slope variance from Poisson noise [(DN/s)**2].
+    dq : Array ``[*pixels]`` uint32
+        Bitwise OR over the resultants of the input dq, the non-linearity flags and the
+        flags the fitter set (found jumps ``JUMP_DET``, unfittable ``DO_NOT_USE``).
+    """
+
+    slope: jax.Array
+    var_rnoise: jax.Array
+    var_poisson: jax.Array
+    dq: jax.Array
+
+    @property
+    def err(self) -> jax.Array:
+        """``[*pixels]`` total slope uncertainty ``sqrt(var_rnoise + var_poisson)`` [DN/s]."""
+        return jnp.sqrt(self.var_rnoise + self.var_poisson)
+
+
+def _fitter(method: str):
+    import romanjax
+
+    return getattr(romanjax, METHODS[method])
+
+
+def apply_linearity(resultants, coefficients):
+    """Classical non-linearity correction ``sum_k c_k R**k`` of DN resultants (pure).
+
+    Parameters
+    ----------
+    resultants : array ``[n_resultant, *pixels]``
+        Resultants [DN].
+    coefficients : array ``[n_coeff]`` or ``[n_coeff, *pixels]``
+        Polynomial coefficients, constant term first (romanisim / CRDS ``linearity``
+        convention), mapping observed DN to linearised DN.
+
+    Returns
+    -------
+    corrected : array ``[n_resultant, *pixels]``
+        Linearised resultants [DN]; pixels with non-finite or all-zero coefficients are left
+        unchanged (identity polynomial).
+    flags : array ``[*pixels]`` uint32
+        ``NO_LIN_CORR`` where the coefficients were unusable, else 0.
+    """
+    coefficients = jnp.asarray(coefficients, resultants.dtype)
+    pixels = resultants.shape[1:]
+    missing = (1,) * (len(pixels) + 1 - coefficients.ndim)
+    coefficients = jnp.broadcast_to(
+        coefficients.reshape(coefficients.shape[:1] + missing + coefficients.shape[1:]),
+        coefficients.shape[:1] + pixels,
+    )
+    bad = jnp.any(~jnp.isfinite(coefficients), axis=0) | jnp.all(coefficients == 0, axis=0)
+    identity = jnp.zeros(coefficients.shape[:1], resultants.dtype).at[1].set(1)
+    identity = identity.reshape(identity.shape + (1,) * len(pixels))
+    coefficients = jnp.where(bad[None], identity, coefficients)
+    # Horner, highest power first
+    corrected = jnp.zeros_like(resultants)
+    for k in range(coefficients.shape[0] - 1, -1, -1):
+        corrected = corrected * resultants + coefficients[k][None]
+    flags = jnp.where(bad, jnp.uint32(dqbits.NO_LIN_CORR), jnp.uint32(0))
+    return corrected, flags
+
+
+@partial(jax.jit, static_argnames=("pattern", "method", "has_dq", "fit_kwargs"))
+def _make_l2(resultants, dq, read_noise, gain, dark_rate, flat, linearity, *, pattern, method,
+             has_dq, fit_kwargs):  # fmt: skip
+    dtype = resultants.dtype
+    if linearity is not None:
+        resultants, lin_flags = apply_linearity(resultants, linearity)
+        dq = dq | lin_flags[None]
+        has_dq = True
+    fitter = _fitter(method)
+    electrons = resultants * gain[None]
+    fit_dq = (dq & jnp.uint32(dqbits.DO_NOT_USE_IN_FIT)) if has_dq else None
+    kwargs = dict(fit_kwargs)
+    try:
+        fit = fitter(electrons, pattern, read_noise * gain, dq=fit_dq, **kwargs)
+    except NotImplementedError:
+        # a fitter without sub-ramp support (the interpolated optimal fitter, like romanisim's
+        # RampFitInterpolator) fits the whole ramp and ignores the flags
+        fit = fitter(electrons, pattern, read_noise * gain, **kwargs)
+    slope_e = fit.slope.astype(dtype)
+    if dark_rate is not None:
+        slope_e = slope_e - dark_rate
+    gain2 = jnp.square(gain)
+    slope = slope_e / gain
+    var_rnoise = fit.var_read.astype(dtype) / gain2
+    var_poisson = fit.var_poisson.astype(dtype) / gain2
+    if flat is not None:
+        flat = jnp.clip(flat, 1e-9, jnp.inf)
+        slope = slope / flat
+        flat2 = jnp.square(flat)
+        var_rnoise = var_rnoise / flat2
+        var_poisson = var_poisson / flat2
+    out_dq = jnp.bitwise_or.reduce(dq | fit.dq.astype(jnp.uint32), axis=0)
+    return L2(slope=slope, var_rnoise=var_rnoise, var_poisson=var_poisson, dq=out_dq)
+
+
+def _per_pixel(name, value, pixels, dtype):
+    if value is None:
+        return None
+    shape = np.shape(value)
+    try:
+        if np.broadcast_shapes(shape, pixels) != pixels:
+            raise ValueError
+    except ValueError:
+        raise ValueError(
+            f"make_l2: `{name}` of shape {shape} does not broadcast against the pixel shape "
+            f"{pixels} of `resultants`"
+        ) from None
+    return jnp.broadcast_to(jnp.asarray(value, dtype), pixels)
+
+
+def make_l2(resultants, pattern, *, read_noise, gain, dq=None, dark_rate=None, flat=None,
+            method="casertano", linearity=None, **fit_kwargs):  # fmt: skip
+    """Fit L1 resultants [DN] into an L2 count-rate image [DN/s], as romanisim's ``make_l2``.
+
+    The resultants are converted to electrons with ``gain``, fitted with the chosen ramp
+    fitter using ``dq & DO_NOT_USE_IN_FIT`` (saturated and jump-flagged resultants split the
+    ramps), the dark rate is subtracted from the electron slope, and slope and variances are
+    converted back to DN and flat-fielded (romanisim ``image.make_l2``; research notes
+    section 5.1). Pure: the inputs are never modified. Jit-compatible (pattern, method and
+    the fitter keywords are static).
+
+    Parameters
+    ----------
+    resultants : array ``[n_resultant, *pixels]``
+        L1 resultants [DN]; integer inputs (uint16 L1 files) are converted to float.
+    pattern : ReadPattern
+        Static read pattern.
+    read_noise : float or array broadcasting to ``[*pixels]``
+        Read noise of one read [DN] (romanisim's default is 5 DN).
+    gain : float or array broadcasting to ``[*pixels]``
+        Gain [e/DN] (romanisim's default is 2 e/DN).
+    dq : array ``[n_resultant, *pixels]``, optional
+        Resultant flags; bits ``SATURATED | JUMP_DET`` exclude a resultant from the fit.
+    dark_rate : float or array broadcasting to ``[*pixels]``, optional
+        Dark current [e/s] subtracted from the fitted electron rate.
+    flat : float or array broadcasting to ``[*pixels]``, optional
+        Flat field [dimensionless], clipped at >= 1e-9; the slope is divided by it and the
+        variances by its square.
+    method : {"casertano", "optimal", "likely"}
+        Ramp fitter: :func:`romanjax.fit_ramps_casertano` (romanisim's choice),
+        :func:`romanjax.fit_ramps_optimal` (interpolated full-covariance GLS; fits whole ramps
+        when it does not support ``dq``) or :func:`romanjax.fit_ramps_likely` (stcal's
+        ``LIKELY``, romancal's default, with jump detection).
+    linearity : array ``[n_coeff]`` or ``[n_coeff, *pixels]``, optional
+        Classical non-linearity correction polynomial in DN, constant term first, applied to
+        the resultants before fitting (see :func:`apply_linearity`).
+    **fit_kwargs
+        Passed on to the fitter (e.g. ``detect_jumps=True`` for Casertano); must be hashable.
+
+    Returns
+    -------
+    L2
+        ``slope`` [DN/s], ``var_rnoise`` and ``var_poisson`` [(DN/s)**2], all ``[*pixels]``
+        in the resultants' float dtype, and ``dq [*pixels]`` uint32 (OR over resultants of
+        the input flags, non-linearity flags and fitter flags).
+
+    Raises
+    ------
+    ValueError
+        If ``method`` is unknown or a shape does not match the pattern / pixel shape.
+    """
+    if method not in METHODS:
+        raise ValueError(
+            f"make_l2: unknown `method` {method!r}; choose one of {sorted(METHODS)}"
+        )
+    if not isinstance(pattern, ReadPattern):
+        raise TypeError(
+            f"make_l2: `pattern` must be a romanjax.ReadPattern, got {type(pattern).__name__}"
+        )
+    if not hasattr(resultants, "shape"):
+        resultants = np.asarray(resultants)
+    if resultants.ndim < 1 or resultants.shape[0] != pattern.n_resultants:
+        raise ValueError(
+            f"make_l2: `resultants` of shape {resultants.shape} must have the "
+            f"{pattern.n_resultants} resultants of the read pattern on axis 0"
+        )
+    dtype = float_dtype(resultants)
+    if not jnp.issubdtype(resultants.dtype, jnp.floating):
+        dtype = jnp.dtype(jax.dtypes.canonicalize_dtype(jnp.float64))
+    resultants = jnp.asarray(resultants, dtype)
+    pixels = resultants.shape[1:]
+    if read_noise is None or gain is None:
+        raise ValueError("make_l2: `read_noise` [DN] and `gain` [e/DN] are required")
+    read_noise = _per_pixel("read_noise", read_noise, pixels, dtype)
+    gain = _per_pixel("gain", gain, pixels, dtype)
+    dark_rate = _per_pixel("dark_rate", dark_rate, pixels, dtype)
+    flat = _per_pixel("flat", flat, pixels, dtype)
+    has_dq = dq is not None
+    if has_dq:
+        try:
+            np.broadcast_shapes(np.shape(dq), resultants.shape)
+        except ValueError:
+            raise ValueError(
+                f"make_l2: `dq` of shape {np.shape(dq)} does not broadcast against "
+                f"`resultants` of shape {resultants.shape}"
+            ) from None
+        dq = jnp.broadcast_to(jnp.asarray(dq).astype(jnp.uint32), resultants.shape)
+    else:
+        dq = jnp.zeros(resultants.shape, jnp.uint32)
+    if linearity is not None:
+        lin_shape = np.shape(linearity)
+        try:
+            ok = len(lin_shape) >= 1 and lin_shape[0] >= 2 and (
+                len(lin_shape) == 1 or np.broadcast_shapes(lin_shape[1:], pixels) == pixels
+            )
+        except ValueError:
+            ok = False
+        if not ok:
+            raise ValueError(
+                f"make_l2: `linearity` coefficients of shape {lin_shape} must be "
+                f"[n_coeff >= 2] or [n_coeff, *pixels] with pixels {pixels}"
+            )
+        linearity = jnp.asarray(linearity, dtype)
+    return _make_l2(
+        resultants, dq, read_noise, gain, dark_rate, flat, linearity,
+        pattern=pattern, method=method, has_dq=has_dq,
+        fit_kwargs=tuple(sorted(fit_kwargs.items())),
+    )  # fmt: skip

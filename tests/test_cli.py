@@ -1,0 +1,196 @@
+"""The `romanjax` command: each subcommand run in a temporary folder, and its files opened."""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from astropy.table import Table
+from conftest import requires_romanisim
+
+import romanjax
+from romanjax.cli import main
+from romanjax.io import read_l1, read_l2
+from romanjax.scene import make_scene
+
+needs_pipeline = pytest.mark.skipif(
+    any(importlib.util.find_spec(m) is None for m in
+        ("romanjax.ramp._casertano", "romanjax.l1._apportion", "romanjax.l1._simulate")),
+    reason="needs romanjax.simulate_l1, apportion_counts and fit_ramps_casertano",
+)  # fmt: skip
+
+SIZE = 48
+
+
+def test_help_subprocess():
+    """The installed console script answers --help (falls back to `python -m`)."""
+    script = shutil.which("romanjax") or str(Path(sys.executable).with_name("romanjax"))
+    command = [script] if Path(script).exists() else [sys.executable, "-m", "romanjax.cli"]
+    result = subprocess.run(command + ["--help"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0
+    for word in ("simulate", "fit", "inject"):
+        assert word in result.stdout
+
+
+@pytest.mark.parametrize("sub", ["simulate", "fit", "inject"])
+def test_help_every_subcommand(sub, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main([sub, "--help"])
+    assert exit_info.value.code == 0
+    assert "usage: romanjax " + sub in capsys.readouterr().out
+
+
+def test_no_command_and_bad_options(capsys):
+    assert main([]) != 0
+    with pytest.raises(SystemExit) as exit_info:
+        main(["simulate", "--size", "-3"])
+    assert exit_info.value.code == 2
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "x.asdf", "--method", "nonsense"])
+    assert exit_info.value.code == 2
+    assert "invalid choice" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def simulated(tmp_path_factory):
+    if any(importlib.util.find_spec(m) is None for m in
+           ("romanjax.ramp._casertano", "romanjax.l1._apportion", "romanjax.l1._simulate")):
+        pytest.skip("needs simulate_l1, apportion_counts and fit_ramps_casertano")  # fmt: skip
+    folder = tmp_path_factory.mktemp("sim") / "out"
+    status = main(["simulate", "--size", str(SIZE), "--seed", "4", "--output", str(folder),
+                   "-q"])  # fmt: skip
+    assert status == 0
+    return folder
+
+
+@needs_pipeline
+def test_simulate_writes_readable_files(simulated):
+    l1 = read_l1(simulated / "romanjax_L1.asdf")
+    l2 = read_l2(simulated / "romanjax_L2.asdf")
+    pattern = romanjax.ReadPattern.from_ma_table(4)
+    assert l1.resultants.shape == (pattern.n_resultants, SIZE, SIZE)
+    assert l1.pattern == pattern and l2.pattern == pattern
+    assert l2.data.shape == (SIZE, SIZE)
+    assert np.all(np.isfinite(l2.data)) and np.all(l2.var_poisson >= 0)
+    np.testing.assert_allclose(l2.err**2, l2.var_rnoise + l2.var_poisson, rtol=1e-5)
+    catalog = Table.read(simulated / "romanjax_catalog.ecsv")
+    assert {"x", "y", "ra", "dec", "flux"} <= set(catalog.colnames) and len(catalog) >= 2
+    # the scene is in the image: sky 1 e/s = 0.5 DN/s median, and the fitted image follows
+    # the (deterministic) scene it was simulated from: same mean rate [e/s] within 3%
+    # (Poisson + read noise on 2304 pixels is < 1%), pixel values strongly correlated
+    assert 0.3 < np.median(l2.data) < 0.8
+    scene = make_scene((SIZE, SIZE), seed=4)
+    assert abs(np.mean(l2.data) * 2.0 / np.mean(scene.rate) - 1) < 0.03
+    assert np.corrcoef(l2.data.ravel(), scene.rate.ravel())[0, 1] > 0.8
+    # WCS stored: the catalog's ra/dec map back to its x/y
+    x, y = l2.wcs.world_to_pixel_values(catalog["ra"], catalog["dec"])
+    np.testing.assert_allclose(x, catalog["x"], atol=1e-6)
+    png = (simulated / "romanjax_L2.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@needs_pipeline
+def test_fit_command_matches_simulate(simulated, tmp_path, capsys):
+    out = tmp_path / "refit_L2.asdf"
+    assert main(["fit", str(simulated / "romanjax_L1.asdf"), "-o", str(out), "-q"]) == 0
+    assert str(out) in capsys.readouterr().out
+    refit = read_l2(out)
+    original = read_l2(simulated / "romanjax_L2.asdf")
+    np.testing.assert_allclose(refit.data, original.data, rtol=1e-6, atol=1e-6)
+    assert np.array_equal(refit.dq, original.dq)
+    assert refit.meta["method"] == "casertano"
+
+
+@needs_pipeline
+def test_inject_command(simulated, tmp_path):
+    catalog = tmp_path / "new_sources.csv"
+    Table({"x": [12.0, 35.0], "y": [30.0, 14.0], "flux": [800.0, 1500.0]}).write(catalog)
+    out = tmp_path / "injected.asdf"
+    source = simulated / "romanjax_L2.asdf"
+    assert main(["inject", str(source), str(catalog), "-o", str(out), "-q"]) == 0
+    before, after = read_l2(source), read_l2(out)
+    delta = after.data.astype(np.float64) - before.data
+    for x, y, f in [(12, 30, 800.0), (35, 14, 1500.0)]:
+        assert delta[y - 8: y + 9, x - 8: x + 9].sum() * 2.0 > 0.7 * f
+    assert after.meta["injected_sources"] == 2
+    assert np.array_equal(after.dq, before.dq)
+
+
+def test_user_errors_exit_nonzero_without_traceback(tmp_path, capsys):
+    missing = tmp_path / "missing.asdf"
+    assert main(["fit", str(missing)]) == 1
+    err = capsys.readouterr().err
+    assert "missing.asdf" in err and "Traceback" not in err
+    corrupt = tmp_path / "corrupt.asdf"
+    corrupt.write_text("not asdf")
+    assert main(["fit", str(corrupt)]) == 1
+    assert "corrupt.asdf" in capsys.readouterr().err
+    assert main(["inject", str(corrupt), str(tmp_path / "cat.csv")]) == 1
+    assert main(["simulate", "--ma-table", "99", "--output", str(tmp_path / "o")]) == 1
+    assert "--ma-table" in capsys.readouterr().err
+
+
+@needs_pipeline
+def test_wrong_kind_and_bad_catalog(simulated, tmp_path, capsys):
+    assert main(["fit", str(simulated / "romanjax_L2.asdf"), "-o", str(tmp_path / "x")]) == 1
+    assert "expected an L1" in capsys.readouterr().err
+    assert main(["inject", str(simulated / "romanjax_L1.asdf"), "c.csv"]) == 1
+    assert "needs an L2" in capsys.readouterr().err
+    bad = tmp_path / "bad.csv"
+    Table({"x": [1.0], "y": [2.0]}).write(bad)
+    assert main(["inject", str(simulated / "romanjax_L2.asdf"), str(bad)]) == 1
+    assert "flux" in capsys.readouterr().err
+
+
+@requires_romanisim
+@needs_pipeline
+def test_fit_and_inject_romanisim_files(tmp_path):
+    """`fit` reads romanisim's L1; `inject` writes a romanisim L2 back as a datamodel."""
+    import galsim
+    import roman_datamodels as rdm
+    from astropy import units as u
+    from astropy.coordinates import SkyCoord
+    from romanisim import catalog, image, util
+    from romanisim import l1 as romanisim_l1
+    from romanisim.models import parameters, wcs
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(parameters, "n_pix", 32)
+        coord = SkyCoord(ra=270 * u.deg, dec=66 * u.deg)
+        meta = util.default_image_meta(coord=coord, filter_name="F158", ma_table=4)
+        wcs.fill_in_parameters(meta, coord)
+        rng = galsim.UniformDeviate(9)
+        cat = catalog.make_dummy_table_catalog(coord, radius=0.003, bandpasses=["F158"],
+                                               nobj=5, rng=rng)  # fmt: skip
+        l1, _ = image.simulate(meta, cat, usecrds=False, psftype="galsim", level=1, rng=rng,
+                               crparam=None)  # fmt: skip
+        b = parameters.nborder
+        romanisim_l1.make_asdf(l1.data[:, b:-b, b:-b], metadata=l1.meta,
+                               filepath=tmp_path / "rsim_L1.asdf")  # fmt: skip
+        l2, _ = image.simulate(meta, cat, usecrds=False, psftype="galsim", level=2, rng=rng,
+                               crparam=None)  # fmt: skip
+        rdm.datamodels.ImageModel(l2).save(tmp_path / "rsim_image.asdf")
+
+    # fit: default output next to the input, *_L1 -> *_L2
+    assert main(["fit", str(tmp_path / "rsim_L1.asdf"), "-q"]) == 0
+    fitted = read_l2(tmp_path / "rsim_L2.asdf")
+    assert fitted.data.shape == (32, 32)
+    assert fitted.meta["source_format"] == "WfiScienceRaw"
+    # romanisim's L1 holds DN, so the fitted sky level is close to romanisim's own L2
+    reference = read_l2(tmp_path / "rsim_image.asdf")
+    assert abs(np.median(fitted.data) / np.median(reference.data) - 1) < 0.2
+
+    catalog_path = tmp_path / "cat.ecsv"
+    Table({"x": [16.0], "y": [16.0], "flux": [2000.0]}).write(catalog_path)
+    out = tmp_path / "rsim_injected.asdf"
+    assert main(["inject", str(tmp_path / "rsim_image.asdf"), str(catalog_path), "-o", str(out),
+                 "-q"]) == 0  # fmt: skip
+    with rdm.open(out) as model, rdm.open(tmp_path / "rsim_image.asdf") as original:
+        assert type(model).__name__ == "ImageModel"
+        delta = model.data.astype(np.float64) - original.data
+        assert abs(delta[4:29, 4:29].sum() * 2.0 / 2000.0 - 1) < 0.1

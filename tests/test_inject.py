@@ -1,0 +1,222 @@
+"""inject_sources_into_l2: flux recovery, untouched pixels, variance growth, both image kinds."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import jax
+import numpy as np
+import pytest
+from astropy.table import Table
+from conftest import requires_romanisim
+
+import romanjax
+from romanjax.inject import inject_sources_into_l2
+from romanjax.io import L2Image
+from romanjax.scene import make_wcs
+
+pytestmark = pytest.mark.skipif(
+    importlib.util.find_spec("romanjax.ramp._casertano") is None
+    or importlib.util.find_spec("romanjax.l1._apportion") is None,
+    reason="needs romanjax.fit_ramps_casertano and romanjax.apportion_counts",
+)
+
+STAMP = 24  # stamp side [pixels]: nothing outside +-STAMP/2 of a source may change
+HALF = STAMP // 2 + 1
+
+
+def flat_l2(shape=(96, 96), level=1.5, gain=2.0, read_noise=5.0):
+    """A background-only romanjax L2 image at ``level`` [DN/s] with consistent variances."""
+    pattern = romanjax.ReadPattern.from_ma_table(4)
+    rng = np.random.default_rng(11)
+    data = (level + rng.normal(0, 0.05, shape)).astype(np.float32)
+    ramp = (data[None] * pattern.tbar[:, None, None]).astype(np.float32)
+    fit = romanjax.make_l2(ramp, pattern, read_noise=read_noise, gain=gain)
+    var_r = np.asarray(fit.var_rnoise, np.float32)
+    var_p = np.asarray(fit.var_poisson, np.float32)
+    dq = np.zeros(shape, np.uint32)
+    dq[5, 5] = 4
+    return L2Image(data=data, var_rnoise=var_r, var_poisson=var_p,
+                   err=np.sqrt(var_r + var_p), dq=dq, pattern=pattern, gain=gain,
+                   read_noise=read_noise, wcs=make_wcs(shape))  # fmt: skip
+
+
+def far_mask(shape, xs, ys, half=HALF):
+    yy, xx = np.indices(shape)
+    far = np.ones(shape, bool)
+    for x, y in zip(xs, ys, strict=True):
+        far &= (np.abs(xx - round(x)) > half) | (np.abs(yy - round(y)) > half)
+    return far
+
+
+def box_sum(image, x, y, half=HALF):
+    x, y = round(x), round(y)
+    return image[max(y - half, 0): y + half + 1, max(x - half, 0): x + half + 1].sum()
+
+
+def test_injection_into_romanjax_l2():
+    image = flat_l2()
+    before = image.copy()
+    xs, ys, flux = [20.0, 70.3, 30.0], [25.0, 40.6, 75.0], [300.0, 1000.0, 5000.0]
+    cat = Table({"x": xs, "y": ys, "flux": flux})
+    new = inject_sources_into_l2(image, cat, key=jax.random.key(1), stamp_size=STAMP)
+    assert isinstance(new, L2Image)
+    # the input is untouched
+    for name in ("data", "var_rnoise", "var_poisson", "err", "dq"):
+        assert np.array_equal(getattr(image, name), getattr(before, name))
+    delta = new.data.astype(np.float64) - image.data
+    # flux recovered within 10% per source (the stamp holds ~97% of the Airy light)
+    for x, y, f in zip(xs, ys, flux, strict=True):
+        recovered = box_sum(delta, x, y) * image.gain
+        assert abs(recovered / f - 1) < 0.1, (x, y, recovered, f)
+    # far pixels bit-identical in every array; dq untouched everywhere
+    far = far_mask(image.shape, xs, ys)
+    for name in ("data", "var_rnoise", "var_poisson", "err"):
+        assert np.array_equal(getattr(new, name)[far], getattr(image, name)[far]), name
+    assert np.array_equal(new.dq, image.dq)
+    assert new.pattern == image.pattern and new.gain == image.gain
+    # variances grow where flux was added; err is consistent
+    for x, y in zip(xs, ys, strict=True):
+        iy, ix = round(y), round(x)
+        assert new.var_poisson[iy, ix] > 2 * image.var_poisson[iy, ix]
+        assert new.err[iy, ix] > image.err[iy, ix]
+    changed = new.data != image.data
+    np.testing.assert_allclose(new.err[changed] ** 2,
+                               new.var_rnoise[changed] + new.var_poisson[changed],
+                               rtol=1e-5)  # fmt: skip
+    assert new.data.dtype == image.data.dtype
+
+
+def test_ra_dec_positions_and_gain_from_image():
+    image = flat_l2(gain=4.0)
+    x0, y0 = 47.3, 50.8
+    ra, dec = image.wcs.pixel_to_world_values(x0, y0)
+    cat = Table({"ra": [float(ra)], "dec": [float(dec)], "flux": [2000.0]})
+    new = inject_sources_into_l2(image, cat, key=jax.random.key(2), stamp_size=STAMP)
+    delta = new.data.astype(np.float64) - image.data
+    yy, xx = np.indices(delta.shape)
+    near = ~far_mask(image.shape, [x0], [y0])
+    weight = np.where(near, delta, 0)
+    assert abs((weight * xx).sum() / weight.sum() - x0) < 0.15
+    assert abs((weight * yy).sum() / weight.sum() - y0) < 0.15
+    # the image's gain (4 e/DN) converts the counts: sum(delta) * 4 ~ flux
+    assert abs(box_sum(delta, x0, y0) * 4.0 / 2000.0 - 1) < 0.1
+
+
+def test_galaxy_is_extended_and_conserves_flux():
+    image = flat_l2()
+    kwargs = dict(key=jax.random.key(3), stamp_size=40)
+    star = inject_sources_into_l2(image, Table({"x": [48.0], "y": [48.0], "flux": [3e3]}),
+                                  **kwargs)  # fmt: skip
+    galaxy = inject_sources_into_l2(
+        image, Table({"x": [48.0], "y": [48.0], "flux": [3e3], "half_light_radius": [0.6],
+                      "n": [1.0], "q": [0.5], "beta": [30.0]}), **kwargs,
+    )  # fmt: skip
+    yy, xx = np.indices(image.shape)
+    r2 = (xx - 48.0) ** 2 + (yy - 48.0) ** 2
+
+    def size(new):
+        delta = new.data.astype(np.float64) - image.data
+        inner = r2 < 20**2
+        return (delta * r2)[inner].sum() / delta[inner].sum(), delta[inner].sum()
+
+    star_size, star_flux = size(star)
+    galaxy_size, galaxy_flux = size(galaxy)
+    assert galaxy_size > 3 * star_size
+    assert abs(galaxy_flux * 2.0 / 3e3 - 1) < 0.1
+
+
+def test_bad_inputs():
+    image = flat_l2((16, 16))
+    with pytest.raises(ValueError, match="flux"):
+        inject_sources_into_l2(image, Table({"x": [1.0], "y": [1.0]}), key=jax.random.key(0))
+    with pytest.raises(ValueError, match="`image`"):
+        inject_sources_into_l2(np.zeros((4, 4)), Table({"x": [1.0], "y": [1.0], "flux": [1.0]}),
+                               key=jax.random.key(0))  # fmt: skip
+    no_wcs = image.copy()
+    no_wcs.wcs = None
+    with pytest.raises(ValueError, match="WCS"):
+        inject_sources_into_l2(no_wcs, Table({"ra": [1.0], "dec": [1.0], "flux": [1.0]}),
+                               key=jax.random.key(0))  # fmt: skip
+    # a source entirely off the image changes nothing
+    off = inject_sources_into_l2(image, Table({"x": [500.0], "y": [500.0], "flux": [1e3]}),
+                                 key=jax.random.key(0))  # fmt: skip
+    assert np.array_equal(off.data, image.data)
+
+
+@pytest.fixture(scope="module")
+def romanisim_l2():
+    """A small romanisim L2 ImageModel (64 x 64, MA table 4), made offline without CRDS."""
+    pytest.importorskip("romanisim")
+    import galsim
+    import roman_datamodels as rdm
+    from astropy import units as u
+    from astropy.coordinates import SkyCoord
+    from romanisim import catalog, image, util
+    from romanisim.models import parameters, wcs
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(parameters, "n_pix", 64)
+        coord = SkyCoord(ra=270 * u.deg, dec=66 * u.deg)
+        meta = util.default_image_meta(coord=coord, filter_name="F158", ma_table=4)
+        wcs.fill_in_parameters(meta, coord)
+        rng = galsim.UniformDeviate(42)
+        cat = catalog.make_dummy_table_catalog(coord, radius=0.003, bandpasses=["F158"],
+                                               nobj=10, rng=rng)  # fmt: skip
+        l2, _ = image.simulate(meta, cat, usecrds=False, psftype="galsim", level=2,
+                               rng=rng, crparam=None)  # fmt: skip
+    return rdm.datamodels.ImageModel(l2)
+
+
+@requires_romanisim
+def test_injection_into_romanisim_image_model(romanisim_l2):
+    model = romanisim_l2
+    original = model.data.copy()
+    xs, ys, flux = [15.0, 45.0], [20.0, 44.0], [500.0, 2000.0]
+    new = inject_sources_into_l2(model, Table({"x": xs, "y": ys, "flux": flux}),
+                                 key=jax.random.key(5), stamp_size=STAMP)  # fmt: skip
+    assert type(new) is type(model)
+    assert np.array_equal(model.data, original)  # deep copy, input untouched
+    delta = new.data.astype(np.float64) - model.data
+    for x, y, f in zip(xs, ys, flux, strict=True):
+        # romanisim images carry no gain: romanisim's default 2 e/DN is used
+        assert abs(box_sum(delta, x, y) * 2.0 / f - 1) < 0.1
+    far = far_mask(model.data.shape, xs, ys)
+    for name in ("data", "var_poisson", "err", "dq"):
+        assert np.array_equal(np.asarray(getattr(new, name))[far],
+                              np.asarray(getattr(model, name))[far]), name  # fmt: skip
+    assert np.array_equal(new.dq, model.dq)
+    for x, y in zip(xs, ys, strict=True):
+        assert new.var_poisson[round(y), round(x)] > model.var_poisson[round(y), round(x)]
+        assert new.err[round(y), round(x)] > model.err[round(y), round(x)]
+    new.validate()  # still a valid datamodel
+
+
+@requires_romanisim
+def test_injection_into_bare_wfi_image_node(romanisim_l2):
+    """romanisim.image.simulate returns a bare WfiImage node; the result is one too."""
+    import copy
+
+    node = copy.deepcopy(romanisim_l2)._instance
+    assert type(node).__name__ == "WfiImage"
+    new = inject_sources_into_l2(node, Table({"x": [20.0], "y": [20.0], "flux": [1500.0]}),
+                                 key=jax.random.key(8), stamp_size=STAMP)  # fmt: skip
+    assert type(new) is type(node) and new is not node
+    delta = np.asarray(new.data, np.float64) - np.asarray(node.data)
+    assert abs(box_sum(delta, 20, 20) * 2.0 / 1500.0 - 1) < 0.1
+    assert np.array_equal(np.asarray(node.data), np.asarray(romanisim_l2.data))
+
+
+@requires_romanisim
+def test_romanisim_image_model_ra_dec(romanisim_l2):
+    """ra, dec through the model's gwcs (inverted numerically when gwcs cannot)."""
+    model = romanisim_l2
+    x0, y0 = 30.4, 33.7
+    ra, dec = model.meta.wcs(x0, y0)
+    new = inject_sources_into_l2(model, Table({"ra": [ra], "dec": [dec], "flux": [3000.0]}),
+                                 key=jax.random.key(6), stamp_size=STAMP)  # fmt: skip
+    delta = np.where(~far_mask(model.data.shape, [x0], [y0]),
+                     new.data.astype(np.float64) - model.data, 0)  # fmt: skip
+    yy, xx = np.indices(delta.shape)
+    assert abs((delta * xx).sum() / delta.sum() - x0) < 0.2
+    assert abs((delta * yy).sum() / delta.sum() - y0) < 0.2

@@ -1,0 +1,209 @@
+"""ASDF I/O: round trips, atomic writes, clear errors, and romanisim's L1/L2 files."""
+
+from __future__ import annotations
+
+import os
+
+import asdf
+import numpy as np
+import pytest
+from conftest import requires_romanisim
+
+import romanjax
+from romanjax.io import (
+    NBORDER,
+    L1Image,
+    L2Image,
+    ProductFileError,
+    file_kind,
+    read_l1,
+    read_l2,
+    read_product,
+    write_l1,
+    write_l2,
+)
+from romanjax.scene import make_wcs
+
+
+def make_l1_image(rng, shape=(6, 7)):
+    pattern = romanjax.ReadPattern.from_ma_table(4)
+    resultants = rng.uniform(1e3, 5e4, (pattern.n_resultants,) + shape).astype(np.float32)
+    dq = rng.choice(np.array([0, 2, 4], np.uint32), resultants.shape)
+    return L1Image(resultants=resultants, dq=dq, pattern=pattern,
+                   gain=rng.uniform(1.8, 2.2, shape), read_noise=5.0,
+                   wcs=make_wcs(shape, ra=10.0, dec=-30.0), meta={"seed": 3})  # fmt: skip
+
+
+def make_l2_image(rng, shape=(6, 7)):
+    pattern = romanjax.ReadPattern(((1, 2), (3,), (7, 8, 9)), read_time=2.5)
+    data = rng.normal(5, 1, shape).astype(np.float32)
+    var_r = rng.uniform(0.01, 0.02, shape).astype(np.float32)
+    var_p = rng.uniform(0.01, 0.05, shape).astype(np.float32)
+    return L2Image(data=data, var_rnoise=var_r, var_poisson=var_p, err=np.sqrt(var_r + var_p),
+                   dq=rng.choice(np.array([0, 4], np.uint32), shape), pattern=pattern,
+                   gain=2.0, read_noise=rng.uniform(4, 6, shape),
+                   wcs=make_wcs(shape), meta={"note": "test"})  # fmt: skip
+
+
+def assert_same_wcs(a, b, shape):
+    y, x = np.indices(shape)
+    np.testing.assert_allclose(
+        np.array(a.pixel_to_world_values(x, y)), np.array(b.pixel_to_world_values(x, y)),
+        rtol=0, atol=1e-10,
+    )  # fmt: skip
+
+
+def test_l1_round_trip(tmp_path, rng):
+    l1 = make_l1_image(rng)
+    path = write_l1(tmp_path / "a_L1.asdf", l1)
+    back = read_l1(path)
+    assert back.kind == "L1" and file_kind(path) == ("romanjax", "L1")
+    assert np.array_equal(back.resultants, l1.resultants)
+    assert back.resultants.dtype == np.float32
+    assert np.array_equal(back.dq, l1.dq) and back.dq.dtype == np.uint32
+    assert back.pattern == l1.pattern
+    assert np.array_equal(back.gain, l1.gain) and back.read_noise == 5.0
+    assert_same_wcs(back.wcs, l1.wcs, l1.shape)
+    assert back.meta["seed"] == 3 and "created" in back.meta
+    with asdf.open(path) as af:  # provenance
+        assert af.tree["romanjax"]["version"] == romanjax.__version__
+        assert af.tree["romanjax"]["software"] == "romanjax"
+
+
+def test_l2_round_trip(tmp_path, rng):
+    l2 = make_l2_image(rng)
+    back = read_l2(write_l2(tmp_path / "b.asdf", l2))
+    for name in ("data", "var_rnoise", "var_poisson", "err", "dq", "read_noise"):
+        assert np.array_equal(getattr(back, name), getattr(l2, name)), name
+    assert back.pattern == l2.pattern and back.pattern.read_time == 2.5
+    assert back.gain == 2.0
+    assert_same_wcs(back.wcs, l2.wcs, l2.shape)
+    assert back.meta["note"] == "test"
+
+
+def test_wrong_kind_and_corrupt_files(tmp_path, rng):
+    l2_path = write_l2(tmp_path / "x.asdf", make_l2_image(rng))
+    with pytest.raises(ProductFileError, match="expected an L1"):
+        read_l1(l2_path)
+    garbage = tmp_path / "garbage.asdf"
+    garbage.write_bytes(b"this is not an asdf file\n" * 10)
+    with pytest.raises(ValueError, match="garbage.asdf"):
+        read_product(garbage)
+    truncated = tmp_path / "truncated.asdf"
+    truncated.write_bytes(l2_path.read_bytes()[: len(l2_path.read_bytes()) // 3])
+    with pytest.raises(ValueError, match="truncated.asdf"):
+        read_l2(truncated)
+    other = tmp_path / "other.asdf"
+    asdf.AsdfFile({"something": np.arange(3)}).write_to(other)
+    with pytest.raises(ProductFileError, match="not a romanjax or Roman"):
+        read_product(other)
+    with pytest.raises(FileNotFoundError, match="missing.asdf"):
+        read_product(tmp_path / "missing.asdf")
+    bad_pattern = tmp_path / "bad_pattern.asdf"
+    asdf.AsdfFile({"romanjax": {"kind": "L2", "read_pattern": {"reads": [[2], [1]]}}}).write_to(
+        bad_pattern
+    )
+    with pytest.raises(ProductFileError, match="read pattern"):
+        read_l2(bad_pattern)
+
+
+def test_atomic_write_keeps_old_file(tmp_path, rng, monkeypatch):
+    path = tmp_path / "keep.asdf"
+    write_l2(path, make_l2_image(rng))
+    original = path.read_bytes()
+
+    def failing_write(self, target, *args, **kwargs):
+        with open(target, "wb") as stream:
+            stream.write(b"#ASDF 1.0.0\npartial")
+        raise OSError("disk full (simulated)")
+
+    monkeypatch.setattr(asdf.AsdfFile, "write_to", failing_write)
+    with pytest.raises(OSError, match="disk full"):
+        write_l2(path, make_l2_image(rng))
+    assert path.read_bytes() == original
+    assert sorted(os.listdir(tmp_path)) == ["keep.asdf"]  # no temporary file left behind
+    monkeypatch.undo()
+    read_l2(path)  # still a valid file
+
+
+def test_write_into_missing_folder_is_clear(tmp_path, rng):
+    with pytest.raises(ProductFileError, match="does not exist"):
+        write_l2(tmp_path / "nope" / "x.asdf", make_l2_image(rng))
+
+
+# --- romanisim files -------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def romanisim_files(tmp_path_factory):
+    """A small romanisim L1 (with its dq extras) and L2, made offline (no CRDS)."""
+    pytest.importorskip("romanisim")
+    import galsim
+    import roman_datamodels as rdm
+    from astropy import units as u
+    from astropy.coordinates import SkyCoord
+    from romanisim import catalog, image, util
+    from romanisim import l1 as romanisim_l1
+    from romanisim.models import parameters, wcs
+
+    folder = tmp_path_factory.mktemp("romanisim")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(parameters, "n_pix", 32)
+        coord = SkyCoord(ra=270 * u.deg, dec=66 * u.deg)
+        meta = util.default_image_meta(coord=coord, filter_name="F158", ma_table=4)
+        wcs.fill_in_parameters(meta, coord)
+        rng = galsim.UniformDeviate(7)
+        cat = catalog.make_dummy_table_catalog(coord, radius=0.003, bandpasses=["F158"],
+                                               nobj=5, rng=rng)  # fmt: skip
+        l1, extras = image.simulate(meta, cat, usecrds=False, psftype="galsim", level=1,
+                                    rng=rng, crparam=None)  # fmt: skip
+        b = parameters.nborder
+        l1_dq = np.zeros(l1.data.shape, np.uint32)[:, b:-b, b:-b]
+        l1_dq[3, 5, 6] = 4
+        romanisim_l1.make_asdf(l1.data[:, b:-b, b:-b], dq=l1_dq, metadata=l1.meta,
+                               filepath=folder / "sim_L1.asdf")  # fmt: skip
+        l2, _ = image.simulate(meta, cat, usecrds=False, psftype="galsim", level=2,
+                               rng=rng, crparam=None)  # fmt: skip
+        rdm.datamodels.ImageModel(l2).save(folder / "sim_L2.asdf")
+    return {"l1": folder / "sim_L1.asdf", "l2": folder / "sim_L2.asdf",
+            "l1_data": np.asarray(l1.data), "l1_dq": l1_dq, "l2_data": np.asarray(l2.data)}
+
+
+@requires_romanisim
+def test_read_romanisim_l1(romanisim_files):
+    l1 = read_l1(romanisim_files["l1"])
+    assert file_kind(romanisim_files["l1"]) == ("roman", "L1")
+    raw = romanisim_files["l1_data"]
+    assert raw.dtype == np.uint16 and raw.shape[1:] == (32 + 2 * NBORDER,) * 2
+    assert l1.resultants.shape == (9, 32, 32)
+    b = NBORDER
+    assert np.array_equal(l1.resultants, raw[:, b:-b, b:-b].astype(np.float32))
+    assert np.array_equal(l1.dq, romanisim_files["l1_dq"])
+    assert l1.pattern == romanjax.ReadPattern.from_ma_table(4)
+    assert l1.gain == 2.0 and l1.read_noise == 5.0
+
+
+@requires_romanisim
+def test_read_romanisim_l2(romanisim_files):
+    l2 = read_l2(romanisim_files["l2"])
+    assert file_kind(romanisim_files["l2"]) == ("roman", "L2")
+    assert np.array_equal(l2.data, romanisim_files["l2_data"])
+    assert l2.pattern == romanjax.ReadPattern.from_ma_table(4)
+    assert l2.wcs is not None
+    x, y = l2.wcs(np.array([3.0]), np.array([4.0]))  # gwcs forward transform works
+    assert np.all(np.isfinite(x)) and np.all(np.isfinite(y))
+    np.testing.assert_allclose(l2.err**2, l2.var_rnoise + l2.var_poisson, rtol=1e-4, atol=1e-9)
+    with pytest.raises(ProductFileError, match="expected an L1"):
+        read_l1(romanisim_files["l2"])
+
+
+@requires_romanisim
+def test_romanisim_l2_round_trips_as_romanjax_file_with_gwcs(romanisim_files, tmp_path):
+    l2 = read_l2(romanisim_files["l2"])
+    back = read_l2(write_l2(tmp_path / "converted.asdf", l2))
+    assert file_kind(tmp_path / "converted.asdf") == ("romanjax", "L2")
+    assert type(back.wcs).__name__ == type(l2.wcs).__name__ == "WCS"
+    assert type(back.wcs).__module__.startswith("gwcs")
+    x, y = np.array([1.0, 20.0]), np.array([3.0, 30.0])
+    np.testing.assert_allclose(np.array(back.wcs(x, y)), np.array(l2.wcs(x, y)), atol=1e-12)
+    assert np.array_equal(back.data, l2.data) and np.array_equal(back.dq, l2.dq)
