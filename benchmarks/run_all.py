@@ -1,0 +1,346 @@
+"""romanjax against romanisim and stcal on the same data, in one process.
+
+Rows (reference -> romanjax, both on the same MA-table-4 frame of resultants [e]):
+
+- apportionment: ``romanisim.l1.apportion_counts_to_resultants`` -> ``apportion_frame``
+- optimal: ``romanisim.ramp.RampFitInterpolator(reads).fit_ramps`` -> ``fit_frame(optimal)``
+- Casertano: ``romanisim.ramp.fit_ramps_casertano`` -> ``fit_frame(casertano)``
+- ols_cas22 without / with jumps: ``stcal.ramp_fitting.ols_cas22.fit_ramps(use_jump=...)``
+  -> ``fit_frame(casertano, detect_jumps=...)``
+- LIKELY: ``stcal.ramp_fitting.likely_fit.likely_ramp_fit`` -> ``fit_frame(likely)``
+
+romanjax is timed end to end through the host-side drivers (numpy in, numpy out: transfers,
+chunking and sharding included) after one warm-up call that compiles; best of ``--repeat``.
+References run ``--ref-repeat`` times (best taken). The floor is one memory pass over the
+resultants: a jitted ``sum`` over the resultant axis of the frame already on the device(s)
+(the least any fitter must do: read every resultant once), and numpy's ``sum`` for scale.
+Peak memory: the resident-set high-water mark of the process sampled during each row
+(psutil, every 10 ms) minus the resident set before it, and the process's overall peak.
+
+Runs unchanged on a CUDA machine (``pip install romanjax[cuda]``): JAX picks the GPU and the
+drivers shard over all local devices.
+
+Usage::
+
+    python benchmarks/run_all.py                 # 1024 x 1024
+    python benchmarks/run_all.py --full          # 1024 x 1024 and 4088 x 4088
+    python benchmarks/run_all.py --size 256      # quick check
+    python benchmarks/run_all.py --only optimal casertano --no-reference
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import importlib.util
+import json
+import os
+import platform
+import resource
+import sys
+import threading
+import time
+
+import numpy as np
+
+ROWS = ("apportion", "optimal", "casertano", "cas22", "cas22_jump", "likely")
+READ_NOISE = 5.0  # [e] per read
+JUMP_FRACTION = 0.01  # pixels with a cosmic-ray jump (for the jump-detecting rows)
+
+
+def have(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:
+        return False
+
+
+class PeakMemory:
+    """Resident-set high-water mark during a ``with`` block (sampling thread, 10 ms)."""
+
+    def __init__(self):
+        import psutil
+
+        self.process = psutil.Process()
+
+    def __enter__(self):
+        self.start = self.process.memory_info().rss
+        self.peak = self.start
+        self.running = True
+        self.thread = threading.Thread(target=self._sample, daemon=True)
+        self.thread.start()
+        return self
+
+    def _sample(self):
+        while self.running:
+            self.peak = max(self.peak, self.process.memory_info().rss)
+            time.sleep(0.01)
+
+    def __exit__(self, *exc):
+        self.running = False
+        self.thread.join()
+        self.peak = max(self.peak, self.process.memory_info().rss)
+
+    @property
+    def delta_mb(self) -> float:
+        return (self.peak - self.start) / 2**20
+
+
+def best_of(function, repeat: int):
+    """Best wall time [s] of ``repeat`` calls (the result of the last call is returned)."""
+    best, out = np.inf, None
+    for _ in range(max(repeat, 1)):
+        out = None
+        gc.collect()
+        start = time.perf_counter()
+        out = function()
+        best = min(best, time.perf_counter() - start)
+    return best, out
+
+
+def make_data(size: int, seed: int = 2026):
+    """Counts, resultants [e] and a per-pixel flux for a ``size x size`` MA-table-4 frame.
+
+    Fluxes: 90% faint sky-like 0.1-5 e/s, 10% sources 5-2000 e/s; resultants from romanjax's
+    apportionment (the exact distribution of romanisim's) plus N(0, 5 e / sqrt(N_i)) read
+    noise; ``JUMP_FRACTION`` of the pixels get a 2000 e jump at a random resultant.
+    """
+    import jax
+
+    import romanjax
+    from romanjax._batch import apportion_frame
+
+    pattern = romanjax.ReadPattern.from_ma_table(4)
+    rng = np.random.default_rng(seed)
+    flux = rng.uniform(0.1, 5.0, (size, size))
+    bright = rng.random((size, size)) < 0.1
+    flux[bright] = 10 ** rng.uniform(np.log10(5), np.log10(2000), bright.sum())
+    counts = rng.poisson(flux * pattern.exposure_time).astype(np.int64)
+    resultants = apportion_frame(jax.random.key(seed), counts, pattern)
+    n = pattern.n_resultants
+    for i in range(n):  # in place, one resultant at a time (bounded temporaries)
+        noise = rng.standard_normal((size, size), dtype=np.float32)
+        resultants[i] += noise * np.float32(READ_NOISE / np.sqrt(pattern.n_reads[i]))
+    resultants = resultants.astype(np.float32, copy=False)
+    jumped = resultants.copy()
+    hit = rng.random((size, size)) < JUMP_FRACTION
+    where = rng.integers(2, n, hit.sum())
+    rows, cols = np.nonzero(hit)
+    for k in range(2, n):
+        sel = where == k
+        jumped[k:, rows[sel], cols[sel]] += np.float32(2000.0)
+    return pattern, counts, resultants, jumped
+
+
+def floor_times(resultants, repeat):
+    """One memory pass over the resultants: jitted device sum and numpy sum [s]."""
+    import jax
+    import jax.numpy as jnp
+
+    on_device = jax.device_put(resultants)
+    one_pass = jax.jit(lambda r: jnp.sum(r, axis=0))
+    jax.block_until_ready(one_pass(on_device))
+    device, _ = best_of(lambda: jax.block_until_ready(one_pass(on_device)), max(repeat, 3))
+    host, _ = best_of(lambda: resultants.sum(axis=0), max(repeat, 3))
+    return device, host
+
+
+# ------------------------------------------------------------------------------------------
+# the rows: (reference callable or None, romanjax callable or None, note)
+# ------------------------------------------------------------------------------------------
+
+
+def row_functions(name, pattern, counts, resultants, jumped, reference: bool):
+    import jax
+
+    import romanjax
+
+    reads = [list(r) for r in pattern.reads]
+    n = resultants.shape[0]
+    read_noise_map = np.full(resultants.shape[1:], READ_NOISE, np.float32)
+    ref, jax_fn, note = None, None, ""
+
+    if name == "apportion":
+        if have("romanjax.l1._apportion"):
+            from romanjax._batch import apportion_frame
+
+            jax_fn = lambda: apportion_frame(jax.random.key(1), counts, pattern)  # noqa: E731
+        if reference and have("romanisim"):
+            from romanisim.l1 import apportion_counts_to_resultants
+
+            tij = [[index * pattern.read_time for index in r] for r in pattern.reads]
+            ref = lambda: apportion_counts_to_resultants(counts, tij, seed=1)  # noqa: E731
+            note = "romanisim apportion_counts_to_resultants"
+    elif name == "optimal":
+        jax_fn = lambda: romanjax.fit_frame(  # noqa: E731
+            resultants, pattern, READ_NOISE, method="optimal"
+        )
+        if reference and have("romanisim"):
+            from romanisim.ramp import RampFitInterpolator
+
+            fitter = RampFitInterpolator(reads)
+            ref = lambda: fitter.fit_ramps(resultants, READ_NOISE)  # noqa: E731
+            note = "romanisim RampFitInterpolator.fit_ramps"
+    elif name == "casertano":
+        if have("romanjax.ramp._casertano"):
+            jax_fn = lambda: romanjax.fit_frame(  # noqa: E731
+                resultants, pattern, READ_NOISE, method="casertano"
+            )
+        if reference and have("romanisim"):
+            from romanisim.ramp import fit_ramps_casertano
+
+            dq = np.zeros(resultants.shape, np.int32)
+            ref = lambda: fit_ramps_casertano(resultants, dq, READ_NOISE, reads)  # noqa: E731
+            note = "romanisim fit_ramps_casertano"
+    elif name in ("cas22", "cas22_jump"):
+        use_jump = name == "cas22_jump"
+        data = jumped if use_jump else resultants
+        if have("romanjax.ramp._casertano"):
+            jax_fn = lambda: romanjax.fit_frame(  # noqa: E731
+                data, pattern, READ_NOISE, method="casertano", detect_jumps=use_jump
+            )
+        if reference and have("stcal"):
+            from stcal.ramp_fitting.ols_cas22 import fit_ramps
+
+            flat = data.reshape(n, -1)
+            dq = np.zeros(flat.shape, np.int32)
+            noise = read_noise_map.reshape(-1)
+            ref = lambda: fit_ramps(  # noqa: E731
+                flat, dq, noise, pattern.read_time, reads, use_jump=use_jump
+            )
+            note = f"stcal ols_cas22 use_jump={use_jump}"
+    elif name == "likely":
+        if have("romanjax.ramp._likely"):
+            jax_fn = lambda: romanjax.fit_frame(  # noqa: E731
+                jumped, pattern, READ_NOISE, method="likely", detect_jumps=True
+            )
+        if reference and have("stcal"):
+            ref = lambda: stcal_likely(jumped, pattern, READ_NOISE)  # noqa: E731
+            note = "stcal likely_ramp_fit (jumps on)"
+    if jax_fn is None:
+        note = (note + "; " if note else "") + "romanjax function not available yet"
+    return ref, jax_fn, note
+
+
+def stcal_likely(resultants, pattern, read_noise):
+    """stcal's LIKELY fit of ``resultants`` [e] (gain 1), as romancal sets it up."""
+    from stcal.ramp_fitting.likely_fit import likely_ramp_fit
+    from stcal.ramp_fitting.ramp_fit_class import RampData
+
+    n, ny, nx = resultants.shape
+    ramp_data = RampData()
+    ramp_data.set_arrays(
+        resultants[None],
+        np.zeros((1, n, ny, nx), np.uint8),
+        np.zeros((ny, nx), np.uint32),
+        np.zeros((ny, nx), np.float32),
+    )
+    ramp_data.set_meta(name="WFI", frame_time=pattern.read_time, group_time=pattern.read_time,
+                       groupgap=0, nframes=1, drop_frames1=None)  # fmt: skip
+    ramp_data.read_pattern = [list(np.asarray(r) * pattern.read_time) for r in pattern.reads]
+    ramp_data.set_dqflags({"GOOD": 0, "DO_NOT_USE": 1, "SATURATED": 2, "JUMP_DET": 4,
+                           "PERSISTENCE": 2**30, "NO_GAIN_VALUE": 2**19,
+                           "UNRELIABLE_SLOPE": 2**24, "CHARGELOSS": 2**27})  # fmt: skip
+    ramp_data.start_row, ramp_data.num_rows = 0, ny
+    ramp_data.suppress_one_group_ramps = False
+    # stcal's likely fitter takes the CDS read noise (romancal#2358): sqrt(2) x per read
+    noise = np.full((ny, nx), np.sqrt(2.0) * read_noise, np.float32)
+    return likely_ramp_fit(ramp_data, noise, np.ones((ny, nx), np.float32))
+
+
+def run_size(size, rows, args):
+    import jax
+
+    print(f"\n## {size} x {size}, MA table 4 (9 resultants), {jax.default_backend()}", flush=True)
+    t0 = time.perf_counter()
+    pattern, counts, resultants, jumped = make_data(size)
+    print(f"(data: {resultants.nbytes / 2**20:.0f} MB of float32 resultants, made in "
+          f"{time.perf_counter() - t0:.1f} s)", flush=True)  # fmt: skip
+    floor_device, floor_host = floor_times(resultants, args.repeat)
+    results = []
+    for name in rows:
+        ref, jax_fn, note = row_functions(name, pattern, counts, resultants, jumped,
+                                          not args.no_reference)  # fmt: skip
+        entry = {"row": name, "size": size, "note": note, "ref_s": None, "jax_s": None,
+                 "compile_s": None, "ref_mem_mb": None, "jax_mem_mb": None}  # fmt: skip
+        if jax_fn is not None:
+            start = time.perf_counter()
+            jax_fn()  # warm-up: compiles
+            entry["compile_s"] = time.perf_counter() - start
+            with PeakMemory() as memory:
+                entry["jax_s"], _ = best_of(jax_fn, args.repeat)
+            entry["jax_mem_mb"] = memory.delta_mb
+        if ref is not None:
+            try:
+                with PeakMemory() as memory:
+                    entry["ref_s"], _ = best_of(ref, args.ref_repeat)
+                entry["ref_mem_mb"] = memory.delta_mb
+            except Exception as error:  # noqa: BLE001 - report and go on
+                entry["note"] += f"; reference failed: {type(error).__name__}: {error}"
+        entry["floor_s"] = floor_device
+        results.append(entry)
+        print(f"  {name}: {json.dumps({k: v for k, v in entry.items() if k != 'row'})}",
+              flush=True)  # fmt: skip
+    print(table(results, size, floor_device, floor_host), flush=True)
+    return results
+
+
+def fmt(value, spec=".3f"):
+    return "-" if value is None else format(value, spec)
+
+
+def table(results, size, floor_device, floor_host):
+    lines = [
+        f"\n### {size} x {size} (floor: one pass over the resultants = {floor_device:.4f} s "
+        f"jitted on the device, {floor_host:.4f} s numpy)\n",
+        "| row | reference | ref [s] | romanjax [s] | speed-up | romanjax / floor "
+        "| compile [s] | ref peak +MB | romanjax peak +MB |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for e in results:
+        speedup = e["ref_s"] / e["jax_s"] if e["ref_s"] and e["jax_s"] else None
+        over_floor = e["jax_s"] / floor_device if e["jax_s"] else None
+        lines.append(
+            f"| {e['row']} | {e['note'] or '-'} | {fmt(e['ref_s'])} | {fmt(e['jax_s'])} "
+            f"| {fmt(speedup, '.1f')}x | {fmt(over_floor, '.1f')}x | {fmt(e['compile_s'], '.1f')} "
+            f"| {fmt(e['ref_mem_mb'], '.0f')} | {fmt(e['jax_mem_mb'], '.0f')} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--size", type=int, nargs="+", default=[1024],
+                        help="frame side(s) in pixels (default 1024)")  # fmt: skip
+    parser.add_argument("--full", action="store_true", help="also a full 4088 x 4088 frame")
+    parser.add_argument("--only", nargs="+", choices=ROWS, default=list(ROWS))
+    parser.add_argument("--repeat", type=int, default=3, help="romanjax: best of N (default 3)")
+    parser.add_argument("--ref-repeat", type=int, default=1, help="references: best of N")
+    parser.add_argument("--no-reference", action="store_true", help="romanjax rows only")
+    parser.add_argument("--json", help="also write the results to this JSON file")
+    args = parser.parse_args(argv)
+    sizes = list(args.size) + ([4088] if args.full and 4088 not in args.size else [])
+
+    import jax
+
+    print(f"# romanjax benchmark\n\npython {platform.python_version()}, jax {jax.__version__}, "
+          f"devices {jax.devices()}, {os.cpu_count()} CPUs, {platform.platform()}")  # fmt: skip
+    for module in ("romanisim", "stcal"):
+        if have(module):
+            from importlib.metadata import version
+
+            print(f"{module} {version(module)}")
+    everything = []
+    for size in sizes:
+        everything += run_size(size, args.only, args)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    if sys.platform == "darwin":
+        peak /= 1024  # bytes there
+    print(f"\nprocess peak RSS: {peak:.0f} MB")
+    if args.json:
+        with open(args.json, "w") as handle:
+            json.dump({"results": everything, "peak_rss_mb": peak}, handle, indent=1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,627 @@
+"""Full frames in bounded memory: chunked, device-sharded execution of the array API.
+
+The array functions (``fit_ramps_*``, ``apportion_counts``, ``simulate_l1``) take the whole
+``[n_resultant, *pixels]`` array at once, which for a 4088 x 4088 detector with many
+resultants, or for many detectors, does not fit in accelerator memory. The drivers here are
+host-side: numpy in, numpy out. They
+
+1. view the pixels as one flat axis (no copy for C-contiguous input) and cut it into chunks
+   of a fixed number of pixels (default sized from the number of resultants and the device
+   memory, see :func:`default_chunk_pixels`);
+2. pad the last chunk to the same size (so there is exactly one compilation) and to a
+   multiple of the device count, and place each chunk on all local devices with a
+   :class:`jax.sharding.NamedSharding` over a 1-D mesh (or the given ``Mesh``) split along
+   pixels;
+3. rely on JAX's asynchronous dispatch to overlap work: chunk ``i + 1`` is transferred and
+   enqueued before the results of chunk ``i`` are pulled back to the host, so at most two
+   chunks are in flight;
+4. copy each chunk's results into preallocated host arrays (``dq`` output pages that stay all
+   zero are never written, so they cost no resident memory).
+
+Ramp fits are pixel-independent, so :func:`fit_frame` returns exactly (bit for bit) what the
+fitter returns on the whole array. Simulation draws random numbers, and how a JAX random
+function maps a key to values depends on the array shape; :func:`simulate_frame` and
+:func:`apportion_frame` therefore fix the random-number unit to blocks of about ``rng_block``
+pixels (whole rows for 2-D frames; block ``b`` uses ``jax.random.fold_in(key, b)``), which
+makes the result independent of the chunk size and of the number of devices.
+"""
+
+from __future__ import annotations
+
+import math
+from functools import lru_cache
+from importlib import import_module
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ._read_pattern import ReadPattern
+
+__all__ = [
+    "fit_frame",
+    "simulate_frame",
+    "apportion_frame",
+    "default_chunk_pixels",
+    "FITTERS",
+    "DEFAULT_CPU_CHUNK_BYTES",
+    "DEFAULT_RNG_BLOCK",
+]
+
+#: ``method`` name -> (module, function) of the ramp fitters, imported on first use.
+FITTERS = {
+    "optimal": ("romanjax.ramp._optimal", "fit_ramps_optimal"),
+    "casertano": ("romanjax.ramp._casertano", "fit_ramps_casertano"),
+    "likely": ("romanjax.ramp._likely", "fit_ramps_likely"),
+}
+
+#: Bytes of resultants per chunk on devices that do not report their memory (CPU). The
+#: fitters' working set is ~20x the resultants of a chunk (outputs: 14 + n values per pixel,
+#: plus intermediates such as the optimal fitter's gathered spline coefficients; measured
+#: ~700 B/pixel for 9 float32 resultants) and two chunks are in flight, so this keeps the
+#: driver's own footprint near 300 MB; 2.3e5 pixels per chunk (9 float32 resultants) is as
+#: fast as one chunk of the whole frame on CPU.
+DEFAULT_CPU_CHUNK_BYTES = 8 * 2**20
+
+#: Fraction of an accelerator's free memory one chunk's resultants may take (the working set
+#: is ~20x the resultants and two chunks are in flight).
+_DEVICE_MEMORY_FRACTION = 1 / 64
+
+#: Pixels per random-number block of :func:`simulate_frame` / :func:`apportion_frame`.
+DEFAULT_RNG_BLOCK = 2**18
+
+
+# --------------------------------------------------------------------------------------------
+# host-side helpers
+# --------------------------------------------------------------------------------------------
+
+
+def _resolve_fitter(method):
+    if callable(method):
+        return method
+    if not isinstance(method, str) or method not in FITTERS:
+        raise ValueError(
+            f"fit_frame: unknown `method` {method!r}; choose one of {sorted(FITTERS)} "
+            "or pass a fitter function"
+        )
+    module, name = FITTERS[method]
+    return getattr(import_module(module), name)
+
+
+def _mesh_and_spec(mesh, function: str):
+    """The mesh to shard over and the tuple of its axis names (all axes split pixels)."""
+    if mesh is None:
+        mesh = jax.sharding.Mesh(np.array(jax.local_devices()), ("pixels",))
+    elif not isinstance(mesh, jax.sharding.Mesh):
+        raise TypeError(
+            f"{function}: `mesh` must be a jax.sharding.Mesh or None, got {type(mesh).__name__}"
+        )
+    return mesh, tuple(mesh.axis_names)
+
+
+def default_chunk_pixels(n_resultants: int, itemsize: int = 4, devices=None) -> int:
+    """Default number of pixels per chunk for ``n_resultants`` resultants of ``itemsize`` bytes.
+
+    On devices that report memory statistics (GPUs, TPUs) one chunk's resultants take
+    1/64 of the smallest free device memory per device; elsewhere (CPU) the chunk holds
+    :data:`DEFAULT_CPU_CHUNK_BYTES` of resultants. Rounded down to a multiple of
+    1024 x the device count (at least one such multiple).
+
+    Parameters
+    ----------
+    n_resultants : int
+    itemsize : int
+        Bytes per resultant value (4 for float32, 8 for float64).
+    devices : sequence of jax.Device, optional
+        Devices a chunk is sharded over; default ``jax.local_devices()``.
+    """
+    devices = list(jax.local_devices() if devices is None else devices)
+    free = []
+    for device in devices:
+        try:
+            stats = device.memory_stats()
+        except Exception:  # noqa: BLE001 - backends without memory statistics
+            stats = None
+        if stats and "bytes_limit" in stats:
+            free.append(stats["bytes_limit"] - stats.get("bytes_in_use", 0))
+    if free and len(free) == len(devices):
+        budget = max(min(free), 0) * _DEVICE_MEMORY_FRACTION * len(devices)
+    else:
+        budget = DEFAULT_CPU_CHUNK_BYTES
+    unit = 1024 * len(devices)
+    pixels = int(budget // (max(n_resultants, 1) * itemsize))
+    return max(unit, pixels // unit * unit)
+
+
+def _chunk_size(chunk_pixels, n_pixels, n_resultants, itemsize, n_shards, function):
+    """Fixed chunk length: a multiple of ``n_shards``, no longer than the padded frame."""
+    if chunk_pixels is None:
+        chunk = default_chunk_pixels(n_resultants, itemsize)
+    else:
+        if isinstance(chunk_pixels, bool) or int(chunk_pixels) != chunk_pixels or chunk_pixels < 1:
+            raise ValueError(
+                f"{function}: `chunk_pixels` must be a positive integer, got {chunk_pixels!r}"
+            )
+        chunk = int(chunk_pixels)
+    chunk = min(chunk, max(n_pixels, 1))
+    return -(-chunk // n_shards) * n_shards
+
+
+def _flat_slice(array, lead: int, start: int, stop: int) -> np.ndarray:
+    """``array.reshape(*array.shape[:lead], -1)[..., start:stop]`` without copying the
+    whole array when it is not C-contiguous (e.g. a broadcast view): only the slab of the
+    first pixel axis that holds the range is reshaped."""
+    pixels = array.shape[lead:]
+    if len(pixels) <= 1:
+        return array.reshape(array.shape[:lead] + (-1,))[..., start:stop]
+    if array.flags.c_contiguous:
+        return array.reshape(array.shape[:lead] + (-1,))[..., start:stop]
+    rest = math.prod(pixels[1:])
+    first, last = start // rest, -(-stop // rest)
+    index = (slice(None),) * lead + (slice(first, last),)
+    slab = np.reshape(array[index], array.shape[:lead] + (-1,))
+    return slab[..., start - first * rest : stop - first * rest]
+
+
+def _pad_last(array: np.ndarray, length: int) -> np.ndarray:
+    """Pad the last axis to ``length`` by repeating its last value (a valid pixel)."""
+    missing = length - array.shape[-1]
+    if missing == 0:
+        return array
+    widths = [(0, 0)] * (array.ndim - 1) + [(0, missing)]
+    return np.pad(array, widths, mode="edge" if array.shape[-1] else "constant")
+
+
+def _per_pixel(name, value, pixels, function):
+    """Broadcast a per-pixel input to ``pixels`` (a view) or raise naming it."""
+    shape = np.shape(value)
+    try:
+        if np.broadcast_shapes(shape, pixels) != pixels:
+            raise ValueError
+    except ValueError:
+        raise ValueError(
+            f"{function}: `{name}` of shape {shape} does not broadcast against the pixel "
+            f"shape {pixels}"
+        ) from None
+    return np.broadcast_to(np.asarray(value), pixels)
+
+
+def _is_pixel_array(value) -> bool:
+    return isinstance(value, (np.ndarray, jax.Array)) and np.ndim(value) > 0
+
+
+def _progress_bar(progress, total, description):
+    if not progress:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, unit="pix", unit_scale=True, desc=description)
+
+
+# --------------------------------------------------------------------------------------------
+# fit_frame
+# --------------------------------------------------------------------------------------------
+
+
+def fit_frame(resultants, pattern, read_noise, *, method="casertano", dq=None, chunk_pixels=None,
+              mesh=None, progress=False, **fit_kwargs):  # fmt: skip
+    """Fit the ramps of a whole frame (or stack of frames) in chunks of bounded memory.
+
+    Numpy in, numpy out. The pixels are processed in chunks of ``chunk_pixels``; each chunk is
+    sharded over all local devices (or ``mesh``) and fitted with the fitter named by
+    ``method``; chunk ``i + 1`` is enqueued before chunk ``i`` is copied back, so host
+    transfers overlap device work. The result is identical (bit for bit) to calling the fitter
+    on the whole array.
+
+    Parameters
+    ----------
+    resultants : array ``[n_resultant, *pixels]``
+        Resultants [e], any number of pixel dimensions. float32 or float64 (float64 is kept
+        only with x64 enabled, as for the fitters). A C-contiguous array is never copied
+        whole; a numpy memmap is read chunk by chunk.
+    pattern : ReadPattern
+        Static read pattern.
+    read_noise : float or array broadcasting to ``[*pixels]``
+        Read noise of one read [e].
+    method : {"casertano", "optimal", "likely"} or callable
+        The fitter: :func:`fit_ramps_casertano`, :func:`fit_ramps_optimal` or
+        :func:`fit_ramps_likely`; or any function with their signature
+        ``f(resultants, pattern, read_noise, *, dq=..., **fit_kwargs) -> RampFit``.
+    dq : array broadcasting to ``[n_resultant, *pixels]``, optional
+        Resultant dq flags (uint32). Passed to the fitter only when given.
+    chunk_pixels : int, optional
+        Pixels per chunk (rounded up to a multiple of the device count). Default
+        :func:`default_chunk_pixels`: 8 MB of resultants on CPU, 1/64 of free device
+        memory per device on accelerators.
+    mesh : jax.sharding.Mesh, optional
+        Devices to shard each chunk over (the pixel axis is split over all mesh axes).
+        Default: a 1-D mesh of ``jax.local_devices()``.
+    progress : bool
+        Show a tqdm progress bar (pixels done) on stderr.
+    **fit_kwargs
+        Passed to the fitter. numpy/JAX arrays with at least one dimension (e.g. a per-pixel
+        ``flux_estimate`` [e/s]) must broadcast to ``[*pixels]`` and are chunked like the
+        pixels; everything else (thresholds, ``detect_jumps``, ``grid``) is passed as is.
+
+    Returns
+    -------
+    RampFit
+        The fitter's result with numpy arrays: ``par [*pixels, 2]``, ``var [*pixels, 3, 2,
+        2]``, ``dq [n_resultant, *pixels]`` uint32, ``chisq [*pixels]`` or None.
+
+    Raises
+    ------
+    ValueError
+        Unknown ``method``; ``resultants`` without the pattern's resultants on axis 0;
+        ``dq``, ``read_noise`` or a per-pixel keyword that does not broadcast;
+        ``chunk_pixels`` not a positive integer.
+
+    Examples
+    --------
+    >>> import numpy as np, romanjax
+    >>> pattern = romanjax.ReadPattern.from_ma_table(4)
+    >>> ramps = np.outer(pattern.tbar, np.full(6, 10.0)).reshape(9, 2, 3).astype(np.float32)
+    >>> fit = romanjax.fit_frame(ramps, pattern, 5.0, method="optimal", chunk_pixels=4)
+    >>> fit.slope.shape, bool(np.allclose(fit.slope, 10.0))
+    ((2, 3), True)
+    """
+    function = "fit_frame"
+    fitter = _resolve_fitter(method)
+    if not isinstance(pattern, ReadPattern):
+        raise TypeError(
+            f"{function}: `pattern` must be a romanjax.ReadPattern, got {type(pattern).__name__}"
+        )
+    if not isinstance(resultants, np.ndarray):
+        resultants = np.asarray(resultants)
+    if resultants.ndim < 1 or resultants.shape[0] != pattern.n_resultants:
+        raise ValueError(
+            f"{function}: `resultants` of shape {resultants.shape} must have the read "
+            f"pattern's {pattern.n_resultants} resultants on axis 0"
+        )
+    n = pattern.n_resultants
+    pixels = resultants.shape[1:]
+    n_pixels = math.prod(pixels)
+    if dq is not None:
+        try:
+            dq = np.broadcast_to(np.asarray(dq), resultants.shape)
+        except ValueError:
+            raise ValueError(
+                f"{function}: `dq` of shape {np.shape(dq)} does not broadcast against "
+                f"`resultants` of shape {resultants.shape}"
+            ) from None
+    pixel_kwargs = {"read_noise": read_noise} if _is_pixel_array(read_noise) else {}
+    pixel_kwargs.update({k: v for k, v in fit_kwargs.items() if _is_pixel_array(v)})
+    pixel_kwargs = {k: _per_pixel(k, v, pixels, function) for k, v in pixel_kwargs.items()}
+    static_kwargs = {k: v for k, v in fit_kwargs.items() if k not in pixel_kwargs}
+    if not pixels:  # a single ramp: one pixel
+        resultants = resultants.reshape(n, 1)
+        dq = None if dq is None else dq.reshape(n, 1)
+        pixel_kwargs = {k: v.reshape(1) for k, v in pixel_kwargs.items()}
+
+    mesh, axes = _mesh_and_spec(mesh, function)
+    n_shards = mesh.size
+    itemsize = 8 if resultants.dtype == np.float64 and jax.config.jax_enable_x64 else 4
+    chunk = _chunk_size(chunk_pixels, n_pixels, n, itemsize, n_shards, function)
+    ramp_sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(None, axes))
+    pixel_sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(axes))
+
+    def submit(start):
+        stop = min(start + chunk, n_pixels)
+        ramps = _pad_last(_flat_slice(resultants, 1, start, stop), chunk)
+        kwargs = dict(static_kwargs)
+        if dq is not None:
+            kwargs["dq"] = jax.device_put(
+                _pad_last(_flat_slice(dq, 1, start, stop), chunk), ramp_sharding
+            )
+        for name, value in pixel_kwargs.items():
+            kwargs[name] = jax.device_put(
+                _pad_last(_flat_slice(value, 0, start, stop), chunk), pixel_sharding
+            )
+        noise = kwargs.pop("read_noise", read_noise)
+        fit = fitter(jax.device_put(ramps, ramp_sharding), pattern, noise, **kwargs)
+        return start, stop, fit
+
+    outputs = {}
+
+    def collect(job):
+        start, stop, fit = job
+        for name, leaf in zip(fit._fields, fit, strict=True):
+            if leaf is None:
+                outputs.setdefault(name, None)
+                continue
+            values = np.asarray(leaf)  # blocks until this chunk is done
+            # dq keeps the resultant axis first; every other leaf has pixels first
+            axis = 1 if name == "dq" else 0
+            if name not in outputs:
+                shape = list(values.shape)
+                shape[axis] = n_pixels
+                # zeros: untouched pages of a large array are never made resident
+                outputs[name] = np.zeros(shape, values.dtype)
+            part = values[:, : stop - start] if axis else values[: stop - start]
+            if name == "dq" and not part.any():
+                continue  # output already zero
+            if axis:
+                outputs[name][:, start:stop] = part
+            else:
+                outputs[name][start:stop] = part
+        return type(fit)
+
+    bar = _progress_bar(progress, n_pixels, f"fit_frame[{getattr(method, '__name__', method)}]")
+    kind = None
+    try:
+        pending = None
+        for start in range(0, max(n_pixels, 1), chunk):
+            job = submit(start)  # enqueue chunk i + 1 ...
+            if pending is not None:
+                kind = collect(pending)  # ... before pulling chunk i back
+                if bar is not None:
+                    bar.update(pending[1] - pending[0])
+            pending = job
+        kind = collect(pending)
+        if bar is not None:
+            bar.update(pending[1] - pending[0])
+    finally:
+        if bar is not None:
+            bar.close()
+
+    def unflatten(name, value):
+        if value is None:
+            return None
+        if name == "dq":
+            return value.reshape((n,) + pixels + value.shape[2:])
+        return value.reshape(pixels + value.shape[1:])
+
+    return kind(**{name: unflatten(name, value) for name, value in outputs.items()})
+
+
+# --------------------------------------------------------------------------------------------
+# simulate_frame / apportion_frame
+# --------------------------------------------------------------------------------------------
+
+_SIMULATORS = {
+    "apportion_counts": ("romanjax.l1._apportion", "apportion_counts"),
+    "simulate_l1": ("romanjax.l1._simulate", "simulate_l1"),
+}
+
+#: simulate_l1 keywords that couple neighbouring pixels, which a flat-pixel chunking breaks.
+_NONLOCAL = ("ipc",)
+
+
+def _simulator(name):
+    module, attr = _SIMULATORS[name]
+    return getattr(import_module(module), attr)
+
+
+def _block_simulator(simulator, pattern, static_items, pixel_names, block_shape, shardings):
+    """A jitted ``(key, block_ids[m], counts[m, B], *per_pixel[m, B]) -> leaves [n, m*B]``
+    that runs ``simulator`` on each block, reshaped to ``block_shape``, with key
+    ``fold_in(key, block_id)`` (cached when the static keywords are hashable)."""
+    try:
+        return _cached_block_simulator(
+            simulator, pattern, static_items, pixel_names, block_shape, shardings
+        )
+    except TypeError:  # unhashable keyword values (e.g. a dict of cosmic-ray parameters)
+        return _cached_block_simulator.__wrapped__(
+            simulator, pattern, static_items, pixel_names, block_shape, shardings
+        )
+
+
+@lru_cache(maxsize=32)
+def _cached_block_simulator(simulator, pattern, static_items, pixel_names, block_shape,
+                            shardings):  # fmt: skip
+    static = dict(static_items)
+
+    def one_block(key, block_id, counts, *per_pixel):
+        per_pixel = [value.reshape(block_shape) for value in per_pixel]
+        kwargs = dict(static, **dict(zip(pixel_names, per_pixel, strict=True)))
+        out = simulator(
+            jax.random.fold_in(key, block_id), counts.reshape(block_shape), pattern, **kwargs
+        )
+        return jax.tree_util.tree_map(lambda leaf: leaf.reshape(leaf.shape[:1] + (-1,)), out)
+
+    def run(key, block_ids, counts, *per_pixel):
+        out = jax.vmap(one_block, in_axes=(None, 0, 0) + (0,) * len(per_pixel))(
+            key, block_ids, counts, *per_pixel
+        )
+
+        def merge(leaf):  # [m, n, B] -> [n, m * B]
+            leaf = jnp.moveaxis(leaf, 0, 1)
+            return leaf.reshape(leaf.shape[:1] + (-1,))
+
+        return jax.tree_util.tree_map(merge, out)
+
+    in_shardings, out_sharding = shardings
+    return jax.jit(run, in_shardings=in_shardings, out_shardings=out_sharding)
+
+
+def _simulate_frame(simulator, function, key, counts, pattern, *, chunk_pixels, mesh, progress,
+                    rng_block, kwargs):  # fmt: skip
+    """The block-keyed chunk driver behind :func:`simulate_frame` / :func:`apportion_frame`:
+    ``simulator(key, counts[*pixels], pattern, **kwargs)`` returns a pytree of
+    ``[n_resultant, *pixels]`` arrays; ``function`` names the caller in errors."""
+    name = getattr(simulator, "__name__", "the simulator")
+    if not isinstance(pattern, ReadPattern):
+        raise TypeError(
+            f"{function}: `pattern` must be a romanjax.ReadPattern, got {type(pattern).__name__}"
+        )
+    for bad in _NONLOCAL:
+        if kwargs.get(bad) is not None:
+            raise ValueError(
+                f"{function}: `{bad}` couples neighbouring pixels and cannot be applied per "
+                f"chunk of pixels; call {name} on the whole frame (or rows) instead"
+            )
+    if isinstance(rng_block, bool) or int(rng_block) != rng_block or rng_block < 1:
+        raise ValueError(f"{function}: `rng_block` must be a positive integer, got {rng_block!r}")
+    rng_block = int(rng_block)
+    counts = np.asarray(counts)
+    pixels = counts.shape
+    n_pixels = math.prod(pixels)
+    n = pattern.n_resultants
+    pixel_names = tuple(k for k, v in kwargs.items() if _is_pixel_array(v))
+    per_pixel = [_per_pixel(k, kwargs[k], pixels, function).reshape(-1) for k in pixel_names]
+    static_items = tuple(sorted((k, v) for k, v in kwargs.items() if k not in pixel_names))
+    flat_counts = counts.reshape(-1)
+    # 2-D and larger frames: blocks of whole rows of the first axis (images stay images)
+    if len(pixels) >= 2:
+        row = math.prod(pixels[1:])
+        rows = min(max(1, rng_block // max(row, 1)), max(pixels[0], 1))
+        block_shape, rng_block = (rows,) + pixels[1:], rows * row
+    else:
+        rng_block = min(rng_block, max(n_pixels, 1))
+        block_shape = (rng_block,)
+    rng_block = max(rng_block, 1)
+
+    mesh, axes = _mesh_and_spec(mesh, function)
+    n_shards = mesh.size
+    # a chunk is a whole number of blocks, and of blocks per shard
+    if chunk_pixels is None:
+        chunk_pixels = default_chunk_pixels(n, 4)
+    chunk = _chunk_size(chunk_pixels, n_pixels, n, 4, 1, function)
+    blocks_per_chunk = max(1, -(-chunk // rng_block))
+    blocks_per_chunk = -(-blocks_per_chunk // n_shards) * n_shards
+    n_blocks = max(1, -(-n_pixels // rng_block))
+    blocks_per_chunk = min(blocks_per_chunk, -(-n_blocks // n_shards) * n_shards)
+    chunk = blocks_per_chunk * rng_block
+
+    spec = jax.sharding.PartitionSpec
+    block_sharding = jax.sharding.NamedSharding(mesh, spec(axes, None))
+    ids_sharding = jax.sharding.NamedSharding(mesh, spec(axes))
+    replicated = jax.sharding.NamedSharding(mesh, spec())
+    out_sharding = jax.sharding.NamedSharding(mesh, spec(None, axes))
+    in_shardings = (replicated, ids_sharding, block_sharding) + (block_sharding,) * len(per_pixel)
+    run = _block_simulator(
+        simulator, pattern, static_items, pixel_names, block_shape, (in_shardings, out_sharding)
+    )
+
+    def blocks(array, start, stop):
+        return _pad_last(array[start:stop], chunk).reshape(blocks_per_chunk, rng_block)
+
+    def submit(start):
+        stop = min(start + chunk, n_pixels)
+        first = start // rng_block
+        ids = np.arange(first, first + blocks_per_chunk, dtype=np.uint32)
+        out = run(key, ids, blocks(flat_counts, start, stop),
+                  *[blocks(value, start, stop) for value in per_pixel])  # fmt: skip
+        return start, stop, out
+
+    outputs = []
+
+    def collect(job):
+        start, stop, out = job
+        leaves, treedef = jax.tree_util.tree_flatten(out)
+        if not outputs:
+            outputs.append(treedef)
+            outputs.extend(np.zeros((n, n_pixels), np.asarray(leaf).dtype) for leaf in leaves)
+        for target, leaf in zip(outputs[1:], leaves, strict=True):
+            part = np.asarray(leaf)[:, : stop - start]
+            if part.any():
+                target[:, start:stop] = part
+
+    bar = _progress_bar(progress, n_pixels, function)
+    try:
+        pending = None
+        for start in range(0, n_pixels, chunk):
+            job = submit(start)
+            if pending is not None:
+                collect(pending)
+                if bar is not None:
+                    bar.update(pending[1] - pending[0])
+            pending = job
+        if pending is not None:
+            collect(pending)
+            if bar is not None:
+                bar.update(pending[1] - pending[0])
+    finally:
+        if bar is not None:
+            bar.close()
+    if not outputs:  # empty frame: nothing to chunk
+        out = simulator(key, counts, pattern, **kwargs)
+        return jax.tree_util.tree_map(np.asarray, out)
+    treedef, leaves = outputs[0], outputs[1:]
+    return jax.tree_util.tree_unflatten(treedef, [leaf.reshape((n,) + pixels) for leaf in leaves])
+
+
+def apportion_frame(key, counts, pattern, *, chunk_pixels=None, mesh=None, progress=False,
+                    rng_block=DEFAULT_RNG_BLOCK):  # fmt: skip
+    """:func:`apportion_counts` over a whole frame in chunks of bounded memory.
+
+    Numpy in, numpy out. The pixels are cut into random-number blocks: for 2-D (and higher)
+    ``counts`` whole rows of the first axis, ``max(1, rng_block // row_length)`` rows per
+    block (at most all rows); for 1-D ``counts`` runs of ``min(rng_block, size)`` pixels.
+    Block ``b`` (the last one zero-padded to full size) is
+    ``apportion_counts(jax.random.fold_in(key, b), counts_block, pattern)``. Chunks are whole
+    numbers of blocks, sharded over the local devices (or ``mesh``), so the result depends only
+    on ``key`` and ``rng_block``, not on ``chunk_pixels`` or the number of devices. (It differs
+    from one ``apportion_counts(key, counts, pattern)`` call on the whole frame, which draws
+    its random numbers for a different shape; both have the same distribution.)
+
+    Parameters
+    ----------
+    key : jax.random key
+    counts : array ``[*pixels]``
+        Integer total counts per pixel at the end of the exposure [e].
+    pattern : ReadPattern
+    chunk_pixels : int, optional
+        Pixels per chunk (rounded up to whole blocks per device); default
+        :func:`default_chunk_pixels`.
+    mesh : jax.sharding.Mesh, optional
+        Devices to shard over; default all local devices.
+    progress : bool
+        tqdm progress bar on stderr.
+    rng_block : int
+        Approximate pixels per random-number block (default :data:`DEFAULT_RNG_BLOCK` =
+        2**18, 64 rows of a 4088-pixel detector).
+
+    Returns
+    -------
+    numpy.ndarray ``[n_resultant, *pixels]``
+        Resultants [e].
+    """
+    return _simulate_frame(
+        _simulator("apportion_counts"), "apportion_frame", key, counts, pattern,
+        chunk_pixels=chunk_pixels, mesh=mesh, progress=progress, rng_block=rng_block, kwargs={},
+    )  # fmt: skip
+
+
+def simulate_frame(key, counts, pattern, *, chunk_pixels=None, mesh=None, progress=False,
+                   rng_block=DEFAULT_RNG_BLOCK, **kwargs):  # fmt: skip
+    """:func:`simulate_l1` over a whole frame in chunks of bounded memory.
+
+    Numpy in, numpy out; randomness in blocks of rows exactly as :func:`apportion_frame`:
+    block ``b`` is ``simulate_l1(jax.random.fold_in(key, b), counts_block, pattern,
+    **kwargs)``, so the result depends on ``key`` and ``rng_block`` only, not on
+    ``chunk_pixels`` or the devices. With ``cosmic_rays`` each block is simulated as its own
+    image of ``rows x row_length`` pixels at the same rate per area (statistically
+    equivalent), except that tracks are cut at block edges (keep blocks tall compared with
+    the longest tracks, ~200 pixels, for faithful track statistics).
+
+    Parameters
+    ----------
+    key : jax.random key
+    counts : array ``[*pixels]``
+        Integer total counts per pixel [e].
+    pattern : ReadPattern
+    chunk_pixels, mesh, progress, rng_block
+        As :func:`apportion_frame`.
+    **kwargs
+        Passed to :func:`simulate_l1` (``read_noise`` [DN], ``gain`` [e/DN], ``pedestal``
+        [e], ...). numpy/JAX arrays with at least one dimension must broadcast to
+        ``[*pixels]`` and are chunked with the pixels; other values must be hashable.
+        Effects that couple neighbouring pixels (``ipc``) are refused.
+
+    Returns
+    -------
+    L1
+        ``resultants`` and ``dq``, numpy ``[n_resultant, *pixels]``.
+
+    Raises
+    ------
+    ValueError
+        ``ipc`` given; a per-pixel keyword that does not broadcast; bad ``chunk_pixels`` or
+        ``rng_block``.
+    """
+    return _simulate_frame(
+        _simulator("simulate_l1"), "simulate_frame", key, counts, pattern,
+        chunk_pixels=chunk_pixels, mesh=mesh, progress=progress, rng_block=rng_block,
+        kwargs=kwargs,
+    )  # fmt: skip

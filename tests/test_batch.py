@@ -1,0 +1,437 @@
+"""fit_frame / simulate_frame: chunked and sharded results equal direct results exactly."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+import textwrap
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import romanjax
+from romanjax import dq as dqflags
+from romanjax._batch import (
+    _simulate_frame,
+    apportion_frame,
+    default_chunk_pixels,
+    fit_frame,
+    simulate_frame,
+)
+from romanjax.ramp._common import RampFit
+
+
+def have(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:
+        return False
+
+
+needs_casertano = pytest.mark.skipif(
+    not have("romanjax.ramp._casertano"), reason="fit_ramps_casertano not written yet"
+)
+needs_likely = pytest.mark.skipif(
+    not have("romanjax.ramp._likely"), reason="fit_ramps_likely not written yet"
+)
+needs_apportion = pytest.mark.skipif(
+    not have("romanjax.l1._apportion"), reason="apportion_counts not written yet"
+)
+needs_simulate = pytest.mark.skipif(
+    not have("romanjax.l1._simulate"), reason="simulate_l1 not written yet"
+)
+
+MA4 = romanjax.ReadPattern.from_ma_table(4)
+
+
+def make_ramps(rng, pattern, pixels, dtype, read_noise=10.0):
+    """Noisy linear ramps [e] with fluxes 0..500 e/s; float64 draws cast to ``dtype``."""
+    flux = rng.uniform(0, 500, pixels)
+    tbar = pattern.tbar.reshape((-1,) + (1,) * len(pixels))
+    noise = rng.normal(0, read_noise, (pattern.n_resultants,) + tuple(pixels))
+    return (100.0 + flux * tbar + noise / np.sqrt(pattern.n_reads.reshape(tbar.shape))).astype(
+        dtype
+    )
+
+
+def assert_fits_equal(direct, chunked):
+    """Every field bit-identical, numpy arrays of the same dtype and shape."""
+    assert type(chunked) is type(direct)
+    for name in direct._fields:
+        want, got = getattr(direct, name), getattr(chunked, name)
+        if want is None:
+            assert got is None, name
+            continue
+        assert isinstance(got, np.ndarray), name
+        want = np.asarray(want)
+        assert got.dtype == want.dtype, name
+        assert got.shape == want.shape, name
+        np.testing.assert_array_equal(got, want, err_msg=name)
+
+
+# ---------------------------------------------------------------------------------------------
+# fit_frame with the optimal fitter
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("chunk_pixels", [None, 1, 997, 1024, 2500, 10**6])
+def test_fit_frame_equals_direct_optimal(rng, float_dtype, chunk_pixels):
+    # 53 x 47 = 2491 pixels: not a multiple of any chunk size above
+    resultants = make_ramps(rng, MA4, (53, 47), float_dtype)
+    if chunk_pixels == 1:
+        resultants = resultants[:, :5, :7]  # one pixel per chunk: keep the loop short
+    direct = romanjax.fit_ramps_optimal(resultants, MA4, 10.0)
+    chunked = fit_frame(resultants, MA4, 10.0, method="optimal", chunk_pixels=chunk_pixels)
+    assert_fits_equal(direct, chunked)
+    assert chunked.par.dtype == float_dtype
+    assert chunked.dq.dtype == np.uint32
+
+
+@pytest.mark.parametrize("pixels", [(), (1,), (13,), (3, 4, 5), (0, 4)])
+def test_fit_frame_pixel_shapes(rng, float_dtype, pixels):
+    pattern = romanjax.ReadPattern(((1, 2), (3,), (5, 6, 7), (9,), (12, 13)))
+    resultants = make_ramps(rng, pattern, pixels, float_dtype)
+    direct = romanjax.fit_ramps_optimal(resultants, pattern, 7.0)
+    chunked = fit_frame(resultants, pattern, 7.0, method="optimal", chunk_pixels=6)
+    assert_fits_equal(direct, chunked)
+
+
+def test_fit_frame_per_pixel_inputs_and_layouts(rng, float_dtype):
+    resultants = make_ramps(rng, MA4, (31, 29), float_dtype)
+    read_noise = rng.uniform(5, 20, (31, 29)).astype(float_dtype)
+    flux_estimate = rng.uniform(0, 500, (31, 1)).astype(float_dtype)  # broadcasts over columns
+    direct = romanjax.fit_ramps_optimal(
+        resultants, MA4, read_noise, flux_estimate=flux_estimate
+    )
+    for data in (resultants, np.asfortranarray(resultants), resultants[:, ::1, :]):
+        chunked = fit_frame(
+            data, MA4, read_noise, method="optimal", chunk_pixels=100, flux_estimate=flux_estimate
+        )
+        assert_fits_equal(direct, chunked)
+    # a transposed (non-contiguous) view of the pixels is cut into slabs, not copied whole
+    transposed = np.ascontiguousarray(np.swapaxes(resultants, 1, 2))
+    view = np.swapaxes(transposed, 1, 2)
+    assert not view.flags.c_contiguous
+    assert_fits_equal(direct, fit_frame(view, MA4, read_noise, method="optimal",
+                                        chunk_pixels=77, flux_estimate=flux_estimate))  # fmt: skip
+
+
+def test_fit_frame_memmap(rng, tmp_path):
+    resultants = make_ramps(rng, MA4, (40, 40), np.float32)
+    np.save(tmp_path / "ramps.npy", resultants)
+    mapped = np.load(tmp_path / "ramps.npy", mmap_mode="r")
+    direct = romanjax.fit_ramps_optimal(resultants, MA4, 10.0)
+    assert_fits_equal(direct, fit_frame(mapped, MA4, 10.0, method="optimal", chunk_pixels=300))
+
+
+def test_fit_frame_one_compilation(rng):
+    """The last chunk is padded to the chunk size: one trace of the fitter per frame."""
+    traces = []
+
+    @jax.jit
+    def traced(resultants, read_noise):
+        traces.append(resultants.shape)
+        return romanjax.fit_ramps_optimal(resultants, MA4, read_noise)
+
+    def fitter(resultants, pattern, read_noise):
+        return traced(resultants, read_noise)
+
+    resultants = make_ramps(rng, MA4, (1000,), np.float32)
+    fit = fit_frame(resultants, MA4, 10.0, method=fitter, chunk_pixels=300)  # 4 chunks, last 100
+    assert traces == [(9, 300)]
+    assert fit.par.shape == (1000, 2)
+
+
+def fake_fitter(resultants, pattern, read_noise, *, dq=None, flag_above=np.inf):
+    """A stand-in fitter: 'slope' = last resultant, flags JUMP_DET where value > flag_above."""
+    resultants = jnp.asarray(resultants)
+    dq = jnp.zeros(resultants.shape, jnp.uint32) if dq is None else jnp.asarray(dq)
+    dq = dq | jnp.where(resultants > flag_above, jnp.uint32(dqflags.JUMP_DET), jnp.uint32(0))
+    pixels = resultants.shape[1:]
+    par = jnp.stack([resultants[0], resultants[-1] * read_noise], axis=-1)
+    noise = jnp.broadcast_to(jnp.asarray(read_noise, resultants.dtype), pixels)
+    var = jnp.broadcast_to(noise[..., None, None, None], pixels + (3, 2, 2))
+    return RampFit(par=par, var=var, dq=dq, chisq=resultants.sum(axis=0))
+
+
+def test_fit_frame_forwards_dq_and_per_pixel_kwargs(rng):
+    resultants = make_ramps(rng, MA4, (17, 19), np.float32)
+    dq = np.zeros(resultants.shape, np.uint32)
+    dq[3, 5:9, 2] = dqflags.SATURATED
+    read_noise = rng.uniform(1, 2, (17, 19)).astype(np.float32)
+    threshold = np.quantile(resultants[-1], 0.9)
+    direct = fake_fitter(resultants, MA4, read_noise, dq=dq, flag_above=threshold)
+    chunked = fit_frame(resultants, MA4, read_noise, method=fake_fitter, dq=dq,
+                        chunk_pixels=50, flag_above=threshold)  # fmt: skip
+    assert_fits_equal(direct, chunked)
+    assert np.count_nonzero(chunked.dq & dqflags.SATURATED) == 4
+    assert (chunked.dq & dqflags.JUMP_DET).any()
+    # dq broadcasting against the resultants (a per-resultant flag): no full-size copy needed
+    per_resultant = np.array([0, 0, 1, 0, 0, 0, 0, 0, 0], np.uint32)[:, None, None]
+    chunked = fit_frame(resultants, MA4, 1.0, method=fake_fitter, dq=per_resultant,
+                        chunk_pixels=64)  # fmt: skip
+    assert np.all(chunked.dq[2] == 1) and not chunked.dq[[0, 1, 3]].any()
+
+
+def test_fit_frame_errors(rng):
+    resultants = make_ramps(rng, MA4, (4, 4), np.float32)
+    with pytest.raises(ValueError, match="`method`"):
+        fit_frame(resultants, MA4, 10.0, method="ols")
+    with pytest.raises(ValueError, match="`chunk_pixels`"):
+        fit_frame(resultants, MA4, 10.0, method="optimal", chunk_pixels=0)
+    with pytest.raises(ValueError, match="`chunk_pixels`"):
+        fit_frame(resultants, MA4, 10.0, method="optimal", chunk_pixels=2.5)
+    with pytest.raises(ValueError, match="`resultants`"):
+        fit_frame(resultants[:5], MA4, 10.0, method="optimal")
+    with pytest.raises(ValueError, match="`dq`"):
+        fit_frame(resultants, MA4, 10.0, method=fake_fitter, dq=np.zeros((9, 3), np.uint32))
+    with pytest.raises(ValueError, match="`read_noise`"):
+        fit_frame(resultants, MA4, np.ones(5), method="optimal")
+    with pytest.raises(ValueError, match="`flux_estimate`"):
+        fit_frame(resultants, MA4, 10.0, method="optimal", flux_estimate=np.ones((4, 3)))
+    with pytest.raises(TypeError, match="`pattern`"):
+        fit_frame(resultants, MA4.reads, 10.0, method="optimal")
+    with pytest.raises(TypeError, match="`mesh`"):
+        fit_frame(resultants, MA4, 10.0, method="optimal", mesh=jax.devices())
+
+
+def test_fit_frame_progress_bar(rng, capsys):
+    resultants = make_ramps(rng, MA4, (30, 30), np.float32)
+    fit_frame(resultants, MA4, 10.0, method="optimal", chunk_pixels=300, progress=True)
+    err = capsys.readouterr().err
+    assert "fit_frame[optimal]" in err
+    assert "100%" in err and "900/900" in err
+    fit_frame(resultants, MA4, 10.0, method="optimal", chunk_pixels=300)
+    assert capsys.readouterr().err == ""
+
+
+def test_fit_frame_given_mesh(rng):
+    mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]), ("p",))
+    resultants = make_ramps(rng, MA4, (10, 11), np.float32)
+    direct = romanjax.fit_ramps_optimal(resultants, MA4, 10.0)
+    assert_fits_equal(direct, fit_frame(resultants, MA4, 10.0, method="optimal", mesh=mesh,
+                                        chunk_pixels=32))  # fmt: skip
+
+
+def test_default_chunk_pixels():
+    devices = jax.local_devices()
+    unit = 1024 * len(devices)
+    few, many = default_chunk_pixels(3), default_chunk_pixels(30)
+    assert few % unit == 0 and many % unit == 0
+    assert few > many >= unit
+    assert default_chunk_pixels(9, 8) <= default_chunk_pixels(9, 4)
+    assert default_chunk_pixels(10**9) == unit  # never zero
+
+
+# ---------------------------------------------------------------------------------------------
+# the other fitters (run once their modules exist)
+# ---------------------------------------------------------------------------------------------
+
+
+def flagged_inputs(rng, dtype):
+    resultants = make_ramps(rng, MA4, (37, 41), dtype)
+    dq = np.zeros(resultants.shape, np.uint32)
+    dq[4:, :3, :] = dqflags.SATURATED
+    # a few cosmic-ray jumps for the jump detectors
+    hit = rng.random((37, 41)) < 0.05
+    resultants[5:, hit] += dtype(3000.0)
+    return resultants, dq
+
+
+@needs_casertano
+@pytest.mark.parametrize("detect_jumps", [False, pytest.param(True, marks=pytest.mark.slow)])
+def test_fit_frame_equals_direct_casertano(rng, float_dtype, detect_jumps):
+    resultants, dq = flagged_inputs(rng, float_dtype)
+    direct = romanjax.fit_ramps_casertano(resultants, MA4, 10.0, dq=dq, detect_jumps=detect_jumps)
+    chunked = fit_frame(resultants, MA4, 10.0, method="casertano", dq=dq, chunk_pixels=500,
+                        detect_jumps=detect_jumps)  # fmt: skip
+    assert_fits_equal(direct, chunked)
+    assert np.any(chunked.dq & dqflags.SATURATED)
+    if detect_jumps:
+        assert np.any(chunked.dq & dqflags.JUMP_DET)  # the injected jumps were found
+    else:  # the default method is casertano (same compiled chunk function: no new compile)
+        assert_fits_equal(direct, fit_frame(resultants, MA4, 10.0, dq=dq, chunk_pixels=500))
+
+
+@needs_likely
+@pytest.mark.parametrize("detect_jumps", [False, True])
+def test_fit_frame_equals_direct_likely(rng, float_dtype, detect_jumps):
+    resultants, dq = flagged_inputs(rng, float_dtype)
+    direct = romanjax.fit_ramps_likely(resultants, MA4, 10.0, dq=dq, detect_jumps=detect_jumps)
+    chunked = fit_frame(resultants, MA4, 10.0, method="likely", dq=dq, chunk_pixels=500,
+                        detect_jumps=detect_jumps)  # fmt: skip
+    assert_fits_equal(direct, chunked)
+
+
+# ---------------------------------------------------------------------------------------------
+# the block-keyed simulation driver
+# ---------------------------------------------------------------------------------------------
+
+
+def toy_simulator(key, counts, pattern, *, read_noise=1.0, gain=1.0):
+    """Stand-in for simulate_l1: Poisson-ish reads + Gaussian noise, [n, *pixels] outputs."""
+    n = pattern.n_resultants
+    frac = jnp.asarray(pattern.tbar / pattern.exposure_time, jnp.float32)
+    k_counts, k_noise = jax.random.split(key)
+    shape = (n,) + counts.shape
+    thin = jax.random.binomial(k_counts, counts.astype(jnp.float32), frac.reshape((n,) + (1,) *
+                               counts.ndim), shape=shape)  # fmt: skip
+    noisy = thin / gain + read_noise * jax.random.normal(k_noise, shape)
+    flags = jnp.where(noisy > 50, jnp.uint32(dqflags.SATURATED), jnp.uint32(0))
+    return {"resultants": noisy, "dq": flags}
+
+
+def simulate_toy(key, counts, **kwargs):
+    return _simulate_frame(toy_simulator, "simulate_frame", key, counts, MA4,
+                           chunk_pixels=kwargs.pop("chunk_pixels", None), mesh=None,
+                           progress=kwargs.pop("progress", False),
+                           rng_block=kwargs.pop("rng_block", 64), kwargs=kwargs)  # fmt: skip
+
+
+def test_simulate_driver_independent_of_chunking(rng):
+    counts = rng.integers(0, 100, (23, 29))  # rng_block 64 -> blocks of 2 rows, the last 1 row
+    key = jax.random.key(3)
+    read_noise = rng.uniform(0.5, 2, (23, 29)).astype(np.float32)
+    runs = [simulate_toy(key, counts, chunk_pixels=c, read_noise=read_noise, gain=2.0)
+            for c in (None, 1, 300)]  # fmt: skip
+    for run in runs[1:]:
+        for name in ("resultants", "dq"):
+            assert isinstance(run[name], np.ndarray)
+            assert run[name].shape == (9, 23, 29)
+            np.testing.assert_array_equal(run[name], runs[0][name])
+    # the definition: block b = rows 2b, 2b + 1 with key fold_in(key, b); the last one padded
+    for b in (0, 5, 11):
+        block = np.zeros((2, 29), counts.dtype)
+        noise = np.full((2, 29), read_noise[-1, -1])
+        part = counts[2 * b : 2 * b + 2]
+        block[: len(part)] = part
+        noise[: len(part)] = read_noise[2 * b : 2 * b + 2]
+        want = toy_simulator(jax.random.fold_in(key, b), jnp.asarray(block), MA4,
+                             read_noise=jnp.asarray(noise), gain=2.0)  # fmt: skip
+        got = runs[0]["resultants"][:, 2 * b : 2 * b + len(part)]
+        # same random numbers; the float arithmetic may differ in the last bit between a
+        # vmapped-jitted and an eager call
+        np.testing.assert_allclose(got, np.asarray(want["resultants"])[:, : len(part)],
+                                   rtol=1e-6, atol=1e-5)  # fmt: skip
+    # 1-D counts: runs of rng_block pixels
+    flat = simulate_toy(key, counts.reshape(-1), chunk_pixels=200, gain=2.0)
+    want = toy_simulator(jax.random.fold_in(key, 3), jnp.asarray(counts.reshape(-1)[192:256]),
+                         MA4, gain=2.0)  # fmt: skip
+    np.testing.assert_allclose(flat["resultants"][:, 192:256], np.asarray(want["resultants"]),
+                               rtol=1e-6, atol=1e-5)  # fmt: skip
+    # a different key gives different numbers
+    other = simulate_toy(jax.random.key(4), counts, read_noise=read_noise, gain=2.0)
+    assert not np.array_equal(other["resultants"], runs[0]["resultants"])
+
+
+def test_simulate_driver_errors_and_progress(rng, capsys):
+    counts = rng.integers(0, 100, (8, 8))
+    with pytest.raises(ValueError, match="`ipc`"):
+        simulate_toy(jax.random.key(0), counts, ipc=np.ones((3, 3)))
+    with pytest.raises(ValueError, match="`rng_block`"):
+        simulate_toy(jax.random.key(0), counts, rng_block=0)
+    with pytest.raises(ValueError, match="`read_noise`"):
+        simulate_toy(jax.random.key(0), counts, read_noise=np.ones(3))
+    simulate_toy(jax.random.key(0), counts, progress=True, chunk_pixels=16)
+    err = capsys.readouterr().err
+    assert "simulate_frame" in err and "100%" in err
+
+
+@needs_apportion
+def test_apportion_frame_chunking(rng):
+    counts = rng.integers(0, 5000, (37, 53))
+    key = jax.random.key(11)
+    a = apportion_frame(key, counts, MA4, chunk_pixels=300, rng_block=265)  # 5-row blocks
+    b = apportion_frame(key, counts, MA4, chunk_pixels=5000, rng_block=265)
+    assert isinstance(a, np.ndarray) and a.shape == (9,) + counts.shape
+    np.testing.assert_array_equal(a, b)
+    # the last resultant holds every count (the last read is the last resultant's only read)
+    np.testing.assert_allclose(a[-1], counts)
+    assert np.all(np.diff(a, axis=0) >= 0)
+    direct = romanjax.apportion_counts(jax.random.fold_in(key, 1), counts[5:10], MA4)
+    np.testing.assert_allclose(a[:, 5:10], np.asarray(direct), rtol=1e-6)
+
+
+@needs_simulate
+@pytest.mark.slow
+def test_simulate_frame_chunking(rng):
+    counts = rng.integers(0, 5000, (37, 53))
+    key = jax.random.key(12)
+    a = simulate_frame(key, counts, MA4, chunk_pixels=300, rng_block=265, cosmic_rays=True)
+    b = simulate_frame(key, counts, MA4, chunk_pixels=5000, rng_block=265, cosmic_rays=True)
+    assert type(a).__name__ == "L1"
+    for name in ("resultants", "dq"):
+        assert isinstance(getattr(a, name), np.ndarray)
+        assert getattr(a, name).shape == (9,) + counts.shape
+        np.testing.assert_array_equal(getattr(a, name), getattr(b, name))
+
+
+# ---------------------------------------------------------------------------------------------
+# several devices (the device count is fixed when JAX starts: a subprocess)
+# ---------------------------------------------------------------------------------------------
+
+SHARDED_SCRIPT = textwrap.dedent(
+    """
+    import sys
+    import jax, numpy as np
+    sys.path.insert(0, {tests!r})
+    import test_batch as t
+    import romanjax
+    from romanjax._batch import fit_frame
+    assert jax.device_count() == 4, jax.devices()
+    rng = np.random.default_rng(5)
+    dtype = np.float64 if jax.config.jax_enable_x64 else np.float32
+    ramps = t.make_ramps(rng, t.MA4, (61, 43), dtype)  # 2623 pixels: odd
+    read_noise = rng.uniform(5, 15, (61, 43)).astype(dtype)
+    direct = romanjax.fit_ramps_optimal(ramps, t.MA4, read_noise)
+    for chunk in (None, 1, 7, 1000, 2623, 4096):
+        data = ramps[:, :3, :5] if chunk == 1 else ramps
+        noise = read_noise[:3, :5] if chunk == 1 else read_noise
+        want = direct if chunk != 1 else romanjax.fit_ramps_optimal(data, t.MA4, noise)
+        t.assert_fits_equal(want, fit_frame(data, t.MA4, noise, method="optimal",
+                                            chunk_pixels=chunk))
+    mesh = jax.sharding.Mesh(np.array(jax.devices()[:2]), ("p",))
+    t.assert_fits_equal(direct, fit_frame(ramps, t.MA4, read_noise, method="optimal",
+                                          chunk_pixels=999, mesh=mesh))
+    mesh2d = jax.sharding.Mesh(np.array(jax.devices()).reshape(2, 2), ("a", "b"))
+    t.assert_fits_equal(direct, fit_frame(ramps, t.MA4, read_noise, method="optimal",
+                                          chunk_pixels=999, mesh=mesh2d))
+    # the output of a chunk really is spread over the 4 devices
+    sharded = romanjax.fit_ramps_optimal(
+        jax.device_put(ramps.reshape(9, -1)[:, :2620], jax.sharding.NamedSharding(
+            jax.sharding.Mesh(np.array(jax.devices()), ("p",)),
+            jax.sharding.PartitionSpec(None, "p"))), t.MA4, 10.0)
+    assert len(sharded.par.sharding.device_set) == 4
+    # block-keyed simulation does not depend on the number of devices
+    counts = rng.integers(0, 100, (23, 29))
+    one = jax.sharding.Mesh(np.array(jax.devices()[:1]), ("p",))
+    from romanjax._batch import _simulate_frame
+    runs = [_simulate_frame(t.toy_simulator, "simulate_frame", jax.random.key(3), counts, t.MA4,
+                            chunk_pixels=c, mesh=m, progress=False, rng_block=64,
+                            kwargs={{"gain": 2.0}})
+            for c, m in ((64, one), (64, None), (1000, None), (None, None))]
+    for run in runs[1:]:
+        np.testing.assert_array_equal(run["resultants"], runs[0]["resultants"])
+        np.testing.assert_array_equal(run["dq"], runs[0]["dq"])
+    print("SHARDED-OK")
+    """
+)
+
+
+def test_fit_frame_sharded_over_four_cpu_devices(tmp_path):
+    script = tmp_path / "sharded.py"
+    script.write_text(SHARDED_SCRIPT.format(tests=os.path.dirname(__file__)))
+    env = dict(os.environ)
+    env["XLA_FLAGS"] = (
+        env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4"
+    ).strip()
+    env["JAX_PLATFORMS"] = "cpu"
+    result = subprocess.run(
+        [sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=600
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "SHARDED-OK" in result.stdout
