@@ -8,14 +8,14 @@ everywhere.
 
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cache
 
 import jax.numpy as jnp
 
 __all__ = ["sorting_network", "sort_axis0", "median_axis0"]
 
 
-@lru_cache(maxsize=None)
+@cache
 def sorting_network(n: int) -> tuple[tuple[int, int], ...]:
     """Compare-exchange pairs ``(i, j)``, ``i < j``, that sort ``n`` values (Batcher's odd-even
     merge sort on the next power of two, pruned to the first ``n`` wires: the pruned wires
