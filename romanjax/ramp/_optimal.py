@@ -23,6 +23,7 @@ from .._read_pattern import ReadPattern
 from ._common import RampFit, map_pixels, prepare_inputs
 from ._covariance import covariance_parts, design_matrix, resultants_to_differences
 from ._likely import _barrier, _masked_median, tridiagonal_solve
+from ._sorting import median_axis0
 
 __all__ = ["fit_ramps_optimal", "optimal_weight_grid", "DEFAULT_GRID"]
 
@@ -130,7 +131,7 @@ def _optimal_kernel(ramp, dq, read_noise, flux_estimate, *, pattern, knots, coef
     differences = resultants_to_differences(ramp)
     if flux_estimate is None:
         dt = jnp.asarray(np.diff(pattern.tbar), dtype)
-        flux_estimate = jnp.median(differences[1:] / dt)
+        flux_estimate = median_axis0(differences[1:] / dt)
     read_var = jnp.square(read_noise)
     has_read_noise = read_var > 0
     safe_read_var = jnp.where(has_read_noise, read_var, 1)
