@@ -43,12 +43,12 @@ def main():
         chunk = 512
         key = jax.random.key(0)
 
-        def ours():
+        def ours(size=size, chunk=chunk, key=key, counts=counts):
             for start in range(0, size, chunk):
                 jax.block_until_ready(apportion_counts(
                     jax.random.fold_in(key, start), counts[start:start + chunk], pattern))
 
-        def theirs():
+        def theirs(size=size, chunk=chunk, counts=counts):
             for start in range(0, size, chunk):
                 rl1.apportion_counts_to_resultants(
                     counts[start:start + chunk].astype(float), tij, seed=1)

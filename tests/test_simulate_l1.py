@@ -55,7 +55,8 @@ def test_cosmic_rays_flagged_where_they_land_and_off_leaves_photons():
 def test_ipc_point_source_and_same_key():
     counts = np.zeros((9, 9), int)
     counts[4, 4] = 100_000
-    kw = dict(read_noise=0.0, gain=1.0, pedestal=0.0, pedestal_noise=0.0)
+    # saturation above the peak, so the 1.1 x saturation clip does not cut the centre pixel
+    kw = dict(read_noise=0.0, gain=1.0, pedestal=0.0, pedestal_noise=0.0, saturation=2e5)
     out = simulate_l1(jax.random.key(4), counts, PATTERN, ipc=True, **kw)
     last = np.asarray(out.resultants[-1], np.float64)
     np.testing.assert_allclose(last[3:6, 3:6], np.round(1e5 * IPC_KERNEL), atol=1)

@@ -113,7 +113,9 @@ def read_scan(key, counts, pattern: ReadPattern, dtype, per_read=None, carry0=No
         js = jnp.arange(j0, j0 + n_i)
         last_resultant = i == pattern.n_resultants - 1
 
-        def body(state, xs, last_resultant=last_resultant, n_i=n_i):
+        j0_last = len(p_all) - 1
+
+        def body(state, xs, last_resultant=last_resultant, j0_last=j0_last):
             remaining, cumulative, total, flag, carry = state
             p, j = xs
             draw = binomial(jax.random.fold_in(key, j), remaining, p, dtype)
@@ -129,7 +131,6 @@ def read_scan(key, counts, pattern: ReadPattern, dtype, per_read=None, carry0=No
                 flag = flag | hit
             return (remaining, cumulative, total + value, flag, carry), None
 
-        j0_last = len(p_all) - 1
         total0 = jnp.zeros(counts.shape, dtype)
         flag0 = jnp.zeros(counts.shape, bool)
         (remaining, cumulative, total, flag, carry), _ = jax.lax.scan(

@@ -52,8 +52,9 @@ def _simulate(key, counts, read_noise, gain, pedestal, pedestal_noise, saturatio
     no_lin_corr = jnp.zeros(npix, bool)
     if inv_lin is not None:
         ncoeff = inv_lin.shape[0]
-        coeffs = jnp.broadcast_to(inv_lin.reshape((ncoeff,) + (1,) * len(shape)) if inv_lin.ndim == 1 else inv_lin,
-                                  (ncoeff,) + shape).reshape(ncoeff, npix)  # fmt: skip
+        if inv_lin.ndim == 1:
+            inv_lin = inv_lin.reshape((ncoeff,) + (1,) * len(shape))
+        coeffs = jnp.broadcast_to(inv_lin, (ncoeff,) + shape).reshape(ncoeff, npix)
         bad = jnp.any(~jnp.isfinite(coeffs), axis=0) | jnp.all(coeffs == 0, axis=0)
         identity = jnp.zeros_like(coeffs).at[1].set(1)
         coeffs = jnp.where(bad[None], identity, coeffs)
@@ -178,8 +179,9 @@ def simulate_l1(key, counts, pattern: ReadPattern, *, read_noise=5.0, gain=2.0, 
         area = int(np.prod(shape)) * (crparams.pixel_size * 1e-4) ** 2
         max_dt = float(np.max(np.diff(pattern.read_times, prepend=0.0)))
         cr_cap = cosmic_ray_cap(crparams.flux * area * max_dt)
-    for name, value in (("read_noise", read_noise), ("gain", gain), ("pedestal", pedestal),
-                        ("pedestal_noise", pedestal_noise), ("saturation", saturation)):  # fmt: skip
+    per_pixel = (("read_noise", read_noise), ("gain", gain), ("pedestal", pedestal),
+                 ("pedestal_noise", pedestal_noise), ("saturation", saturation))  # fmt: skip
+    for name, value in per_pixel:
         if np.broadcast_shapes(np.shape(value), shape) != shape:
             raise ValueError(f"simulate_l1: `{name}` of shape {np.shape(value)} does not "
                              f"broadcast against `counts` of shape {shape}")  # fmt: skip
