@@ -64,6 +64,7 @@ import numpy as np
 from .. import dq as dqflags
 from .._read_pattern import ReadPattern
 from ._common import RampFit, prepare_inputs
+from ._sorting import sort_axis0
 
 __all__ = [
     "fit_ramps_likely",
@@ -295,27 +296,6 @@ def _gls_pass(d, mask, read_var, guess, center, parts, two_ok=None, *, jumps):
     )
 
 
-@lru_cache(maxsize=32)
-def _sorting_network(n: int) -> tuple[tuple[int, int], ...]:
-    """Comparators (i < j) of Batcher's odd-even merge sort for n elements."""
-    size = 1
-    while size < n:
-        size *= 2
-    pairs = []
-    p = 1
-    while p < size:
-        k = p
-        while k >= 1:
-            for j in range(k % p, size - k, 2 * k):
-                for i in range(min(k, size - j - k)):
-                    if (i + j) // (2 * p) == (i + j + k) // (2 * p):
-                        pairs.append((i + j, i + j + k))
-            k //= 2
-        p *= 2
-    # padding to a power of two with +inf: comparators touching the padding are no-ops
-    return tuple((a, b) for a, b in pairs if b < n)
-
-
 def _select(values, index):
     """``values[index]`` for a list of scalars and a traced index, as a one-hot sum (cheap
     elementwise code under ``vmap``, unlike a gather)."""
@@ -327,14 +307,8 @@ def _select(values, index):
 
 def _masked_median(values, mask):
     """Median of the usable entries of a list of scalars (0 if none), by a sorting network."""
-    m = len(values)
     dtype = values[0].dtype
-    inf = jnp.asarray(jnp.inf, dtype)
-    ordered = [jnp.where(mk, v, inf) for v, mk in zip(values, mask)]
-    for a, b in _sorting_network(m):
-        ordered[a], ordered[b] = jnp.minimum(ordered[a], ordered[b]), jnp.maximum(
-            ordered[a], ordered[b]
-        )
+    ordered = sort_axis0(values, mask)
     count = sum(mk.astype(jnp.int32) for mk in mask)
     lo = _select(ordered, (count - 1) // 2)
     hi = _select(ordered, count // 2)
