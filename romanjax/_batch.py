@@ -37,6 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ._read_pattern import ReadPattern
+from .ramp._common import check_pixel_shape
 
 __all__ = [
     "fit_frame",
@@ -174,15 +175,7 @@ def _pad_last(array: np.ndarray, length: int) -> np.ndarray:
 
 def _per_pixel(name, value, pixels, function):
     """Broadcast a per-pixel input to ``pixels`` (a view) or raise naming it."""
-    shape = np.shape(value)
-    try:
-        if np.broadcast_shapes(shape, pixels) != pixels:
-            raise ValueError
-    except ValueError:
-        raise ValueError(
-            f"{function}: `{name}` of shape {shape} does not broadcast against the pixel "
-            f"shape {pixels}"
-        ) from None
+    check_pixel_shape(function, name, value, pixels)
     return np.broadcast_to(np.asarray(value), pixels)
 
 

@@ -25,7 +25,7 @@ import numpy as np
 
 from . import dq as dqbits
 from ._read_pattern import ReadPattern
-from .ramp._common import float_dtype
+from .ramp._common import check_pixel_shape, float_dtype
 
 __all__ = ["L2", "make_l2", "METHODS", "apply_linearity"]
 
@@ -146,15 +146,7 @@ def _make_l2(resultants, dq, read_noise, gain, dark_rate, flat, linearity, *, pa
 def _per_pixel(name, value, pixels, dtype):
     if value is None:
         return None
-    shape = np.shape(value)
-    try:
-        if np.broadcast_shapes(shape, pixels) != pixels:
-            raise ValueError
-    except ValueError:
-        raise ValueError(
-            f"make_l2: `{name}` of shape {shape} does not broadcast against the pixel shape "
-            f"{pixels} of `resultants`"
-        ) from None
+    check_pixel_shape("make_l2", name, value, pixels)
     return jnp.broadcast_to(jnp.asarray(value, dtype), pixels)
 
 

@@ -80,6 +80,20 @@ def check_pattern(pattern, function: str) -> ReadPattern:
     return pattern
 
 
+def check_pixel_shape(function: str, name: str, value, pixels: tuple) -> None:
+    """Raise ``ValueError`` naming ``name`` unless ``value`` broadcasts to ``pixels``."""
+    shape = np.shape(value)
+    try:
+        if np.broadcast_shapes(shape, pixels) == pixels:
+            return
+    except ValueError:
+        pass
+    raise ValueError(
+        f"{function}: `{name}` of shape {shape} does not broadcast against the pixel shape "
+        f"{pixels}"
+    )
+
+
 def prepare_inputs(function: str, resultants, pattern, dq=None, **per_pixel):
     """Validate shapes on the host and broadcast per-pixel inputs against the pixel shape.
 
@@ -117,15 +131,7 @@ def prepare_inputs(function: str, resultants, pattern, dq=None, **per_pixel):
         if value is None:
             out[name] = None
             continue
-        shape = np.shape(value)
-        try:
-            if np.broadcast_shapes(shape, pixels) != pixels:
-                raise ValueError
-        except ValueError:
-            raise ValueError(
-                f"{function}: `{name}` of shape {shape} does not broadcast against the pixel "
-                f"shape {pixels} of `resultants`"
-            ) from None
+        check_pixel_shape(function, name, value, pixels)
         out[name] = jnp.broadcast_to(jnp.asarray(value, dtype=dtype), pixels)
     return resultants, dq, out
 
