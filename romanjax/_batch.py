@@ -18,8 +18,9 @@ host-side: numpy in, numpy out. They
 4. copy each chunk's results into preallocated host arrays (``dq`` output pages that stay all
    zero are never written, so they cost no resident memory).
 
-Ramp fits are pixel-independent, so :func:`fit_frame` returns exactly (bit for bit) what the
-fitter returns on the whole array. Simulation draws random numbers, and how a JAX random
+Ramp fits are pixel-independent, so :func:`fit_frame` returns what the fitter returns on the
+whole array: dq bit for bit, floats to the last bit or two (XLA's CPU code generation depends
+on the array length, so a chunk may round its last bit differently; seen: 1 ulp in float64). Simulation draws random numbers, and how a JAX random
 function maps a key to values depends on the array shape; :func:`simulate_frame` and
 :func:`apportion_frame` therefore fix the random-number unit to blocks of about ``rng_block``
 pixels (whole rows for 2-D frames; block ``b`` uses ``jax.random.fold_in(key, b)``), which
@@ -203,8 +204,8 @@ def fit_frame(resultants, pattern, read_noise, *, method="casertano", dq=None, c
     Numpy in, numpy out. The pixels are processed in chunks of ``chunk_pixels``; each chunk is
     sharded over all local devices (or ``mesh``) and fitted with the fitter named by
     ``method``; chunk ``i + 1`` is enqueued before chunk ``i`` is copied back, so host
-    transfers overlap device work. The result is identical (bit for bit) to calling the fitter
-    on the whole array.
+    transfers overlap device work. The result is identical to calling the fitter on the whole
+    array (dq bit for bit; floating-point values to within a few ulp, see the module notes).
 
     Parameters
     ----------

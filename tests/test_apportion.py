@@ -17,7 +17,7 @@ def test_exact_properties(pattern, rng, float_dtype):
     counts[0, 1] = 2_000_000_000
     res = np.asarray(apportion_counts(jax.random.key(1), counts, pattern))
     assert res.shape == (pattern.n_resultants, 50, 40)
-    assert res.dtype == np.float32  # integer counts -> JAX default float (float32 unless x64)
+    assert res.dtype == float_dtype  # integer counts -> JAX default float (float32 unless x64)
     assert np.all(np.diff(res, axis=0) >= 0)
     assert np.all(res >= 0) and np.all(res <= counts * (1 + 1e-6))
     assert np.all(res[:, 0, 0] == 0)

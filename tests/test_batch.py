@@ -59,7 +59,11 @@ def make_ramps(rng, pattern, pixels, dtype, read_noise=10.0):
 
 
 def assert_fits_equal(direct, chunked):
-    """Every field bit-identical, numpy arrays of the same dtype and shape."""
+    """Every field equal, numpy arrays of the same dtype and shape: integer fields (dq) bit
+    for bit, floats to 4 ulp. Why not bit for bit: XLA's CPU code generation depends on the
+    array length (vectorised body vs remainder, FMA contraction), and the likelihood fitter's
+    jump queue is sized by the number of pixels, so a chunk can round its last bit
+    differently from the whole frame (seen: 1 ulp in float64)."""
     assert type(chunked) is type(direct)
     for name in direct._fields:
         want, got = getattr(direct, name), getattr(chunked, name)
@@ -70,7 +74,10 @@ def assert_fits_equal(direct, chunked):
         want = np.asarray(want)
         assert got.dtype == want.dtype, name
         assert got.shape == want.shape, name
-        np.testing.assert_array_equal(got, want, err_msg=name)
+        if np.issubdtype(want.dtype, np.floating):
+            np.testing.assert_array_max_ulp(got, want, maxulp=4)
+        else:
+            np.testing.assert_array_equal(got, want, err_msg=name)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -63,12 +63,14 @@ class RampFit(NamedTuple):
 
 
 def float_dtype(*arrays) -> jnp.dtype:
-    """The floating dtype of a computation on ``arrays``: the first floating input's dtype
-    (float32 unless it is float64 and x64 is on); integers promote to JAX's default float."""
+    """The floating dtype of a computation on ``arrays``: the first floating array's dtype
+    (canonicalised: float64 only with x64 on). Python scalars are weakly typed and do not
+    decide it; integer arrays and scalars alone give JAX's default float."""
     for array in arrays:
-        dtype = jnp.asarray(array).dtype if not hasattr(array, "dtype") else array.dtype
-        if jnp.issubdtype(dtype, jnp.floating):
-            return jnp.dtype(jax.dtypes.canonicalize_dtype(dtype))
+        if isinstance(array, (int, float, bool)) or not hasattr(array, "dtype"):
+            continue
+        if jnp.issubdtype(array.dtype, jnp.floating):
+            return jnp.dtype(jax.dtypes.canonicalize_dtype(array.dtype))
     return jnp.dtype(jax.dtypes.canonicalize_dtype(jnp.float64))
 
 
