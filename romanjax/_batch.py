@@ -20,7 +20,8 @@ host-side: numpy in, numpy out. They
 
 Ramp fits are pixel-independent, so :func:`fit_frame` returns what the fitter returns on the
 whole array: dq bit for bit, floats to the last bit or two (XLA's CPU code generation depends
-on the array length, so a chunk may round its last bit differently; seen: 1 ulp in float64). Simulation draws random numbers, and how a JAX random
+on the array length, so a chunk may round its last bit differently; seen: 1 ulp in float64).
+Simulation draws random numbers, and how a JAX random
 function maps a key to values depends on the array shape; :func:`simulate_frame` and
 :func:`apportion_frame` therefore fix the random-number unit to blocks of about ``rng_block``
 pixels (whole rows for 2-D frames; block ``b`` uses ``jax.random.fold_in(key, b)``), which
