@@ -120,12 +120,7 @@ def _make_l2(resultants, dq, read_noise, gain, dark_rate, flat, linearity, *, pa
     electrons = resultants * gain[None]
     fit_dq = (dq & jnp.uint32(dqbits.DO_NOT_USE_IN_FIT)) if has_dq else None
     kwargs = dict(fit_kwargs)
-    try:
-        fit = fitter(electrons, pattern, read_noise * gain, dq=fit_dq, **kwargs)
-    except NotImplementedError:
-        # a fitter without sub-ramp support (the interpolated optimal fitter, like romanisim's
-        # RampFitInterpolator) fits the whole ramp and ignores the flags
-        fit = fitter(electrons, pattern, read_noise * gain, **kwargs)
+    fit = fitter(electrons, pattern, read_noise * gain, dq=fit_dq, **kwargs)
     slope_e = fit.slope.astype(dtype)
     if dark_rate is not None:
         slope_e = slope_e - dark_rate
@@ -180,9 +175,10 @@ def make_l2(resultants, pattern, *, read_noise, gain, dq=None, dark_rate=None, f
         variances by its square.
     method : {"casertano", "optimal", "likely"}
         Ramp fitter: :func:`romanjax.fit_ramps_casertano` (romanisim's choice),
-        :func:`romanjax.fit_ramps_optimal` (interpolated full-covariance GLS; fits whole ramps
-        when it does not support ``dq``) or :func:`romanjax.fit_ramps_likely` (stcal's
-        ``LIKELY``, romancal's default, with jump detection).
+        :func:`romanjax.fit_ramps_optimal` (full-covariance GLS: interpolated weights on
+        unflagged ramps, exact sub-ramp GLS around flagged resultants) or
+        :func:`romanjax.fit_ramps_likely` (stcal's ``LIKELY``, romancal's default, with jump
+        detection).
     linearity : array ``[n_coeff]`` or ``[n_coeff, *pixels]``, optional
         Classical non-linearity correction polynomial in DN, constant term first, applied to
         the resultants before fitting (see :func:`apply_linearity`).
