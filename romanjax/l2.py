@@ -25,7 +25,7 @@ import numpy as np
 
 from . import dq as dqbits
 from ._read_pattern import ReadPattern
-from .ramp._common import check_pixel_shape, float_dtype
+from .ramp._common import check_pixel_shape, float_dtype, prepare_dq
 
 __all__ = ["L2", "make_l2", "METHODS", "apply_linearity"]
 
@@ -224,17 +224,7 @@ def make_l2(resultants, pattern, *, read_noise, gain, dq=None, dark_rate=None, f
     dark_rate = _per_pixel("dark_rate", dark_rate, pixels, dtype)
     flat = _per_pixel("flat", flat, pixels, dtype)
     has_dq = dq is not None
-    if has_dq:
-        try:
-            np.broadcast_shapes(np.shape(dq), resultants.shape)
-        except ValueError:
-            raise ValueError(
-                f"make_l2: `dq` of shape {np.shape(dq)} does not broadcast against "
-                f"`resultants` of shape {resultants.shape}"
-            ) from None
-        dq = jnp.broadcast_to(jnp.asarray(dq).astype(jnp.uint32), resultants.shape)
-    else:
-        dq = jnp.zeros(resultants.shape, jnp.uint32)
+    dq = prepare_dq("make_l2", dq, resultants.shape)
     if linearity is not None:
         lin_shape = np.shape(linearity)
         try:

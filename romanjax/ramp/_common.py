@@ -96,6 +96,20 @@ def check_pixel_shape(function: str, name: str, value, pixels: tuple) -> None:
     )
 
 
+def prepare_dq(function: str, dq, shape: tuple):
+    """``dq`` as uint32 broadcast to ``shape`` (zeros if None), or a ``ValueError`` naming it."""
+    if dq is None:
+        return jnp.zeros(shape, dtype=jnp.uint32)
+    try:
+        np.broadcast_shapes(np.shape(dq), shape)
+    except ValueError:
+        raise ValueError(
+            f"{function}: `dq` of shape {np.shape(dq)} does not broadcast against `resultants` "
+            f"of shape {shape}"
+        ) from None
+    return jnp.broadcast_to(jnp.asarray(dq).astype(jnp.uint32), shape)
+
+
 def prepare_inputs(function: str, resultants, pattern, dq=None, **per_pixel):
     """Validate shapes on the host and broadcast per-pixel inputs against the pixel shape.
 
@@ -116,18 +130,7 @@ def prepare_inputs(function: str, resultants, pattern, dq=None, **per_pixel):
     dtype = float_dtype(resultants)
     resultants = jnp.asarray(resultants, dtype=dtype)
     pixels = resultants.shape[1:]
-    if dq is None:
-        dq = jnp.zeros(resultants.shape, dtype=jnp.uint32)
-    else:
-        dq_shape = np.shape(dq)
-        try:
-            np.broadcast_shapes(dq_shape, resultants.shape)
-        except ValueError:
-            raise ValueError(
-                f"{function}: `dq` of shape {dq_shape} does not broadcast against `resultants` "
-                f"of shape {resultants.shape}"
-            ) from None
-        dq = jnp.broadcast_to(jnp.asarray(dq).astype(jnp.uint32), resultants.shape)
+    dq = prepare_dq(function, dq, resultants.shape)
     out = {}
     for name, value in per_pixel.items():
         if value is None:
