@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .._read_pattern import ReadPattern
+from ._binomial import binomial as _binomial
 
 __all__ = ["apportion_counts", "read_probabilities", "check_counts", "MAX_COUNTS"]
 
@@ -72,14 +73,12 @@ def _float_dtype(counts) -> jnp.dtype:
 
 
 def binomial(key, n, p, dtype):
-    """Exact Binomial(n, p) draws for int32 ``n`` (any shape) and a scalar ``p``.
+    """Exact Binomial(n, p) draws for int32 ``n`` ``[npix]`` and a scalar ``p``.
 
-    ``jax.random.binomial`` (inversion for small means, BTRS rejection otherwise) in
-    ``dtype``; clamped to ``[0, n]`` so float32 rounding of ``n > 2**24`` can never create
-    or destroy electrons."""
-    k = jax.random.binomial(key, n.astype(dtype), jnp.asarray(p, dtype), dtype=dtype)
-    k = jnp.where(jnp.isfinite(k), k, 0)
-    return jnp.clip(k, 0, n.astype(dtype)).astype(n.dtype)
+    See :mod:`._binomial`: inversion for means below 10, BTRS rejection with a float32-exact
+    acceptance test otherwise, rejected draws compacted and redrawn. Result in ``[0, n]``,
+    so electrons are conserved exactly."""
+    return _binomial(key, n, p, dtype)
 
 
 def read_scan(key, counts, pattern: ReadPattern, dtype, per_read=None, carry0=None):
@@ -102,44 +101,43 @@ def read_scan(key, counts, pattern: ReadPattern, dtype, per_read=None, carry0=No
     carry.
     """
     p_all = read_probabilities(pattern)
-    remaining = counts
-    cumulative = jnp.zeros_like(counts)
-    carry = carry0
-    out, flags = [], []
-    j0 = 0
-    for i, reads in enumerate(pattern.reads):
-        n_i = len(reads)
-        ps = jnp.asarray(p_all[j0 : j0 + n_i], dtype)
-        js = jnp.arange(j0, j0 + n_i)
-        last_resultant = i == pattern.n_resultants - 1
+    n_res = pattern.n_resultants
+    resultant_of = np.concatenate([np.full(len(r), i) for i, r in enumerate(pattern.reads)])
+    last_of_resultant = np.concatenate([np.arange(len(r)) == len(r) - 1 for r in pattern.reads])
+    reads_in = np.concatenate([np.full(len(r), len(r), np.float64) for r in pattern.reads])
+    j_last = len(p_all) - 1
 
-        j0_last = len(p_all) - 1
+    # One scan over all reads (one copy of the sampler in the compiled graph); the sum of
+    # the reads of the current resultant is carried and written out at its last read.
+    def body(state, xs):
+        remaining, cumulative, total, flag, out, out_flags, carry = state
+        p, j, i, last, inv_n = xs
+        draw = binomial(jax.random.fold_in(key, j), remaining, p, dtype)
+        draw = jnp.where(j == j_last, remaining, draw)  # the last read takes what is left
+        remaining = remaining - draw
+        cumulative = cumulative + draw
+        if per_read is None:
+            value = cumulative.astype(dtype)
+        else:
+            value, hit, carry = per_read(j, cumulative, carry)
+            flag = flag | hit
+        total = total + value
+        row = jnp.where(last, total * inv_n, jax.lax.dynamic_index_in_dim(out, i, 0, False))
+        out = jax.lax.dynamic_update_index_in_dim(out, row, i, 0)
+        row_flag = jnp.where(last, flag, jax.lax.dynamic_index_in_dim(out_flags, i, 0, False))
+        out_flags = jax.lax.dynamic_update_index_in_dim(out_flags, row_flag, i, 0)
+        total = jnp.where(last, jnp.zeros_like(total), total)
+        flag = flag & ~last
+        return (remaining, cumulative, total, flag, out, out_flags, carry), None
 
-        def body(state, xs, last_resultant=last_resultant, j0_last=j0_last):
-            remaining, cumulative, total, flag, carry = state
-            p, j = xs
-            draw = binomial(jax.random.fold_in(key, j), remaining, p, dtype)
-            if last_resultant:
-                # the last read takes everything that is left (p = 1 exactly)
-                draw = jnp.where(j == j0_last, remaining, draw)
-            remaining = remaining - draw
-            cumulative = cumulative + draw
-            if per_read is None:
-                value = cumulative.astype(dtype)
-            else:
-                value, hit, carry = per_read(j, cumulative, carry)
-                flag = flag | hit
-            return (remaining, cumulative, total + value, flag, carry), None
-
-        total0 = jnp.zeros(counts.shape, dtype)
-        flag0 = jnp.zeros(counts.shape, bool)
-        (remaining, cumulative, total, flag, carry), _ = jax.lax.scan(
-            body, (remaining, cumulative, total0, flag0, carry), (ps, js)
-        )
-        out.append(total / n_i)
-        flags.append(flag)
-        j0 += n_i
-    return jnp.stack(out), jnp.stack(flags), carry
+    zeros = jnp.zeros(counts.shape, dtype)
+    state = (counts, jnp.zeros_like(counts), zeros, jnp.zeros(counts.shape, bool),
+             jnp.zeros((n_res,) + counts.shape, dtype),
+             jnp.zeros((n_res,) + counts.shape, bool), carry0)
+    xs = (jnp.asarray(p_all, dtype), jnp.arange(len(p_all)), jnp.asarray(resultant_of),
+          jnp.asarray(last_of_resultant), jnp.asarray(1.0 / reads_in, dtype))
+    state, _ = jax.lax.scan(body, state, xs)
+    return state[4], state[5], state[6]
 
 
 @partial(jax.jit, static_argnames=("pattern", "dtype"))

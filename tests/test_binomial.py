@@ -1,0 +1,142 @@
+"""The exact vectorised binomial sampler behind apportion_counts (romanjax.l1._binomial).
+
+Goodness of fit against scipy's exact pmf (float64) on both algorithms (inversion below a
+mean of 10, BTRS above), across the switch, for p > 1/2 (symmetry), huge n (float32
+acceptance test), through the compacted redraw levels and the in-place fallback.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy import stats
+
+from romanjax.l1 import _binomial
+
+SAMPLES = 200_000
+# one compiled sampler for every case (n and p are traced), so the file compiles once
+_binomial_jit = jax.jit(_binomial.binomial, static_argnames="dtype")
+
+
+def _draw(key, n, p):
+    dtype = jax.dtypes.canonicalize_dtype(jnp.float64)
+    n_array = jnp.full(SAMPLES, n, jnp.int32)
+    return np.asarray(_binomial_jit(key, n_array, p, dtype=dtype)).astype(np.int64)
+
+
+def _chi2_pvalue(x, n, p):
+    """Pearson chi-square p-value of the sample ``x`` against Binomial(n, p), binned."""
+    mean, sd = n * p, np.sqrt(n * p * (1 - p))
+    lo, hi = int(max(0, mean - 6 * sd - 1)), int(min(n, mean + 6 * sd + 1))
+    edges = np.unique(np.round(np.linspace(lo, hi + 1, 50)).astype(np.int64))
+    edges = np.concatenate([[-1], edges[1:-1], [n + 1]])  # outer bins take the tails
+    observed = np.histogram(x, edges)[0]
+    expected = np.diff(stats.binom.cdf(edges - 1, n, p)) * len(x)
+    keep = expected > 10
+    # merge the sparse bins into one so no probability mass is left out of the test
+    observed = np.append(observed[keep], observed[~keep].sum())
+    expected = np.append(expected[keep], expected[~keep].sum())
+    if expected[-1] < 10:
+        observed, expected = observed[:-1], expected[:-1]
+    chi2 = ((observed - expected) ** 2 / expected).sum()
+    return stats.chi2.sf(chi2, len(observed) - 1)
+
+
+CASES = [
+    (3, 0.3),  # inversion, tiny n
+    (40, 0.2),  # inversion, mean 8
+    (49, 0.2),  # mean 9.8: last inversion
+    (51, 0.2),  # mean 10.2: first BTRS
+    (120, 0.5),  # BTRS at p = 1/2
+    (300, 0.9),  # p > 1/2 through the symmetry, mean of the low side 30
+    (5_000, 1 / 45),  # a typical read of a ramp
+    (1_000_000, 0.3),
+    (100_000_000, 0.02),
+    (2_000_000_000, 0.01),  # the largest total apportion_counts accepts
+]
+
+
+@pytest.mark.parametrize("n, p", CASES)
+def test_matches_exact_pmf(n, p):
+    x = _draw(jax.random.key(n % 1009), n, p)
+    assert x.min() >= 0 and x.max() <= n
+    mean, var = n * p, n * p * (1 - p)
+    z = (x.mean() - mean) / np.sqrt(var / len(x))
+    assert abs(z) < 5, z
+    # variance of the sample variance ~ 2 var^2 / N for near-normal shapes
+    assert abs(x.var() / var - 1) < 5 * np.sqrt(2 / len(x)) + 5 / len(x), x.var() / var
+    assert _chi2_pvalue(x, n, p) > 1e-4
+
+
+def _draw_array(key, n, p):
+    dtype = jax.dtypes.canonicalize_dtype(jnp.float64)
+    return np.asarray(_binomial_jit(key, n, p, dtype=dtype)).astype(np.int64)
+
+
+def test_mixed_regimes_in_one_array():
+    """Inversion and rejection elements side by side: each matches its own pmf."""
+    n = jnp.asarray(np.repeat([20, 4000], SAMPLES // 2), jnp.int32)
+    x = _draw_array(jax.random.key(5), n, 0.05)
+    assert _chi2_pvalue(x[: SAMPLES // 2], 20, 0.05) > 1e-4
+    assert _chi2_pvalue(x[SAMPLES // 2:], 4000, 0.05) > 1e-4
+
+
+def test_in_place_fallback_when_the_buffer_overflows():
+    """All rejected (more than the compaction buffer holds): the in-place loop still
+    produces the exact distribution."""
+    n, p, size = 2000, 0.1, 20_000
+    nf = jnp.full(size, float(n), jnp.float32)
+    k0 = jnp.zeros(size, jnp.float32)
+    redraw = jax.jit(_binomial._redraw_rejected)
+    x = np.asarray(redraw(jax.random.key(11), nf, jnp.float32(p), k0,
+                          jnp.zeros(size, bool))).astype(int)
+    assert _chi2_pvalue(x, n, p) > 1e-4
+    # accepted entries are kept as they are
+    kept = redraw(jax.random.key(11), nf, jnp.float32(p), k0 + 7, jnp.ones(size, bool))
+    assert np.all(np.asarray(kept) == 7)
+
+
+def test_edges_and_determinism():
+    key = jax.random.key(3)
+    n = jnp.asarray([0, 1, 5, 100, 2_000_000_000], jnp.int32)
+    assert np.array_equal(_binomial.binomial(key, n, 1.0, jnp.float32), n)
+    assert np.array_equal(_binomial.binomial(key, n, 0.0, jnp.float32), np.zeros(5))
+    assert np.all(np.asarray(_binomial.binomial(key, n * 0, 0.3, jnp.float32)) == 0)
+    a = _binomial.binomial(key, jnp.full(1000, 500, jnp.int32), 0.2, jnp.float32)
+    b = _binomial.binomial(key, jnp.full(1000, 500, jnp.int32), 0.2, jnp.float32)
+    c = _binomial.binomial(jax.random.key(4), jnp.full(1000, 500, jnp.int32), 0.2, jnp.float32)
+    assert np.array_equal(a, b) and not np.array_equal(a, c)
+
+
+def test_other_key_implementations_and_raw_keys():
+    n = jnp.full(SAMPLES, 300, jnp.int32)
+    for key in (jax.random.key(1, impl="rbg"), jax.random.PRNGKey(1)):
+        x = _draw_array(key, n, 0.25)
+        assert _chi2_pvalue(x, 300, 0.25) > 1e-4
+
+
+def test_uniform_pair_is_uniform_and_independent():
+    u, v = _binomial.uniform_pair(jax.random.key(2), SAMPLES, jnp.float32)
+    u, v = np.asarray(u, np.float64), np.asarray(v, np.float64)
+    for w in (u, v):
+        assert w.min() >= 0 and w.max() < 1
+        assert stats.kstest(w, "uniform").pvalue > 1e-4
+    assert abs(np.corrcoef(u, v)[0, 1]) < 5 / np.sqrt(SAMPLES)
+
+
+@pytest.mark.parametrize("n, p, tol", [
+    (100, 0.1, 1e-4), (10_000, 0.3, 1e-4), (1_000_000, 0.02, 1e-4), (100_000_000, 0.5, 1e-4),
+    # at 2e9 float32 cannot hold n, m and k exactly (spacing 128); the log ratio is still
+    # within 1e-2 over +-8 sigma, where lgamma differences would be off by thousands
+    (2_000_000_000, 0.5, 2e-2),
+])
+def test_log_pmf_ratio_float32_accuracy(n, p, tol):
+    q = 1 - p
+    mode = np.floor((n + 1) * p)
+    sd = np.sqrt(n * p * q)
+    k = np.unique(np.clip(np.round(mode + np.linspace(-8, 8, 41) * sd), 0, n))
+    exact = stats.binom.logpmf(k, n, p) - stats.binom.logpmf(mode, n, p)
+    f32 = jnp.float32
+    got = _binomial.log_pmf_ratio(f32(1) * k.astype(np.float32), f32(mode), f32(n), f32(p),
+                                  f32(q), f32(((n + 1) * p - mode) - q))
+    assert np.max(np.abs(np.asarray(got, np.float64) - exact)) < tol
