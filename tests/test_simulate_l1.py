@@ -62,3 +62,76 @@ def test_ipc_point_source_and_same_key():
     np.testing.assert_allclose(last[3:6, 3:6], np.round(1e5 * IPC_KERNEL), atol=1)
     again = simulate_l1(jax.random.key(4), counts, PATTERN, ipc=True, **kw)
     np.testing.assert_array_equal(out.resultants, again.resultants)
+
+
+def test_cosmic_ray_mean_charge_matches_the_model():
+    """Total deposited charge over the exposure = E[number of tracks] x E[charge per track],
+    both computed here in float64 by quadrature over the model's length and dE/dx laws."""
+    from scipy import integrate, stats
+
+    from romanjax.l1._effects import CosmicRayParams
+
+    flux = 300.0  # [1/cm**2/s]; high so ~5e4 tracks make the sample mean precise
+    params = CosmicRayParams(flux=flux)
+    shape = (512, 512)
+    area = shape[0] * shape[1] * (params.pixel_size * 1e-4) ** 2  # [cm**2]
+    kw = dict(read_noise=0.0, gain=1.0, pedestal=0.0, pedestal_noise=0.0, saturation=1e12)
+    out = simulate_l1(jax.random.key(7), np.zeros(shape, int), PATTERN,
+                      cosmic_rays={"flux": flux}, **kw)  # fmt: skip
+    total = float(np.asarray(out.resultants, np.float64)[-1].sum())  # last resultant = 1 read
+
+    # length [um]: density ~ l**slope on [min, max]; 3-D length in pixels
+    s, lo, hi = params.length_slope, params.min_cr_len, params.max_cr_len
+    norm = integrate.quad(lambda x: x**s, lo, hi)[0]
+    depth = params.pixel_depth / params.pixel_size
+
+    def length_moment(power):
+        def f(x):
+            return np.sqrt((x / params.pixel_size) ** 2 + depth**2) ** power * x**s
+        return integrate.quad(f, lo, hi, limit=200)[0] / norm
+
+    # dE/dx: Moyal(location, scale) truncated to [min, max]
+    moyal = stats.moyal(loc=params.moyal_location, scale=params.moyal_scale)
+    mass = moyal.cdf(params.max_dEdx) - moyal.cdf(params.min_dEdx)
+
+    def dedx_moment(power):
+        def f(x):
+            return x**power * moyal.pdf(x)
+        return integrate.quad(f, params.min_dEdx, params.max_dEdx, limit=200)[0] / mass
+
+    scale = params.pixel_size / params.conversion_factor
+    mean_charge = scale * dedx_moment(1) * length_moment(1)
+    second = scale**2 * dedx_moment(2) * length_moment(2) + mean_charge  # + Poisson points
+    rate = flux * area * PATTERN.exposure_time  # mean number of tracks
+    expected = rate * mean_charge
+    sigma = np.sqrt(rate * second)  # compound Poisson: Var = rate E[charge**2]
+    # tracks leaving the image lose charge: < 0.5% for ~1.5-pixel tracks on 512x512
+    assert abs(total - expected) < 5 * sigma + 0.005 * expected, (total, expected, sigma)
+    assert sigma < 0.05 * expected  # the test can tell a 10% error in the model
+
+
+def test_inverse_linearity_applied_to_every_read():
+    """Single-read resultants: the non-linear output equals the polynomial (in DN) of the
+    linear output, read by read; the photon draws are unchanged (separate keys)."""
+    pattern = romanjax.ReadPattern([[1], [2], [4], [7], [8]])
+    counts = np.random.default_rng(0).integers(0, 60_000, 5000)
+    gain = 1.0  # so the rounded linear output is the exact electron count per read
+    coefficients = np.array([3.0, 0.98, 4e-7, -2e-12])  # constant first, DN
+    kw = dict(read_noise=0.0, gain=gain, pedestal=0.0, pedestal_noise=0.0, saturation=1e9)
+    linear = simulate_l1(jax.random.key(8), counts, pattern, **kw)
+    bent = simulate_l1(jax.random.key(8), counts, pattern, inverse_linearity=coefficients, **kw)
+    dn = np.asarray(linear.resultants, np.float64)  # integer electrons = DN, exact
+    expected = np.polynomial.polynomial.polyval(dn, coefficients)
+    got = np.asarray(bent.resultants, np.float64)
+    # outputs are rounded to integer DN; float32 evaluation may flip a .5 rounding
+    assert np.max(np.abs(got - np.round(expected))) <= 1
+    assert np.mean(got == np.round(expected)) > 0.99
+    assert np.any(np.abs(expected - dn) > 5)  # the polynomial really bends the ramp
+    assert not np.any(np.asarray(bent.dq) & dqbits.NO_LIN_CORR)
+    # all-zero coefficients of a pixel: identity and NO_LIN_CORR
+    per_pixel = np.broadcast_to(coefficients[:, None], (4, 5000)).copy()
+    per_pixel[:, :10] = 0
+    flagged = simulate_l1(jax.random.key(8), counts, pattern, inverse_linearity=per_pixel, **kw)
+    assert np.all(np.asarray(flagged.dq)[:, :10] & dqbits.NO_LIN_CORR)
+    np.testing.assert_array_equal(np.asarray(flagged.resultants)[:, :10],
+                                  np.asarray(linear.resultants)[:, :10])  # fmt: skip
