@@ -103,3 +103,19 @@ def test_false_jumps_and_chi_square(rng):
     assert found[hit].mean() > 0.95
     chi2 = np.mean(resid[keep])
     assert abs(chi2 - 1) < 0.03, chi2
+
+
+@pytest.mark.parametrize("m", [1, 37, 4096, 16 * 4099, 1 << 17])
+def test_candidate_compaction(rng, m):
+    # the candidate compaction (two-level prefix count + scatter) equals jnp.nonzero
+    import jax.numpy as jnp
+
+    from romanjax.ramp._casertano import _compact, _prefix_count
+
+    for fraction in (0.0, 0.03, 1.0):
+        mask = rng.random(m) < fraction
+        np.testing.assert_array_equal(_prefix_count(jnp.asarray(mask)), np.cumsum(mask))
+        size = m + 5
+        expected = np.full(size, m)
+        expected[: mask.sum()] = np.nonzero(mask)[0]
+        np.testing.assert_array_equal(_compact(jnp.asarray(mask), size), expected)

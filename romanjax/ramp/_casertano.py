@@ -21,10 +21,11 @@ Implementation: the sums are evaluated in centred, scaled time ``(tbar_i - tbar_
 t_scale`` and resultants relative to ``R_s`` (exact rewritings, since ``sum K = 0`` and
 ``sum K tbar = 1``), so float32 keeps ~1e-7 relative accuracy. Every pixel first gets the
 whole-ramp fit from six per-pattern weight vectors precomputed on the host (one per ``P``);
-only pixels with flagged resultants, or whose whole ramp fails the jump test, are gathered
-into a fixed-size buffer and refitted with the general sub-ramp kernel (sub-ramps as masks
-over the resultant axis, segment sums as unrolled forward/backward scans) and, with jump
-detection, iterated until no sub-ramp splits.
+only pixels with flagged resultants, or whose whole ramp fails the jump test, are compacted
+(in pixel order) and refitted ``BLOCK_PIXELS`` at a time with the general sub-ramp kernel
+(sub-ramps as masks over the resultant axis, segment sums as unrolled forward/backward scans,
+materialised between stages by :func:`._jumps.barrier`) and, with jump detection, iterated
+until no sub-ramp splits.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ import numpy as np
 from .. import dq as dqflags
 from .._read_pattern import ReadPattern
 from ._common import RampFit, prepare_inputs
-from ._jumps import segment_jumps, whole_ramp_trigger
+from ._jumps import barrier, segment_jumps, whole_ramp_trigger
 
 __all__ = ["fit_ramps_casertano", "casertano_weights", "P_EDGES", "P_VALUES"]
 
@@ -186,9 +187,12 @@ def _segments(rows, good, read_var, pattern, *, want_coefficients=False):
     tbar = [jnp.asarray(t, dtype) for t in pattern.tbar]
     tau = [jnp.asarray(t, dtype) for t in pattern.tau]
     nreads = pattern.n_reads
+    # runtime False: a sub-ramp's (finite or NaN) read variance is never -inf
+    flag = read_var[0] == -jnp.inf
     cont = [jnp.zeros_like(good[0])] + [good[i] & good[i - 1] for i in range(1, n)]
     next_in = cont[1:] + [jnp.zeros_like(good[0])]
     first = [good[i] & ~cont[i] for i in range(n)]
+    cont, next_in, first = barrier((cont, next_in, first), flag)
     # start time/value forward, end time/value backward, within each run
     t_start, r_start = [None] * n, [None] * n
     for i in range(n):
@@ -206,6 +210,7 @@ def _segments(rows, good, read_var, pattern, *, want_coefficients=False):
         else:
             t_end[i] = jnp.where(next_in[i], t_end[i + 1], tbar[i])
             r_end[i] = jnp.where(next_in[i], r_end[i + 1], rows[i])
+    t_start, r_start, t_end, r_end = barrier((t_start, r_start, t_end, r_end), flag)
     # weights (Eq. 45) in centred, scaled time v in [-1, 1]
     w, v, half = [], [], []
     for i in range(n):
@@ -227,6 +232,7 @@ def _segments(rows, good, read_var, pattern, *, want_coefficients=False):
         w.append(jnp.where(good[i] & (span > 0), pre * upow, 0))
         v.append(vi)
         half.append(h)
+    w, v, half = barrier((w, v, half), flag)
     # segment sums F0, F1, F2: forward accumulation, backward broadcast from the run's end
     sums = [None] * n
     for i in range(n):
@@ -235,56 +241,64 @@ def _segments(rows, good, read_var, pattern, *, want_coefficients=False):
             sums[i] = term
         else:
             sums[i] = tuple(t + jnp.where(cont[i], s, 0) for t, s in zip(term, sums[i - 1]))
+    sums = barrier(sums, flag)
     for i in range(n - 2, -1, -1):
         sums[i] = tuple(jnp.where(next_in[i], b, a) for a, b in zip(sums[i], sums[i + 1]))
-    # K, and per-run accumulations of slope, read and Poisson coefficients
-    k = []
-    slope_acc = read_acc = poisson_acc = cross = None
+    sums = barrier(sums, flag)
+    # K (Eq. 37)
+    k, ok = [], []
     for i in range(n):
         f0, f1, f2 = sums[i]
         det = f2 * f0 - f1 * f1
-        ok = det != 0
-        k_i = jnp.where(ok, (f0 * v[i] - f1) * w[i] / (jnp.where(ok, det, 1) * half[i]), 0)
-        k.append(k_i)
+        ok_i = det != 0
+        k.append(jnp.where(ok_i, (f0 * v[i] - f1) * w[i] / (jnp.where(ok_i, det, 1) * half[i]),
+                           0))  # fmt: skip
+        ok.append(ok_i)
+    k, ok = barrier((k, ok), flag)
+    # per-run accumulations of slope, read and Poisson coefficients
+    slope_acc, read_acc, poisson_acc = [], [], []
+    for i in range(n):
+        k_i = k[i]
         dt = tbar[i] - t_start[i]
         slope_t = k_i * (rows[i] - r_start[i])
         read_t = k_i * k_i / float(nreads[i])
         if i == 0:
-            slope_acc, read_acc = slope_t, read_t
-            poisson_acc = k_i * k_i * (tau[i] - t_start[i])
+            slope_acc.append(slope_t)
+            read_acc.append(read_t)
+            poisson_acc.append(k_i * k_i * (tau[i] - t_start[i]))
             cross = k_i * dt
         else:
-            slope_acc = slope_t + jnp.where(cont[i], slope_acc, 0)
-            read_acc = read_t + jnp.where(cont[i], read_acc, 0)
+            slope_acc.append(slope_t + jnp.where(cont[i], slope_acc[i - 1], 0))
+            read_acc.append(read_t + jnp.where(cont[i], read_acc[i - 1], 0))
             prev_cross = jnp.where(cont[i], cross, 0)
-            poisson_acc = (k_i * k_i * (tau[i] - t_start[i]) + 2 * k_i * prev_cross
-                           + jnp.where(cont[i], poisson_acc, 0))  # fmt: skip
+            poisson_acc.append(k_i * k_i * (tau[i] - t_start[i]) + 2 * k_i * prev_cross
+                               + jnp.where(cont[i], poisson_acc[i - 1], 0))  # fmt: skip
             cross = prev_cross + k_i * dt
-        # combine at the last resultant of each run (segments of >= 2 resultants, D != 0)
-        last = good[i] & ~next_in[i] & ok & (t_end[i] > t_start[i])
-        seg_read = read_var * read_acc
+    slope_acc, read_acc, poisson_acc = barrier((slope_acc, read_acc, poisson_acc), flag)
+    # combine at the last resultant of each run (segments of >= 2 resultants, D != 0)
+    seg_slopes = slope_acc
+    seg_weights = []
+    total = None
+    for i in range(n):
+        last = good[i] & ~next_in[i] & ok[i] & (t_end[i] > t_start[i])
+        seg_read = read_var * read_acc[i]
         weight = jnp.where(last, 1 / jnp.maximum(seg_read, 1 / MAX_WEIGHT), 0)
-        if i == 0:
-            total = (weight, weight * slope_acc, weight * weight * seg_read,
-                     weight * weight * poisson_acc)  # fmt: skip
-            seg_slopes = [slope_acc]
-            seg_weights = [weight]
-        else:
-            total = (total[0] + weight, total[1] + weight * slope_acc,
-                     total[2] + weight * weight * seg_read,
-                     total[3] + weight * weight * poisson_acc)  # fmt: skip
-            seg_slopes.append(slope_acc)
-            seg_weights.append(weight)
+        terms = (weight, weight * slope_acc[i], weight * weight * seg_read,
+                 weight * weight * poisson_acc[i])  # fmt: skip
+        total = terms if total is None else tuple(a + b for a, b in zip(total, terms))
+        seg_weights.append(weight)
     slope, var_read, coeff, fitted = _combine(*total)
     # slope of each resultant's sub-ramp, broadcast backwards from the run's end
     alpha = [None] * n
     for i in range(n - 1, -1, -1):
         alpha[i] = seg_slopes[i] if i == n - 1 else jnp.where(
             next_in[i], alpha[i + 1], seg_slopes[i])  # fmt: skip
+    span = [t_end[i] - t_start[i] for i in range(n)]
+    alpha, span = barrier((alpha, span), flag)
     out = {
         "slope": slope, "var_read": var_read, "coeff": coeff, "fitted": fitted,
         "next_in": next_in, "first": first, "alpha": alpha,
-        "span": [t_end[i] - t_start[i] for i in range(n)],
+        "span": span,
     }  # fmt: skip
     if want_coefficients:
         safe_total = jnp.where(fitted, total[0], 1)
@@ -341,9 +355,41 @@ def _general(resultants, good, read_var, pattern, detect_jumps, intercept, const
     return (*result, jumps)
 
 
-def _buffer_size(m: int) -> int:
-    """Static size of the candidate buffer for ``m`` pixels."""
-    return int(min(m, max(4096, -(-m // 16))))
+#: Candidate pixels refitted per block (one compiled block; small enough for the block's
+#: working set to stay in cache on CPU).
+BLOCK_PIXELS = 8192
+
+
+def _block_size(m: int) -> int:
+    """Static number of candidate pixels per block for ``m`` pixels."""
+    return int(max(1, min(m, BLOCK_PIXELS)))
+
+
+def _prefix_count(mask, width=16):
+    """Inclusive prefix sum ``[m]`` int32 of a bool ``[m]`` (``jnp.cumsum`` equivalent).
+
+    Two-level: sequential sums within rows of ``width`` pixels, the row totals recursively
+    (XLA's CPU cumsum of 1e6 values is several times slower)."""
+    x = mask.astype(jnp.int32)
+    m = x.shape[0]
+    if m <= 4096 or m % width:
+        return jnp.cumsum(x)
+    x = x.reshape(-1, width)
+    columns = [x[:, 0]]
+    for j in range(1, width):
+        columns.append(columns[-1] + x[:, j])
+    inner = jnp.stack(columns, axis=1)
+    totals = inner[:, -1]
+    return (inner + (_prefix_count(totals, width) - totals)[:, None]).reshape(-1)
+
+
+def _compact(mask, size):
+    """Indices of the True entries of ``mask [m]`` in order, padded with ``m`` to ``size``
+    (``jnp.nonzero(mask, size=size, fill_value=m)``, faster on CPU)."""
+    m = mask.shape[0]
+    target = jnp.where(mask, _prefix_count(mask) - 1, size)
+    fill = jnp.full((size,), m, jnp.int32)
+    return fill.at[target].set(jnp.arange(m, dtype=jnp.int32), mode="drop")
 
 
 def _fit_flat(resultants, dq, read_noise, pattern, has_dq, detect_jumps, intercept, constant):
@@ -366,26 +412,30 @@ def _fit_flat(resultants, dq, read_noise, pattern, has_dq, detect_jumps, interce
         trigger = whole_ramp_trigger(rows, slope, read_var, pattern, intercept, constant)
         candidates = trigger if candidates is None else candidates | trigger
     if candidates is not None and n >= 2:
-        size = _buffer_size(m)
+        block = _block_size(m)
+        n_blocks = -(-m // block)
+        # candidate indices first (in pixel order), padded with m (dropped on scatter)
+        index = _compact(candidates, n_blocks * block)
+        count = jnp.sum(candidates, dtype=jnp.int32)
 
-        def body(state):
-            todo, slope, var_read, coeff, fitted, jumps = state
-            index = jnp.nonzero(todo, size=size, fill_value=m)[0]
-            take = jnp.minimum(index, m - 1)
-            out = _general(resultants[:, take], ~bad[:, take], read_var[take], pattern,
-                           detect_jumps, intercept, constant)  # fmt: skip
-            s, vr, c, f, j = out
-            slope = slope.at[index].set(s, mode="drop")
-            var_read = var_read.at[index].set(vr, mode="drop")
-            coeff = coeff.at[index].set(c, mode="drop")
-            fitted = fitted.at[index].set(f, mode="drop")
-            jumps = jumps.at[:, index].set(j, mode="drop")
-            todo = todo.at[index].set(False, mode="drop")
-            return todo, slope, var_read, coeff, fitted, jumps
+        def body(b, state):
+            slope, var_read, coeff, fitted, jumps = state
+            idx = jax.lax.dynamic_slice(index, (b * block,), (block,))
+            take = jnp.minimum(idx, m - 1)
+            good = ~bad[:, take] if has_dq else jnp.ones((n, block), bool)
+            s, vr, c, f, j = _general(resultants[:, take], good, read_var[take],
+                                      pattern, detect_jumps, intercept, constant)  # fmt: skip
+            slope = slope.at[idx].set(s, mode="drop")
+            var_read = var_read.at[idx].set(vr, mode="drop")
+            coeff = coeff.at[idx].set(c, mode="drop")
+            fitted = fitted.at[idx].set(f, mode="drop")
+            jumps = jumps.at[:, idx].set(j, mode="drop")
+            return slope, var_read, coeff, fitted, jumps
 
-        state = (candidates, slope, var_read, coeff, fitted, jumps)
-        state = jax.lax.while_loop(lambda s: jnp.any(s[0]), body, state)
-        _, slope, var_read, coeff, fitted, jumps = state
+        state = (slope, var_read, coeff, fitted, jumps)
+        slope, var_read, coeff, fitted, jumps = jax.lax.fori_loop(
+            0, (count + block - 1) // block, body, state
+        )
     var_poisson = coeff * jnp.maximum(slope, 0)
     out_dq = dq | jnp.where(jumps, jnp.uint32(dqflags.JUMP_DET), jnp.uint32(0))
     out_dq = out_dq | jnp.where(fitted, jnp.uint32(0), jnp.uint32(dqflags.DO_NOT_USE))[None]

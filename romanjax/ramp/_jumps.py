@@ -24,12 +24,29 @@ from __future__ import annotations
 
 from functools import lru_cache
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
 from .._read_pattern import ReadPattern
 
 __all__ = ["jump_constants", "threshold", "whole_ramp_trigger", "segment_jumps"]
+
+
+def barrier(tree, flag):
+    """Materialise intermediate results (a pytree of arrays): stops XLA from duplicating the
+    unrolled O(n) forward/backward scans over the resultant axis into every consumer fusion
+    (the sub-ramp fit and jump step compiled to ~25x their operations without it and ran
+    several times slower on CPU). ``lax.optimization_barrier`` is expanded before fusion on
+    CPU, so the values go through a while loop whose runtime condition ``flag`` (a scalar bool
+    that is always False, but which XLA cannot prove so) keeps it from running."""
+
+    def body(carry):  # never runs; changes every value so XLA cannot drop the loop
+        return carry[0], jax.tree_util.tree_map(
+            lambda x: ~x if x.dtype == bool else x + x, carry[1]
+        )
+
+    return jax.lax.while_loop(lambda c: c[0], body, (flag, tree))[1]
 
 
 @lru_cache(maxsize=64)
@@ -156,6 +173,8 @@ def segment_jumps(rows, good, next_in, first, alpha, span, read_var, pattern, in
                 alpha[i], read_var, corr[i])  # fmt: skip
         stat.append(jnp.fmax(z1[i], z2))
         double_ok.append(next_in[i] & next_in[i + 1])
+    flag = read_var[0] == -jnp.inf  # runtime False for barrier()
+    z1, stat, double_ok = barrier((z1, stat, double_ok), flag)
     # starting value z1[e-1] and index e-1, broadcast backwards over the sub-ramp
     start = [None] * n
     start_index = [None] * n
@@ -169,6 +188,7 @@ def segment_jumps(rows, good, next_in, first, alpha, span, read_var, pattern, in
         start_index[i] = jnp.where(
             is_second_last, i, jnp.where(next_in[i], start_index[i + 1], -1)
         )
+    start, start_index = barrier((start, start_index), flag)
     # forward running max (strict '>', visiting s..e-2 in order) within each sub-ramp
     best = best_index = None
     bests, best_indices = [], []
@@ -184,6 +204,7 @@ def segment_jumps(rows, good, next_in, first, alpha, span, read_var, pattern, in
             best_index = jnp.where(update, i, best_index)
         bests.append(best)
         best_indices.append(best_index)
+    bests, best_indices = barrier((bests, best_indices), flag)
     # decide at the last resultant of each sub-ramp, broadcast the jump index backwards
     flags = [None] * n
     jump_index = None
