@@ -9,7 +9,12 @@ from conftest import UNEVEN_READS, requires_romanisim
 
 import romanjax
 from romanjax import ReadPattern, construct_covar, fit_ramps_optimal, resultants_to_differences
-from romanjax.ramp._optimal import _fit_optimal, exact_weights, optimal_weight_grid
+from romanjax.ramp._optimal import (
+    _fit_optimal,
+    _grid_interval,
+    exact_weights,
+    optimal_weight_grid,
+)
 
 FLUXES = np.array([0.01, 0.3, 1.0, 7.0, 50.0, 300.0, 2e3, 3e4])
 READ_NOISES = np.array([2.0, 5.0, 10.0, 30.0])
@@ -93,6 +98,51 @@ def test_spline_matches_scipy_not_a_knot():
     c = coefficients[j]
     ours = c[:, 0] + t * (c[:, 1] + t * (c[:, 2] + t * c[:, 3]))
     np.testing.assert_allclose(ours, spline(x), rtol=1e-8, atol=1e-12)
+
+
+def test_grid_interval_equals_searchsorted(float_dtype):
+    # the interval is computed from log10(x); it must be the searchsorted one exactly, also at
+    # the knots themselves, next to them and at the clipped ends
+    for grid in [(-5.0, 5.0, 200), (-2.0, 3.0, 7), (-5.0, 5.0, 1001)]:
+        knots = jnp.asarray(10.0 ** np.linspace(*grid[:2], grid[2]), float_dtype)
+        kn = np.asarray(knots)
+        x = np.concatenate([
+            kn, np.nextafter(kn, 0), np.nextafter(kn, np.inf),
+            10 ** np.random.default_rng(1).uniform(grid[0], grid[1], 20_000),
+        ]).astype(float_dtype)  # fmt: skip
+        x = np.clip(x, kn[0], kn[-1])
+        want = np.clip(np.searchsorted(kn, x, side="right") - 1, 0, len(kn) - 2)
+        got = np.asarray(jax.jit(_grid_interval, static_argnums=(2, 3))(x, knots, *grid[:2]))
+        np.testing.assert_array_equal(got, want)
+
+
+def test_fit_equals_spline_table_evaluation(pattern, rng, float_dtype):
+    # the fitter reads a re-laid-out copy of optimal_weight_grid's table: evaluate the original
+    # [m - 1, 4, 2n + 8] table in float64 numpy at the same x and compare everything
+    n = pattern.n_resultants
+    npix = 300
+    flux = 10 ** rng.uniform(-6, 6, npix)  # includes x beyond both grid ends
+    rn = rng.uniform(0.5, 30, npix)
+    ramps = rng.normal(0, 50, (n, npix)) + flux * pattern.tbar[:, None]
+    fit = fit_ramps_optimal(ramps.astype(float_dtype), pattern, rn, flux_estimate=flux)
+    knots, coefficients = optimal_weight_grid(pattern)
+    x = np.clip(flux / rn**2, knots[0], knots[-1])
+    j = np.clip(np.searchsorted(knots, x, side="right") - 1, 0, len(knots) - 2)
+    t = (x - knots[j])[:, None]
+    c = coefficients[j]
+    values = c[:, 0] + t * (c[:, 1] + t * (c[:, 2] + t * c[:, 3]))
+    k = values[:, : 2 * n].reshape(npix, 2, n)
+    differences = np.vstack([ramps[:1], np.diff(ramps, axis=0)]).astype(float_dtype)
+    par = np.einsum("pij,jp->pi", k, differences.astype(np.float64))
+    var_read = rn[:, None, None] ** 2 * values[:, 2 * n : 2 * n + 4].reshape(npix, 2, 2)
+    var_poisson = (x * rn**2)[:, None, None] * values[:, 2 * n + 4 :].reshape(npix, 2, 2)
+    eps = np.finfo(float_dtype).eps
+    scale = np.abs(k).sum(axis=2) * np.abs(differences).max(axis=0)[:, None]
+    np.testing.assert_array_less(np.abs(np.asarray(fit.par) - par), 64 * eps * scale)
+    var = np.stack([var_read, var_poisson, var_read + var_poisson], axis=1)
+    # float32: x and t are rounded to float32 before the cubic (as the previous kernel did)
+    np.testing.assert_allclose(fit.var, var, rtol=2e-5 if eps > 1e-10 else 1e-9)
+    assert fit.dq.shape == (n, npix) and not np.any(np.asarray(fit.dq))
 
 
 def test_interpolated_weights_match_exact(pattern, float_dtype):
