@@ -11,9 +11,10 @@ Rows (reference -> romanjax, both on the same MA-table-4 frame of resultants [e]
 
 romanjax is timed end to end through the host-side drivers (numpy in, numpy out: transfers,
 chunking and sharding included) after one warm-up call that compiles; best of ``--repeat``.
-References run ``--ref-repeat`` times (best taken). Floors: one memory pass over the
-resultants (a jitted, fused sum of the resultant rows of the frame already on the device:
-the least any fitter must do, read every resultant once), numpy's ``sum`` for scale, and
+References get one warm-up call too, then run ``--ref-repeat`` times (best taken).
+Floors: one memory pass over the resultants (a jitted, fused sum of the resultant rows of
+the frame already on the device: the least any fitter must do, read every resultant once),
+numpy's ``sum`` for scale, and
 one pass that also writes fresh arrays of the RampFit layout (par, var ``[P, 3, 2, 2]``, dq
 uint32: 2.6x the bytes of the input), the least a fitter returning that layout must do.
 Peak memory: the resident-set high-water mark of the process sampled during each row
@@ -292,6 +293,7 @@ def run_size(size, rows, args):
             entry["jax_mem_mb"] = memory.delta_mb
         if ref is not None:
             try:
+                ref()  # warm-up, as for romanjax: a first call costs up to 2x (page faults)
                 with PeakMemory() as memory:
                     entry["ref_s"], _ = best_of(ref, args.ref_repeat)
                 entry["ref_mem_mb"] = memory.delta_mb
@@ -339,7 +341,8 @@ def main(argv=None):
     parser.add_argument("--full", action="store_true", help="also a full 4088 x 4088 frame")
     parser.add_argument("--only", nargs="+", choices=ROWS, default=list(ROWS))
     parser.add_argument("--repeat", type=int, default=3, help="romanjax: best of N (default 3)")
-    parser.add_argument("--ref-repeat", type=int, default=1, help="references: best of N")
+    parser.add_argument("--ref-repeat", type=int, default=3,
+                        help="references: best of N after a warm-up call (default 3)")
     parser.add_argument("--no-reference", action="store_true", help="romanjax rows only")
     parser.add_argument("--json", help="also write the results to this JSON file")
     args = parser.parse_args(argv)
