@@ -1,0 +1,43 @@
+"""Peak resident memory of one full 4088 x 4088 MA-table-4 frame through ``fit_frame``.
+
+    python benchmarks/full_frame_memory.py optimal
+    python benchmarks/full_frame_memory.py casertano     # with jump detection
+
+Run each method in a fresh process (ru_maxrss is the process's high-water mark). The target
+of issue 6 is a peak under 2 x the float32 resultant array + 1 GB.
+"""
+
+import resource
+import sys
+import time
+
+import numpy as np
+
+
+def main(method: str):
+    import romanjax
+
+    pattern = romanjax.ReadPattern.from_ma_table(4)
+    rng = np.random.default_rng(0)
+    shape = (4088, 4088)
+    flux = rng.uniform(0.1, 50, shape).astype(np.float32)
+    resultants = np.empty((pattern.n_resultants,) + shape, np.float32)
+    for i, t in enumerate(pattern.tbar):  # ramps with read noise; no photon noise needed here
+        resultants[i] = 1e4 + flux * np.float32(t)
+        resultants[i] += rng.standard_normal(shape, dtype=np.float32) * 5
+    if method == "casertano":  # a 2000 e jump in 1% of the pixels
+        hit = rng.random(shape) < 0.01
+        resultants[5:, hit] += np.float32(2000.0)
+    del flux
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
+    start = time.perf_counter()
+    kwargs = {"detect_jumps": True} if method == "casertano" else {}
+    romanjax.fit_frame(resultants, pattern, 5.0, method=method, **kwargs)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
+    print(f"{method}: resultants {resultants.nbytes / 1e9:.3f} GB, peak RSS before the fit "
+          f"{before:.2f} GB, peak {peak:.2f} GB (target {2 * resultants.nbytes / 1e9 + 1:.2f} "
+          f"GB), fit {time.perf_counter() - start:.1f} s")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1] if len(sys.argv) > 1 else "optimal")
