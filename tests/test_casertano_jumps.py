@@ -105,12 +105,13 @@ def test_false_jumps_and_chi_square(rng):
     assert abs(chi2 - 1) < 0.03, chi2
 
 
-@pytest.mark.parametrize("m", [1, 37, 4096, 16 * 4099, 1 << 17])
+@pytest.mark.parametrize("m", [1, 37, 4096, 16 * 4099, 100_003, 1 << 17])
 def test_candidate_compaction(rng, m):
     # the candidate compaction (two-level prefix count + scatter) equals jnp.nonzero
     import jax.numpy as jnp
 
-    from romanjax.ramp._casertano import _compact, _prefix_count
+    from romanjax._compaction import compact as _compact
+    from romanjax._compaction import prefix_count as _prefix_count
 
     for fraction in (0.0, 0.03, 1.0):
         mask = rng.random(m) < fraction
@@ -119,3 +120,5 @@ def test_candidate_compaction(rng, m):
         expected = np.full(size, m)
         expected[: mask.sum()] = np.nonzero(mask)[0]
         np.testing.assert_array_equal(_compact(jnp.asarray(mask), size), expected)
+        half = max(m // 2, 1)  # a buffer smaller than the count keeps the first entries
+        np.testing.assert_array_equal(_compact(jnp.asarray(mask), half), expected[:half])

@@ -30,6 +30,8 @@ import jax
 import jax.numpy as jnp
 from jax.extend.random import threefry_2x32
 
+from .._compaction import compact as _compact
+
 __all__ = ["binomial", "uniform_pair"]
 
 #: Means ``n min(p, 1 - p)`` below this use inversion, above it BTRS (valid for >= 10).
@@ -167,36 +169,6 @@ def _btrs_attempt(u, v, n, p, constants):
     lhs = jnp.log(v * alpha / (a / (us_safe * us_safe) + b))
     accept = valid & (quick | (lhs <= log_pmf_ratio(k, m, n, p, 1.0 - p, r)))
     return k, accept
-
-
-def _prefix_count(mask):
-    """Inclusive running count of ``mask`` (int32), by blocked shifted adds (fast on CPU)."""
-    size = mask.shape[0]
-    block = 64
-    padded = -(-size // (block * block)) * block * block
-    x = jnp.pad(mask.astype(jnp.int32), (0, padded - size))
-
-    def scan_rows(rows):
-        shift = 1
-        while shift < rows.shape[1]:
-            rows = rows + jnp.pad(rows[:, :-shift], ((0, 0), (shift, 0)))
-            shift *= 2
-        return rows
-
-    inner = scan_rows(x.reshape(-1, block))
-    totals = inner[:, -1]
-    middle = scan_rows(totals.reshape(-1, block))
-    outer = jnp.cumsum(middle[:, -1]) - middle[:, -1]
-    offsets = (middle + outer[:, None]).reshape(-1) - totals
-    return (inner + offsets[:, None]).reshape(-1)[:size]
-
-
-def _compact(mask, size: int):
-    """Indices of the first ``size`` true entries of ``mask``; the rest filled with len(mask)."""
-    count = _prefix_count(mask)
-    target = jnp.where(mask, count - 1, size)
-    fill = jnp.full((size,), mask.shape[0], jnp.int32)
-    return fill.at[target].set(jnp.arange(mask.shape[0], dtype=jnp.int32), mode="drop")
 
 
 def _redraw_rejected(key, n, p, k, accepted, depth=0):

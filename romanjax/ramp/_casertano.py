@@ -37,6 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .. import dq as dqflags
+from .._compaction import compact as _compact
 from .._read_pattern import ReadPattern
 from ._common import RampFit, prepare_inputs
 from ._jumps import barrier, segment_jumps, whole_ramp_trigger
@@ -363,33 +364,6 @@ BLOCK_PIXELS = 8192
 def _block_size(m: int) -> int:
     """Static number of candidate pixels per block for ``m`` pixels."""
     return int(max(1, min(m, BLOCK_PIXELS)))
-
-
-def _prefix_count(mask, width=16):
-    """Inclusive prefix sum ``[m]`` int32 of a bool ``[m]`` (``jnp.cumsum`` equivalent).
-
-    Two-level: sequential sums within rows of ``width`` pixels, the row totals recursively
-    (XLA's CPU cumsum of 1e6 values is several times slower)."""
-    x = mask.astype(jnp.int32)
-    m = x.shape[0]
-    if m <= 4096 or m % width:
-        return jnp.cumsum(x)
-    x = x.reshape(-1, width)
-    columns = [x[:, 0]]
-    for j in range(1, width):
-        columns.append(columns[-1] + x[:, j])
-    inner = jnp.stack(columns, axis=1)
-    totals = inner[:, -1]
-    return (inner + (_prefix_count(totals, width) - totals)[:, None]).reshape(-1)
-
-
-def _compact(mask, size):
-    """Indices of the True entries of ``mask [m]`` in order, padded with ``m`` to ``size``
-    (``jnp.nonzero(mask, size=size, fill_value=m)``, faster on CPU)."""
-    m = mask.shape[0]
-    target = jnp.where(mask, _prefix_count(mask) - 1, size)
-    fill = jnp.full((size,), m, jnp.int32)
-    return fill.at[target].set(jnp.arange(m, dtype=jnp.int32), mode="drop")
 
 
 def _fit_flat(resultants, dq, read_noise, pattern, has_dq, detect_jumps, intercept, constant):

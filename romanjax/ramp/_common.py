@@ -110,12 +110,14 @@ def prepare_dq(function: str, dq, shape: tuple):
     return jnp.broadcast_to(jnp.asarray(dq).astype(jnp.uint32), shape)
 
 
-def prepare_inputs(function: str, resultants, pattern, dq=None, **per_pixel):
+def prepare_inputs(function: str, resultants, pattern, dq=None, *, make_dq=True,
+                   **per_pixel):  # fmt: skip
     """Validate shapes on the host and broadcast per-pixel inputs against the pixel shape.
 
     Returns ``(resultants, dq, per_pixel)`` as JAX arrays: resultants in their float dtype,
-    dq as uint32 ``[n_resultant, *pixels]`` (zeros if None), per-pixel values broadcast to
-    ``[*pixels]`` in the resultants' dtype (None stays None).
+    dq as uint32 ``[n_resultant, *pixels]`` (zeros if None; None if ``dq`` is None and
+    ``make_dq`` is False, for fitters that make their zero dq inside the jit), per-pixel
+    values broadcast to ``[*pixels]`` in the resultants' dtype (None stays None).
     """
     check_pattern(pattern, function)
     if not hasattr(resultants, "shape"):
@@ -130,7 +132,7 @@ def prepare_inputs(function: str, resultants, pattern, dq=None, **per_pixel):
     dtype = float_dtype(resultants)
     resultants = jnp.asarray(resultants, dtype=dtype)
     pixels = resultants.shape[1:]
-    dq = prepare_dq(function, dq, resultants.shape)
+    dq = prepare_dq(function, dq, resultants.shape) if dq is not None or make_dq else None
     out = {}
     for name, value in per_pixel.items():
         if value is None:

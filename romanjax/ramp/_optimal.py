@@ -31,9 +31,6 @@ from .. import dq as dqflags
 from .._read_pattern import ReadPattern
 from ._common import (
     RampFit,
-    check_pattern,
-    check_pixel_shape,
-    float_dtype,
     map_pixels,
     prepare_inputs,
 )
@@ -260,33 +257,6 @@ def _assemble_fit(pedestal, slope, var_read, var_poisson, *, shape):
     )  # fmt: skip
 
 
-def _prepare_without_dq(resultants, pattern, read_noise, flux_estimate):
-    """``prepare_inputs`` for the dq=None path without materialising a zero dq array (it is
-    created inside the jitted fit, which saves a pass over ``[n, *pixels]``)."""
-    function = "fit_ramps_optimal"
-    check_pattern(pattern, function)
-    if not hasattr(resultants, "shape"):
-        resultants = np.asarray(resultants)
-    if resultants.ndim < 1:
-        raise ValueError(f"{function}: `resultants` must have a leading resultant axis")
-    if resultants.shape[0] != pattern.n_resultants:
-        raise ValueError(
-            f"{function}: `resultants` has {resultants.shape[0]} resultants on axis 0 but the "
-            f"read pattern has {pattern.n_resultants}"
-        )
-    dtype = float_dtype(resultants)
-    resultants = jnp.asarray(resultants, dtype=dtype)
-    pixels = resultants.shape[1:]
-    out = []
-    for name, value in (("read_noise", read_noise), ("flux_estimate", flux_estimate)):
-        if value is None:
-            out.append(None)
-            continue
-        check_pixel_shape(function, name, value, pixels)
-        out.append(jnp.broadcast_to(jnp.asarray(value, dtype=dtype), pixels))
-    return resultants, out[0], out[1]
-
-
 def _tridiagonal_parts(pattern: ReadPattern):
     """Diagonals of the read and Poisson parts of the difference covariance (host, float64):
     ``(read_diag [n], read_off [n-1], poisson_diag [n], poisson_off [n-1])``."""
@@ -433,16 +403,12 @@ def fit_ramps_optimal(resultants, pattern, read_noise, *, flux_estimate=None, dq
     Romanisim evaluates the weights with float32 inverses; here the grid is computed in
     float64 and cast to the dtype of ``resultants``.
     """
-    if dq is None:
-        resultants, read_noise, flux_estimate = _prepare_without_dq(
-            resultants, pattern, read_noise, flux_estimate
-        )
-    else:
-        resultants, dq, per_pixel = prepare_inputs(
-            "fit_ramps_optimal", resultants, pattern, dq,
-            read_noise=read_noise, flux_estimate=flux_estimate,
-        )  # fmt: skip
-        read_noise, flux_estimate = per_pixel["read_noise"], per_pixel["flux_estimate"]
+    # without dq no zero array is made here: _assemble_fit creates it inside the jit
+    resultants, dq, per_pixel = prepare_inputs(
+        "fit_ramps_optimal", resultants, pattern, dq, make_dq=False,
+        read_noise=read_noise, flux_estimate=flux_estimate,
+    )  # fmt: skip
+    read_noise, flux_estimate = per_pixel["read_noise"], per_pixel["flux_estimate"]
     if pattern.n_resultants < 2:
         raise ValueError("fit_ramps_optimal: the read `pattern` needs at least two resultants")
     low, high, count = grid
