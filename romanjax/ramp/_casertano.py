@@ -434,8 +434,9 @@ def _fit_casertano(resultants, dq, read_noise, *, pattern, has_dq, detect_jumps,
     n = resultants.shape[0]
     pixels = resultants.shape[1:]
     flat = resultants.reshape(n, -1)
-    flat_dq = dq.reshape(n, -1)
-    flat_rn = read_noise.reshape(-1)
+    # dq None: the zero flags are made here, inside the jit (fused, never read from memory)
+    flat_dq = jnp.zeros(flat.shape, jnp.uint32) if dq is None else dq.reshape(n, -1)
+    flat_rn = jnp.broadcast_to(read_noise, pixels).reshape(-1)
     config = dict(pattern=pattern, has_dq=has_dq, detect_jumps=detect_jumps,
                   intercept=intercept, constant=constant)  # fmt: skip
 
@@ -529,7 +530,7 @@ def fit_ramps_casertano(resultants, pattern, read_noise, *, dq=None, detect_jump
     slope's gradient is its coefficient vector ``sum_runs W K / sum W``.
     """
     resultants, dq_array, per_pixel = prepare_inputs(
-        "fit_ramps_casertano", resultants, pattern, dq, read_noise=read_noise
+        "fit_ramps_casertano", resultants, pattern, dq, make_dq=False, read_noise=read_noise
     )
     rn = per_pixel["read_noise"]
     if not isinstance(rn, jax.core.Tracer):

@@ -117,7 +117,9 @@ def prepare_inputs(function: str, resultants, pattern, dq=None, *, make_dq=True,
     Returns ``(resultants, dq, per_pixel)`` as JAX arrays: resultants in their float dtype,
     dq as uint32 ``[n_resultant, *pixels]`` (zeros if None; None if ``dq`` is None and
     ``make_dq`` is False, for fitters that make their zero dq inside the jit), per-pixel
-    values broadcast to ``[*pixels]`` in the resultants' dtype (None stays None).
+    values in the resultants' dtype, checked to broadcast to ``[*pixels]`` but not broadcast
+    (a scalar stays a scalar; the jitted fitters broadcast inside the jit, so no full-size
+    array is written eagerly); None stays None.
     """
     check_pattern(pattern, function)
     if not hasattr(resultants, "shape"):
@@ -139,7 +141,7 @@ def prepare_inputs(function: str, resultants, pattern, dq=None, *, make_dq=True,
             out[name] = None
             continue
         check_pixel_shape(function, name, value, pixels)
-        out[name] = jnp.broadcast_to(jnp.asarray(value, dtype=dtype), pixels)
+        out[name] = jnp.asarray(value, dtype=dtype)
     return resultants, dq, out
 
 

@@ -39,14 +39,27 @@ def barrier(tree, flag):
     (the sub-ramp fit and jump step compiled to ~25x their operations without it and ran
     several times slower on CPU). ``lax.optimization_barrier`` is expanded before fusion on
     CPU, so the values go through a while loop whose runtime condition ``flag`` (a scalar bool
-    that is always False, but which XLA cannot prove so) keeps it from running."""
+    that is always False, but which XLA cannot prove so) keeps it from running.
 
+    It is the identity for differentiation (a custom JVP passes the tangents through), so it
+    can sit on differentiable paths: a plain while loop would block reverse mode."""
+    return _barrier(tree, flag)
+
+
+@jax.custom_jvp
+def _barrier(tree, flag):
     def body(carry):  # never runs; changes every value so XLA cannot drop the loop
         return carry[0], jax.tree_util.tree_map(
             lambda x: ~x if x.dtype == bool else x + x, carry[1]
         )
 
     return jax.lax.while_loop(lambda c: c[0], body, (flag, tree))[1]
+
+
+@_barrier.defjvp
+def _barrier_jvp(primals, tangents):
+    tree, flag = primals
+    return _barrier(tree, flag), tangents[0]
 
 
 @lru_cache(maxsize=64)

@@ -525,8 +525,11 @@ def _fit_likely(resultants, dq, read_noise, flux_estimate, thresholds, *, patter
     dtype = resultants.dtype
     pixels = resultants.shape[1:]
     ramps = resultants.reshape(n, -1)
-    flat_dq = dq.reshape(n, -1)
-    read_noise = read_noise.reshape(-1)
+    # dq None: the zero flags are made here, inside the jit
+    flat_dq = jnp.zeros(ramps.shape, jnp.uint32) if dq is None else dq.reshape(n, -1)
+    read_noise = jnp.broadcast_to(read_noise, pixels).reshape(-1)
+    if flux_estimate is not None:
+        flux_estimate = jnp.broadcast_to(flux_estimate, pixels)
     thresholds = tuple(jnp.asarray(t, dtype) for t in thresholds)
     prologue = partial(_prologue_kernel, pattern=pattern)
     if flux_estimate is None:
@@ -629,7 +632,7 @@ def fit_ramps_likely(resultants, pattern, read_noise, *, dq=None, detect_jumps=T
     passes; the jump mask is piecewise constant and is not differentiated.
     """
     resultants, dq_array, per_pixel = prepare_inputs(
-        "fit_ramps_likely", resultants, pattern, dq,
+        "fit_ramps_likely", resultants, pattern, dq, make_dq=False,
         read_noise=read_noise, flux_estimate=flux_estimate,
     )  # fmt: skip
     if pattern.n_resultants < 2:
