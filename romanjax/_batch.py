@@ -51,10 +51,13 @@ __all__ = [
     "DEFAULT_RNG_BLOCK",
 ]
 
-#: ``method`` name -> (module, function) of the ramp fitters, imported on first use.
+#: ``method`` name -> (module, function) of the ramp fitters, imported on first use. The
+#: ``fit_chunk`` functions are the public fitters except that they return ``dq=None`` when
+#: the flags are zero by construction (no input dq, no jump detection): ``fit_frame`` then
+#: leaves its zero-initialised output untouched instead of writing and checking zeros.
 FITTERS = {
-    "optimal": ("romanjax.ramp._optimal", "fit_ramps_optimal"),
-    "casertano": ("romanjax.ramp._casertano", "fit_ramps_casertano"),
+    "optimal": ("romanjax.ramp._optimal", "fit_chunk"),
+    "casertano": ("romanjax.ramp._casertano", "fit_chunk"),
     "likely": ("romanjax.ramp._likely", "fit_ramps_likely"),
 }
 
@@ -321,6 +324,10 @@ def fit_frame(resultants, pattern, read_noise, *, method="casertano", dq=None, c
     def collect(job):
         start, stop, fit = job
         for name, leaf in zip(fit._fields, fit, strict=True):
+            if leaf is None and name == "dq":  # fit_chunk: the flags are zero by construction
+                # zeros: pages that are never written are never made resident
+                outputs.setdefault(name, np.zeros((n, n_pixels), np.uint32))
+                continue
             if leaf is None:
                 outputs.setdefault(name, None)
                 continue

@@ -264,6 +264,43 @@ def test_fit_frame_equals_direct_casertano(rng, float_dtype, detect_jumps):
         assert_fits_equal(direct, fit_frame(resultants, MA4, 10.0, dq=dq, chunk_pixels=500))
 
 
+@needs_casertano
+def test_fit_frame_equals_direct_casertano_without_dq(rng, float_dtype):
+    # no input dq, no jumps: the chunk fitter returns dq=None and fit_frame fills zeros
+    resultants = make_ramps(rng, MA4, (29, 31), float_dtype)
+    direct = romanjax.fit_ramps_casertano(resultants, MA4, 10.0)
+    chunked = fit_frame(resultants, MA4, 10.0, method="casertano", chunk_pixels=300)
+    assert_fits_equal(direct, chunked)
+    assert chunked.dq.dtype == np.uint32 and not chunked.dq.any()
+
+
+@needs_casertano
+def test_fit_chunk_drops_dq_only_when_zero_by_construction(rng):
+    from romanjax.ramp import _casertano, _optimal
+
+    resultants = make_ramps(rng, MA4, (40,), np.float32)
+    dq = np.zeros(resultants.shape, np.uint32)
+    dq[-1, :3] = dqflags.SATURATED
+    assert _optimal.fit_chunk(resultants, MA4, 10.0).dq is None
+    assert _casertano.fit_chunk(resultants, MA4, 10.0).dq is None
+    # every case where the flags can be non-zero keeps them, equal to the public fitter
+    for chunk, public, kwargs in [
+        (_optimal.fit_chunk, romanjax.fit_ramps_optimal, {"dq": dq}),
+        (_casertano.fit_chunk, romanjax.fit_ramps_casertano, {"dq": dq}),
+        (_casertano.fit_chunk, romanjax.fit_ramps_casertano, {"detect_jumps": True}),
+    ]:
+        np.testing.assert_array_equal(
+            np.asarray(chunk(resultants, MA4, 10.0, **kwargs).dq),
+            np.asarray(public(resultants, MA4, 10.0, **kwargs).dq),
+        )
+    one = romanjax.ReadPattern(((1, 2),))  # one resultant: no slope, DO_NOT_USE everywhere
+    fit = _casertano.fit_chunk(resultants[:1], one, 10.0)
+    assert np.all(np.asarray(fit.dq) & dqflags.DO_NOT_USE)
+    # the public fitters always return the flags
+    assert romanjax.fit_ramps_optimal(resultants, MA4, 10.0).dq.shape == resultants.shape
+    assert romanjax.fit_ramps_casertano(resultants, MA4, 10.0).dq.shape == resultants.shape
+
+
 @needs_likely
 @pytest.mark.parametrize("detect_jumps", [False, True])
 def test_fit_frame_equals_direct_likely(rng, float_dtype, detect_jumps):

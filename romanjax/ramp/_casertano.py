@@ -427,10 +427,10 @@ def _coefficients(resultants, dq_out, read_noise, pattern):
 
 @partial(
     jax.jit,
-    static_argnames=("pattern", "has_dq", "detect_jumps", "intercept", "constant"),
+    static_argnames=("pattern", "has_dq", "detect_jumps", "intercept", "constant", "with_dq"),
 )
 def _fit_casertano(resultants, dq, read_noise, *, pattern, has_dq, detect_jumps, intercept,
-                   constant):  # fmt: skip
+                   constant, with_dq=True):  # fmt: skip
     n = resultants.shape[0]
     pixels = resultants.shape[1:]
     flat = resultants.reshape(n, -1)
@@ -468,7 +468,7 @@ def _fit_casertano(resultants, dq, read_noise, *, pattern, has_dq, detect_jumps,
     return RampFit(
         par=par.reshape(pixels + (2,)),
         var=var.reshape(pixels + (3, 2, 2)),
-        dq=out_dq.reshape(resultants.shape),
+        dq=out_dq.reshape(resultants.shape) if with_dq else None,
     )
 
 
@@ -529,6 +529,22 @@ def fit_ramps_casertano(resultants, pattern, read_noise, *, dq=None, detect_jump
     variance): the sub-ramp boundaries, ``P`` and the jump flags are piecewise constant, so the
     slope's gradient is its coefficient vector ``sum_runs W K / sum W``.
     """
+    return _fit_ramps_casertano(resultants, pattern, read_noise, dq=dq,
+                                detect_jumps=detect_jumps,
+                                threshold_intercept=threshold_intercept,
+                                threshold_constant=threshold_constant)  # fmt: skip
+
+
+def fit_chunk(resultants, pattern, read_noise, **kwargs):
+    """:func:`fit_ramps_casertano` for ``fit_frame``'s chunks: the same result, except that
+    ``dq`` is None where it is zero by construction (no input ``dq``, no jump detection, two
+    or more resultants), so that no zero flag array is written and read back per chunk."""
+    return _fit_ramps_casertano(resultants, pattern, read_noise, zero_dq_as_none=True, **kwargs)
+
+
+def _fit_ramps_casertano(resultants, pattern, read_noise, *, dq=None, detect_jumps=False,
+                         threshold_intercept=5.5, threshold_constant=1 / 3,
+                         zero_dq_as_none=False):  # fmt: skip
     resultants, dq_array, per_pixel = prepare_inputs(
         "fit_ramps_casertano", resultants, pattern, dq, make_dq=False, read_noise=read_noise
     )
@@ -543,4 +559,6 @@ def fit_ramps_casertano(resultants, pattern, read_noise, *, dq=None, detect_jump
         resultants, dq_array, rn, pattern=pattern, has_dq=dq is not None,
         detect_jumps=bool(detect_jumps), intercept=float(threshold_intercept),
         constant=float(threshold_constant),
+        with_dq=not (zero_dq_as_none and dq is None and not detect_jumps
+                     and pattern.n_resultants >= 2),
     )  # fmt: skip

@@ -247,10 +247,10 @@ def _fit_optimal(resultants, read_noise, flux_estimate, *, pattern, grid):
                          pattern=pattern, grid=grid)  # fmt: skip
 
 
-@partial(jax.jit, static_argnames=("shape",))
-def _assemble_fit(pedestal, slope, var_read, var_poisson, *, shape):
+@partial(jax.jit, static_argnames=("shape", "with_dq"))
+def _assemble_fit(pedestal, slope, var_read, var_poisson, *, shape, with_dq=True):
     """Second stage: ``RampFit`` with ``par [*pixels, 2]``, ``var [*pixels, 3, 2, 2]`` and a
-    zero dq of ``shape`` (``[n, *pixels]``)."""
+    zero dq of ``shape`` (``[n, *pixels]``; None if not ``with_dq``)."""
     pixels = shape[1:]
     var_total = [a + b for a, b in zip(var_read, var_poisson, strict=True)]
 
@@ -261,7 +261,7 @@ def _assemble_fit(pedestal, slope, var_read, var_poisson, *, shape):
     par = jnp.stack([pedestal, slope], -1)
     return RampFit(
         par=par.reshape(pixels + (2,)), var=var.reshape(pixels + (3, 2, 2)),
-        dq=jnp.zeros(shape, jnp.uint32),
+        dq=jnp.zeros(shape, jnp.uint32) if with_dq else None,
     )  # fmt: skip
 
 
@@ -415,6 +415,19 @@ def fit_ramps_optimal(resultants, pattern, read_noise, *, flux_estimate=None, dq
     Romanisim evaluates the weights with float32 inverses; here the grid is computed in
     float64 and cast to the dtype of ``resultants``.
     """
+    return _fit_ramps_optimal(resultants, pattern, read_noise, flux_estimate=flux_estimate,
+                              dq=dq, grid=grid)  # fmt: skip
+
+
+def fit_chunk(resultants, pattern, read_noise, **kwargs):
+    """:func:`fit_ramps_optimal` for ``fit_frame``'s chunks: the same result, except that
+    ``dq`` is None where it is zero by construction (no input ``dq``), so that no zero flag
+    array is written and read back per chunk."""
+    return _fit_ramps_optimal(resultants, pattern, read_noise, zero_dq_as_none=True, **kwargs)
+
+
+def _fit_ramps_optimal(resultants, pattern, read_noise, *, flux_estimate=None, dq=None,
+                       grid=DEFAULT_GRID, zero_dq_as_none=False):  # fmt: skip
     # without dq no zero array is made here: _assemble_fit creates it inside the jit
     resultants, dq, per_pixel = prepare_inputs(
         "fit_ramps_optimal", resultants, pattern, dq, make_dq=False,
@@ -430,4 +443,4 @@ def fit_ramps_optimal(resultants, pattern, read_noise, *, flux_estimate=None, dq
         return _fit_optimal_dq(resultants, dq, read_noise, flux_estimate, pattern=pattern,
                                grid=tuple(grid))  # fmt: skip
     rows = _fit_optimal(resultants, read_noise, flux_estimate, pattern=pattern, grid=tuple(grid))
-    return _assemble_fit(*rows, shape=resultants.shape)
+    return _assemble_fit(*rows, shape=resultants.shape, with_dq=not zero_dq_as_none)
