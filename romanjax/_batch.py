@@ -422,9 +422,10 @@ def _cached_block_simulator(simulator, pattern, static_items, pixel_names, block
         return jax.tree_util.tree_map(lambda leaf: leaf.reshape(leaf.shape[:1] + (-1,)), out)
 
     def run(key, block_ids, counts, *per_pixel):
-        out = jax.vmap(one_block, in_axes=(None, 0, 0) + (0,) * len(per_pixel))(
-            key, block_ids, counts, *per_pixel
-        )
+        # blocks one after the other (lax.map, not vmap): under vmap the samplers' runtime
+        # branches (all-small / few-large / ... regimes, rejection loops) would become
+        # selects that evaluate every branch for every block
+        out = jax.lax.map(lambda args: one_block(key, *args), (block_ids, counts, *per_pixel))
 
         def merge(leaf):  # [m, n, B] -> [n, m * B]
             leaf = jnp.moveaxis(leaf, 0, 1)
