@@ -122,3 +122,59 @@ def test_candidate_compaction(rng, m):
         np.testing.assert_array_equal(_compact(jnp.asarray(mask), size), expected)
         half = max(m // 2, 1)  # a buffer smaller than the count keeps the first entries
         np.testing.assert_array_equal(_compact(jnp.asarray(mask), half), expected[:half])
+
+
+def _exact_whole_ramp_split(ramps, alpha, read_noise, pattern, intercept=5.5, constant=1 / 3):
+    """float64 numpy: stcal's whole-ramp decision (running max of max(z1, z2) over
+    i = 0..n-3 started at z1[n-2], NaN start never replaced, strictly above the threshold)."""
+    from romanjax.ramp._jumps import jump_constants
+
+    c = jump_constants(pattern)
+    n = pattern.n_resultants
+    corr = -alpha / (pattern.tbar[-1] - pattern.tbar[0])
+    read_var = read_noise**2
+    with np.errstate(all="ignore"):
+        def z(k, i):
+            delta = (ramps[i + k] - ramps[i]) * c[f"inv_dt{k}"][i] - alpha
+            return delta / np.sqrt(read_var * c[f"read{k}"][i] + alpha * c[f"poisson{k}"][i]
+                                   + corr)  # fmt: skip
+
+        top = z(1, n - 2)
+        for i in range(n - 2):
+            stat = np.fmax(z(1, i), z(2, i))
+            top = np.where(np.isnan(top), top, np.fmax(top, stat))
+        limit = intercept - constant * np.log10(np.clip(alpha, 1, 1e4))
+        return top > limit
+
+
+@pytest.mark.parametrize("table", [4, 109, "uneven"])
+def test_whole_ramp_screen_is_a_superset(rng, table):
+    """The sqrt-free screen flags every pixel stcal's statistic splits (zero and large read
+    noise, negative and zero slopes, jumps of all sizes), and few others."""
+    import jax.numpy as jnp
+
+    from romanjax.ramp._jumps import whole_ramp_trigger
+
+    pattern = ReadPattern(UNEVEN_READS) if table == "uneven" else ReadPattern.from_ma_table(table)
+    npix = 40_000
+    flux = np.concatenate([10 ** rng.uniform(-1, 4, npix - 2000), np.zeros(1000),
+                           -rng.uniform(0, 5, 1000)])  # fmt: skip
+    sigma = rng.choice([0.0, 1.0, 5.0, 30.0], npix)
+    ramps, _ = ramps_with_jumps(rng, pattern, np.maximum(flux, 0), sigma, npix, 0.3,
+                                sizes=(3, 1e4))  # fmt: skip
+    ramps += flux * 0 + np.minimum(flux, 0) * pattern.tbar[:, None]  # negative slopes
+    ramps = ramps.astype(np.float32)
+    for intercept, constant in ((5.5, 1 / 3), (1.0, 0.5)):  # the second: threshold <= 0 too
+        # alpha: any per-pixel slope will do for the comparison; use a noisy one
+        alpha = ((ramps[-1] - ramps[0]) / (pattern.tbar[-1] - pattern.tbar[0])
+                 * rng.uniform(0.8, 1.2, npix)).astype(np.float32)  # fmt: skip
+        exact = _exact_whole_ramp_split(ramps.astype(np.float64), alpha.astype(np.float64),
+                                        sigma, pattern, intercept, constant)  # fmt: skip
+        screen = np.asarray(whole_ramp_trigger(
+            [jnp.asarray(r) for r in ramps], jnp.asarray(alpha),
+            jnp.asarray(sigma**2, jnp.float32), pattern, intercept, constant))  # fmt: skip
+        assert exact.any() and not exact.all()  # the test has teeth
+        missed = exact & ~screen
+        assert not missed.any(), np.flatnonzero(missed)[:10]
+        if intercept == 5.5:  # the screen adds only pixels the exact test is close to
+            assert (screen & ~exact).mean() < 0.05, (screen & ~exact).mean()

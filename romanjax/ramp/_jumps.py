@@ -97,7 +97,16 @@ def _z(difference, inv_dt, read, poisson, alpha, read_var, corr):
 
 
 def whole_ramp_trigger(rows, alpha, read_var, pattern, intercept, constant):
-    """Whether stcal would split the whole, unflagged ramp ``[0, n-1]``.
+    """Whether stcal might split the whole, unflagged ramp ``[0, n-1]`` (a cheap screen).
+
+    Every pixel that stcal's statistic would split is flagged; the flagged pixels are then
+    fitted and tested exactly (:func:`segment_jumps`), so the screen only has to be a
+    superset. It avoids the 2n - 3 square roots and divisions of the statistics: with a
+    positive threshold ``t``, ``z = delta / sqrt(V) > t`` holds only if ``delta > 0`` and
+    ``delta**2 > t**2 V`` (also when ``V <= 0``, where z is inf or NaN: those pixels go to
+    the exact test). The comparison carries a relative margin of 1e-5 so that rounding
+    cannot drop a pixel whose exact statistic is just above the threshold; a NaN excess
+    (NaN z, never a jump in stcal) is not flagged, and a threshold <= 0 flags every pixel.
 
     Parameters
     ----------
@@ -113,31 +122,27 @@ def whole_ramp_trigger(rows, alpha, read_var, pattern, intercept, constant):
 
     Returns
     -------
-    ``[m]`` bool: the maximum statistic exceeds the threshold.
+    ``[m]`` bool: the pixels to test exactly.
     """
     n = len(rows)
     dtype = rows[0].dtype
     c = {key: value.astype(dtype) for key, value in jump_constants(pattern).items()}
     span = float(pattern.tbar[-1] - pattern.tbar[0])
     corr = -alpha / jnp.asarray(span, dtype)
-    z1 = [
-        _z(rows[i + 1] - rows[i], c["inv_dt1"][i], c["read1"][i], c["poisson1"][i], alpha,
-           read_var, corr)
-        for i in range(n - 1)
-    ]  # fmt: skip
-    start = z1[n - 2]
-    best = None
-    for i in range(n - 2):
-        z2 = _z(rows[i + 2] - rows[i], c["inv_dt2"][i], c["read2"][i], c["poisson2"][i], alpha,
-                read_var, corr)  # fmt: skip
-        stat = jnp.fmax(z1[i], z2)
-        best = stat if best is None else jnp.fmax(best, stat)
-    # stcal: the running max starts at z1[n-2]; a NaN start is never replaced
-    if best is not None:
-        top = jnp.where(jnp.isnan(start), start, jnp.fmax(start, best))
-    else:
-        top = start
-    return top > threshold(alpha, intercept, constant)
+    limit = threshold(alpha, intercept, constant)
+    limit2 = limit * limit * (1 - 1e-5)
+    hit = limit <= 0
+
+    def exceeds(difference, inv_dt, read, poisson):
+        delta = difference * inv_dt - alpha
+        var = read_var * read + alpha * poisson + corr
+        return (delta > 0) & (delta * delta > limit2 * var)
+
+    for k in (1, 2):
+        for i in range(n - k):
+            hit = hit | exceeds(rows[i + k] - rows[i], c[f"inv_dt{k}"][i], c[f"read{k}"][i],
+                                c[f"poisson{k}"][i])  # fmt: skip
+    return hit
 
 
 def segment_jumps(rows, good, next_in, first, alpha, span, read_var, pattern, intercept,
