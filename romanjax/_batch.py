@@ -302,6 +302,18 @@ def fit_frame(resultants, pattern, read_noise, *, method="casertano", dq=None, c
     chunk = _chunk_size(chunk_pixels, n_pixels, n, itemsize, n_shards, function)
     ramp_sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(None, axes))
     pixel_sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(axes))
+    chunk_noise = read_noise
+    if "read_noise" not in pixel_kwargs and np.ndim(read_noise) == 0:
+        # one chunk-sized array for every chunk: the fitter would otherwise broadcast the
+        # scalar again for each chunk (an eager device write on the main thread)
+        try:
+            value = float(read_noise)
+        except (TypeError, ValueError):
+            pass  # not a number: the fitter reports it
+        else:
+            dtype = resultants.dtype if resultants.dtype.kind == "f" else np.float32
+            dtype = jax.dtypes.canonicalize_dtype(dtype)  # float64 only with x64
+            chunk_noise = jax.device_put(np.full(chunk, value, dtype), pixel_sharding)
 
     def submit(start):
         stop = min(start + chunk, n_pixels)
@@ -315,7 +327,7 @@ def fit_frame(resultants, pattern, read_noise, *, method="casertano", dq=None, c
             kwargs[name] = jax.device_put(
                 _pad_last(_flat_slice(value, 0, start, stop), chunk), pixel_sharding
             )
-        noise = kwargs.pop("read_noise", read_noise)
+        noise = kwargs.pop("read_noise", chunk_noise)
         fit = fitter(jax.device_put(ramps, ramp_sharding), pattern, noise, **kwargs)
         return start, stop, fit
 

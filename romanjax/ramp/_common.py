@@ -117,9 +117,13 @@ def prepare_inputs(function: str, resultants, pattern, dq=None, *, make_dq=True,
     Returns ``(resultants, dq, per_pixel)`` as JAX arrays: resultants in their float dtype,
     dq as uint32 ``[n_resultant, *pixels]`` (zeros if None; None if ``dq`` is None and
     ``make_dq`` is False, for fitters that make their zero dq inside the jit), per-pixel
-    values in the resultants' dtype, checked to broadcast to ``[*pixels]`` but not broadcast
-    (a scalar stays a scalar; the jitted fitters broadcast inside the jit, so no full-size
-    array is written eagerly); None stays None.
+    values broadcast to ``[*pixels]`` in the resultants' dtype (None stays None).
+
+    The per-pixel values are broadcast here, outside the jit, on purpose: a 0-d read noise
+    inside the jit lets XLA fold it into a scalar, and the code it then generates rounds
+    differently for different pixel counts (2-8 ulp in float64), so ``fit_frame``'s chunks
+    would no longer reproduce a direct call bit for bit. (``fit_frame`` passes a scalar read
+    noise as one array made once per call, so it pays no per-chunk broadcast.)
     """
     check_pattern(pattern, function)
     if not hasattr(resultants, "shape"):
@@ -141,7 +145,7 @@ def prepare_inputs(function: str, resultants, pattern, dq=None, *, make_dq=True,
             out[name] = None
             continue
         check_pixel_shape(function, name, value, pixels)
-        out[name] = jnp.asarray(value, dtype=dtype)
+        out[name] = jnp.broadcast_to(jnp.asarray(value, dtype=dtype), pixels)
     return resultants, dq, out
 
 
