@@ -434,9 +434,9 @@ def _cached_block_simulator(simulator, pattern, static_items, pixel_names, block
         return jax.tree_util.tree_map(lambda leaf: leaf.reshape(leaf.shape[:1] + (-1,)), out)
 
     def run(key, block_ids, counts, *per_pixel):
-        # blocks one after the other (lax.map, not vmap): under vmap the samplers' runtime
-        # branches (all-small / few-large / ... regimes, rejection loops) would become
-        # selects that evaluate every branch for every block
+        # blocks one after the other (lax.map, not vmap): under vmap the binomial sampler's
+        # runtime branches (all means small / mixed / all large) and its rejection loops
+        # would become selects that evaluate every branch for every block
         out = jax.lax.map(lambda args: one_block(key, *args), (block_ids, counts, *per_pixel))
 
         def merge(leaf):  # [m, n, B] -> [n, m * B]

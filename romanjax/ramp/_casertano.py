@@ -436,7 +436,7 @@ def _fit_casertano(resultants, dq, read_noise, *, pattern, has_dq, detect_jumps,
     flat = resultants.reshape(n, -1)
     # dq None: the zero flags are made here, inside the jit (fused, never read from memory)
     flat_dq = jnp.zeros(flat.shape, jnp.uint32) if dq is None else dq.reshape(n, -1)
-    flat_rn = jnp.broadcast_to(read_noise, pixels).reshape(-1)
+    flat_rn = read_noise.reshape(-1)
     config = dict(pattern=pattern, has_dq=has_dq, detect_jumps=detect_jumps,
                   intercept=intercept, constant=constant)  # fmt: skip
 

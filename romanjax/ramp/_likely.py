@@ -527,9 +527,7 @@ def _fit_likely(resultants, dq, read_noise, flux_estimate, thresholds, *, patter
     ramps = resultants.reshape(n, -1)
     # dq None: the zero flags are made here, inside the jit
     flat_dq = jnp.zeros(ramps.shape, jnp.uint32) if dq is None else dq.reshape(n, -1)
-    read_noise = jnp.broadcast_to(read_noise, pixels).reshape(-1)
-    if flux_estimate is not None:
-        flux_estimate = jnp.broadcast_to(flux_estimate, pixels)
+    read_noise = read_noise.reshape(-1)
     thresholds = tuple(jnp.asarray(t, dtype) for t in thresholds)
     prologue = partial(_prologue_kernel, pattern=pattern)
     if flux_estimate is None:
