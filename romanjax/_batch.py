@@ -16,7 +16,11 @@ host-side: numpy in, numpy out. They
    enqueued before the results of chunk ``i`` are pulled back to the host, so at most two
    chunks are in flight;
 4. copy each chunk's results into preallocated host arrays (``dq`` output pages that stay all
-   zero are never written, so they cost no resident memory).
+   zero are never written, so they cost no resident memory). Chunk fitters may return the
+   flags in a cheaper form: None when they are zero by construction, and, for jump
+   detection without input dq, the list of candidate pixels with their flags packed in one
+   word each (:class:`~romanjax.ramp._common.PackedFlags`), which is expanded here; the
+   dense ``[n, chunk]`` array is then never written on the device nor copied back.
 
 Ramp fits are pixel-independent, so :func:`fit_frame` returns what the fitter returns on the
 whole array: dq bit for bit, floats to the last bit or two (XLA's CPU code generation depends
@@ -38,8 +42,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from . import dq as dqflags
 from ._read_pattern import ReadPattern
-from .ramp._common import check_pixel_shape
+from .ramp._common import PackedFlags, check_pixel_shape
 
 __all__ = [
     "fit_frame",
@@ -337,11 +342,17 @@ def fit_frame(resultants, pattern, read_noise, *, method="casertano", dq=None, c
         start, stop, fit = job
         for name, leaf in zip(fit._fields, fit, strict=True):
             if leaf is None and name == "dq":  # fit_chunk: the flags are zero by construction
-                # zeros: pages that are never written are never made resident
-                outputs.setdefault(name, np.zeros((n, n_pixels), np.uint32))
+                if name not in outputs:  # pages that are never written never become resident
+                    outputs[name] = np.zeros((n, n_pixels), np.uint32)
                 continue
             if leaf is None:
                 outputs.setdefault(name, None)
+                continue
+            if isinstance(leaf, PackedFlags):  # fit_chunk: jump flags, one word per pixel
+                if name not in outputs:
+                    outputs[name] = np.zeros((n, n_pixels), np.uint32)
+                leaf.expand_into(outputs[name][:, start:stop], dqflags.JUMP_DET,
+                                 dqflags.DO_NOT_USE)  # fmt: skip
                 continue
             values = np.asarray(leaf)  # blocks until this chunk is done
             # dq keeps the resultant axis first; every other leaf has pixels first

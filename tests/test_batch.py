@@ -22,7 +22,7 @@ from romanjax._batch import (
     fit_frame,
     simulate_frame,
 )
-from romanjax.ramp._common import RampFit
+from romanjax.ramp._common import PackedFlags, RampFit
 
 
 def have(module: str) -> bool:
@@ -275,6 +275,24 @@ def test_fit_frame_equals_direct_casertano_without_dq(rng, float_dtype):
 
 
 @needs_casertano
+@pytest.mark.parametrize("chunk_pixels", [7, 3000, None])
+def test_fit_frame_packed_jump_flags_equal_direct(chunk_pixels):
+    # jumps without input dq come back from each chunk as a list of flagged pixels: ramps of
+    # 1e4 e steps in random resultants give jumps everywhere and, where the flagged
+    # resultants leave no sub-ramp of two, pixels with DO_NOT_USE in every resultant; chunk
+    # sizes that do not divide the 20000 pixels put candidates in the padding
+    rng = np.random.default_rng(1)
+    steps = rng.choice([0.0, 1e4], size=(MA4.n_resultants, 20000))
+    resultants = (np.cumsum(steps, axis=0) + rng.normal(0, 3, steps.shape)).astype(np.float32)
+    direct = romanjax.fit_ramps_casertano(resultants, MA4, 10.0, detect_jumps=True)
+    chunked = fit_frame(resultants, MA4, 10.0, method="casertano", detect_jumps=True,
+                        chunk_pixels=chunk_pixels)  # fmt: skip
+    assert_fits_equal(direct, chunked)
+    unfitted = np.all(chunked.dq & dqflags.DO_NOT_USE, axis=0)
+    assert 0.01 < unfitted.mean() < 0.5 and np.any(chunked.dq & dqflags.JUMP_DET)
+
+
+@needs_casertano
 def test_fit_chunk_drops_dq_only_when_zero_by_construction(rng):
     from romanjax.ramp import _casertano, _optimal
 
@@ -287,12 +305,22 @@ def test_fit_chunk_drops_dq_only_when_zero_by_construction(rng):
     for chunk, public, kwargs in [
         (_optimal.fit_chunk, romanjax.fit_ramps_optimal, {"dq": dq}),
         (_casertano.fit_chunk, romanjax.fit_ramps_casertano, {"dq": dq}),
-        (_casertano.fit_chunk, romanjax.fit_ramps_casertano, {"detect_jumps": True}),
+        (_casertano.fit_chunk, romanjax.fit_ramps_casertano, {"dq": dq, "detect_jumps": True}),
     ]:
         np.testing.assert_array_equal(
             np.asarray(chunk(resultants, MA4, 10.0, **kwargs).dq),
             np.asarray(public(resultants, MA4, 10.0, **kwargs).dq),
         )
+    # jumps without input dq: the flags come packed, and expand to the public fitter's
+    jumped = resultants.copy()
+    jumped[4:, :5] += 5e3
+    packed = _casertano.fit_chunk(jumped, MA4, 10.0, detect_jumps=True).dq
+    assert isinstance(packed, PackedFlags)
+    expanded = np.zeros(jumped.shape, np.uint32)
+    packed.expand_into(expanded, dqflags.JUMP_DET, dqflags.DO_NOT_USE)
+    public_dq = np.asarray(romanjax.fit_ramps_casertano(jumped, MA4, 10.0, detect_jumps=True).dq)
+    np.testing.assert_array_equal(expanded, public_dq)
+    assert np.all(np.any(expanded[:, :5] & dqflags.JUMP_DET, axis=0))  # each jump found
     one = romanjax.ReadPattern(((1, 2),))  # one resultant: no slope, DO_NOT_USE everywhere
     fit = _casertano.fit_chunk(resultants[:1], one, 10.0)
     assert np.all(np.asarray(fit.dq) & dqflags.DO_NOT_USE)

@@ -39,7 +39,7 @@ import numpy as np
 from .. import dq as dqflags
 from .._compaction import compact as _compact
 from .._read_pattern import ReadPattern
-from ._common import RampFit, prepare_inputs
+from ._common import PackedFlags, RampFit, prepare_inputs
 from ._jumps import barrier, segment_jumps, whole_ramp_trigger
 
 __all__ = ["fit_ramps_casertano", "casertano_weights", "P_EDGES", "P_VALUES"]
@@ -366,8 +366,23 @@ def _block_size(m: int) -> int:
     return int(max(1, min(m, BLOCK_PIXELS)))
 
 
-def _fit_flat(resultants, dq, read_noise, pattern, has_dq, detect_jumps, intercept, constant):
-    """Fit ``[n, m]`` resultants; returns slope, V_R, V_P (all ``[m]``) and dq ``[n, m]``."""
+def _pack(flags):
+    """``[n, b]`` bool -> ``[b]`` uint32 with bit ``i`` set where ``flags[i]`` (n <= 31)."""
+    bits = jnp.zeros(flags.shape[1:], jnp.uint32)
+    for i in range(flags.shape[0]):
+        bits = bits | (flags[i].astype(jnp.uint32) << i)
+    return bits
+
+
+def _fit_flat(resultants, dq, read_noise, pattern, has_dq, detect_jumps, intercept, constant,
+              packed=False):  # fmt: skip
+    """Fit ``[n, m]`` resultants; returns slope, V_R, V_P (all ``[m]``) and dq ``[n, m]``.
+
+    ``packed`` (no input dq, jump detection, 3 <= n <= 31): dq is instead
+    ``(index, bits, count)``: the first ``count`` entries of ``index`` are the candidate
+    pixels (the only ones that can have a flag), ``bits`` their flags, bit ``i`` for a jump
+    in resultant ``i`` and bit ``PackedFlags.UNFITTED_BIT`` for no usable sub-ramp.
+    """
     n, m = resultants.shape
     read_var = read_noise * read_noise
     rows = _rows(resultants)
@@ -385,12 +400,16 @@ def _fit_flat(resultants, dq, read_noise, pattern, has_dq, detect_jumps, interce
     if detect_jumps and n >= 3:
         trigger = whole_ramp_trigger(rows, slope, read_var, pattern, intercept, constant)
         candidates = trigger if candidates is None else candidates | trigger
+    if packed and (candidates is None or n < 2 or has_dq):
+        raise ValueError("packed flags need jump detection, no input dq and n >= 3")
     if candidates is not None and n >= 2:
         block = _block_size(m)
         n_blocks = -(-m // block)
         # candidate indices first (in pixel order), padded with m (dropped on scatter)
         index = _compact(candidates, n_blocks * block)
         count = jnp.sum(candidates, dtype=jnp.int32)
+        if packed:  # candidate flags, in candidate order
+            jumps = jnp.zeros((n_blocks * block,), jnp.uint32)
 
         def body(b, state):
             slope, var_read, coeff, fitted, jumps = state
@@ -403,7 +422,11 @@ def _fit_flat(resultants, dq, read_noise, pattern, has_dq, detect_jumps, interce
             var_read = var_read.at[idx].set(vr, mode="drop")
             coeff = coeff.at[idx].set(c, mode="drop")
             fitted = fitted.at[idx].set(f, mode="drop")
-            jumps = jumps.at[:, idx].set(j, mode="drop")
+            if packed:
+                unfit = jnp.where(f, jnp.uint32(0), jnp.uint32(1 << PackedFlags.UNFITTED_BIT))
+                jumps = jax.lax.dynamic_update_slice(jumps, _pack(j) | unfit, (b * block,))
+            else:
+                jumps = jumps.at[:, idx].set(j, mode="drop")
             return slope, var_read, coeff, fitted, jumps
 
         state = (slope, var_read, coeff, fitted, jumps)
@@ -411,6 +434,8 @@ def _fit_flat(resultants, dq, read_noise, pattern, has_dq, detect_jumps, interce
             0, (count + block - 1) // block, body, state
         )
     var_poisson = coeff * jnp.maximum(slope, 0)
+    if packed:
+        return slope, var_read, var_poisson, (index, jumps, count)
     out_dq = dq | jnp.where(jumps, jnp.uint32(dqflags.JUMP_DET), jnp.uint32(0))
     out_dq = out_dq | jnp.where(fitted, jnp.uint32(0), jnp.uint32(dqflags.DO_NOT_USE))[None]
     return slope, var_read, var_poisson, out_dq
@@ -427,10 +452,12 @@ def _coefficients(resultants, dq_out, read_noise, pattern):
 
 @partial(
     jax.jit,
-    static_argnames=("pattern", "has_dq", "detect_jumps", "intercept", "constant", "with_dq"),
+    static_argnames=("pattern", "has_dq", "detect_jumps", "intercept", "constant", "dq_form"),
 )
 def _fit_casertano(resultants, dq, read_noise, *, pattern, has_dq, detect_jumps, intercept,
-                   constant, with_dq=True):  # fmt: skip
+                   constant, dq_form="dense"):  # fmt: skip
+    """``dq_form``: "dense" (``[n, *pixels]``), "none" (zero by construction, not returned) or
+    "packed" (no input dq, n <= 31: :class:`PackedFlags`, not differentiable)."""
     n = resultants.shape[0]
     pixels = resultants.shape[1:]
     flat = resultants.reshape(n, -1)
@@ -459,7 +486,11 @@ def _fit_casertano(resultants, dq, read_noise, *, pattern, has_dq, detect_jumps,
         zero_dq = np.zeros(out_dq.shape, dtype=jax.dtypes.float0)
         return (slope, var_read, var_poisson, out_dq), (dslope, dvar_read, dvar_poisson, zero_dq)
 
-    slope, var_read, var_poisson, out_dq = core(flat, flat_dq, flat_rn)
+    if dq_form == "packed":
+        slope, var_read, var_poisson, bits = _fit_flat(flat, flat_dq, flat_rn, packed=True,
+                                                       **config)  # fmt: skip
+    else:
+        slope, var_read, var_poisson, out_dq = core(flat, flat_dq, flat_rn)
     zero = jnp.zeros_like(slope)
     par = jnp.stack([zero, slope], axis=-1)
     corner = jnp.zeros((2, 2), resultants.dtype).at[1, 1].set(1)
@@ -468,7 +499,8 @@ def _fit_casertano(resultants, dq, read_noise, *, pattern, has_dq, detect_jumps,
     return RampFit(
         par=par.reshape(pixels + (2,)),
         var=var.reshape(pixels + (3, 2, 2)),
-        dq=out_dq.reshape(resultants.shape) if with_dq else None,
+        dq={"dense": lambda: out_dq.reshape(resultants.shape), "none": lambda: None,
+            "packed": lambda: PackedFlags(*bits)}[dq_form](),
     )
 
 
@@ -539,12 +571,21 @@ def fit_chunk(resultants, pattern, read_noise, **kwargs):
     """:func:`fit_ramps_casertano` for ``fit_frame``'s chunks: the same result, except that
     ``dq`` is None where it is zero by construction (no input ``dq``, no jump detection, two
     or more resultants), so that no zero flag array is written and read back per chunk."""
-    return _fit_ramps_casertano(resultants, pattern, read_noise, zero_dq_as_none=True, **kwargs)
+    return _fit_ramps_casertano(resultants, pattern, read_noise, chunk_form=True, **kwargs)
+
+
+def _chunk_dq_form(pattern, no_input_dq, detect_jumps):
+    if not no_input_dq or pattern.n_resultants < 2:
+        return "dense"
+    if not detect_jumps or pattern.n_resultants < 3:
+        return "none"  # no candidate pixels: every flag is zero
+    # bits 0..n-1 for the jumps, bit 31 for unfitted pixels
+    return "packed" if pattern.n_resultants <= 31 else "dense"
 
 
 def _fit_ramps_casertano(resultants, pattern, read_noise, *, dq=None, detect_jumps=False,
                          threshold_intercept=5.5, threshold_constant=1 / 3,
-                         zero_dq_as_none=False):  # fmt: skip
+                         chunk_form=False):  # fmt: skip
     resultants, dq_array, per_pixel = prepare_inputs(
         "fit_ramps_casertano", resultants, pattern, dq, make_dq=False, read_noise=read_noise
     )
@@ -559,6 +600,5 @@ def _fit_ramps_casertano(resultants, pattern, read_noise, *, dq=None, detect_jum
         resultants, dq_array, rn, pattern=pattern, has_dq=dq is not None,
         detect_jumps=bool(detect_jumps), intercept=float(threshold_intercept),
         constant=float(threshold_constant),
-        with_dq=not (zero_dq_as_none and dq is None and not detect_jumps
-                     and pattern.n_resultants >= 2),
+        dq_form=_chunk_dq_form(pattern, dq is None, detect_jumps) if chunk_form else "dense",
     )  # fmt: skip

@@ -10,7 +10,39 @@ import numpy as np
 
 from .._read_pattern import ReadPattern
 
-__all__ = ["RampFit", "float_dtype", "prepare_inputs", "map_pixels"]
+__all__ = ["RampFit", "PackedFlags", "float_dtype", "prepare_inputs", "map_pixels"]
+
+
+class PackedFlags(NamedTuple):
+    """Internal, ``fit_frame`` only: a chunk's output dq as a list of flagged pixels.
+
+    When a fitter finds jumps without input dq, only the candidate pixels of its jump search
+    can carry a flag, and the dense ``[n_resultant, pixels]`` uint32 array costs more to write
+    and copy back than the refit of those pixels. The first ``count`` entries of ``pixels``
+    (flat pixel indices, increasing) are the candidates, ``bits`` their flags: bit ``i`` for
+    ``JUMP_DET`` in resultant ``i``, bit ``UNFITTED_BIT`` for ``DO_NOT_USE`` in every
+    resultant. ``fit_frame`` expands them on the host (:meth:`expand_into`).
+    """
+
+    pixels: jax.Array
+    bits: jax.Array
+    count: jax.Array
+
+    #: bit of a pixel with no usable sub-ramp (patterns of up to 31 resultants are packed)
+    UNFITTED_BIT = 31
+
+    def expand_into(self, out, jump_flag, unfitted_flag):
+        """OR the flags into the zero-initialised numpy ``out [n, m]`` of the chunk, writing
+        only the flagged pixels (those beyond ``m``, the chunk's padding, are dropped)."""
+        count = int(self.count)
+        pixels = np.asarray(self.pixels)[:count]
+        words = np.asarray(self.bits)[:count]
+        flagged = (words != 0) & (pixels < out.shape[1])
+        pixels, words = pixels[flagged], words[flagged]
+        for i in range(out.shape[0]):
+            out[i, pixels[(words >> np.uint32(i)) & np.uint32(1) != 0]] |= np.uint32(jump_flag)
+        unfitted = pixels[(words >> np.uint32(PackedFlags.UNFITTED_BIT)) != 0]
+        out[:, unfitted] |= np.uint32(unfitted_flag)
 
 
 class RampFit(NamedTuple):
