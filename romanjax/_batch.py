@@ -144,10 +144,23 @@ def default_chunk_pixels(n_resultants: int, itemsize: int = 4, devices=None) -> 
     return max(unit, pixels // unit * unit)
 
 
+def balanced_chunk_pixels(n_pixels: int, largest: int, unit: int) -> int:
+    """Chunk length for ``n_pixels`` in as few chunks of at most ``largest`` pixels as
+    possible, made equal and rounded up to a multiple of ``unit`` (itself at most
+    ``largest``): the padding of the last chunk is then under ``unit`` pixels per chunk
+    instead of up to a whole chunk (1024**2 pixels in chunks of 232448 used to pad to
+    5 x 232448 = 1.11 x the frame; balanced, 5 x 209920 = 1.001 x)."""
+    count = max(1, -(-n_pixels // largest))
+    per_chunk = -(-n_pixels // count)
+    return min(-(-per_chunk // unit) * unit, max(largest, unit))
+
+
 def _chunk_size(chunk_pixels, n_pixels, n_resultants, itemsize, n_shards, function):
-    """Fixed chunk length: a multiple of ``n_shards``, no longer than the padded frame."""
+    """Fixed chunk length: a multiple of ``n_shards``, no longer than the padded frame. The
+    default is :func:`default_chunk_pixels` at most, balanced over the chunks."""
     if chunk_pixels is None:
-        chunk = default_chunk_pixels(n_resultants, itemsize)
+        largest = default_chunk_pixels(n_resultants, itemsize)
+        chunk = balanced_chunk_pixels(n_pixels, largest, 1024 * n_shards)
     else:
         if isinstance(chunk_pixels, bool) or int(chunk_pixels) != chunk_pixels or chunk_pixels < 1:
             raise ValueError(
@@ -233,9 +246,10 @@ def fit_frame(resultants, pattern, read_noise, *, method="casertano", dq=None, c
     dq : array broadcasting to ``[n_resultant, *pixels]``, optional
         Resultant dq flags (uint32). Passed to the fitter only when given.
     chunk_pixels : int, optional
-        Pixels per chunk (rounded up to a multiple of the device count). Default
-        :func:`default_chunk_pixels`: 8 MB of resultants on CPU, 1/64 of free device
-        memory per device on accelerators.
+        Pixels per chunk (rounded up to a multiple of the device count). Default: at most
+        :func:`default_chunk_pixels` (8 MB of resultants on CPU, 1/64 of free device
+        memory per device on accelerators), the frame split into equal chunks of a multiple
+        of 1024 pixels per device so that the last one carries little padding.
     mesh : jax.sharding.Mesh, optional
         Devices to shard each chunk over (the pixel axis is split over all mesh axes).
         Default: a 1-D mesh of ``jax.local_devices()``.

@@ -18,6 +18,7 @@ from romanjax import dq as dqflags
 from romanjax._batch import (
     _simulate_frame,
     apportion_frame,
+    balanced_chunk_pixels,
     default_chunk_pixels,
     fit_frame,
     simulate_frame,
@@ -232,6 +233,19 @@ def test_default_chunk_pixels():
     assert few > many >= unit
     assert default_chunk_pixels(9, 8) <= default_chunk_pixels(9, 4)
     assert default_chunk_pixels(10**9) == unit  # never zero
+
+
+@pytest.mark.parametrize("n_pixels", [1, 1000, 1024, 1025, 232448, 232449, 1 << 20, 4088 * 4088])
+@pytest.mark.parametrize("unit", [1024, 4096])
+def test_balanced_chunks_cover_the_frame_with_little_padding(n_pixels, unit):
+    largest = 227 * unit  # default_chunk_pixels: a multiple of the unit (232448 for 1024)
+    chunk = balanced_chunk_pixels(n_pixels, largest, unit)
+    count = -(-n_pixels // chunk)
+    assert chunk % unit == 0 and chunk <= largest
+    assert count == max(1, -(-n_pixels // largest))  # no more chunks than the largest allow
+    assert count * chunk - n_pixels < count * unit  # padding: under one unit per chunk
+    # 5 chunks of ceil(2**20 / 5) = 209716 rounded up to 205 x 1024, not 4.5 chunks + padding
+    assert balanced_chunk_pixels(1 << 20, 232448, 1024) == 205 * 1024
 
 
 # ---------------------------------------------------------------------------------------------
