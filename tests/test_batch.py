@@ -307,6 +307,44 @@ def test_fit_frame_packed_jump_flags_equal_direct(chunk_pixels):
 
 
 @needs_casertano
+def test_large_frame_memory_measures_keep_results(monkeypatch):
+    # the measures fit_frame takes for large frames (flags off transparent huge pages, the
+    # C heap trimmed after the first chunk) must not change results: force them on a small one
+    from romanjax import _batch
+
+    monkeypatch.setattr(_batch, "LARGE_FRAME_BYTES", 0)
+    monkeypatch.setattr(_batch, "_SPARSE_FLAGS_BYTES", 0)
+    rng = np.random.default_rng(5)
+    steps = rng.choice([0.0, 3e3], size=(MA4.n_resultants, 5000), p=[0.9, 0.1])
+    resultants = (np.cumsum(steps, axis=0) + rng.normal(0, 3, steps.shape)).astype(np.float32)
+    direct = romanjax.fit_ramps_casertano(resultants, MA4, 10.0, detect_jumps=True)
+    chunked = fit_frame(resultants, MA4, 10.0, detect_jumps=True, chunk_pixels=1024)
+    assert_fits_equal(direct, chunked)
+    assert chunked.dq.flags.writeable and np.any(chunked.dq & dqflags.JUMP_DET)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux VmFlags")
+def test_large_flag_arrays_are_kept_off_huge_pages():
+    from romanjax._batch import _flag_array
+
+    flags = _flag_array((9, 1 << 21))  # 72 MB
+    assert flags.dtype == np.uint32 and not flags.any()
+    address = flags.ctypes.data + flags.nbytes // 2
+    vma_flags = None
+    with open("/proc/self/smaps") as smaps:
+        inside = False
+        for line in smaps:
+            head = line.split()[0]
+            if "-" in head and not head.endswith(":"):
+                begin, end = (int(v, 16) for v in head.split("-"))
+                inside = begin <= address < end
+            elif inside and line.startswith("VmFlags:"):
+                vma_flags = line.split()[1:]
+                break
+    assert vma_flags is not None and "nh" in vma_flags  # MADV_NOHUGEPAGE
+
+
+@needs_casertano
 def test_fit_chunk_drops_dq_only_when_zero_by_construction(rng):
     from romanjax.ramp import _casertano, _optimal
 
