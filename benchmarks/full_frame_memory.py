@@ -2,6 +2,7 @@
 
     python benchmarks/full_frame_memory.py optimal
     python benchmarks/full_frame_memory.py casertano     # with jump detection
+    python benchmarks/full_frame_memory.py casertano --spread  # jumps in every resultant
 
 Run each method in a fresh process (ru_maxrss is the process's high-water mark). The target
 of issue 6 is a peak under 2 x the float32 resultant array + 1 GB.
@@ -14,7 +15,7 @@ import time
 import numpy as np
 
 
-def main(method: str):
+def main(method: str, spread: bool = False):
     import romanjax
 
     pattern = romanjax.ReadPattern.from_ma_table(4)
@@ -27,7 +28,14 @@ def main(method: str):
         resultants[i] += rng.standard_normal(shape, dtype=np.float32) * 5
     if method == "casertano":  # a 2000 e jump in 1% of the pixels
         hit = rng.random(shape) < 0.01
-        resultants[5:, hit] += np.float32(2000.0)
+        if spread:  # at a random resultant: flags in every dq row, most of its pages touched
+            first = rng.integers(1, pattern.n_resultants, shape)
+            for i in range(1, pattern.n_resultants):
+                resultants[i, hit & (first <= i)] += np.float32(2000.0)
+            del first
+        else:  # at resultant 5: flags in rows 4 and 5 (and a few false ones elsewhere)
+            resultants[5:, hit] += np.float32(2000.0)
+        del hit
     del flux
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
     start = time.perf_counter()
@@ -40,4 +48,5 @@ def main(method: str):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1] if len(sys.argv) > 1 else "optimal")
+    args = [a for a in sys.argv[1:] if not a.startswith("--")]
+    main(args[0] if args else "optimal", spread="--spread" in sys.argv[1:])
