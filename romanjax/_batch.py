@@ -173,20 +173,21 @@ def _chunk_size(chunk_pixels, n_pixels, n_resultants, itemsize, n_shards, functi
 
 
 #: Frames of at least this many bytes of resultants get the memory measures of
-#: :func:`_release_free_heap` (a few ms, irrelevant next to their fit).
+#: :func:`_flag_array` and :func:`_release_free_heap`, which cost time (4 kB page faults on
+#: the flag array instead of 2 MB ones: +50-65 ms for 1024 x 1024 x 9 flags on the 2-core VM)
+#: but keep a full frame's peak memory down.
 LARGE_FRAME_BYTES = 256 * 2**20
-#: Flag arrays of at least this many bytes are kept off transparent huge pages.
-_SPARSE_FLAGS_BYTES = 16 * 2**20
 _MADV_NOHUGEPAGE = 15  # Linux
 
 
-def _flag_array(shape) -> np.ndarray:
+def _flag_array(shape, sparse: bool = False) -> np.ndarray:
     """Zero uint32 ``shape`` for output flags, which are mostly zero: untouched pages are never
-    made resident. Large ones are advised off transparent huge pages (Linux), where a single
-    flag would make a whole 2 MB page resident (a full frame with 1% of pixels jumped touches
-    ~70% of the 2 MB pages of its dq, but ~25% of the 4 kB pages)."""
+    made resident. ``sparse`` (large frames): advised off transparent huge pages (Linux),
+    where a single flag makes a whole 2 MB page resident (a full frame with 1% of pixels
+    jumped in one resultant touches ~70% of the 2 MB pages of its dq, but ~25% of the 4 kB
+    pages)."""
     array = np.zeros(shape, np.uint32)
-    if array.nbytes >= _SPARSE_FLAGS_BYTES and sys.platform.startswith("linux"):
+    if sparse and sys.platform.startswith("linux"):
         try:
             import ctypes
             import mmap
@@ -395,20 +396,21 @@ def fit_frame(resultants, pattern, read_noise, *, method="casertano", dq=None, c
         return start, stop, fit
 
     outputs = {}
+    large = resultants.nbytes >= LARGE_FRAME_BYTES
 
     def collect(job):
         start, stop, fit = job
         for name, leaf in zip(fit._fields, fit, strict=True):
             if leaf is None and name == "dq":  # fit_chunk: the flags are zero by construction
                 if name not in outputs:  # pages that are never written never become resident
-                    outputs[name] = _flag_array((n, n_pixels))
+                    outputs[name] = _flag_array((n, n_pixels), large)
                 continue
             if leaf is None:
                 outputs.setdefault(name, None)
                 continue
             if isinstance(leaf, PackedFlags):  # fit_chunk: jump flags, one word per pixel
                 if name not in outputs:
-                    outputs[name] = _flag_array((n, n_pixels))
+                    outputs[name] = _flag_array((n, n_pixels), large)
                 leaf.expand_into(outputs[name][:, start:stop], dqflags.JUMP_DET,
                                  dqflags.DO_NOT_USE)  # fmt: skip
                 continue
@@ -419,7 +421,7 @@ def fit_frame(resultants, pattern, read_noise, *, method="casertano", dq=None, c
                 shape = list(values.shape)
                 shape[axis] = n_pixels
                 # zeros: untouched pages of a large array are never made resident
-                outputs[name] = (_flag_array(shape) if name == "dq"
+                outputs[name] = (_flag_array(shape, large) if name == "dq"
                                  else np.zeros(shape, values.dtype))  # fmt: skip
             part = values[:, : stop - start] if axis else values[: stop - start]
             if name == "dq" and not part.any():
@@ -434,7 +436,6 @@ def fit_frame(resultants, pattern, read_noise, *, method="casertano", dq=None, c
     kind = None
     try:
         pending = None
-        large = resultants.nbytes >= LARGE_FRAME_BYTES
         for start in range(0, max(n_pixels, 1), chunk):
             job = submit(start)  # enqueue chunk i + 1 ...
             if pending is not None:

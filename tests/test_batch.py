@@ -313,7 +313,6 @@ def test_large_frame_memory_measures_keep_results(monkeypatch):
     from romanjax import _batch
 
     monkeypatch.setattr(_batch, "LARGE_FRAME_BYTES", 0)
-    monkeypatch.setattr(_batch, "_SPARSE_FLAGS_BYTES", 0)
     rng = np.random.default_rng(5)
     steps = rng.choice([0.0, 3e3], size=(MA4.n_resultants, 5000), p=[0.9, 0.1])
     resultants = (np.cumsum(steps, axis=0) + rng.normal(0, 3, steps.shape)).astype(np.float32)
@@ -327,7 +326,7 @@ def test_large_frame_memory_measures_keep_results(monkeypatch):
 def test_large_flag_arrays_are_kept_off_huge_pages():
     from romanjax._batch import _flag_array
 
-    flags = _flag_array((9, 1 << 21))  # 72 MB
+    flags = _flag_array((9, 1 << 21), sparse=True)  # 72 MB
     assert flags.dtype == np.uint32 and not flags.any()
     address = flags.ctypes.data + flags.nbytes // 2
     vma_flags = None
