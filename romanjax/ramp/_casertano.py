@@ -503,12 +503,13 @@ def _fit_casertano(resultants, dq, read_noise, *, pattern, has_dq, detect_jumps,
     corner = jnp.zeros((2, 2), resultants.dtype).at[1, 1].set(1)
     var = jnp.stack([var_read, var_poisson, var_read + var_poisson], axis=-1)
     var = var[:, :, None, None] * corner
-    return RampFit(
-        par=par.reshape(pixels + (2,)),
-        var=var.reshape(pixels + (3, 2, 2)),
-        dq={"dense": lambda: out_dq.reshape(resultants.shape), "none": lambda: None,
-            "packed": lambda: PackedFlags(*bits)}[dq_form](),
-    )
+    if dq_form == "packed":
+        flags = PackedFlags(*bits)
+    elif dq_form == "none":
+        flags = None
+    else:
+        flags = out_dq.reshape(resultants.shape)
+    return RampFit(par=par.reshape(pixels + (2,)), var=var.reshape(pixels + (3, 2, 2)), dq=flags)
 
 
 def fit_ramps_casertano(resultants, pattern, read_noise, *, dq=None, detect_jumps=False,
@@ -575,9 +576,11 @@ def fit_ramps_casertano(resultants, pattern, read_noise, *, dq=None, detect_jump
 
 
 def fit_chunk(resultants, pattern, read_noise, **kwargs):
-    """:func:`fit_ramps_casertano` for ``fit_frame``'s chunks: the same result, except that
-    ``dq`` is None where it is zero by construction (no input ``dq``, no jump detection, two
-    or more resultants), so that no zero flag array is written and read back per chunk."""
+    """:func:`fit_ramps_casertano` for ``fit_frame``'s chunks: the same result, except for the
+    form of ``dq`` without input ``dq``: None when it is zero by construction (no jump
+    detection, or fewer than three resultants; at least two), and with jump detection a
+    :class:`~._common.PackedFlags` (the candidate pixels and their flags, up to 31
+    resultants), so that no dense flag array is written and read back per chunk."""
     return _fit_ramps_casertano(resultants, pattern, read_noise, chunk_form=True, **kwargs)
 
 
