@@ -119,3 +119,57 @@ def test_two_sample_against_romanisim(flux, rng):
         assert abs(a.mean() - b.mean()) < 5 * np.sqrt((va + vb) / npix)
         # var of a sample variance ~ 2 v**2 / N (near-Gaussian residuals); 6 sigma
         assert abs(va - vb) < 6 * np.sqrt(2 * (va**2 + vb**2) / npix)
+
+
+def _exact_outcomes(pattern, total):
+    """Exact distribution of ``n_i R_i`` (integers) for ``total`` photons, by enumerating
+    every assignment of the photons to the read intervals (independent, p = dt_j / T)."""
+    import itertools
+    from collections import defaultdict
+
+    reads = [r for group in pattern.reads for r in group]
+    interval = np.diff(np.concatenate([[0], reads])) / reads[-1]
+    members = [np.isin(reads, group) for group in pattern.reads]
+    outcomes = defaultdict(float)
+    for slots in itertools.product(range(len(reads)), repeat=total):
+        cumulative = np.zeros(len(reads), int)
+        for s in slots:
+            cumulative[s:] += 1
+        key = tuple(int(cumulative[m].sum()) for m in members)
+        outcomes[key] += float(np.prod(interval[list(slots)]))
+    return outcomes
+
+
+# 109: skipped reads (a longer first slot); UNEVEN: slots of different lengths inside a
+# resultant; the last one has resultants of 3, 5, 6, 7 and 12 equally spaced reads (the odd
+# and even steps of the uniform-sum factorisation)
+@pytest.mark.parametrize("reads", [
+    romanjax.ReadPattern.from_ma_table(109).reads,
+    ((1, 2, 3), (4, 5, 6, 7, 8), (10,), (11,), (21, 22, 23), (30, 31, 32, 33, 34, 35)),
+    ((1, 2, 5, 6), (7, 9, 10)),
+    tuple(tuple(range(a, b)) for a, b in [(1, 4), (4, 9), (9, 15), (15, 22), (22, 34)]),
+])
+def test_joint_distribution_of_a_small_total_is_exact(reads):
+    """Chi-square of the whole resultant vector for 3 photons against exact enumeration:
+    checks the factorised draws (group totals, within-resultant offsets) jointly."""
+    pattern = romanjax.ReadPattern(reads)
+    total, npix = 3 if pattern.reads[-1][-1] <= 16 else 2, 200_000
+    exact = _exact_outcomes(pattern, total)
+    res = np.asarray(apportion_counts(jax.random.key(21), np.full(npix, total), pattern),
+                     np.float64)  # fmt: skip
+    scaled = np.rint(res * pattern.n_reads[:, None]).astype(int)
+    keys, seen = np.unique(scaled.T, axis=0, return_counts=True)
+    observed = dict(zip(map(tuple, keys), seen))
+    assert set(observed) <= set(exact), "a resultant vector that cannot occur"
+    expected = np.array([p * npix for p in exact.values()])
+    counts = np.array([observed.get(k, 0) for k in exact])
+    np.testing.assert_allclose(expected.sum(), npix, rtol=1e-9)
+    # pool the rare outcomes (expected < 5) into one bin
+    rare = expected < 5
+    exp_bins = np.append(expected[~rare], expected[rare].sum())
+    obs_bins = np.append(counts[~rare], counts[rare].sum())
+    if exp_bins[-1] == 0:
+        exp_bins, obs_bins = exp_bins[:-1], obs_bins[:-1]
+    chi2 = np.sum((obs_bins - exp_bins) ** 2 / exp_bins)
+    dof = len(exp_bins) - 1
+    assert abs(chi2 - dof) < 5 * np.sqrt(2 * dof), (chi2, dof)

@@ -3,19 +3,40 @@
 Given the total number of electrons ``K`` a pixel collects by the last read, the photon
 arrival times are independent and uniform over ``(0, T]`` (a Poisson process conditioned on
 its total). The numbers of electrons arriving between consecutive reads are therefore
-multinomial with probabilities ``dt_j / T``. We draw them as romanisim does, by sequential
-binomials ``c_j ~ Binomial(K - sum_{l<j} c_l, dt_j / (T - t_{j-1}))`` (the last one takes
-what remains), accumulate ``C_j = sum_{l<=j} c_l`` and average the reads of each resultant:
-``R_i = mean_{j in resultant i} C_j``. Skipped reads (MA table 109) only lengthen the next
-interval. This is the exact joint distribution of romanisim's
-``apportion_counts_to_resultants`` (Casertano 2022; romanisim ``l1.py``), so
-``E[R_i] = K tbar_i / T`` and, for Poisson totals, ``Var R_i = f tau_i`` and
+multinomial with probabilities ``dt_j / T``, and resultant ``i`` is the mean of the
+cumulative counts ``C_j`` of its reads: ``R_i = mean_{j in resultant i} C_j``. romanisim's
+``apportion_counts_to_resultants`` (Casertano 2022; romanisim ``l1.py``) draws it read by
+read, ``c_j ~ Binomial(K - sum_{l<j} c_l, dt_j / (T - t_{j-1}))``; :func:`read_scan` does
+the same (used by :func:`romanjax.simulate_l1`, whose inverse non-linearity needs every
+read).
+
+:func:`apportion_counts` draws the same joint distribution with fewer binomials, sampling
+resultants directly (the seed's suggestion). A photon arriving in group ``g`` (the time from
+the previous resultant's last read to this resultant's last read) adds 1 to every later
+resultant and ``U + 1`` reads' worth to resultant ``g``, where ``U`` (0..n_g - 1) counts the
+reads of ``g`` after the one it precedes. So
+
+* group totals ``S_g`` are sequential binomials over the ``n_resultant`` groups, and
+* ``R_g = C_{g-1} + (S_g + W_g) / n_g`` with ``W_g = sum over the group's photons of U``.
+
+With equally spaced reads ``U`` is uniform on ``{0..n-1}``, and the sum of ``S`` such
+uniforms, ``USum(S, n)``, factorises exactly: for even ``n``, ``U = b + 2 U'`` with a fair
+bit ``b`` and ``U'`` uniform on ``{0..n/2-1}``, independent, so
+``USum(S, n) = Binomial(S, 1/2) + 2 USum(S, n/2)``; for odd ``n``, ``U = n - 1`` with
+probability ``1/n`` and uniform on ``{0..n-2}`` otherwise, so with
+``M ~ Binomial(S, 1/n)``, ``USum(S, n) = (n - 1) M + USum(S - M, n - 1)``. A first slot
+longer than the others (skipped reads before the group) is one more binomial; any other
+uneven group falls back to one binomial per slot. MA table 4 (44 reads, resultants of
+1, 1, 2, 5, 8, 8, 8, 10, 1 reads) needs 25 draws per pixel instead of 43.
+
+Either way ``E[R_i] = K tbar_i / T`` and, for Poisson totals, ``Var R_i = f tau_i`` and
 ``Cov(R_i, R_j) = f tbar_i`` (i < j).
 """
 
 from __future__ import annotations
 
-from functools import partial
+from functools import lru_cache, partial
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -24,7 +45,8 @@ import numpy as np
 from .._read_pattern import ReadPattern
 from ._binomial import binomial as _binomial
 
-__all__ = ["apportion_counts", "read_probabilities", "check_counts", "MAX_COUNTS"]
+__all__ = ["apportion_counts", "apportion_plan", "read_probabilities", "check_counts",
+           "MAX_COUNTS"]
 
 #: Largest total per pixel [e] (romanisim clips there too); int32 holds it exactly.
 MAX_COUNTS = 2_000_000_000
@@ -140,13 +162,104 @@ def read_scan(key, counts, pattern: ReadPattern, dtype, per_read=None, carry0=No
     return state[4], state[5], state[6]
 
 
+class ApportionPlan(NamedTuple):
+    """The binomial draws of :func:`apportion_counts`, one row per draw (host arrays).
+
+    ``probability[s]``: p of the draw; ``coefficient[s]``: what each drawn photon adds to
+    ``W_g`` (0 for a group-total draw); ``group_total[s]``: the draw is ``S_g`` (from the
+    photons not yet in a group) rather than a split of the current group's photons;
+    ``reduces[s]``: the drawn photons leave the current group's pool; ``emit[s]``: resultant
+    ``resultant[s]`` is complete after this draw."""
+
+    probability: np.ndarray
+    coefficient: np.ndarray
+    group_total: np.ndarray
+    reduces: np.ndarray
+    emit: np.ndarray
+    resultant: np.ndarray
+
+
+def _uniform_sum_draws(m: int) -> list:
+    """``(p, coefficient, reduces)`` draws giving ``USum(S, m)`` (module docstring)."""
+    if m == 1:
+        return []
+    if m % 2 == 0:
+        return [(0.5, 1, False)] + [(p, 2 * c, r) for p, c, r in _uniform_sum_draws(m // 2)]
+    return [(1.0 / m, m - 1, True)] + _uniform_sum_draws(m - 1)
+
+
+@lru_cache(maxsize=64)
+def apportion_plan(pattern: ReadPattern) -> ApportionPlan:
+    """The exact factorised draws of ``pattern`` (module docstring), built on the host.
+
+    Slot lengths are whole numbers of reads (read ``k`` is at ``k * read_time``), so "equal
+    slots" is an exact integer test. The last group total takes all remaining photons
+    (probability 1, no draw)."""
+    rows = []
+    previous_read, total_reads = 0, pattern.reads[-1][-1]
+    for g, reads in enumerate(pattern.reads):
+        n = len(reads)
+        slots = np.diff(np.concatenate([[previous_read], reads]))
+        span = reads[-1] - previous_read
+        p_group = 1.0 if g == len(pattern.reads) - 1 else span / (total_reads - previous_read)
+        draws = [(p_group, 0, False)]
+        if n > 1 and np.all(slots == slots[0]):
+            draws += _uniform_sum_draws(n)
+        elif n > 1 and np.all(slots[1:] == slots[1]):
+            draws += [(slots[0] / span, n - 1, True)] + _uniform_sum_draws(n - 1)
+        else:  # one binomial per slot; the last slot (U = 0) takes the rest
+            for k in range(n - 1):
+                draws.append((slots[k] / slots[k:].sum(), n - 1 - k, True))
+        for s, (p, c, r) in enumerate(draws):
+            rows.append((p, c, s == 0, r, s == len(draws) - 1, g))
+        previous_read = reads[-1]
+    columns = list(zip(*rows))
+    dtypes = (np.float64, np.float64, bool, bool, bool, np.int32)
+    return ApportionPlan(*(np.asarray(col, dt) for col, dt in zip(columns, dtypes)))
+
+
+def factorised_scan(key, counts, pattern: ReadPattern, dtype):
+    """Resultants ``[n_resultant, npix]`` (``dtype``) of int32 totals ``counts [npix]``.
+
+    One ``lax.scan`` over the rows of :func:`apportion_plan` (one copy of the sampler in the
+    compiled graph); draw ``s`` uses ``fold_in(key, s)``."""
+    plan = apportion_plan(pattern)
+    inv_reads = 1.0 / np.asarray(pattern.n_reads, np.float64)
+
+    def body(state, xs):
+        free, done, group, pool, weight, out = state
+        s, p, coefficient, group_total, reduces, emit, g = xs
+        source = jnp.where(group_total, free, pool)
+        draw = jax.lax.cond(p >= 1.0, lambda: source,
+                            lambda: binomial(jax.random.fold_in(key, s), source, p, dtype))
+        drawn = draw.astype(dtype)
+        free = jnp.where(group_total, free - draw, free)
+        group = jnp.where(group_total, draw, group)
+        pool = jnp.where(group_total, draw, jnp.where(reduces, pool - draw, pool))
+        weight = jnp.where(group_total, drawn, weight + coefficient * drawn)
+        row = done.astype(dtype) + weight * jnp.asarray(inv_reads, dtype)[g]
+        row = jnp.where(emit, row, jax.lax.dynamic_index_in_dim(out, g, 0, False))
+        out = jax.lax.dynamic_update_index_in_dim(out, row, g, 0)
+        done = jnp.where(emit, done + group, done)
+        return (free, done, group, pool, weight, out), None
+
+    zeros = jnp.zeros_like(counts)
+    state = (counts, zeros, zeros, zeros, jnp.zeros(counts.shape, dtype),
+             jnp.zeros((pattern.n_resultants,) + counts.shape, dtype))
+    xs = (jnp.arange(len(plan.probability)), jnp.asarray(plan.probability, dtype),
+          jnp.asarray(plan.coefficient, dtype), jnp.asarray(plan.group_total),
+          jnp.asarray(plan.reduces), jnp.asarray(plan.emit), jnp.asarray(plan.resultant))
+    state, _ = jax.lax.scan(body, state, xs)
+    return state[-1]
+
+
 @partial(jax.jit, static_argnames=("pattern", "dtype"))
 def _apportion(key, counts, pattern, dtype):
     shape = counts.shape
     flat = jnp.clip(counts.reshape(-1), 0, MAX_COUNTS)
     flat = jnp.round(flat).astype(jnp.int32) if jnp.issubdtype(flat.dtype, jnp.floating) else (
         flat.astype(jnp.int32))
-    resultants, _, _ = read_scan(key, flat, pattern, dtype)
+    resultants = factorised_scan(key, flat, pattern, dtype)
     return resultants.reshape((pattern.n_resultants,) + shape)
 
 
@@ -182,10 +295,13 @@ def apportion_counts(key, counts, pattern: ReadPattern):
 
     Notes
     -----
-    Draws are made read by read in a ``lax.scan``; memory is a few ``[*pixels]`` int32/float
-    buffers plus the output, so a 4088x4088 frame needs about 1 GB. The counts are held in
-    int32 (exact up to 2e9); in float32 the binomial draws for totals above 2**24 are made
-    on float32-rounded counts and clamped, so electrons are conserved exactly.
+    The draws are factorised by resultant (module docstring: group totals, then the sum of
+    the within-group read offsets by binomials with p = 1/2 or 1/n), one ``lax.scan`` over
+    them; MA table 4 needs 25 binomial draws per pixel instead of romanisim's 43. Memory is
+    a few ``[*pixels]`` int32/float buffers plus the output, so a 4088x4088 frame needs
+    about 1 GB. The counts are held in int32 (exact up to 2e9); in float32 the binomial
+    draws for totals above 2**24 are made on float32-rounded counts and clamped, so
+    electrons are conserved exactly.
     """
     from ..ramp._common import check_pattern
 
