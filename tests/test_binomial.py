@@ -140,3 +140,27 @@ def test_log_pmf_ratio_float32_accuracy(n, p, tol):
     got = _binomial.log_pmf_ratio(f32(1) * k.astype(np.float32), f32(mode), f32(n), f32(p),
                                   f32(q), f32(((n + 1) * p - mode) - q))
     assert np.max(np.abs(np.asarray(got, np.float64) - exact)) < tol
+
+
+_half_jit = jax.jit(_binomial.binomial_half, static_argnames="dtype")
+
+
+@pytest.mark.parametrize("n", [1, 7, 31, 32, 33, 64, 65, 500, 100_000])
+def test_binomial_half_matches_exact_pmf(n):
+    """Fair-bit draws: counted random bits up to n = 64 (across the 32-bit word boundary),
+    BTRS above; each against the exact Binomial(n, 1/2)."""
+    dtype = jax.dtypes.canonicalize_dtype(jnp.float64)
+    x = np.asarray(_half_jit(jax.random.key(n), jnp.full(SAMPLES, n, jnp.int32), dtype=dtype))
+    assert x.min() >= 0 and x.max() <= n
+    assert _chi2_pvalue(x.astype(np.int64), n, 0.5) > 1e-4
+
+
+def test_binomial_half_mixed_array_and_edges():
+    dtype = jax.dtypes.canonicalize_dtype(jnp.float64)
+    n = jnp.asarray(np.repeat([40, 3000], SAMPLES // 2), jnp.int32)
+    x = np.asarray(_half_jit(jax.random.key(2), n, dtype=dtype)).astype(np.int64)
+    assert _chi2_pvalue(x[: SAMPLES // 2], 40, 0.5) > 1e-4
+    assert _chi2_pvalue(x[SAMPLES // 2:], 3000, 0.5) > 1e-4
+    edge = jnp.asarray([0, 0, 2_000_000_000], jnp.int32)  # odd size: padded inside
+    y = np.asarray(_half_jit(jax.random.key(3), edge, dtype=dtype))
+    assert y[0] == y[1] == 0 and abs(y[2] - 1e9) < 6 * np.sqrt(5e8)

@@ -27,7 +27,9 @@ probability ``1/n`` and uniform on ``{0..n-2}`` otherwise, so with
 ``M ~ Binomial(S, 1/n)``, ``USum(S, n) = (n - 1) M + USum(S - M, n - 1)``. A first slot
 longer than the others (skipped reads before the group) is one more binomial; any other
 uneven group falls back to one binomial per slot. MA table 4 (44 reads, resultants of
-1, 1, 2, 5, 8, 8, 8, 10, 1 reads) needs 25 draws per pixel instead of 43.
+1, 1, 2, 5, 8, 8, 8, 10, 1 reads) needs 25 draws per pixel instead of 43, 15 of them fair
+bits: ``Binomial(n, 1/2)`` for ``n <= 64`` is the number of set bits among ``n`` random
+bits (:func:`._binomial.binomial_half`), far cheaper than a general binomial.
 
 Either way ``E[R_i] = K tbar_i / T`` and, for Poisson totals, ``Var R_i = f tau_i`` and
 ``Cov(R_i, R_j) = f tbar_i`` (i < j).
@@ -44,6 +46,7 @@ import numpy as np
 
 from .._read_pattern import ReadPattern
 from ._binomial import binomial as _binomial
+from ._binomial import binomial_half
 
 __all__ = ["apportion_counts", "apportion_plan", "read_probabilities", "check_counts",
            "MAX_COUNTS"]
@@ -218,39 +221,71 @@ def apportion_plan(pattern: ReadPattern) -> ApportionPlan:
     return ApportionPlan(*(np.asarray(col, dt) for col, dt in zip(columns, dtypes)))
 
 
+def _split_plan(plan: ApportionPlan):
+    """Host: the plan's rows split into the chain of general draws (group totals and the
+    draws that take photons out of a group's pool, in order) and the fair-bit draws
+    (p = 1/2, the pool unchanged), which only need the pool left after the last general
+    draw of their group before them, so they are all drawn after the chain."""
+    half = (plan.probability == 0.5) & ~plan.group_total & ~plan.reduces
+    general = np.flatnonzero(~half)
+    source = np.searchsorted(general, np.flatnonzero(half)) - 1  # last general row before
+    last_general = np.zeros(len(plan.probability), bool)
+    for g in np.unique(plan.resultant):
+        last_general[general[plan.resultant[general] == g][-1]] = True
+    return general, np.flatnonzero(half), source, last_general
+
+
 def factorised_scan(key, counts, pattern: ReadPattern, dtype):
     """Resultants ``[n_resultant, npix]`` (``dtype``) of int32 totals ``counts [npix]``.
 
-    One ``lax.scan`` over the rows of :func:`apportion_plan` (one copy of the sampler in the
-    compiled graph); draw ``s`` uses ``fold_in(key, s)``."""
+    Two ``lax.scan`` over the rows of :func:`apportion_plan` (one copy of each sampler in
+    the compiled graph; draw ``s`` uses ``fold_in(key, s)``): first the general draws in
+    order (group totals, odd-n and slot splits; :func:`binomial`), recording each group's
+    photon pool after each draw, then the fair bits (:func:`binomial_half`, mostly counting
+    random bits). ``out[g]`` holds ``n_g R_g = n_g C_{g-1} + S_g + W_g`` until the end."""
     plan = apportion_plan(pattern)
-    inv_reads = 1.0 / np.asarray(pattern.n_reads, np.float64)
+    general, half, source, last_general = _split_plan(plan)
+    n_reads = np.asarray(pattern.n_reads, np.float64)
 
-    def body(state, xs):
+    def general_step(state, xs):
         free, done, group, pool, weight, out = state
         s, p, coefficient, group_total, reduces, emit, g = xs
-        source = jnp.where(group_total, free, pool)
-        draw = jax.lax.cond(p >= 1.0, lambda: source,
-                            lambda: binomial(jax.random.fold_in(key, s), source, p, dtype))
+        source_count = jnp.where(group_total, free, pool)
+        draw = jax.lax.cond(p >= 1.0, lambda: source_count,
+                            lambda: binomial(jax.random.fold_in(key, s), source_count, p, dtype))
         drawn = draw.astype(dtype)
         free = jnp.where(group_total, free - draw, free)
         group = jnp.where(group_total, draw, group)
         pool = jnp.where(group_total, draw, jnp.where(reduces, pool - draw, pool))
         weight = jnp.where(group_total, drawn, weight + coefficient * drawn)
-        row = done.astype(dtype) + weight * jnp.asarray(inv_reads, dtype)[g]
+        row = done.astype(dtype) * jnp.asarray(n_reads, dtype)[g] + weight
         row = jnp.where(emit, row, jax.lax.dynamic_index_in_dim(out, g, 0, False))
         out = jax.lax.dynamic_update_index_in_dim(out, row, g, 0)
         done = jnp.where(emit, done + group, done)
-        return (free, done, group, pool, weight, out), None
+        return (free, done, group, pool, weight, out), pool
 
     zeros = jnp.zeros_like(counts)
     state = (counts, zeros, zeros, zeros, jnp.zeros(counts.shape, dtype),
              jnp.zeros((pattern.n_resultants,) + counts.shape, dtype))
-    xs = (jnp.arange(len(plan.probability)), jnp.asarray(plan.probability, dtype),
-          jnp.asarray(plan.coefficient, dtype), jnp.asarray(plan.group_total),
-          jnp.asarray(plan.reduces), jnp.asarray(plan.emit), jnp.asarray(plan.resultant))
-    state, _ = jax.lax.scan(body, state, xs)
-    return state[-1]
+    xs = (jnp.asarray(general), jnp.asarray(plan.probability[general], dtype),
+          jnp.asarray(plan.coefficient[general], dtype), jnp.asarray(plan.group_total[general]),
+          jnp.asarray(plan.reduces[general]), jnp.asarray(last_general[general]),
+          jnp.asarray(plan.resultant[general]))
+    state, pools = jax.lax.scan(general_step, state, xs)
+    out = state[-1]
+
+    if len(half):
+        def half_step(out, xs):
+            s, a, coefficient, g = xs
+            n = jax.lax.dynamic_index_in_dim(pools, a, 0, False)
+            draw = binomial_half(jax.random.fold_in(key, s), n, dtype).astype(dtype)
+            row = jax.lax.dynamic_index_in_dim(out, g, 0, False) + coefficient * draw
+            return jax.lax.dynamic_update_index_in_dim(out, row, g, 0), None
+
+        xs = (jnp.asarray(half), jnp.asarray(source), jnp.asarray(plan.coefficient[half], dtype),
+              jnp.asarray(plan.resultant[half]))
+        out, _ = jax.lax.scan(half_step, out, xs)
+    return out * jnp.asarray(1.0 / n_reads, dtype)[:, None]
 
 
 @partial(jax.jit, static_argnames=("pattern", "dtype"))

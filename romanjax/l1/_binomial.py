@@ -36,7 +36,7 @@ from jax.extend.random import threefry_2x32
 
 from .._compaction import prefix_count as _prefix_count
 
-__all__ = ["binomial", "uniform_pair"]
+__all__ = ["binomial", "binomial_half", "uniform_pair"]
 
 #: Means ``n min(p, 1 - p)`` below this use inversion, above it BTRS (valid for >= 10).
 INVERSION_MAX_MEAN = 10.0
@@ -44,6 +44,8 @@ INVERSION_MAX_MEAN = 10.0
 INVERSION_STEPS = 42
 #: Below this many elements the rejected draws are redrawn in place, without compaction.
 _MIN_COMPACT = 4096
+#: Binomial(n, 1/2) by counting set random bits up to this n (two 32-bit words).
+POPCOUNT_MAX_N = 64
 #: Arrays are padded to a multiple of this many elements.
 _SIZE_MULTIPLE = 128
 #: Rejected draws are redrawn in a buffer this fraction of the array (recursively).
@@ -62,6 +64,23 @@ def _is_threefry(key) -> bool:
     return key.shape == (2,) and key.dtype == jnp.uint32
 
 
+def _random_words(key, size: int):
+    """Two independent ``[size]`` uint32 arrays of random bits (one threefry pass for
+    threefry keys, as :func:`uniform_pair`)."""
+    if not _is_threefry(key):
+        words = jax.random.bits(key, (2, size), jnp.uint32)
+        return words[0], words[1]
+    raw = jax.random.key_data(key) if jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key) \
+        else key
+    words = threefry_2x32((raw[0], raw[1]), jnp.arange(2 * size, dtype=jnp.uint32))
+    return words[:size], words[size:]
+
+
+def _to_unit(bits):
+    """uint32 random bits -> float32 uniform on [0, 1) (23 bits)."""
+    return jax.lax.bitcast_convert_type((bits >> 9) | jnp.uint32(0x3F800000), jnp.float32) - 1.0
+
+
 def uniform_pair(key, size: int, dtype):
     """Two independent ``[size]`` uniform arrays on [0, 1) from one threefry pass.
 
@@ -74,16 +93,8 @@ def uniform_pair(key, size: int, dtype):
     if not _is_threefry(key) or dtype != jnp.float32:
         u = jax.random.uniform(key, (2, size), dtype)
         return u[0], u[1]
-    raw = jax.random.key_data(key) if jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key) \
-        else key
-    words = threefry_2x32((raw[0], raw[1]), jnp.arange(2 * size, dtype=jnp.uint32))
-
-    def to_unit(bits):
-        one_to_two = jax.lax.bitcast_convert_type(
-            (bits >> 9) | jnp.uint32(0x3F800000), jnp.float32)
-        return one_to_two - 1.0
-
-    return to_unit(words[:size]), to_unit(words[size:])
+    first, second = _random_words(key, size)
+    return _to_unit(first), _to_unit(second)
 
 
 def _stirling_remainder(y):
@@ -260,3 +271,39 @@ def binomial(key, n, p, dtype):
     k = jnp.where(flip, n - k, k)
     return k
 
+
+
+def binomial_half(key, n, dtype):
+    """Exact Binomial(n, 1/2) draws for integer ``n`` ``[size]`` (0 <= n <= 2e9).
+
+    ``n <= POPCOUNT_MAX_N``: the number of set bits among ``n`` random bits (two 32-bit
+    words per element), exact and cheap; larger ``n`` (mean >= 32): BTRS as in
+    :func:`binomial`, with uniforms from the same words (each element uses its words for one
+    of the two, so the draws stay independent). Returns int ``[size]`` (dtype of ``n``).
+    """
+    size = n.shape[0]
+    if size % _SIZE_MULTIPLE:
+        pad = _SIZE_MULTIPLE - size % _SIZE_MULTIPLE
+        return binomial_half(key, jnp.pad(n, (0, pad)), dtype)[:size]
+    dtype = jnp.dtype(dtype)
+    first, second = _random_words(jax.random.fold_in(key, 0), size)
+
+    def low_bits(word, count):
+        ones = jnp.uint32(0xFFFFFFFF)
+        shift = jnp.clip(count, 0, 31).astype(jnp.uint32)
+        mask = jnp.where(count >= 32, ones, (jnp.uint32(1) << shift) - jnp.uint32(1))
+        return jax.lax.population_count(word & mask).astype(n.dtype)
+
+    counted = low_bits(first, n) + low_bits(second, n - 32)
+    small = n <= POPCOUNT_MAX_N
+    if dtype == jnp.float32:
+        u, v = _to_unit(first), _to_unit(second)
+    else:
+        u, v = uniform_pair(jax.random.fold_in(key, 2), size, dtype)
+    half = jnp.asarray(0.5, dtype)
+    n_safe = jnp.where(small, 1000.0, n.astype(dtype))
+    k, accepted = jax.lax.optimization_barrier(
+        _btrs_attempt(u, v, n_safe, half, _btrs_constants(n_safe, half)))
+    k = _redraw_rejected(jax.random.fold_in(key, 1), n_safe, half, k, accepted | small)
+    k = jnp.clip(k, 0.0, n.astype(dtype)).astype(n.dtype)
+    return jnp.where(small, counted, k)
