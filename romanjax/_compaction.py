@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
-__all__ = ["prefix_count", "compact"]
+__all__ = ["prefix_count", "compact", "compact_positions"]
 
 
 def prefix_count(mask, width: int = 16):
@@ -29,11 +29,18 @@ def prefix_count(mask, width: int = 16):
     return (inner + (prefix_count(totals, width) - totals)[:, None]).reshape(-1)[:m]
 
 
+def compact_positions(mask, size: int):
+    """``(index, target)``: ``index [size]`` as :func:`compact`, and ``target [m]`` int32, the
+    slot of each entry of ``mask`` in ``index`` (``>= size`` for false or dropped entries), so
+    values computed on the compacted buffer come back by a gather instead of a scatter."""
+    m = mask.shape[0]
+    target = jnp.where(mask, prefix_count(mask) - 1, size)
+    fill = jnp.full((size,), m, jnp.int32)
+    return fill.at[target].set(jnp.arange(m, dtype=jnp.int32), mode="drop"), target
+
+
 def compact(mask, size: int):
     """Indices ``[size]`` int32 of the true entries of ``mask [m]`` in order, padded with
     ``m`` (``jnp.nonzero(mask, size=size, fill_value=m)``); entries beyond ``size`` are
     dropped."""
-    m = mask.shape[0]
-    target = jnp.where(mask, prefix_count(mask) - 1, size)
-    fill = jnp.full((size,), m, jnp.int32)
-    return fill.at[target].set(jnp.arange(m, dtype=jnp.int32), mode="drop")
+    return compact_positions(mask, size)[0]

@@ -171,14 +171,13 @@ class ApportionPlan(NamedTuple):
     ``probability[s]``: p of the draw; ``coefficient[s]``: what each drawn photon adds to
     ``W_g`` (0 for a group-total draw); ``group_total[s]``: the draw is ``S_g`` (from the
     photons not yet in a group) rather than a split of the current group's photons;
-    ``reduces[s]``: the drawn photons leave the current group's pool; ``emit[s]``: resultant
-    ``resultant[s]`` is complete after this draw."""
+    ``reduces[s]``: the drawn photons leave the current group's pool; ``resultant[s]``: the
+    group (resultant) the draw belongs to."""
 
     probability: np.ndarray
     coefficient: np.ndarray
     group_total: np.ndarray
     reduces: np.ndarray
-    emit: np.ndarray
     resultant: np.ndarray
 
 
@@ -214,10 +213,10 @@ def apportion_plan(pattern: ReadPattern) -> ApportionPlan:
             for k in range(n - 1):
                 draws.append((slots[k] / slots[k:].sum(), n - 1 - k, True))
         for s, (p, c, r) in enumerate(draws):
-            rows.append((p, c, s == 0, r, s == len(draws) - 1, g))
+            rows.append((p, c, s == 0, r, g))
         previous_read = reads[-1]
     columns = list(zip(*rows))
-    dtypes = (np.float64, np.float64, bool, bool, bool, np.int32)
+    dtypes = (np.float64, np.float64, bool, bool, np.int32)
     return ApportionPlan(*(np.asarray(col, dt) for col, dt in zip(columns, dtypes)))
 
 

@@ -34,7 +34,7 @@ import jax
 import jax.numpy as jnp
 from jax.extend.random import threefry_2x32
 
-from .._compaction import prefix_count as _prefix_count
+from .._compaction import compact_positions as _compact_positions
 
 __all__ = ["binomial", "binomial_half", "uniform_pair"]
 
@@ -215,10 +215,7 @@ def _redraw_rejected(key, n, p, k, accepted):
     def round_(state):
         k, accepted, count = state
         round_key = jax.random.fold_in(key, count)
-        rejected = ~accepted
-        target = jnp.where(rejected, _prefix_count(rejected) - 1, buffer)
-        index = jnp.full((buffer,), size, jnp.int32).at[target].set(
-            jnp.arange(size, dtype=jnp.int32), mode="drop")
+        index, target = _compact_positions(~accepted, buffer)
         n_sub = jnp.take(n, index, mode="fill", fill_value=1000.0)
         padding = index >= size
         u, v = uniform_pair(jax.random.fold_in(round_key, 0), buffer, n.dtype)
@@ -231,6 +228,26 @@ def _redraw_rejected(key, n, p, k, accepted):
         return k, accepted | placed, count + 1
 
     return jax.lax.while_loop(lambda s: ~jnp.all(s[1]), round_, (k, accepted, 0))[0]
+
+
+def _padded(sampler, key, n, *args):
+    """``sampler(key, n, *args)`` on ``n`` padded with zeros to a multiple of
+    ``_SIZE_MULTIPLE`` (threefry and the vector loops are several times slower on odd sizes),
+    or ``None`` when no padding is needed."""
+    size = n.shape[0]
+    if size % _SIZE_MULTIPLE == 0:
+        return None
+    pad = _SIZE_MULTIPLE - size % _SIZE_MULTIPLE
+    return sampler(key, jnp.pad(n, (0, pad)), *args)[:size]
+
+
+def _btrs(key, u, v, n, p, skip):
+    """BTRS draws for float ``n`` (valid, >= 10 p-means, wherever ``skip`` is false) from a
+    first attempt on ``(u, v)``, rejected ones redrawn with ``key``; float ``[size]``."""
+    n_safe = jnp.where(skip, 1000.0, n)  # any valid BTRS input; result unused
+    k, accepted = jax.lax.optimization_barrier(
+        _btrs_attempt(u, v, n_safe, p, _btrs_constants(n_safe, p)))
+    return _redraw_rejected(key, n_safe, p, k, accepted | skip)
 
 
 def binomial(key, n, p, dtype):
@@ -248,10 +265,10 @@ def binomial(key, n, p, dtype):
     -------
     int array ``[size]`` (dtype of ``n``), ``0 <= k <= n``.
     """
+    padded = _padded(binomial, key, n, p, dtype)
+    if padded is not None:
+        return padded
     size = n.shape[0]
-    if size % _SIZE_MULTIPLE:  # threefry and the vector loops are several times slower on
-        pad = _SIZE_MULTIPLE - size % _SIZE_MULTIPLE  # odd sizes: pad with n = 0
-        return binomial(key, jnp.pad(n, (0, pad)), p, dtype)[:size]
     nf = n.astype(dtype)
     p = jnp.asarray(p, dtype)
     flip = p > 0.5
@@ -261,16 +278,12 @@ def binomial(key, n, p, dtype):
     # Both algorithms on every element, no lax.cond: on XLA CPU a conditional around the
     # rejection sampler costs more (~6 ms per 1e6 draws) than the inversion it would skip.
     # The redraw loop does no work when every element is small.
-    n_safe = jnp.where(small, 1000.0, nf)  # any valid BTRS input; result unused
-    k, accepted = jax.lax.optimization_barrier(
-        _btrs_attempt(u, v, n_safe, p_low, _btrs_constants(n_safe, p_low)))
-    k = _redraw_rejected(jax.random.fold_in(key, 1), n_safe, p_low, k, accepted | small)
+    k = _btrs(jax.random.fold_in(key, 1), u, v, nf, p_low, small)
     k = jnp.where(small, _inversion(u, jnp.where(small, nf, 0.0), p_low), k)
     k = jnp.where((p_low > 0) & (nf > 0), k, 0.0)
     k = jnp.clip(k, 0.0, nf).astype(n.dtype)
     k = jnp.where(flip, n - k, k)
     return k
-
 
 
 def binomial_half(key, n, dtype):
@@ -281,10 +294,10 @@ def binomial_half(key, n, dtype):
     :func:`binomial`, with uniforms from the same words (each element uses its words for one
     of the two, so the draws stay independent). Returns int ``[size]`` (dtype of ``n``).
     """
+    padded = _padded(binomial_half, key, n, dtype)
+    if padded is not None:
+        return padded
     size = n.shape[0]
-    if size % _SIZE_MULTIPLE:
-        pad = _SIZE_MULTIPLE - size % _SIZE_MULTIPLE
-        return binomial_half(key, jnp.pad(n, (0, pad)), dtype)[:size]
     dtype = jnp.dtype(dtype)
     first, second = _random_words(jax.random.fold_in(key, 0), size)
 
@@ -300,10 +313,6 @@ def binomial_half(key, n, dtype):
         u, v = _to_unit(first), _to_unit(second)
     else:
         u, v = uniform_pair(jax.random.fold_in(key, 2), size, dtype)
-    half = jnp.asarray(0.5, dtype)
-    n_safe = jnp.where(small, 1000.0, n.astype(dtype))
-    k, accepted = jax.lax.optimization_barrier(
-        _btrs_attempt(u, v, n_safe, half, _btrs_constants(n_safe, half)))
-    k = _redraw_rejected(jax.random.fold_in(key, 1), n_safe, half, k, accepted | small)
+    k = _btrs(jax.random.fold_in(key, 1), u, v, n.astype(dtype), jnp.asarray(0.5, dtype), small)
     k = jnp.clip(k, 0.0, n.astype(dtype)).astype(n.dtype)
     return jnp.where(small, counted, k)
