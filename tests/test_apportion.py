@@ -140,11 +140,13 @@ def _exact_outcomes(pattern, total):
     return outcomes
 
 
-# 109: skipped reads (a longer first slot); UNEVEN: slots of different lengths inside a
-# resultant; the last one has resultants of 3, 5, 6, 7 and 12 equally spaced reads (the odd
-# and even steps of the uniform-sum factorisation)
+# 109: skipped reads (a longer first slot); 4: resultants of 1, 1, 2, 5, 8, 8, 8, 10 and 1
+# reads (the benchmark's pattern); UNEVEN: slots of different lengths inside a resultant;
+# the last one has resultants of 3, 5, 6, 7 and 12 equally spaced reads (the odd and even
+# steps of the uniform-sum factorisation)
 @pytest.mark.parametrize("reads", [
     romanjax.ReadPattern.from_ma_table(109).reads,
+    romanjax.ReadPattern.from_ma_table(4).reads,
     ((1, 2, 3), (4, 5, 6, 7, 8), (10,), (11,), (21, 22, 23), (30, 31, 32, 33, 34, 35)),
     ((1, 2, 5, 6), (7, 9, 10)),
     tuple(tuple(range(a, b)) for a, b in [(1, 4), (4, 9), (9, 15), (15, 22), (22, 34)]),
