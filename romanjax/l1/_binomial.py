@@ -19,8 +19,10 @@ of ~0.1). This sampler keeps the same two exact algorithms and fixes both:
   before the last of a million elements is accepted;
 * both algorithms run on every element with no ``lax.cond`` (on XLA CPU a conditional
   around the rejection sampler costs more than the inversion it would skip), and arrays are
-  padded to a multiple of 128 elements (threefry and the vector loops are several times
-  slower on odd sizes).
+  padded to a multiple of 128 elements (the vector loops are several times slower on odd
+  sizes);
+* the random bits come from Philox4x32-10 (:mod:`._philox`), cheaper than JAX's threefry
+  on the CPU.
 
 Every draw is an exact rejection or inversion sample; keys are split deterministically, so
 the same key gives the same draws.
@@ -33,9 +35,9 @@ import math
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.extend.random import threefry_2x32
 
 from .._compaction import compact_positions as _compact_positions
+from ._philox import random_words as _random_words
 
 __all__ = ["binomial", "binomial_half", "uniform_pair"]
 
@@ -45,8 +47,8 @@ INVERSION_MAX_MEAN = 10.0
 INVERSION_STEPS = 42
 #: Below this many elements the rejected draws are redrawn in place, without compaction.
 _MIN_COMPACT = 4096
-#: Binomial(n, 1/2) by counting set random bits up to this n (two 32-bit words).
-POPCOUNT_MAX_N = 64
+#: Binomial(n, 1/2) by counting set random bits up to this n (four 32-bit words).
+POPCOUNT_MAX_N = 128
 #: Arrays are padded to a multiple of this many elements.
 _SIZE_MULTIPLE = 128
 #: Rejected draws are redrawn in a buffer this fraction of the array (recursively).
@@ -63,39 +65,20 @@ _STIRLING_POLYNOMIAL = tuple(
     float(c) for c in np.polyfit((np.arange(1, 10) - 5) / 4, _STIRLING_REMAINDER, 8))
 
 
-def _is_threefry(key) -> bool:
-    if jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
-        return "threefry2x32" in str(jax.random.key_impl(key))
-    return key.shape == (2,) and key.dtype == jnp.uint32
-
-
-def _random_words(key, size: int):
-    """Two independent ``[size]`` uint32 arrays of random bits (one threefry pass for
-    threefry keys, as :func:`uniform_pair`)."""
-    if not _is_threefry(key):
-        words = jax.random.bits(key, (2, size), jnp.uint32)
-        return words[0], words[1]
-    raw = jax.random.key_data(key) if jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key) \
-        else key
-    words = threefry_2x32((raw[0], raw[1]), jnp.arange(2 * size, dtype=jnp.uint32))
-    return words[:size], words[size:]
-
-
 def _to_unit(bits):
     """uint32 random bits -> float32 uniform on [0, 1) (23 bits)."""
     return jax.lax.bitcast_convert_type((bits >> 9) | jnp.uint32(0x3F800000), jnp.float32) - 1.0
 
 
 def uniform_pair(key, size: int, dtype):
-    """Two independent ``[size]`` uniform arrays on [0, 1) from one threefry pass.
+    """Two independent ``[size]`` uniform arrays on [0, 1) for ``key``.
 
-    ``jax.random.uniform`` evaluates one threefry2x32 hash per 32-bit output and XORs its
-    two words; here both words are used (Salmon et al. 2011, as JAX's non-partitionable
-    mode does), halving the hashing cost. Other key implementations fall back to
-    ``jax.random.uniform``. float32 uniforms carry 23 random bits, float64 ones 52.
+    float32: from two Philox4x32-10 words per element (:mod:`._philox`; cheaper than
+    ``jax.random.uniform``'s threefry hashes on the CPU), 23 random bits each.
+    float64: ``jax.random.uniform`` (52 random bits).
     """
     dtype = jnp.dtype(dtype)
-    if not _is_threefry(key) or dtype != jnp.float32:
+    if dtype != jnp.float32:
         u = jax.random.uniform(key, (2, size), dtype)
         return u[0], u[1]
     first, second = _random_words(key, size)
@@ -194,6 +177,11 @@ def _btrs_attempt(u, v, n, p, constants):
     return k, accept
 
 
+def _redraw_buffer_size(size: int) -> int:
+    """Elements of the compacted redraw buffer of a ``size`` array (multiple of 8)."""
+    return -(-int(size * REDRAW_BUFFER) // 8) * 8
+
+
 def _redraw_rejected(key, n, p, k, accepted):
     """Redraw the rejected elements until every one is accepted.
 
@@ -216,7 +204,7 @@ def _redraw_rejected(key, n, p, k, accepted):
 
         return jax.lax.while_loop(lambda s: ~jnp.all(s[1]), attempt, (k, accepted, 0))[0]
 
-    buffer = -(-int(size * REDRAW_BUFFER) // 8) * 8
+    buffer = _redraw_buffer_size(size)
 
     def round_(state):
         k, accepted, count = state
@@ -238,8 +226,8 @@ def _redraw_rejected(key, n, p, k, accepted):
 
 def _padded(sampler, key, n, *args):
     """``sampler(key, n, *args)`` on ``n`` padded with zeros to a multiple of
-    ``_SIZE_MULTIPLE`` (threefry and the vector loops are several times slower on odd sizes),
-    or ``None`` when no padding is needed."""
+    ``_SIZE_MULTIPLE`` (the vector loops are several times slower on odd sizes), or ``None``
+    when no padding is needed."""
     size = n.shape[0]
     if size % _SIZE_MULTIPLE == 0:
         return None
@@ -292,33 +280,48 @@ def binomial(key, n, p, dtype):
     return k
 
 
+def _count_low_bits(word, count):
+    """Number of set bits among the lowest ``count`` (clipped to 0..32) bits of ``word``."""
+    shift = jnp.clip(count, 0, 31).astype(jnp.uint32)
+    mask = jnp.where(count >= 32, jnp.uint32(0xFFFFFFFF), (jnp.uint32(1) << shift) - jnp.uint32(1))
+    return jax.lax.population_count(word & mask)
+
+
 def binomial_half(key, n, dtype):
     """Exact Binomial(n, 1/2) draws for integer ``n`` ``[size]`` (0 <= n <= 2e9).
 
-    ``n <= POPCOUNT_MAX_N``: the number of set bits among ``n`` random bits (two 32-bit
-    words per element), exact and cheap; larger ``n`` (mean >= 32): BTRS as in
-    :func:`binomial`, with uniforms from the same words (each element uses its words for one
-    of the two, so the draws stay independent). Returns int ``[size]`` (dtype of ``n``).
+    ``n <= POPCOUNT_MAX_N``: the number of set bits among ``n`` random bits (four 32-bit
+    words per element), exact and cheap. Larger ``n`` (mean > 64): BTRS as in
+    :func:`binomial`. When they are few (at most the redraw buffer, ``REDRAW_BUFFER`` of
+    the array; faint pixels), only they are compacted into the buffer and drawn there, as
+    rejected draws are; otherwise BTRS runs on every element, its uniforms made from the
+    first two words (each element uses its words for one of the two purposes, so the draws
+    stay independent). Returns int ``[size]`` (dtype of ``n``).
     """
     padded = _padded(binomial_half, key, n, dtype)
     if padded is not None:
         return padded
     size = n.shape[0]
     dtype = jnp.dtype(dtype)
-    first, second = _random_words(jax.random.fold_in(key, 0), size)
+    words = _random_words(jax.random.fold_in(key, 0), size) + _random_words(
+        jax.random.fold_in(key, 3), size)
+    counted = sum(_count_low_bits(word, n - 32 * i) for i, word in enumerate(words))
+    counted = counted.astype(dtype)
+    large = n > POPCOUNT_MAX_N
+    nf = n.astype(dtype)
+    half = jnp.asarray(0.5, dtype)
+    btrs_key = jax.random.fold_in(key, 1)
 
-    def low_bits(word, count):
-        ones = jnp.uint32(0xFFFFFFFF)
-        shift = jnp.clip(count, 0, 31).astype(jnp.uint32)
-        mask = jnp.where(count >= 32, ones, (jnp.uint32(1) << shift) - jnp.uint32(1))
-        return jax.lax.population_count(word & mask).astype(n.dtype)
+    def large_ones_compacted():
+        return _redraw_rejected(btrs_key, nf, half, counted, ~large)
 
-    counted = low_bits(first, n) + low_bits(second, n - 32)
-    small = n <= POPCOUNT_MAX_N
-    if dtype == jnp.float32:
-        u, v = _to_unit(first), _to_unit(second)
-    else:
-        u, v = uniform_pair(jax.random.fold_in(key, 2), size, dtype)
-    k = _btrs(jax.random.fold_in(key, 1), u, v, n.astype(dtype), jnp.asarray(0.5, dtype), small)
-    k = jnp.clip(k, 0.0, n.astype(dtype)).astype(n.dtype)
-    return jnp.where(small, counted, k)
+    def btrs_everywhere():
+        if dtype == jnp.float32:
+            u, v = _to_unit(words[0]), _to_unit(words[1])
+        else:
+            u, v = uniform_pair(jax.random.fold_in(key, 2), size, dtype)
+        return jnp.where(large, _btrs(btrs_key, u, v, nf, half, ~large), counted)
+
+    few = jnp.sum(large) <= _redraw_buffer_size(size)
+    k = jax.lax.cond(few, large_ones_compacted, btrs_everywhere)
+    return jnp.clip(k, 0.0, nf).astype(n.dtype)
