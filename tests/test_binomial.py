@@ -161,14 +161,35 @@ def test_stirling_remainder_at_small_and_large_integers():
 _half_jit = jax.jit(_binomial.binomial_half, static_argnames="dtype")
 
 
-@pytest.mark.parametrize("n", [1, 7, 31, 32, 33, 64, 65, 500, 100_000])
+@pytest.mark.parametrize("n", [1, 7, 31, 32, 33, 64, 65, 96, 127, 128, 129, 500, 100_000])
 def test_binomial_half_matches_exact_pmf(n):
-    """Fair-bit draws: counted random bits up to n = 64 (across the 32-bit word boundary),
-    BTRS above; each against the exact Binomial(n, 1/2)."""
+    """Fair-bit draws: counted random bits up to n = 128 (across the 32-bit word
+    boundaries), BTRS above; each against the exact Binomial(n, 1/2)."""
     dtype = jax.dtypes.canonicalize_dtype(jnp.float64)
     x = np.asarray(_half_jit(jax.random.key(n), jnp.full(SAMPLES, n, jnp.int32), dtype=dtype))
     assert x.min() >= 0 and x.max() <= n
     assert _chi2_pvalue(x.astype(np.int64), n, 0.5) > 1e-4
+
+
+@pytest.mark.parametrize("large_fraction", [0.05, 0.6])
+def test_binomial_half_few_or_many_large_n(large_fraction):
+    """A few large ``n`` (below the redraw buffer) are drawn by BTRS in the compacted
+    buffer, many by BTRS on every element; both next to counted bits for the rest."""
+    dtype = jax.dtypes.canonicalize_dtype(jnp.float64)
+    n_large = int(SAMPLES * large_fraction)
+    assert (n_large <= _binomial._redraw_buffer_size(SAMPLES)) == (large_fraction < 0.22)
+    rng = np.random.default_rng(4)
+    is_large = np.zeros(SAMPLES, bool)
+    is_large[rng.permutation(SAMPLES)[:n_large]] = True
+    n = np.where(is_large, 700, 90)
+    x = np.asarray(_half_jit(jax.random.key(6), jnp.asarray(n, jnp.int32), dtype=dtype))
+    x = x.astype(np.int64)
+    assert _chi2_pvalue(x[is_large], 700, 0.5) > 1e-4
+    assert _chi2_pvalue(x[~is_large], 90, 0.5) > 1e-4
+    # the two groups are independent of each other's positions: no correlation with a
+    # neighbour's draw
+    centred = (x - n / 2) / np.sqrt(n / 4)
+    assert abs(np.corrcoef(centred[:-1], centred[1:])[0, 1]) < 5 / np.sqrt(SAMPLES)
 
 
 def test_binomial_half_mixed_array_and_edges():

@@ -28,7 +28,7 @@ probability ``1/n`` and uniform on ``{0..n-2}`` otherwise, so with
 longer than the others (skipped reads before the group) is one more binomial; any other
 uneven group falls back to one binomial per slot. MA table 4 (44 reads, resultants of
 1, 1, 2, 5, 8, 8, 8, 10, 1 reads) needs 25 draws per pixel instead of 43, 15 of them fair
-bits: ``Binomial(n, 1/2)`` for ``n <= 64`` is the number of set bits among ``n`` random
+bits: ``Binomial(n, 1/2)`` for ``n <= 128`` is the number of set bits among ``n`` random
 bits (:func:`._binomial.binomial_half`), far cheaper than a general binomial.
 
 Either way ``E[R_i] = K tbar_i / T`` and, for Poisson totals, ``Var R_i = f tau_i`` and
