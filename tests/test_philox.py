@@ -63,7 +63,10 @@ def test_random_words_are_word_zero_of_consecutive_counters_on_every_path():
     np.testing.assert_array_equal(np.asarray(first), np.asarray(direct[:size]))
     np.testing.assert_array_equal(np.asarray(second), np.asarray(direct[size:]))
     # the conditional the CPU path uses to keep the words out of their consumers' loops
-    buffered = _philox._first_words_as_buffer((bits[0], bits[1]), count=2 * size)
+    def first_words(key_words):
+        return _philox.philox_4x32(key_words, jnp.arange(2 * size, dtype=jnp.uint32))[0]
+
+    buffered = _philox._in_a_buffer(first_words, (bits[0], bits[1]))
     np.testing.assert_array_equal(np.asarray(buffered), np.asarray(direct))
 
 
@@ -87,3 +90,19 @@ def test_random_words_bits_are_fair_and_independent_across_keys_and_halves():
 def test_random_words_reject_a_size_the_counters_cannot_hold():
     with pytest.raises(ValueError, match="size"):
         _philox.random_words(jax.random.key(0), 2**31 + 1)
+
+
+def test_map_words_gives_each_element_the_four_words_of_its_counter():
+    key = jax.random.key(9)
+    n = jnp.arange(1000, dtype=jnp.uint32)
+
+    def combine(words, n):
+        return (words[0] ^ (words[1] >> 3)) + words[2] * 3 + (words[3] | n)
+
+    got = jax.jit(lambda k, n: _philox.map_words(k, combine, n))(key, n)
+    bits = jax.random.bits(key, (2,), jnp.uint32)
+    words = _philox.philox_4x32((bits[0], bits[1]), jnp.arange(1000, dtype=jnp.uint32))
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(combine(words, n)))
+    with pytest.raises(ValueError, match="2\\*\\*32"):
+        jax.eval_shape(lambda n: _philox.map_words(key, combine, n),
+                       jax.ShapeDtypeStruct((2**32 + 1,), jnp.uint32))

@@ -37,6 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .._compaction import compact_positions as _compact_positions
+from ._philox import map_words as _map_words
 from ._philox import random_words as _random_words
 
 __all__ = ["binomial", "binomial_half", "uniform_pair"]
@@ -291,22 +292,23 @@ def binomial_half(key, n, dtype):
     """Exact Binomial(n, 1/2) draws for integer ``n`` ``[size]`` (0 <= n <= 2e9).
 
     ``n <= POPCOUNT_MAX_N``: the number of set bits among ``n`` random bits (four 32-bit
-    words per element), exact and cheap. Larger ``n`` (mean > 64): BTRS as in
-    :func:`binomial`. When they are few (at most the redraw buffer, ``REDRAW_BUFFER`` of
-    the array; faint pixels), only they are compacted into the buffer and drawn there, as
-    rejected draws are; otherwise BTRS runs on every element, its uniforms made from the
-    first two words (each element uses its words for one of the two purposes, so the draws
-    stay independent). Returns int ``[size]`` (dtype of ``n``).
+    words per element, the four of one Philox counter, counted in the generator's own
+    kernel), exact and cheap. Larger ``n`` (mean > 64): BTRS as in :func:`binomial`. When
+    they are few (at most the redraw buffer, ``REDRAW_BUFFER`` of the array; faint
+    pixels), only they are compacted into the buffer and drawn there, as rejected draws
+    are; otherwise BTRS runs on every element with uniforms of its own. Returns int
+    ``[size]`` (dtype of ``n``).
     """
     padded = _padded(binomial_half, key, n, dtype)
     if padded is not None:
         return padded
     size = n.shape[0]
     dtype = jnp.dtype(dtype)
-    words = _random_words(jax.random.fold_in(key, 0), size) + _random_words(
-        jax.random.fold_in(key, 3), size)
-    counted = sum(_count_low_bits(word, n - 32 * i) for i, word in enumerate(words))
-    counted = counted.astype(dtype)
+
+    def count_bits(words, n):
+        return sum(_count_low_bits(word, n - 32 * i) for i, word in enumerate(words))
+
+    counted = _map_words(jax.random.fold_in(key, 0), count_bits, n).astype(dtype)
     large = n > POPCOUNT_MAX_N
     nf = n.astype(dtype)
     half = jnp.asarray(0.5, dtype)
@@ -316,10 +318,7 @@ def binomial_half(key, n, dtype):
         return _redraw_rejected(btrs_key, nf, half, counted, ~large)
 
     def btrs_everywhere():
-        if dtype == jnp.float32:
-            u, v = _to_unit(words[0]), _to_unit(words[1])
-        else:
-            u, v = uniform_pair(jax.random.fold_in(key, 2), size, dtype)
+        u, v = uniform_pair(jax.random.fold_in(key, 2), size, dtype)
         return jnp.where(large, _btrs(btrs_key, u, v, nf, half, ~large), counted)
 
     few = jnp.sum(large) <= _redraw_buffer_size(size)

@@ -15,12 +15,10 @@ The stream of a draw is keyed by two words taken from the caller's JAX key with
 
 from __future__ import annotations
 
-from functools import partial
-
 import jax
 import jax.numpy as jnp
 
-__all__ = ["philox_4x32", "random_words"]
+__all__ = ["map_words", "philox_4x32", "random_words"]
 
 #: Multipliers and Weyl key increments of Philox4x32 (Salmon et al. 2011, table 2).
 PHILOX_MULTIPLIERS = (0xD2511F53, 0xCD9E8D57)
@@ -69,21 +67,40 @@ def philox_4x32(key_words, counters):
     return c0, c1, c2, c3
 
 
-def _first_words(key_words, count: int):
-    """Word 0 of Philox4x32-10 at counters ``0..count-1``, uint32 ``[count]``."""
-    return philox_4x32(key_words, jnp.arange(count, dtype=jnp.uint32))[0]
+def _key_words(key):
+    bits = jax.random.bits(key, (2,), jnp.uint32)
+    return bits[0], bits[1]
 
 
-def _first_words_as_buffer(key_words, count: int):
-    """:func:`_first_words` computed into a buffer of its own (the CPU path).
+def _in_a_buffer(function, key_words, *operands):
+    """``function(key_words, *operands)`` computed into a buffer of its own (the CPU path).
 
     On XLA CPU a generator written in array operations is fused into every consumer of its
-    words, and the BTRS attempt's several consumers then evaluate it several times over
-    (2-4x the work; ``optimization_barrier`` does not stop it). The result of a conditional
-    is never fused into its consumers; both branches are the same, so the predicate does
-    not matter."""
-    function = partial(_first_words, count=count)
-    return jax.lax.cond(key_words[0] > key_words[1], function, function, key_words)
+    result, and several consumers then evaluate it several times over (2-4x the work;
+    ``optimization_barrier`` does not stop it). The result of a conditional is never fused
+    into its consumers; both branches are the same, so the predicate does not matter. On
+    other platforms the function is left to the compiler."""
+    def buffered(*args):
+        return jax.lax.cond(args[0][0] > args[0][1], function, function, *args)
+
+    return jax.lax.platform_dependent(key_words, *operands, cpu=buffered, default=function)
+
+
+def map_words(key, function, *operands):
+    """``function(words, *operands)`` with ``words`` the four Philox4x32-10 words of counter
+    ``i`` for element ``i`` of the ``[size]`` operands, as one kernel with one output.
+
+    All four words of a counter are used for one element, and no words array is written
+    out; the stream is keyed by ``jax.random.bits(key, (2,), uint32)``."""
+    size = operands[0].shape[0]
+    if size > 2**32:
+        raise ValueError(f"map_words: operands must have at most 2**32 elements, got {size}")
+
+    def kernel(key_words, *operands):
+        words = philox_4x32(key_words, jnp.arange(size, dtype=jnp.uint32))
+        return function(words, *operands)
+
+    return _in_a_buffer(kernel, _key_words(key), *operands)
 
 
 def random_words(key, size: int):
@@ -92,12 +109,13 @@ def random_words(key, size: int):
     Word 0 of Philox4x32-10 at counters ``0..2 size - 1`` of the stream keyed by
     ``jax.random.bits(key, (2,), uint32)``; the first ``size`` make the first array. (One
     word per counter: the other three would have to leave the kernel as extra arrays, and
-    on the CPU that costs more than the hash.)"""
+    on the CPU that costs more than the hash; :func:`map_words` uses all four where one
+    kernel can consume them.)"""
     if 2 * size > 2**32:
         raise ValueError(f"random_words: `size` must be at most 2**31, got {size}")
-    bits = jax.random.bits(key, (2,), jnp.uint32)
-    key_words = (bits[0], bits[1])
-    words = jax.lax.platform_dependent(
-        key_words, cpu=partial(_first_words_as_buffer, count=2 * size),
-        default=partial(_first_words, count=2 * size))
+
+    def first_words(key_words):
+        return philox_4x32(key_words, jnp.arange(2 * size, dtype=jnp.uint32))[0]
+
+    words = _in_a_buffer(first_words, _key_words(key))
     return words[:size], words[size:]
