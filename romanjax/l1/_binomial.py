@@ -291,36 +291,45 @@ def _count_low_bits(word, count):
 def binomial_half(key, n, dtype):
     """Exact Binomial(n, 1/2) draws for integer ``n`` ``[size]`` (0 <= n <= 2e9).
 
-    ``n <= POPCOUNT_MAX_N``: the number of set bits among ``n`` random bits (four 32-bit
-    words per element, the four of one Philox counter, counted in the generator's own
-    kernel), exact and cheap. Larger ``n`` (mean > 64): BTRS as in :func:`binomial`. When
-    they are few (at most the redraw buffer, ``REDRAW_BUFFER`` of the array; faint
-    pixels), only they are compacted into the buffer and drawn there, as rejected draws
-    are; otherwise BTRS runs on every element with uniforms of its own. Returns int
-    ``[size]`` (dtype of ``n``).
+    Two ways, chosen per call by how many ``n`` exceed ``POPCOUNT_MAX_N``:
+
+    * few (at most the redraw buffer, ``REDRAW_BUFFER`` of the array; faint pixels): the
+      number of set bits among ``n`` random bits for ``n <= POPCOUNT_MAX_N`` (the four words
+      of one Philox counter, counted inside the generator's own kernel), and BTRS as in
+      :func:`binomial` for the larger ones only, compacted into the redraw buffer as
+      rejected draws are;
+    * many: two random words per element, their set bits counted for ``n <= 64`` and turned
+      into the uniforms of a BTRS attempt for larger ``n`` (each element uses its words for
+      one of the two, so the draws stay independent), rejected attempts redrawn.
+
+    Returns int ``[size]`` (dtype of ``n``).
     """
     padded = _padded(binomial_half, key, n, dtype)
     if padded is not None:
         return padded
     size = n.shape[0]
     dtype = jnp.dtype(dtype)
+    nf = n.astype(dtype)
+    half = jnp.asarray(0.5, dtype)
+    words_key, btrs_key = jax.random.fold_in(key, 0), jax.random.fold_in(key, 1)
 
     def count_bits(words, n):
         return sum(_count_low_bits(word, n - 32 * i) for i, word in enumerate(words))
 
-    counted = _map_words(jax.random.fold_in(key, 0), count_bits, n).astype(dtype)
-    large = n > POPCOUNT_MAX_N
-    nf = n.astype(dtype)
-    half = jnp.asarray(0.5, dtype)
-    btrs_key = jax.random.fold_in(key, 1)
-
     def large_ones_compacted():
-        return _redraw_rejected(btrs_key, nf, half, counted, ~large)
+        counted = _map_words(words_key, count_bits, n).astype(dtype)
+        return _redraw_rejected(btrs_key, nf, half, counted, n <= POPCOUNT_MAX_N)
 
     def btrs_everywhere():
-        u, v = uniform_pair(jax.random.fold_in(key, 2), size, dtype)
-        return jnp.where(large, _btrs(btrs_key, u, v, nf, half, ~large), counted)
+        words = _random_words(words_key, size)
+        small = n <= 2 * 32
+        counted = count_bits(words, n).astype(dtype)
+        if dtype == jnp.float32:
+            u, v = _to_unit(words[0]), _to_unit(words[1])
+        else:
+            u, v = uniform_pair(jax.random.fold_in(key, 2), size, dtype)
+        return jnp.where(small, counted, _btrs(btrs_key, u, v, nf, half, small))
 
-    few = jnp.sum(large) <= _redraw_buffer_size(size)
+    few = jnp.sum(n > POPCOUNT_MAX_N) <= _redraw_buffer_size(size)
     k = jax.lax.cond(few, large_ones_compacted, btrs_everywhere)
     return jnp.clip(k, 0.0, nf).astype(n.dtype)
