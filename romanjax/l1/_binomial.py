@@ -322,7 +322,7 @@ def binomial_half(key, n, dtype):
 
     def btrs_everywhere():
         words = _random_words(words_key, size)
-        small = n <= 2 * 32
+        small = n <= 64  # the bits of the two words
         counted = count_bits(words, n).astype(dtype)
         if dtype == jnp.float32:
             u, v = _to_unit(words[0]), _to_unit(words[1])

@@ -25,7 +25,7 @@ PHILOX_MULTIPLIERS = (0xD2511F53, 0xCD9E8D57)
 PHILOX_WEYL = (0x9E3779B9, 0xBB67AE85)
 PHILOX_ROUNDS = 10
 
-try:  # JAX >= 0.7; older JAX has it under jax.experimental
+try:  # newer JAX; older JAX (0.4.x) has it under jax.experimental
     _enable_x64 = jax.enable_x64
 except AttributeError:  # pragma: no cover - depends on the installed JAX
     from jax.experimental import enable_x64 as _enable_x64
