@@ -22,7 +22,9 @@ of ~0.1). This sampler keeps the same two exact algorithms and fixes both:
   padded to a multiple of 128 elements (the vector loops are several times slower on odd
   sizes);
 * the random bits come from Philox4x32-10 (:mod:`._philox`), cheaper than JAX's threefry
-  on the CPU.
+  on the CPU;
+* fair bits (:func:`binomial_half`) count random bits instead, and there one ``lax.cond``
+  per call picks between two whole strategies by how many ``n`` are too large to count.
 
 Every draw is an exact rejection or inversion sample; keys are split deterministically, so
 the same key gives the same draws.
