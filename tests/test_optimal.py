@@ -161,6 +161,18 @@ def test_interpolated_weights_match_exact(pattern, float_dtype):
     np.testing.assert_allclose(var[:, 1], x[:, None, None] * vp_exact, rtol=1e-4, atol=1e-5)
 
 
+def test_weights_of_first_resultant_are_exact_constants(pattern):
+    # the fitter does not interpolate k[:, 0]: k A = I with the pedestal column of A equal to
+    # e_0 makes it (1, 0) at every x, for every pattern (here at x beyond the grid as well)
+    x = np.geomspace(1e-7, 1e7, 57)
+    k, _, _ = exact_weights(pattern, x)
+    np.testing.assert_allclose(k[:, 0, 0], 1.0, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(k[:, 1, 0], 0.0, rtol=0, atol=1e-12)
+    a = np.stack([np.eye(pattern.n_resultants)[0],
+                  np.concatenate([pattern.tbar[:1], np.diff(pattern.tbar)])], axis=1)
+    np.testing.assert_allclose(k @ a, np.broadcast_to(np.eye(2), (len(x), 2, 2)), atol=1e-9)
+
+
 @pytest.mark.parametrize("flux_estimate", ["true", "median"])
 def test_fit_equals_dense_gls_oracle(pattern, rng, flux_estimate):
     ramps, flux, rn = grid_pixels(rng, pattern)

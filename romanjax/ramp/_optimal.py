@@ -11,8 +11,9 @@ the interpolation error.
 
 Evaluation (``dq=None``): elementwise over pixel rows (pixels last), in two jitted stages. The
 first finds each pixel's knot interval from ``log10(x)`` (the knots are log-spaced), gathers
-the cubic's coefficients of the ``2 n`` weights and 6 distinct covariance entries from a
-``[4, 2 n + 6, m - 1]`` table and returns pedestal, slope and covariance entries as separate
+the cubic's coefficients of the weights and 6 distinct covariance entries from a
+``[4, 2 n + 6, m - 1]`` table (all but the weights of ``R_0``, which are exactly (1, 0): the
+gathers are most of the time) and returns pedestal, slope and covariance entries as separate
 ``[P]`` rows, which XLA compiles to vectorised loops; the second interleaves them into the
 ``RampFit`` layout. (One vmapped per-pixel kernel gathering ``[4, 2 n + 8]`` per pixel, or one
 fused computation ending in the interleaved output, compile to scalar loops ~3x slower on CPU.)
@@ -198,12 +199,17 @@ def _optimal_rows(differences, read_noise, flux_estimate, *, pattern, grid):
     knots_np, table_np = _interpolation_table(pattern, grid)
     knots = jnp.asarray(knots_np, dtype)
     table = jnp.asarray(table_np, dtype)
+    read_var = jnp.square(read_noise)
+    flag = jnp.any(jnp.ravel(read_var)[:1] == -jnp.inf)  # runtime False (also for 0 pixels)
     if flux_estimate is None:
         delta = np.diff(pattern.tbar)
         flux_estimate = median_axis0(
             jnp.stack([differences[i] / delta[i - 1].item() for i in range(1, n)])
         )
-    read_var = jnp.square(read_noise)
+        # materialise the median: fused into the interval search below, whose gathers make
+        # XLA CPU emit a scalar loop, its sorting network ran ~3x slower (stage 25 -> 23 ms
+        # per 1M pixels)
+        flux_estimate = barrier(flux_estimate, flag)
     has_read_noise = read_var > 0
     safe_read_var = jnp.where(has_read_noise, read_var, 1)
     x = jnp.where(has_read_noise, flux_estimate / safe_read_var, jnp.inf)
@@ -214,15 +220,16 @@ def _optimal_rows(differences, read_noise, flux_estimate, *, pattern, grid):
     # materialise the per-pixel interval and offset: when this is inlined into a larger jit
     # (a user's own jax.jit around the fitter) XLA otherwise recomputes the median and the
     # interval search inside every one of the 2n + 6 gathers (~5x slower)
-    flag = jnp.any(jnp.ravel(read_var)[:1] == -jnp.inf)  # runtime False (also for 0 pixels)
     x, interval, t = barrier((x, interval, t), flag)
 
     def value(q):  # quantity q of the table at x (Horner)
         c = [jnp.take(table[p, q], interval, mode="clip") for p in range(4)]
         return c[0] + t * (c[1] + t * (c[2] + t * c[3]))
 
-    pedestal = sum(value(i) * differences[i] for i in range(n))
-    slope = sum(value(n + i) * differences[i] for i in range(n))
+    # k A = I and the pedestal column of A is e_0 (the pedestal enters only R_0), so
+    # k[:, 0] = (1, 0) exactly at every x: those two of the 2 n weights are not interpolated
+    pedestal = differences[0] + sum(value(i) * differences[i] for i in range(1, n))
+    slope = sum(value(n + i) * differences[i] for i in range(1, n))
     # Poisson variance at the (clipped) flux the weights were evaluated at, as romanisim; with
     # zero read noise the flux estimate itself, floored at 0.
     poisson_flux = jnp.where(has_read_noise, x * read_var, jnp.maximum(flux_estimate, 0))
