@@ -204,6 +204,34 @@ def _flag_array(shape, sparse: bool = False) -> np.ndarray:
     return array
 
 
+_MADV_HUGEPAGE = 14  # Linux
+_HUGE_PAGE = 2 * 2**20
+
+
+def _dense_array(shape, dtype) -> np.ndarray:
+    """Uninitialised ``shape`` array for an output every element of which will be written
+    (``par``, ``var``). On Linux it is aligned to 2 MB and advised onto transparent huge
+    pages, so writing it takes one page fault per 2 MB instead of one per 4 kB: the chunk
+    copies of a 1024 x 1024 RampFit spent about as long in page faults as in copying (zeroed
+    4 kB pages: 9.5 ms for ``var``'s 48 MB; huge pages: 5.6 ms; a warm copy: 3.5 ms)."""
+    dtype = np.dtype(dtype)
+    nbytes = math.prod(shape) * dtype.itemsize
+    if not sys.platform.startswith("linux") or nbytes < 4 * _HUGE_PAGE:
+        return np.empty(shape, dtype)
+    raw = np.empty(nbytes + _HUGE_PAGE, np.uint8)
+    offset = -raw.ctypes.data % _HUGE_PAGE
+    array = raw[offset : offset + nbytes].view(dtype).reshape(shape)
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).madvise(
+            ctypes.c_void_p(array.ctypes.data),
+            ctypes.c_size_t(nbytes // _HUGE_PAGE * _HUGE_PAGE), _MADV_HUGEPAGE)
+    except (OSError, AttributeError):  # no libc madvise: only the faster page faults lost
+        pass
+    return array
+
+
 def _release_free_heap() -> None:
     """Return the C heap's free pages to the OS (glibc ``malloc_trim``). Called once per large
     frame after its first chunk: XLA's compilation leaves ~0.25 GB of freed scratch memory
@@ -422,9 +450,10 @@ def fit_frame(resultants, pattern, read_noise, *, method="casertano", dq=None, c
             if name not in outputs:
                 shape = list(values.shape)
                 shape[axis] = n_pixels
-                # zeros: untouched pages of a large array are never made resident
+                # flags: zeros, whose untouched pages are never made resident; the other
+                # leaves are written whole, chunk by chunk
                 outputs[name] = (_flag_array(shape, large) if name == "dq"
-                                 else np.zeros(shape, values.dtype))  # fmt: skip
+                                 else _dense_array(shape, values.dtype))  # fmt: skip
             part = values[:, : stop - start] if axis else values[: stop - start]
             if name == "dq" and not part.any():
                 continue  # output already zero

@@ -323,13 +323,8 @@ def test_large_frame_memory_measures_keep_results(monkeypatch):
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux VmFlags")
-def test_large_flag_arrays_are_kept_off_huge_pages():
-    from romanjax._batch import _flag_array
-
-    flags = _flag_array((9, 1 << 21), sparse=True)  # 72 MB
-    assert flags.dtype == np.uint32 and not flags.any()
-    address = flags.ctypes.data + flags.nbytes // 2
-    vma_flags = None
+def _vma_flags(address):
+    """The VmFlags of the mapping holding ``address`` (Linux /proc/self/smaps)."""
     with open("/proc/self/smaps") as smaps:
         inside = False
         for line in smaps:
@@ -338,9 +333,33 @@ def test_large_flag_arrays_are_kept_off_huge_pages():
                 begin, end = (int(v, 16) for v in head.split("-"))
                 inside = begin <= address < end
             elif inside and line.startswith("VmFlags:"):
-                vma_flags = line.split()[1:]
-                break
+                return line.split()[1:]
+    return None
+
+
+def test_large_flag_arrays_are_kept_off_huge_pages():
+    from romanjax._batch import _flag_array
+
+    flags = _flag_array((9, 1 << 21), sparse=True)  # 72 MB
+    assert flags.dtype == np.uint32 and not flags.any()
+    vma_flags = _vma_flags(flags.ctypes.data + flags.nbytes // 2)
     assert vma_flags is not None and "nh" in vma_flags  # MADV_NOHUGEPAGE
+
+
+def test_dense_outputs_are_aligned_huge_page_arrays():
+    from romanjax._batch import _HUGE_PAGE, _dense_array
+
+    small = _dense_array((10, 3), np.float32)
+    assert small.shape == (10, 3) and small.dtype == np.float32 and small.flags.writeable
+    var = _dense_array((1 << 20, 3, 2, 2), np.float32)  # 48 MB
+    assert var.shape == (1 << 20, 3, 2, 2) and var.dtype == np.float32
+    assert var.flags.c_contiguous and var.flags.writeable
+    var[...] = 1.5  # the whole array is usable
+    assert var.sum(dtype=np.float64) == 1.5 * var.size
+    if sys.platform.startswith("linux"):
+        assert var.ctypes.data % _HUGE_PAGE == 0
+        vma_flags = _vma_flags(var.ctypes.data + var.nbytes // 2)
+        assert vma_flags is not None and "hg" in vma_flags  # MADV_HUGEPAGE
 
 
 @needs_casertano
