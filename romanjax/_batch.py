@@ -35,6 +35,7 @@ makes the result independent of the chunk size and of the number of devices.
 from __future__ import annotations
 
 import math
+import mmap
 import sys
 from functools import lru_cache
 from importlib import import_module
@@ -189,18 +190,11 @@ def _flag_array(shape, sparse: bool = False) -> np.ndarray:
     jumped in one resultant touches ~70% of the 2 MB pages of its dq, but ~25% of the 4 kB
     pages)."""
     array = np.zeros(shape, np.uint32)
-    if sparse and sys.platform.startswith("linux"):
-        try:
-            import ctypes
-            import mmap
-
-            page = mmap.PAGESIZE
-            begin = -(-array.ctypes.data // page) * page
-            length = (array.ctypes.data + array.nbytes - begin) // page * page
-            ctypes.CDLL(None, use_errno=True).madvise(
-                ctypes.c_void_p(begin), ctypes.c_size_t(length), _MADV_NOHUGEPAGE)
-        except (OSError, AttributeError):  # no libc madvise: only the huge-page economy lost
-            pass
+    if sparse:
+        page = mmap.PAGESIZE
+        begin = -(-array.ctypes.data // page) * page
+        _advise(begin, (array.ctypes.data + array.nbytes - begin) // page * page,
+                _MADV_NOHUGEPAGE)  # fmt: skip
     return array
 
 
@@ -221,15 +215,22 @@ def _dense_array(shape, dtype) -> np.ndarray:
     raw = np.empty(nbytes + _HUGE_PAGE, np.uint8)
     offset = -raw.ctypes.data % _HUGE_PAGE
     array = raw[offset : offset + nbytes].view(dtype).reshape(shape)
+    _advise(array.ctypes.data, nbytes // _HUGE_PAGE * _HUGE_PAGE, _MADV_HUGEPAGE)
+    return array
+
+
+def _advise(begin: int, length: int, advice: int) -> None:
+    """``madvise(begin, length, advice)`` on Linux (page-aligned ``begin``); elsewhere, or
+    without libc's madvise, nothing: only the paging economy is lost."""
+    if not sys.platform.startswith("linux") or length <= 0:
+        return
     try:
         import ctypes
 
         ctypes.CDLL(None, use_errno=True).madvise(
-            ctypes.c_void_p(array.ctypes.data),
-            ctypes.c_size_t(nbytes // _HUGE_PAGE * _HUGE_PAGE), _MADV_HUGEPAGE)
-    except (OSError, AttributeError):  # no libc madvise: only the faster page faults lost
+            ctypes.c_void_p(begin), ctypes.c_size_t(length), advice)
+    except (OSError, AttributeError):
         pass
-    return array
 
 
 def _release_free_heap() -> None:
