@@ -219,7 +219,7 @@ def _optimal_rows(differences, read_noise, flux_estimate, *, pattern, grid):
     t = x - jnp.take(knots, interval, mode="clip")
     # materialise the per-pixel interval and offset: when this is inlined into a larger jit
     # (a user's own jax.jit around the fitter) XLA otherwise recomputes the median and the
-    # interval search inside every one of the 2n + 6 gathers (~5x slower)
+    # interval search inside every one of the 2n + 4 gathered quantities (~5x slower)
     x, interval, t = barrier((x, interval, t), flag)
 
     def value(q):  # quantity q of the table at x (Horner)
