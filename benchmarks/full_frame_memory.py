@@ -3,6 +3,7 @@
     python benchmarks/full_frame_memory.py optimal
     python benchmarks/full_frame_memory.py casertano     # with jump detection
     python benchmarks/full_frame_memory.py casertano --spread  # jumps in every resultant
+    python benchmarks/full_frame_memory.py likely [--spread]    # likelihood, jumps on
 
 Run each method in a fresh process (ru_maxrss is the process's high-water mark). The target
 of issue 6 is a peak under 2 x the float32 resultant array + 1 GB.
@@ -26,7 +27,7 @@ def main(method: str, spread: bool = False):
     for i, t in enumerate(pattern.tbar):  # ramps with read noise; no photon noise needed here
         resultants[i] = 1e4 + flux * np.float32(t)
         resultants[i] += rng.standard_normal(shape, dtype=np.float32) * 5
-    if method == "casertano":  # a 2000 e jump in 1% of the pixels
+    if method in ("casertano", "likely"):  # a 2000 e jump in 1% of the pixels
         hit = rng.random(shape) < 0.01
         if spread:  # at a random resultant: flags in every dq row, most of its pages touched
             first = rng.integers(1, pattern.n_resultants, shape)
@@ -39,7 +40,7 @@ def main(method: str, spread: bool = False):
     del flux
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
     start = time.perf_counter()
-    kwargs = {"detect_jumps": True} if method == "casertano" else {}
+    kwargs = {"detect_jumps": True} if method in ("casertano", "likely") else {}
     romanjax.fit_frame(resultants, pattern, 5.0, method=method, **kwargs)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
     print(f"{method}: resultants {resultants.nbytes / 1e9:.3f} GB, peak RSS before the fit "

@@ -362,6 +362,46 @@ def test_dense_outputs_are_aligned_huge_page_arrays():
         assert vma_flags is not None and "hg" in vma_flags  # MADV_HUGEPAGE
 
 
+def _resident_pages(begin, length):
+    """How many of the pages in ``[begin, begin + length)`` are resident (Linux mincore)."""
+    import ctypes
+    import mmap
+
+    page = mmap.PAGESIZE
+    start = begin // page * page
+    count = -(-(begin + length - start) // page)
+    status = (ctypes.c_ubyte * count)()
+    libc = ctypes.CDLL(None, use_errno=True)
+    assert libc.mincore(ctypes.c_void_p(start), ctypes.c_size_t(count * page), status) == 0
+    return sum(value & 1 for value in status)
+
+
+@pytest.mark.parametrize("method", [pytest.param("casertano", marks=needs_casertano),
+                                    pytest.param("likely", marks=needs_likely)])
+def test_slope_only_fits_leave_pedestal_planes_untouched(method):
+    # Casertano and likelihood fits have zero pedestal entries in par and var: fit_frame
+    # stores those outputs pixel-minor and writes only the slope planes, so a frame's var
+    # costs 3 resident floats per pixel instead of 12
+    rng = np.random.default_rng(3)
+    shape = (512, 2048)  # var: 48 MB, of which 36 MB are the zero planes
+    resultants = make_ramps(rng, MA4, shape, np.float32)
+    chunked = fit_frame(resultants, MA4, 10.0, method=method, detect_jumps=False)
+    var, par = chunked.var, chunked.par
+    assert var.shape == shape + (3, 2, 2) and par.shape == shape + (2,)
+    assert var.strides[1] == par.strides[1] == 4  # pixel-minor
+    if sys.platform.startswith("linux"):  # before anything reads them
+        zero_planes = 9 * var[..., 0, 0, 0].size * 4  # bytes of base[i, j] for (i, j) != (1, 1)
+        # the last 2 MB may share a huge page with the written planes
+        assert _resident_pages(var.ctypes.data, zero_planes - 2**21) == 0
+        assert _resident_pages(par.ctypes.data, par[..., 0].size * 4 - 2**21) == 0
+    direct = getattr(romanjax, f"fit_ramps_{method}")(resultants, MA4, 10.0, detect_jumps=False)
+    assert_fits_equal(direct, chunked)
+    assert not var[..., 0, :].any() and not var[..., 1, 0].any() and not par[..., 0].any()
+    # ordinary numpy arrays: writable, and a write lands only where it is made
+    var[0, 0, 2, 1, 1] = 7.0
+    assert var[0, 0, 2, 1, 1] == 7.0 and var[0, 0, 2, 0, 0] == 0 and var[0, 1, 2, 1, 1] != 7.0
+
+
 @needs_casertano
 def test_fit_chunk_drops_dq_only_when_zero_by_construction(rng):
     from romanjax.ramp import _casertano, _optimal

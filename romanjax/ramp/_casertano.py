@@ -39,7 +39,7 @@ import numpy as np
 from .. import dq as dqflags
 from .._compaction import compact as _compact
 from .._read_pattern import ReadPattern
-from ._common import PackedFlags, RampFit, prepare_inputs
+from ._common import PackedFlags, RampFit, SlopeRows, prepare_inputs
 from ._jumps import barrier, segment_jumps, whole_ramp_trigger
 
 __all__ = ["fit_ramps_casertano", "casertano_weights", "P_EDGES", "P_VALUES"]
@@ -455,12 +455,14 @@ def _coefficients(resultants, dq_out, read_noise, pattern):
 
 @partial(
     jax.jit,
-    static_argnames=("pattern", "has_dq", "detect_jumps", "intercept", "constant", "dq_form"),
+    static_argnames=("pattern", "has_dq", "detect_jumps", "intercept", "constant", "dq_form",
+                     "slope_rows"),
 )
 def _fit_casertano(resultants, dq, read_noise, *, pattern, has_dq, detect_jumps, intercept,
-                   constant, dq_form="dense"):  # fmt: skip
+                   constant, dq_form="dense", slope_rows=False):  # fmt: skip
     """``dq_form``: "dense" (``[n, *pixels]``), "none" (zero by construction, not returned) or
-    "packed" (no input dq, n <= 31: :class:`PackedFlags`, not differentiable)."""
+    "packed" (no input dq, n <= 31: :class:`PackedFlags`, not differentiable).
+    ``slope_rows``: ``par`` and ``var`` as :class:`SlopeRows` (``fit_frame``'s chunks)."""
     n = resultants.shape[0]
     pixels = resultants.shape[1:]
     flat = resultants.reshape(n, -1)
@@ -498,17 +500,20 @@ def _fit_casertano(resultants, dq, read_noise, *, pattern, has_dq, detect_jumps,
     # recomputes the fit for each of the 12 entries per pixel (~3x slower on CPU)
     flag = jnp.any(flat_rn[:1] == -jnp.inf)  # runtime False (also for 0 pixels)
     slope, var_read, var_poisson = barrier((slope, var_read, var_poisson), flag)
-    zero = jnp.zeros_like(slope)
-    par = jnp.stack([zero, slope], axis=-1)
-    corner = jnp.zeros((2, 2), resultants.dtype).at[1, 1].set(1)
-    var = jnp.stack([var_read, var_poisson, var_read + var_poisson], axis=-1)
-    var = var[:, :, None, None] * corner
     if dq_form == "packed":
         flags = PackedFlags(*bits)
     elif dq_form == "none":
         flags = None
     else:
         flags = out_dq.reshape(resultants.shape)
+    if slope_rows:
+        return RampFit(par=SlopeRows(slope[None]), dq=flags, var=SlopeRows(
+            jnp.stack([var_read, var_poisson, var_read + var_poisson])))
+    zero = jnp.zeros_like(slope)
+    par = jnp.stack([zero, slope], axis=-1)
+    corner = jnp.zeros((2, 2), resultants.dtype).at[1, 1].set(1)
+    var = jnp.stack([var_read, var_poisson, var_read + var_poisson], axis=-1)
+    var = var[:, :, None, None] * corner
     return RampFit(par=par.reshape(pixels + (2,)), var=var.reshape(pixels + (3, 2, 2)), dq=flags)
 
 
@@ -580,7 +585,8 @@ def fit_chunk(resultants, pattern, read_noise, **kwargs):
     form of ``dq`` without input ``dq``: None when it is zero by construction (no jump
     detection, or fewer than three resultants; at least two), and with jump detection a
     :class:`~._common.PackedFlags` (the candidate pixels and their flags, up to 31
-    resultants), so that no dense flag array is written and read back per chunk."""
+    resultants), so that no dense flag array is written and read back per chunk; and ``par``
+    and ``var`` as :class:`~._common.SlopeRows` (their pedestal entries are zero)."""
     return _fit_ramps_casertano(resultants, pattern, read_noise, chunk_form=True, **kwargs)
 
 
@@ -611,4 +617,5 @@ def _fit_ramps_casertano(resultants, pattern, read_noise, *, dq=None, detect_jum
         detect_jumps=bool(detect_jumps), intercept=float(threshold_intercept),
         constant=float(threshold_constant),
         dq_form=_chunk_dq_form(pattern, dq is None, detect_jumps) if chunk_form else "dense",
+        slope_rows=chunk_form,
     )  # fmt: skip

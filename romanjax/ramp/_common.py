@@ -10,7 +10,7 @@ import numpy as np
 
 from .._read_pattern import ReadPattern
 
-__all__ = ["RampFit", "PackedFlags", "float_dtype", "prepare_inputs", "map_pixels"]
+__all__ = ["RampFit", "PackedFlags", "SlopeRows", "float_dtype", "prepare_inputs", "map_pixels"]
 
 
 class PackedFlags(NamedTuple):
@@ -43,6 +43,21 @@ class PackedFlags(NamedTuple):
             out[i, pixels[(words >> np.uint32(i)) & np.uint32(1) != 0]] |= np.uint32(jump_flag)
         unfitted = pixels[(words >> np.uint32(PackedFlags.UNFITTED_BIT)) != 0]
         out[:, unfitted] |= np.uint32(unfitted_flag)
+
+
+class SlopeRows(NamedTuple):
+    """Internal, ``fit_frame`` only: a chunk's ``par`` or ``var`` whose pedestal entries are
+    zero by construction (Casertano, likelihood), as its non-zero entries only.
+
+    ``rows`` is ``[1, chunk]`` for ``par`` (the slope, ``par[..., 1]``) and ``[3, chunk]`` for
+    ``var`` (read, Poisson and total slope variances, ``var[..., k, 1, 1]``). ``fit_frame``
+    writes them into pixel-minor planes of zero-initialised outputs whose other planes are
+    never touched (:func:`romanjax._batch._plane_array`): a full frame's ``var`` then holds
+    3 resident floats per pixel instead of 12, and the chunk sends back 4 values per pixel
+    instead of 14.
+    """
+
+    rows: jax.Array
 
 
 class RampFit(NamedTuple):

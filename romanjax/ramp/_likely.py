@@ -63,7 +63,7 @@ import numpy as np
 
 from .. import dq as dqflags
 from .._read_pattern import ReadPattern
-from ._common import RampFit, prepare_inputs
+from ._common import RampFit, SlopeRows, prepare_inputs
 from ._sorting import sort_axis0
 
 __all__ = [
@@ -518,9 +518,10 @@ def _jump_search(d, mask0, read_noise, center, thresholds, *, pattern, amplitude
     return mask, amp
 
 
-@partial(jax.jit, static_argnames=("pattern", "detect_jumps", "with_jumps"))
+@partial(jax.jit, static_argnames=("pattern", "detect_jumps", "with_jumps", "slope_rows"))
 def _fit_likely(resultants, dq, read_noise, flux_estimate, thresholds, *, pattern,
-                detect_jumps, with_jumps):  # fmt: skip
+                detect_jumps, with_jumps, slope_rows=False):  # fmt: skip
+    """``slope_rows``: ``par`` and ``var`` as :class:`SlopeRows` (``fit_frame``'s chunks)."""
     n = pattern.n_resultants
     dtype = resultants.dtype
     pixels = resultants.shape[1:]
@@ -547,6 +548,9 @@ def _fit_likely(resultants, dq, read_noise, flux_estimate, thresholds, *, patter
         mask, amp = mask0, jnp.zeros((2,) + d.shape, dtype)
     final = partial(_final_kernel, pattern=pattern, second_pass=flux_estimate is None)
     fit = jax.vmap(final, in_axes=(1, 1, 1, 1, 0, 0))(d, mask0, mask, flat_dq, read_noise, center)
+    if slope_rows:  # only the slope entries are non-zero
+        return RampFit(par=SlopeRows(fit.par[:, 1][None]), var=SlopeRows(fit.var[:, :, 1, 1].T),
+                       dq=jnp.moveaxis(fit.dq, -1, 0), chisq=fit.chisq)  # fmt: skip
     fit = RampFit(
         par=fit.par.reshape(pixels + (2,)),
         var=fit.var.reshape(pixels + (3, 2, 2)),
@@ -629,6 +633,29 @@ def fit_ramps_likely(resultants, pattern, read_noise, *, dq=None, detect_jumps=T
     Gradients with respect to the resultants flow through the guesses and both final
     passes; the jump mask is piecewise constant and is not differentiated.
     """
+    return _fit_ramps_likely(resultants, pattern, read_noise, dq=dq, detect_jumps=detect_jumps,
+                             flux_estimate=flux_estimate,
+                             rejection_threshold=rejection_threshold,
+                             threshold_one_omit=threshold_one_omit,
+                             threshold_two_omit=threshold_two_omit,
+                             return_jump_amplitudes=return_jump_amplitudes)  # fmt: skip
+
+
+def fit_chunk(resultants, pattern, read_noise, **kwargs):
+    """:func:`fit_ramps_likely` for ``fit_frame``'s chunks: the same result, except that
+    ``par`` and ``var`` are :class:`~._common.SlopeRows` (their pedestal entries are zero)."""
+    if kwargs.get("return_jump_amplitudes"):
+        raise ValueError(
+            "fit_frame: `return_jump_amplitudes` is not supported (the result is one RampFit); "
+            "call romanjax.fit_ramps_likely for the jump amplitudes"
+        )
+    return _fit_ramps_likely(resultants, pattern, read_noise, slope_rows=True, **kwargs)
+
+
+def _fit_ramps_likely(resultants, pattern, read_noise, *, dq=None, detect_jumps=True,
+                      flux_estimate=None, rejection_threshold=DEFAULT_REJECTION_THRESHOLD,
+                      threshold_one_omit=None, threshold_two_omit=None,
+                      return_jump_amplitudes=False, slope_rows=False):  # fmt: skip
     resultants, dq_array, per_pixel = prepare_inputs(
         "fit_ramps_likely", resultants, pattern, dq, make_dq=False,
         read_noise=read_noise, flux_estimate=flux_estimate,
@@ -647,5 +674,5 @@ def fit_ramps_likely(resultants, pattern, read_noise, *, dq=None, detect_jumps=T
         resultants, dq_array, per_pixel["read_noise"], per_pixel["flux_estimate"],
         (float(threshold_one_omit), float(threshold_two_omit)),
         pattern=pattern, detect_jumps=bool(detect_jumps),
-        with_jumps=bool(return_jump_amplitudes),
+        with_jumps=bool(return_jump_amplitudes), slope_rows=slope_rows,
     )  # fmt: skip
