@@ -449,6 +449,14 @@ def test_fit_frame_equals_direct_likely(rng, float_dtype, detect_jumps):
     assert_fits_equal(direct, chunked)
 
 
+@needs_likely
+def test_fit_frame_refuses_jump_amplitudes():
+    # fit_frame returns one RampFit; the amplitudes come from fit_ramps_likely itself
+    resultants = make_ramps(np.random.default_rng(0), MA4, (8,), np.float32)
+    with pytest.raises(ValueError, match="return_jump_amplitudes"):
+        fit_frame(resultants, MA4, 10.0, method="likely", return_jump_amplitudes=True)
+
+
 # ---------------------------------------------------------------------------------------------
 # the block-keyed simulation driver
 # ---------------------------------------------------------------------------------------------
