@@ -195,7 +195,7 @@ def _flag_array(shape, sparse: bool = False) -> np.ndarray:
     where a single flag makes a whole 2 MB page resident (a full frame with 1% of pixels
     jumped in one resultant touches ~70% of the 2 MB pages of its dq, but ~25% of the 4 kB
     pages)."""
-    array = np.zeros(shape, np.uint32)
+    array = _aligned_array(shape, np.uint32, zero=True)  # fresh pages from 8 MB on
     if sparse:
         page = mmap.PAGESIZE
         begin = -(-array.ctypes.data // page) * page
