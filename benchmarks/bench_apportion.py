@@ -1,9 +1,11 @@
-"""romanjax.apportion_counts vs romanisim.l1.apportion_counts_to_resultants, MA table 4.
+"""romanjax's apportionment vs romanisim.l1.apportion_counts_to_resultants, MA table 4.
 
     python benchmarks/bench_apportion.py [--full]
 
-Same counts, same pattern, one process; best of N after a warm-up (compile). ``--full`` also
-runs a 4088x4088 frame in 512-row chunks.
+Same counts (a bright scene: 0.5-100 e/s, ~6700 e per pixel on average), same pattern, one
+process; best of N after a warm-up (compile). romanjax runs the frame driver
+``romanjax._batch.apportion_frame`` (chunks of bounded memory, one per core at once on a
+CPU); romanisim runs in 512-row chunks. ``--full`` also runs a 4088x4088 frame (once).
 """
 
 import argparse
@@ -14,7 +16,7 @@ import jax
 import numpy as np
 
 import romanjax
-from romanjax.l1._apportion import apportion_counts
+from romanjax._batch import apportion_frame
 
 
 def best(f, repeat):
@@ -43,10 +45,8 @@ def main():
         chunk = 512
         key = jax.random.key(0)
 
-        def ours(size=size, chunk=chunk, key=key, counts=counts):
-            for start in range(0, size, chunk):
-                jax.block_until_ready(apportion_counts(
-                    jax.random.fold_in(key, start), counts[start:start + chunk], pattern))
+        def ours(key=key, counts=counts):
+            apportion_frame(key, counts, pattern)
 
         def theirs(size=size, chunk=chunk, counts=counts):
             for start in range(0, size, chunk):

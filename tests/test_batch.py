@@ -479,7 +479,8 @@ def simulate_toy(key, counts, **kwargs):
     return _simulate_frame(toy_simulator, "simulate_frame", key, counts, MA4,
                            chunk_pixels=kwargs.pop("chunk_pixels", None), mesh=None,
                            progress=kwargs.pop("progress", False),
-                           rng_block=kwargs.pop("rng_block", 64), kwargs=kwargs)  # fmt: skip
+                           rng_block=kwargs.pop("rng_block", 64), kwargs=kwargs,
+                           workers=kwargs.pop("workers", None))  # fmt: skip
 
 
 def test_simulate_driver_independent_of_chunking(rng):
@@ -531,6 +532,71 @@ def test_simulate_driver_errors_and_progress(rng, capsys):
     assert "simulate_frame" in err and "100%" in err
 
 
+def test_simulate_driver_independent_of_workers(rng, capsys):
+    counts = rng.integers(0, 100, (23, 29))
+    key = jax.random.key(3)
+    want = simulate_toy(key, counts, chunk_pixels=64, gain=2.0, workers=1)
+    for workers, chunk in ((2, 64), (3, 64), (2, 1), (4, 300), (None, 64)):
+        got = simulate_toy(key, counts, chunk_pixels=chunk, gain=2.0, workers=workers)
+        for name in ("resultants", "dq"):
+            np.testing.assert_array_equal(got[name], want[name])
+    simulate_toy(key, counts, chunk_pixels=64, gain=2.0, workers=2, progress=True)
+    err = capsys.readouterr().err
+    assert "simulate_frame" in err and "100%" in err
+    for bad in (0, -1, 1.5, "2", True):
+        with pytest.raises(ValueError, match="`workers`"):
+            simulate_toy(key, counts, workers=bad)
+
+
+def test_simulate_driver_runs_chunks_at_once(rng, monkeypatch):
+    """With ``workers=2`` two chunks run at the same time: each waits at a two-party barrier
+    for the other (run one after the other, the first one times out)."""
+    import threading
+
+    from romanjax import _batch
+
+    barrier = threading.Barrier(2, timeout=20)
+    threads = set()
+    real = _batch._block_simulator
+
+    def meeting_block_simulator(*args):
+        run = real(*args)
+
+        def run_and_meet(*operands):
+            out = jax.block_until_ready(run(*operands))
+            threads.add(threading.current_thread().name)
+            barrier.wait()
+            return out
+
+        return run_and_meet
+
+    monkeypatch.setattr(_batch, "_block_simulator", meeting_block_simulator)
+    counts = rng.integers(0, 100, (8, 16))  # 128 pixels: two chunks of 64
+    got = simulate_toy(jax.random.key(3), counts, chunk_pixels=64, gain=2.0, workers=2)
+    assert len(threads) == 2 and all(name.startswith("romanjax-chunk") for name in threads)
+    monkeypatch.setattr(_batch, "_block_simulator", real)
+    want = simulate_toy(jax.random.key(3), counts, chunk_pixels=64, gain=2.0, workers=1)
+    np.testing.assert_array_equal(got["resultants"], want["resultants"])
+
+
+def test_simulation_workers_default():
+    from romanjax._batch import _simulation_workers, _usable_cores
+
+    class Device:
+        def __init__(self, platform):
+            self.platform = platform
+
+    class Mesh:
+        def __init__(self, *platforms):
+            self.devices = np.array([Device(p) for p in platforms], dtype=object)
+
+    assert _usable_cores() >= 1
+    assert _simulation_workers(None, Mesh("cpu", "cpu"), "f") == _usable_cores()
+    assert _simulation_workers(None, Mesh("gpu"), "f") == 1
+    assert _simulation_workers(3, Mesh("gpu"), "f") == 3
+    assert _simulation_workers(np.int64(2), Mesh("cpu"), "f") == 2
+
+
 @needs_apportion
 def test_apportion_frame_chunking(rng):
     counts = rng.integers(0, 5000, (37, 53))
@@ -544,6 +610,10 @@ def test_apportion_frame_chunking(rng):
     assert np.all(np.diff(a, axis=0) >= 0)
     direct = romanjax.apportion_counts(jax.random.fold_in(key, 1), counts[5:10], MA4)
     np.testing.assert_allclose(a[:, 5:10], np.asarray(direct), rtol=1e-6)
+    for workers in (1, 3):  # chunks computed one after the other or three at once
+        np.testing.assert_array_equal(
+            apportion_frame(key, counts, MA4, chunk_pixels=300, rng_block=265, workers=workers), a
+        )
 
 
 @needs_simulate
