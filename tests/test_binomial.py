@@ -144,6 +144,63 @@ def test_log_pmf_ratio_float32_accuracy(n, p, tol):
     assert np.max(np.abs(np.asarray(got, np.float64) - exact)) < tol
 
 
+def test_log_factorial_table_against_lgamma():
+    table = _binomial.log_factorials()
+    size = _binomial.LOG_FACTORIAL_TABLE_SIZE
+    assert table.shape == (size,) and table.dtype == np.float64
+    k = np.unique(np.concatenate([np.arange(60), np.geomspace(60, size - 1, 200).astype(int)]))
+    exact = np.array([math.lgamma(v + 1.0) for v in k])
+    # float64 rounding of values up to 1.4e7 (~2e-9); the series' truncation is far below
+    assert np.max(np.abs(table[k] - exact) / np.maximum(exact, 1.0)) < 1e-14
+    assert not table.flags.writeable  # shared, cached
+
+
+@pytest.mark.parametrize("n, p", [(12, 0.5), (100, 0.1), (10_000, 0.3), (1_000_000, 0.02),
+                                  (2**20 - 1, 0.5)])
+def test_table_log_pmf_ratio_accuracy(n, p):
+    """The table ratio over +-8 sigma against scipy, for float32 and float64 outputs: only
+    the rounding of the result to the output dtype is left."""
+    mode = np.floor((n + 1) * p)
+    sd = np.sqrt(n * p * (1 - p))
+    k = np.unique(np.clip(np.round(mode + np.linspace(-8, 8, 41) * sd), 0, n))
+    for dtype in {jax.dtypes.canonicalize_dtype(d) for d in (jnp.float32, jnp.float64)}:
+        # the p and q the sampler holds (float32-rounded p shifts the ratio by up to 2e-5)
+        p_held = jnp.asarray(p, dtype)
+        q_held = 1 - p_held
+        log_f = [math.lgamma(n + 1.0) - math.lgamma(j + 1.0) - math.lgamma(n - j + 1.0)
+                 + j * math.log(float(p_held)) + (n - j) * math.log(float(q_held))
+                 for j in np.append(k, mode)]  # fmt: skip
+        exact = np.array(log_f[:-1]) - log_f[-1]
+        got = _binomial.table_log_pmf_ratio(jnp.asarray(k, dtype), jnp.asarray(mode, dtype),
+                                            jnp.asarray(n, dtype), p_held, q_held)
+        assert got.dtype == dtype
+        # float32: the ratio (up to ~32) rounded to 24 bits; float64: lgamma differences of
+        # values up to 1.4e7 (~1e-8 in this float64 reference itself)
+        tol = 1e-5 if dtype == jnp.float32 else 1e-7
+        assert np.max(np.abs(np.asarray(got, np.float64) - exact)) < tol, dtype
+
+
+def test_first_attempts_beyond_the_table_are_redrawn():
+    """n just inside and just outside the log k! table in one array: the outside ones
+    discard their table attempt and are redrawn by the formula; both match their pmf."""
+    size = _binomial.LOG_FACTORIAL_TABLE_SIZE
+    n = jnp.asarray(np.repeat([size - 1, size + 5], SAMPLES // 2), jnp.int32)
+    x = _draw_array(jax.random.key(8), n, 0.001)
+    assert _chi2_pvalue(x[: SAMPLES // 2], size - 1, 0.001) > 1e-4
+    assert _chi2_pvalue(x[SAMPLES // 2:], size + 5, 0.001) > 1e-4
+    # a first attempt beyond the table is never accepted
+    u, v = _binomial.uniform_pair(jax.random.key(1), 4096, jnp.float32)
+    nf = jnp.full(4096, float(size + 5), jnp.float32)
+    p = jnp.float32(0.001)
+    _, accepted = _binomial._btrs_attempt(u, v, nf, p, _binomial._btrs_constants(nf, p),
+                                          table=True)  # fmt: skip
+    assert not np.any(np.asarray(accepted))
+    inside = nf - 6.0
+    _, accepted = _binomial._btrs_attempt(u, v, inside, p, _binomial._btrs_constants(inside, p),
+                                          table=True)  # fmt: skip
+    assert np.mean(np.asarray(accepted)) > 0.5
+
+
 def test_stirling_remainder_at_small_and_large_integers():
     """The remainder ``lgamma(y) - Stirling(y)`` (polynomial through y = 1..9, series above)
     against math.lgamma in float64, at every integer it meets below 10 and some above."""

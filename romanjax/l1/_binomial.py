@@ -13,6 +13,11 @@ of ~0.1). This sampler keeps the same two exact algorithms and fixes both:
   101, algorithm BTRS), with the log-pmf ratio ``log f(k)/f(m)`` written in terms of
   ``log1p`` of small quantities and Stirling remainders (no difference of two ``lgamma`` of
   size ``n``), so it stays accurate in float32 for ``n`` up to 2e9;
+* the first attempt of every element with ``n < LOG_FACTORIAL_TABLE_SIZE`` takes the
+  log-pmf ratio from a float64 table of ``log k!`` instead (four lookups; the ratio is then
+  exact to float64 rounding, and ~12% of a bright-scene apportionment is saved); elements
+  with larger ``n`` discard that attempt, whatever its outcome, and are redrawn with the
+  formula above;
 * rejected draws are compacted into a buffer ``REDRAW_BUFFER`` (22%) of the size and
   redrawn there, recursively on ever smaller buffers (in place below 4096 elements), so the
   cost is ~1.3 attempts per element instead of the ~8 full-array passes a plain loop needs
@@ -33,12 +38,14 @@ the same key gives the same draws.
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from .._compaction import compact_positions as _compact_positions
+from ._philox import _enable_x64
 from ._philox import map_words as _map_words
 from ._philox import random_words as _random_words
 
@@ -56,6 +63,8 @@ POPCOUNT_MAX_N = 128
 _SIZE_MULTIPLE = 128
 #: Rejected draws are redrawn in a buffer this fraction of the array (recursively).
 REDRAW_BUFFER = 0.22
+#: First BTRS attempts with ``n`` below this take ``log k!`` from a float64 table (8 MB).
+LOG_FACTORIAL_TABLE_SIZE = 2**20
 
 # Stirling remainder lgamma(y) - ((y - 1/2) log y - y + log(2 pi) / 2) at y = 1..9
 _STIRLING_REMAINDER = tuple(
@@ -133,6 +142,47 @@ def log_pmf_ratio(k, m, n, p, q, r):
             + _stirling_remainder(n - m + 1.0) - _stirling_remainder(y2))
 
 
+@lru_cache(maxsize=1)
+def log_factorials() -> np.ndarray:
+    """float64 ``[LOG_FACTORIAL_TABLE_SIZE]`` table of ``log k!`` (host, built once, ~20 ms).
+
+    ``math.lgamma`` below ``k = 30``, above it Stirling's series
+    ``(x - 1/2) log x - x + log(2 pi)/2 + 1/(12 x) - 1/(360 x^3) + 1/(1260 x^5)`` at
+    ``x = k + 1`` (truncation error < 1e-13 there; float64 rounding ~1e-16 relative)."""
+    size = LOG_FACTORIAL_TABLE_SIZE
+    x = np.arange(1, size + 1, dtype=np.float64)
+    r = 1.0 / x
+    r2 = r * r
+    table = ((x - 0.5) * np.log(x) - x + 0.5 * math.log(2 * math.pi)
+             + r * (1.0 / 12 - r2 * (1.0 / 360 - r2 * (1.0 / 1260))))
+    table[:30] = [math.lgamma(k + 1.0) for k in range(30)]
+    table.flags.writeable = False
+    return table
+
+
+def table_log_pmf_ratio(k, m, n, p, q):
+    """``log f(k) - log f(m)`` of Binomial(n, p) from the float64 table of ``log k!``
+    (:func:`log_factorials`), for integer-valued ``0 <= k, m <= n < LOG_FACTORIAL_TABLE_SIZE``
+    (others are clamped: the caller must not use them)::
+
+        log m! + log (n - m)! - log k! - log (n - k)! + (k - m) log(p / q)
+
+    computed in float64 (under a local x64 scope) and returned in the dtype of ``k``."""
+    dtype = k.dtype
+    last = LOG_FACTORIAL_TABLE_SIZE - 1
+    k, m, n = (jnp.clip(x, 0, last).astype(jnp.int32) for x in (k, m, n))
+    with _enable_x64(True):
+        table = jnp.asarray(log_factorials())
+
+        def log_factorial(i):
+            return jnp.take(table, i, mode="clip")
+
+        log_odds = (jnp.log(jnp.asarray(p, jnp.float64)) - jnp.log(jnp.asarray(q, jnp.float64)))
+        ratio = (log_factorial(m) + log_factorial(n - m) - log_factorial(k)
+                 - log_factorial(n - k) + (k - m).astype(jnp.float64) * log_odds)
+        return ratio.astype(dtype)
+
+
 def _inversion(u, n, p):
     """Binomial(n, p) by sequential CDF inversion with ``INVERSION_STEPS`` unrolled steps."""
     q = 1.0 - p
@@ -165,8 +215,13 @@ def _btrs_constants(n, p):
     return a, b, c, v_r, alpha, m, r
 
 
-def _btrs_attempt(u, v, n, p, constants):
-    """One BTRS attempt per element: (candidate k, accepted)."""
+def _btrs_attempt(u, v, n, p, constants, table=False):
+    """One BTRS attempt per element: (candidate k, accepted).
+
+    ``table``: the log-pmf ratio from :func:`table_log_pmf_ratio`, and elements with
+    ``n >= LOG_FACTORIAL_TABLE_SIZE`` never accepted (their attempt is discarded whatever
+    its outcome, so the accepted draws keep their distribution); otherwise
+    :func:`log_pmf_ratio`."""
     a, b, c, v_r, alpha, m, r = constants
     u = u - 0.5
     us = 0.5 - jnp.abs(u)
@@ -176,7 +231,12 @@ def _btrs_attempt(u, v, n, p, constants):
     k = jnp.clip(k, 0, n)
     quick = (us >= 0.07) & (v <= v_r)
     lhs = jnp.log(v * alpha / (a / (us_safe * us_safe) + b))
-    accept = valid & (quick | (lhs <= log_pmf_ratio(k, m, n, p, 1.0 - p, r)))
+    if table:
+        ratio = table_log_pmf_ratio(k, m, n, p, 1.0 - p)
+        valid = valid & (n < LOG_FACTORIAL_TABLE_SIZE)
+    else:
+        ratio = log_pmf_ratio(k, m, n, p, 1.0 - p, r)
+    accept = valid & (quick | (lhs <= ratio))
     return k, accept
 
 
@@ -243,7 +303,7 @@ def _btrs(key, u, v, n, p, skip):
     first attempt on ``(u, v)``, rejected ones redrawn with ``key``; float ``[size]``."""
     n_safe = jnp.where(skip, 1000.0, n)  # any valid BTRS input; result unused
     k, accepted = jax.lax.optimization_barrier(
-        _btrs_attempt(u, v, n_safe, p, _btrs_constants(n_safe, p)))
+        _btrs_attempt(u, v, n_safe, p, _btrs_constants(n_safe, p), table=True))
     return _redraw_rejected(key, n_safe, p, k, accepted | skip)
 
 
