@@ -203,16 +203,19 @@ _MADV_NOHUGEPAGE = 15  # Linux
 
 def _flag_array(shape, sparse: bool = False) -> np.ndarray:
     """Zero uint32 ``shape`` for output flags, which are mostly zero: untouched pages are never
-    made resident. ``sparse`` (large frames): advised off transparent huge pages (Linux),
-    where a single flag makes a whole 2 MB page resident (a full frame with 1% of pixels
-    jumped in one resultant touches ~70% of the 2 MB pages of its dq, but ~25% of the 4 kB
-    pages)."""
+    made resident. On Linux advised onto transparent huge pages (as numpy advises its own
+    large arrays; the scattered jump flags of a 1024 x 1024 fit then cost ~30 ms less in
+    4 kB page faults), except when ``sparse`` (large frames): advised off them, where a
+    single flag makes a whole 2 MB page resident (a full frame with 1% of pixels jumped in
+    one resultant touches ~70% of the 2 MB pages of its dq, but ~25% of the 4 kB pages)."""
     array = _aligned_array(shape, np.uint32, zero=True)  # fresh pages from 8 MB on
     if sparse:
         page = mmap.PAGESIZE
         begin = -(-array.ctypes.data // page) * page
         _advise(begin, (array.ctypes.data + array.nbytes - begin) // page * page,
                 _MADV_NOHUGEPAGE)  # fmt: skip
+    else:  # as numpy advises its own large arrays: 36 MB of flags touched here and there
+        _advise_huge_pages(array)  # take 5 ms of page faults instead of 14
     return array
 
 
@@ -347,15 +350,60 @@ def _usable_cores() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+def _on_cpu(mesh) -> bool:
+    """Whether every device of ``mesh`` is a CPU."""
+    return all(device.platform == "cpu" for device in mesh.devices.flat)
+
+
 def _simulation_workers(workers, mesh, function) -> int:
     """Chunks :func:`_simulate_frame` computes at once (validated ``workers``, or the default:
     the usable cores when every device of ``mesh`` is a CPU, else 1)."""
     if workers is None:
-        on_cpu = all(device.platform == "cpu" for device in mesh.devices.flat)
-        return _usable_cores() if on_cpu else 1
+        return _usable_cores() if _on_cpu(mesh) else 1
     if isinstance(workers, bool) or not isinstance(workers, (int, np.integer)) or workers < 1:
         raise ValueError(f"{function}: `workers` must be a positive integer, got {workers!r}")
     return int(workers)
+
+
+def _run_chunks(starts, submit, collect, *, workers, on_host, bar, after_first=None):
+    """Drive the chunks: ``submit(start) -> job`` enqueues one (device work),
+    ``collect(job)`` stores its results on the host (main thread, in order).
+
+    ``workers == 1``: chunk ``i + 1`` is enqueued before chunk ``i`` is collected (JAX's
+    asynchronous dispatch overlaps them). Otherwise ``workers`` threads each run
+    ``on_host(submit(start))`` (the chunk computed and copied to numpy) at once, with one
+    more chunk queued; XLA's CPU runtime alone leaves part of the cores idle in the
+    kernels' serial loops and in the host copies. ``after_first()`` runs once the first
+    chunk is collected."""
+    def done(job):
+        collect(job)
+        if job[0] == 0 and after_first is not None:
+            after_first()
+        if bar is not None:
+            bar.update(job[1] - job[0])
+
+    if workers == 1:
+        pending = None
+        for start in starts:
+            job = submit(start)  # enqueue chunk i + 1 ...
+            if pending is not None:
+                done(pending)  # ... before pulling chunk i back
+            pending = job
+        if pending is not None:
+            done(pending)
+        return
+    with ThreadPoolExecutor(workers, thread_name_prefix="romanjax-chunk") as pool:
+        futures = deque()
+        try:
+            for start in starts:
+                futures.append(pool.submit(lambda start: on_host(submit(start)), start))
+                if len(futures) > workers:  # one queued behind the running ones
+                    done(futures.popleft().result())
+            while futures:
+                done(futures.popleft().result())
+        finally:
+            for future in futures:  # after an error: do not start the queued ones
+                future.cancel()
 
 
 def _progress_bar(progress, total, description):
@@ -550,25 +598,22 @@ def fit_frame(resultants, pattern, read_noise, *, method="casertano", dq=None, c
                 outputs[name][start:stop] = part
         return type(fit)
 
+    kinds = []
+
+    def collect_kind(job):
+        kinds.append(collect(job))
+
     bar = _progress_bar(progress, n_pixels, f"fit_frame[{getattr(method, '__name__', method)}]")
-    kind = None
     try:
-        pending = None
-        for start in range(0, max(n_pixels, 1), chunk):
-            job = submit(start)  # enqueue chunk i + 1 ...
-            if pending is not None:
-                kind = collect(pending)  # ... before pulling chunk i back
-                if pending[0] == 0 and large:
-                    _release_free_heap()  # the compiler's scratch memory, now freed
-                if bar is not None:
-                    bar.update(pending[1] - pending[0])
-            pending = job
-        kind = collect(pending)
-        if bar is not None:
-            bar.update(pending[1] - pending[0])
+        # one chunk at a time: unlike the simulators, the fitters gained nothing from a
+        # chunk per core (1024 x 1024 on the 2-core VM, Casertano 11.7 -> 14.5 ms, with
+        # jumps, optimal and likelihood within the scatter)
+        _run_chunks(range(0, max(n_pixels, 1), chunk), submit, collect_kind, workers=1,
+                    on_host=None, bar=bar, after_first=_release_free_heap if large else None)
     finally:
         if bar is not None:
             bar.close()
+    kind = kinds[-1]
 
     def unflatten(name, value):
         if value is None:
@@ -719,7 +764,9 @@ def _simulate_frame(simulator, function, key, counts, pattern, *, chunk_pixels, 
     outputs = []
 
     def collect(job):
-        start, stop, leaves, treedef = job
+        start, stop, out = job
+        leaves, treedef = jax.tree_util.tree_flatten(out)
+        leaves = [np.asarray(leaf) for leaf in leaves]
         if not outputs:
             outputs.append(treedef)
             outputs.extend(np.zeros((n, n_pixels), leaf.dtype) for leaf in leaves)
@@ -728,42 +775,14 @@ def _simulate_frame(simulator, function, key, counts, pattern, *, chunk_pixels, 
             if part.any():
                 target[:, start:stop] = part
 
-    def on_host(job):
+    def on_host(job):  # in a worker thread: the chunk computed and copied to numpy
         start, stop, out = job
-        leaves, treedef = jax.tree_util.tree_flatten(out)
-        return start, stop, [np.asarray(leaf) for leaf in leaves], treedef
+        return start, stop, jax.tree_util.tree_map(np.asarray, out)
 
-    starts = range(0, n_pixels, chunk)
     bar = _progress_bar(progress, n_pixels, function)
     try:
-        if workers == 1:  # chunk i + 1 enqueued before chunk i is pulled back
-            pending = None
-            for start in starts:
-                job = submit(start)
-                if pending is not None:
-                    collect(on_host(pending))
-                    if bar is not None:
-                        bar.update(pending[1] - pending[0])
-                pending = job
-            if pending is not None:
-                collect(on_host(pending))
-                if bar is not None:
-                    bar.update(pending[1] - pending[0])
-        else:  # `workers` chunks computed at once, each in a thread of its own
-            with ThreadPoolExecutor(workers, thread_name_prefix="romanjax-chunk") as pool:
-                futures = deque()
-                for start in starts:
-                    futures.append(pool.submit(lambda start: on_host(submit(start)), start))
-                    if len(futures) > workers:  # one queued behind the running ones
-                        done = futures.popleft().result()
-                        collect(done)
-                        if bar is not None:
-                            bar.update(done[1] - done[0])
-                while futures:
-                    done = futures.popleft().result()
-                    collect(done)
-                    if bar is not None:
-                        bar.update(done[1] - done[0])
+        _run_chunks(range(0, n_pixels, chunk), submit, collect, workers=workers,
+                    on_host=on_host, bar=bar)  # fmt: skip
     finally:
         if bar is not None:
             bar.close()
