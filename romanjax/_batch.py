@@ -26,7 +26,10 @@ host-side: numpy in, numpy out. They
    Casertano and likelihood fitters return only the non-zero entries of ``par`` and ``var``
    (:class:`~romanjax.ramp._common.SlopeRows`); their outputs are stored pixel-minor, so
    the planes of the zero pedestal entries are never touched either (``var`` of a full
-   frame: 0.2 GB resident instead of 0.8 GB; the arrays are then not C-contiguous).
+   frame: 0.2 GB resident instead of 0.8 GB; the arrays are then not C-contiguous). The
+   optimal fitter without input dq returns the distinct entries as the fit's rows
+   (:class:`~romanjax.ramp._common.EntryRows`), written into pixel-minor planes too: the
+   device skips the interleaved layout and a quarter of the copy.
 
 Ramp fits are pixel-independent, so :func:`fit_frame` returns what the fitter returns on the
 whole array: dq bit for bit, floats to the last bit or two (XLA's CPU code generation depends
@@ -55,7 +58,7 @@ import numpy as np
 
 from . import dq as dqflags
 from ._read_pattern import ReadPattern
-from .ramp._common import PackedFlags, SlopeRows, check_pixel_shape
+from .ramp._common import EntryRows, PackedFlags, SlopeRows, check_pixel_shape
 
 __all__ = [
     "fit_frame",
@@ -232,6 +235,17 @@ def _dense_array(shape, dtype) -> np.ndarray:
     array = _aligned_array(shape, dtype, zero=False)
     _advise_huge_pages(array)
     return array
+
+
+def _entry_plane_array(name: str, n_pixels: int, dtype) -> tuple[np.ndarray, np.ndarray]:
+    """``par [P, 2]`` or ``var [P, 3, 2, 2]`` stored pixel-minor for :class:`EntryRows`
+    chunks, which write every plane: ``(output, planes)`` with ``planes`` the ``[2, P]`` or
+    ``[2, 2, 3, P]`` base (``par[p, i] = planes[i, p]``, ``var[p, k, i, j] =
+    planes[i, j, k, p]``), uninitialised, 2 MB-aligned on transparent huge pages."""
+    shape = {"par": (2,), "var": (2, 2, 3)}[name] + (n_pixels,)
+    base = _dense_array(shape, dtype)
+    output = base.T if name == "par" else base.transpose(3, 2, 0, 1)
+    return output, base
 
 
 def _plane_array(name: str, n_pixels: int, dtype) -> tuple[np.ndarray, np.ndarray]:
@@ -467,8 +481,9 @@ def fit_frame(resultants, pattern, read_noise, *, method="casertano", dq=None, c
         2]``, ``dq [n_resultant, *pixels]`` uint32, ``chisq [*pixels]`` or None. With
         ``method="casertano"`` or ``"likely"``, whose pedestal entries are zero, ``par`` and
         ``var`` are stored pixel-minor (views of ``[2, P]`` and ``[2, 2, 3, P]`` buffers
-        whose zero planes are never made resident): same values, not C-contiguous
-        (``np.ascontiguousarray`` makes a C-ordered copy).
+        whose zero planes are never made resident), and so are those of
+        ``method="optimal"`` without ``dq`` (every plane written from the fit's rows): same
+        values, not C-contiguous (``np.ascontiguousarray`` makes a C-ordered copy).
 
     Raises
     ------
@@ -572,6 +587,12 @@ def fit_frame(resultants, pattern, read_noise, *, method="casertano", dq=None, c
                 if name not in outputs:
                     outputs[name], planes[name] = _plane_array(name, n_pixels, leaf.rows.dtype)
                 planes[name][:, start:stop] = np.asarray(leaf.rows)[:, : stop - start]
+                continue
+            if isinstance(leaf, EntryRows):  # fit_chunk (optimal): every entry, as rows
+                if name not in outputs:
+                    dtype = np.asarray(leaf.rows[0]).dtype
+                    outputs[name], planes[name] = _entry_plane_array(name, n_pixels, dtype)
+                leaf.write_into(planes[name], start, stop)
                 continue
             if isinstance(leaf, PackedFlags):  # fit_chunk: jump flags, one word per pixel
                 if name not in outputs:

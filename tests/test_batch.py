@@ -382,6 +382,44 @@ def _resident_pages(begin, length):
     return sum(value & 1 for value in status)
 
 
+def test_entry_rows_fill_the_planes_of_the_matrix_layout(rng):
+    """EntryRows (optimal chunks) -> pixel-minor planes: 10 = 01, total = read + Poisson in
+    the rows' precision, only ``[start, stop)`` written."""
+    from romanjax._batch import _entry_plane_array
+    from romanjax.ramp._common import EntryRows
+
+    n_pixels, start, stop = 50, 10, 27
+    rows = [rng.normal(size=40).astype(np.float32) for _ in range(6)]
+    var, planes = _entry_plane_array("var", n_pixels, np.float32)
+    planes[...] = -7.0
+    EntryRows(tuple(rows)).write_into(planes, start, stop)
+    assert var.shape == (n_pixels, 3, 2, 2) and not var.flags.c_contiguous
+    m = stop - start
+    for k in range(2):
+        v00, v01, v11 = (row[:m] for row in rows[3 * k : 3 * k + 3])
+        want = np.stack([np.stack([v00, v01], -1), np.stack([v01, v11], -1)], -2)
+        np.testing.assert_array_equal(var[start:stop, k], want)
+    total = var[start:stop, 0] + var[start:stop, 1]  # float32 + float32, as the fitter does
+    assert total.dtype == np.float32
+    np.testing.assert_array_equal(var[start:stop, 2], total)
+    assert np.all(var[:start] == -7.0) and np.all(var[stop:] == -7.0)
+    par, par_planes = _entry_plane_array("par", n_pixels, np.float32)
+    EntryRows((rows[0], rows[1])).write_into(par_planes, start, stop)
+    assert par.shape == (n_pixels, 2)
+    np.testing.assert_array_equal(par[start:stop], np.stack([rows[0][:m], rows[1][:m]], -1))
+
+
+def test_optimal_fit_frame_rows_equal_a_direct_call(rng):
+    ramps = make_ramps(rng, MA4, (37, 41), np.float32)
+    read_noise = rng.uniform(5, 15, (37, 41)).astype(np.float32)
+    direct = romanjax.fit_ramps_optimal(ramps, MA4, read_noise)
+    fit = fit_frame(ramps, MA4, read_noise, method="optimal", chunk_pixels=500)
+    assert not fit.var.flags.c_contiguous  # pixel-minor planes (docs/conventions.md)
+    np.testing.assert_array_equal(fit.par, np.asarray(direct.par))
+    np.testing.assert_array_equal(fit.var, np.asarray(direct.var))
+    np.testing.assert_array_equal(fit.var[..., 0, 1], fit.var[..., 1, 0])
+
+
 @pytest.mark.parametrize("method", [pytest.param("casertano", marks=needs_casertano),
                                     pytest.param("likely", marks=needs_likely)])
 def test_slope_only_fits_leave_pedestal_planes_untouched(method):

@@ -10,7 +10,8 @@ import numpy as np
 
 from .._read_pattern import ReadPattern
 
-__all__ = ["RampFit", "PackedFlags", "SlopeRows", "float_dtype", "prepare_inputs", "map_pixels"]
+__all__ = ["RampFit", "PackedFlags", "SlopeRows", "EntryRows", "float_dtype", "prepare_inputs",
+           "map_pixels"]
 
 
 class PackedFlags(NamedTuple):
@@ -58,6 +59,39 @@ class SlopeRows(NamedTuple):
     """
 
     rows: jax.Array
+
+
+class EntryRows(NamedTuple):
+    """Internal, ``fit_frame`` only: a chunk's ``par`` or ``var`` (optimal fitter, no input
+    dq) as separate ``[chunk]`` rows of its distinct entries, as the fit computes them.
+
+    ``par``: ``(pedestal, slope)``. ``var``: the read-noise entries ``(00, 01, 11)`` then the
+    Poisson ones; ``10`` equals ``01`` and the total is read + Poisson (summed on the host in
+    the same float precision, so the values equal the direct fit's). ``fit_frame`` writes
+    them into pixel-minor planes (:func:`romanjax._batch._plane_array`), which spares the
+    device the interleaved ``[P, 3, 2, 2]`` layout and the host a quarter of the copy."""
+
+    rows: tuple
+
+    def write_into(self, planes, start, stop):
+        """Write the rows' first ``stop - start`` values into ``planes[..., start:stop]``
+        (``par`` planes ``[2, P]``, ``var`` planes ``[2, 2, 3, P]``)."""
+        m = stop - start
+        rows = [np.asarray(row)[:m] for row in self.rows]
+        if planes.ndim == 2:
+            for i, row in enumerate(rows):
+                planes[i, start:stop] = row
+            return
+        for k in range(2):  # read, Poisson
+            v00, v01, v11 = rows[3 * k : 3 * k + 3]
+            planes[0, 0, k, start:stop] = v00
+            planes[0, 1, k, start:stop] = v01
+            planes[1, 0, k, start:stop] = v01
+            planes[1, 1, k, start:stop] = v11
+        for i, j in ((0, 0), (0, 1), (1, 1)):
+            np.add(planes[i, j, 0, start:stop], planes[i, j, 1, start:stop],
+                   out=planes[i, j, 2, start:stop])  # fmt: skip
+        planes[1, 0, 2, start:stop] = planes[0, 1, 2, start:stop]
 
 
 class RampFit(NamedTuple):

@@ -31,6 +31,7 @@ import numpy as np
 from .. import dq as dqflags
 from .._read_pattern import ReadPattern
 from ._common import (
+    EntryRows,
     RampFit,
     map_pixels,
     prepare_inputs,
@@ -422,13 +423,14 @@ def fit_ramps_optimal(resultants, pattern, read_noise, *, flux_estimate=None, dq
 
 def fit_chunk(resultants, pattern, read_noise, **kwargs):
     """:func:`fit_ramps_optimal` for ``fit_frame``'s chunks: the same result, except that
-    ``dq`` is None where it is zero by construction (no input ``dq``), so that no zero flag
-    array is written and read back per chunk."""
-    return _fit_ramps_optimal(resultants, pattern, read_noise, zero_dq_as_none=True, **kwargs)
+    without input ``dq`` the flags, zero by construction, are None (no zero flag array is
+    written and read back per chunk) and ``par`` and ``var`` are :class:`~._common.EntryRows`
+    (their distinct entries as the fit's rows, without the interleaved layout)."""
+    return _fit_ramps_optimal(resultants, pattern, read_noise, chunk_form=True, **kwargs)
 
 
 def _fit_ramps_optimal(resultants, pattern, read_noise, *, flux_estimate=None, dq=None,
-                       grid=DEFAULT_GRID, zero_dq_as_none=False):  # fmt: skip
+                       grid=DEFAULT_GRID, chunk_form=False):  # fmt: skip
     # without dq no zero array is made here: _assemble_fit creates it inside the jit
     resultants, dq, per_pixel = prepare_inputs(
         "fit_ramps_optimal", resultants, pattern, dq, make_dq=False,
@@ -444,4 +446,8 @@ def _fit_ramps_optimal(resultants, pattern, read_noise, *, flux_estimate=None, d
         return _fit_optimal_dq(resultants, dq, read_noise, flux_estimate, pattern=pattern,
                                grid=tuple(grid))  # fmt: skip
     rows = _fit_optimal(resultants, read_noise, flux_estimate, pattern=pattern, grid=tuple(grid))
-    return _assemble_fit(*rows, shape=resultants.shape, with_dq=not zero_dq_as_none)
+    if chunk_form:
+        pedestal, slope, var_read, var_poisson = rows
+        return RampFit(par=EntryRows((pedestal, slope)),
+                       var=EntryRows(tuple(var_read) + tuple(var_poisson)), dq=None)
+    return _assemble_fit(*rows, shape=resultants.shape)
