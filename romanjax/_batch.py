@@ -237,32 +237,24 @@ def _dense_array(shape, dtype) -> np.ndarray:
     return array
 
 
-def _entry_plane_array(name: str, n_pixels: int, dtype) -> tuple[np.ndarray, np.ndarray]:
-    """``par [P, 2]`` or ``var [P, 3, 2, 2]`` stored pixel-minor for :class:`EntryRows`
-    chunks, which write every plane: ``(output, planes)`` with ``planes`` the ``[2, P]`` or
-    ``[2, 2, 3, P]`` base (``par[p, i] = planes[i, p]``, ``var[p, k, i, j] =
-    planes[i, j, k, p]``), uninitialised, 2 MB-aligned on transparent huge pages."""
-    shape = {"par": (2,), "var": (2, 2, 3)}[name] + (n_pixels,)
-    base = _dense_array(shape, dtype)
-    output = base.T if name == "par" else base.transpose(3, 2, 0, 1)
-    return output, base
+def _plane_array(name: str, n_pixels: int, dtype, *, every_plane: bool = False):
+    """``par [P, 2]`` (``name="par"``) or ``var [P, 3, 2, 2]`` (``"var"``) stored
+    pixel-minor: ``(output, written)``, ``output`` the API-shaped view of a ``[2, P]`` or
+    ``[2, 2, 3, P]`` base (``par[p, i] = base[i, p]``, ``var[p, k, i, j] =
+    base[i, j, k, p]``), ``written`` the planes the chunks fill (advised onto huge pages).
 
-
-def _plane_array(name: str, n_pixels: int, dtype) -> tuple[np.ndarray, np.ndarray]:
-    """Zero ``par [P, 2]`` (``name="par"``) or ``var [P, 3, 2, 2]`` (``"var"``) stored
-    pixel-minor, for fitters whose pedestal entries are zero (:class:`SlopeRows`).
-
-    Returns ``(output, written)``: ``output`` is the API-shaped view (``par[p, i] =
-    base[i, p]``, ``var[p, k, i, j] = base[i, j, k, p]``), ``written`` the contiguous
-    ``[1, P]`` or ``[3, P]`` planes of the slope entries that the chunks fill. The other
-    planes are never touched, so their zero pages never become resident: a full frame's
-    ``var`` costs 0.2 GB instead of 0.8 GB. Only ``written`` is advised onto huge pages."""
+    Default (:class:`SlopeRows`, zero pedestal entries): a zero base, ``written`` the
+    contiguous ``[1, P]`` or ``[3, P]`` slope planes; the other planes are never touched, so
+    their zero pages never become resident (a full frame's ``var``: 0.2 GB instead of
+    0.8 GB). ``every_plane`` (:class:`EntryRows`): ``written`` is the whole base,
+    uninitialised, since every plane is written."""
     planes = {"par": (2,), "var": (2, 2, 3)}[name]
-    base = _aligned_array(planes + (n_pixels,), dtype, zero=True)
-    if name == "par":
-        output, written = base.T, base[1:]
+    base = _aligned_array(planes + (n_pixels,), dtype, zero=not every_plane)
+    output = base.T if name == "par" else base.transpose(3, 2, 0, 1)
+    if every_plane:
+        written = base
     else:
-        output, written = base.transpose(3, 2, 0, 1), base[1, 1]
+        written = base[1:] if name == "par" else base[1, 1]
     _advise_huge_pages(written)
     return output, written
 
@@ -591,7 +583,8 @@ def fit_frame(resultants, pattern, read_noise, *, method="casertano", dq=None, c
             if isinstance(leaf, EntryRows):  # fit_chunk (optimal): every entry, as rows
                 if name not in outputs:
                     dtype = np.asarray(leaf.rows[0]).dtype
-                    outputs[name], planes[name] = _entry_plane_array(name, n_pixels, dtype)
+                    outputs[name], planes[name] = _plane_array(name, n_pixels, dtype,
+                                                                every_plane=True)
                 leaf.write_into(planes[name], start, stop)
                 continue
             if isinstance(leaf, PackedFlags):  # fit_chunk: jump flags, one word per pixel

@@ -385,12 +385,12 @@ def _resident_pages(begin, length):
 def test_entry_rows_fill_the_planes_of_the_matrix_layout(rng):
     """EntryRows (optimal chunks) -> pixel-minor planes: 10 = 01, total = read + Poisson in
     the rows' precision, only ``[start, stop)`` written."""
-    from romanjax._batch import _entry_plane_array
+    from romanjax._batch import _plane_array
     from romanjax.ramp._common import EntryRows
 
     n_pixels, start, stop = 50, 10, 27
     rows = [rng.normal(size=40).astype(np.float32) for _ in range(6)]
-    var, planes = _entry_plane_array("var", n_pixels, np.float32)
+    var, planes = _plane_array("var", n_pixels, np.float32, every_plane=True)
     planes[...] = -7.0
     EntryRows(tuple(rows)).write_into(planes, start, stop)
     assert var.shape == (n_pixels, 3, 2, 2) and not var.flags.c_contiguous
@@ -403,7 +403,7 @@ def test_entry_rows_fill_the_planes_of_the_matrix_layout(rng):
     assert total.dtype == np.float32
     np.testing.assert_array_equal(var[start:stop, 2], total)
     assert np.all(var[:start] == -7.0) and np.all(var[stop:] == -7.0)
-    par, par_planes = _entry_plane_array("par", n_pixels, np.float32)
+    par, par_planes = _plane_array("par", n_pixels, np.float32, every_plane=True)
     EntryRows((rows[0], rows[1])).write_into(par_planes, start, stop)
     assert par.shape == (n_pixels, 2)
     np.testing.assert_array_equal(par[start:stop], np.stack([rows[0][:m], rows[1][:m]], -1))

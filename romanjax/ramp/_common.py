@@ -68,8 +68,9 @@ class EntryRows(NamedTuple):
     ``par``: ``(pedestal, slope)``. ``var``: the read-noise entries ``(00, 01, 11)`` then the
     Poisson ones; ``10`` equals ``01`` and the total is read + Poisson (summed on the host in
     the same float precision, so the values equal the direct fit's). ``fit_frame`` writes
-    them into pixel-minor planes (:func:`romanjax._batch._plane_array`), which spares the
-    device the interleaved ``[P, 3, 2, 2]`` layout and the host a quarter of the copy."""
+    them into pixel-minor planes (:func:`romanjax._batch._plane_array`, ``every_plane``),
+    which spares the device the interleaved ``[P, 3, 2, 2]`` layout and the host a quarter
+    of the copy."""
 
     rows: tuple
 

@@ -253,10 +253,10 @@ def _fit_optimal(resultants, read_noise, flux_estimate, *, pattern, grid):
                          pattern=pattern, grid=grid)  # fmt: skip
 
 
-@partial(jax.jit, static_argnames=("shape", "with_dq"))
-def _assemble_fit(pedestal, slope, var_read, var_poisson, *, shape, with_dq=True):
+@partial(jax.jit, static_argnames=("shape",))
+def _assemble_fit(pedestal, slope, var_read, var_poisson, *, shape):
     """Second stage: ``RampFit`` with ``par [*pixels, 2]``, ``var [*pixels, 3, 2, 2]`` and a
-    zero dq of ``shape`` (``[n, *pixels]``; None if not ``with_dq``)."""
+    zero dq of ``shape`` (``[n, *pixels]``)."""
     pixels = shape[1:]
     var_total = [a + b for a, b in zip(var_read, var_poisson, strict=True)]
 
@@ -267,7 +267,7 @@ def _assemble_fit(pedestal, slope, var_read, var_poisson, *, shape, with_dq=True
     par = jnp.stack([pedestal, slope], -1)
     return RampFit(
         par=par.reshape(pixels + (2,)), var=var.reshape(pixels + (3, 2, 2)),
-        dq=jnp.zeros(shape, jnp.uint32) if with_dq else None,
+        dq=jnp.zeros(shape, jnp.uint32),
     )  # fmt: skip
 
 
