@@ -28,6 +28,8 @@ _EXPORTS = {
     "ramp_log_likelihood": "romanjax.forward",
     "fisher_slope_variance": "romanjax.forward",
     "fit_frame": "romanjax._batch",
+    "simulate_frame": "romanjax._batch",
+    "apportion_frame": "romanjax._batch",
 }
 _SUBMODULES = {"dq", "testing", "ramp", "l1", "io"}
 

@@ -17,22 +17,12 @@ host-side: numpy in, numpy out. They
    chunks are in flight (the simulation drivers on a CPU instead compute one chunk per core
    at once, each from a host thread of its own: XLA alone leaves part of the cores idle in
    the samplers' loops);
-4. copy each chunk's results into preallocated host arrays (``dq`` output pages that stay all
-   zero are never written, so they cost no resident memory). Chunk fitters may return the
-   flags in a cheaper form: None when they are zero by construction, and, for jump
-   detection without input dq, the list of candidate pixels with their flags packed in one
-   word each (:class:`~romanjax.ramp._common.PackedFlags`), which is expanded here; the
-   dense ``[n, chunk]`` array is then never written on the device nor copied back. The
-   Casertano and likelihood fitters return only the non-zero entries of ``par`` and ``var``
-   (:class:`~romanjax.ramp._common.SlopeRows`); their outputs are stored pixel-minor, so
-   the planes of the zero pedestal entries are never touched either (``var`` of a full
-   frame: 0.2 GB resident instead of 0.8 GB; the arrays are then not C-contiguous). The
-   optimal fitter without input dq returns the distinct entries as the fit's rows
-   (:class:`~romanjax.ramp._common.EntryRows`), written into pixel-minor planes too: the
-   device skips the interleaved layout and a quarter of the copy.
+4. copy each chunk's results into preallocated host arrays. Every array of a
+   :class:`~romanjax.RampFit` has the pixels last, so a chunk's results are copied into
+   ``out[..., start:stop]`` of ordinary C-contiguous arrays, whatever the fitter.
 
 Ramp fits are pixel-independent, so :func:`fit_frame` returns what the fitter returns on the
-whole array: dq bit for bit, floats to the last bit or two (XLA's CPU code generation depends
+whole array: flags bit for bit, floats to the last bit or two (XLA's CPU code generation depends
 on the array length, so a chunk may round its last bit differently; seen: 1 ulp in float64).
 Simulation draws random numbers, and how a JAX random
 function maps a key to values depends on the array shape; :func:`simulate_frame` and
@@ -44,9 +34,6 @@ makes the result independent of the chunk size and of the number of devices.
 from __future__ import annotations
 
 import math
-import mmap
-import os
-import sys
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
@@ -56,9 +43,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import dq as dqflags
+from . import _platform
 from ._read_pattern import ReadPattern
-from .ramp._common import EntryRows, PackedFlags, SlopeRows, check_pixel_shape
+from .ramp._common import check_pixel_shape
 
 __all__ = [
     "fit_frame",
@@ -78,32 +65,27 @@ __all__ = [
 #: Casertano and likelihood return ``par`` and ``var`` as ``SlopeRows``, their non-zero
 #: entries only.
 FITTERS = {
-    "optimal": ("romanjax.ramp._optimal", "fit_chunk"),
-    "casertano": ("romanjax.ramp._casertano", "fit_chunk"),
-    "likely": ("romanjax.ramp._likely", "fit_chunk"),
+    "optimal": ("romanjax.ramp._optimal", "fit_ramps_optimal"),
+    "casertano": ("romanjax.ramp._casertano", "fit_ramps_casertano"),
+    "likely": ("romanjax.ramp._likely", "fit_ramps_likely"),
 }
 
-#: Bytes of resultants per chunk on devices that do not report their memory (CPU). The
-#: fitters' working set is ~20x the resultants of a chunk (outputs: 14 + n values per pixel,
-#: plus intermediates such as the optimal fitter's gathered spline coefficients; measured
-#: ~700 B/pixel for 9 float32 resultants) and two chunks are in flight, so this keeps the
-#: driver's own footprint near 300 MB; 2.3e5 pixels per chunk (9 float32 resultants) is as
-#: fast as one chunk of the whole frame on CPU.
-DEFAULT_CPU_CHUNK_BYTES = 8 * 2**20
+#: Frames of at least this many bytes of resultants return the C heap's free pages to the
+#: OS after their first chunk on CPUs (:func:`romanjax._platform.release_free_heap`), which
+#: keeps compilation scratch out of a full frame's peak memory.
+LARGE_FRAME_BYTES = 256 * 2**20
 
-#: Fraction of an accelerator's free memory one chunk's resultants may take (the working set
-#: is ~20x the resultants and two chunks are in flight).
-_DEVICE_MEMORY_FRACTION = 1 / 64
+#: Bytes of resultants per chunk on CPUs (see :mod:`romanjax._platform`).
+DEFAULT_CPU_CHUNK_BYTES = _platform.CPU_CHUNK_BYTES
 
 #: Pixels per random-number block of :func:`simulate_frame` (256 rows of a 4088-pixel
 #: detector: cosmic-ray tracks, up to ~200 pixels long, are cut at block edges).
 DEFAULT_RNG_BLOCK = 2**20
 
 #: Pixels per random-number block of :func:`apportion_frame` (32 rows of a 4088-pixel
-#: detector). On a CPU the chunks are computed several at once, one per core; small blocks
-#: let small frames use that too. On the 2-core VM, against one 2**20-pixel block (XLA
-#: alone keeps ~1.6 of the 2 cores busy): 1024 x 1024 0.52 -> 0.43 s, 512 x 512 0.134 ->
-#: 0.105 s (with 2**18-pixel blocks 0.43 and 0.134 s).
+#: detector). On a CPU the chunks are computed several at once, one per core (XLA alone
+#: leaves part of the cores idle in the samplers' serial loops); small blocks let small
+#: frames use that too.
 APPORTION_RNG_BLOCK = 2**17
 
 
@@ -152,18 +134,7 @@ def default_chunk_pixels(n_resultants: int, itemsize: int = 4, devices=None) -> 
         Devices a chunk is sharded over; default ``jax.local_devices()``.
     """
     devices = list(jax.local_devices() if devices is None else devices)
-    free = []
-    for device in devices:
-        try:
-            stats = device.memory_stats()
-        except Exception:  # noqa: BLE001 - backends without memory statistics
-            stats = None
-        if stats and "bytes_limit" in stats:
-            free.append(stats["bytes_limit"] - stats.get("bytes_in_use", 0))
-    if free and len(free) == len(devices):
-        budget = max(min(free), 0) * _DEVICE_MEMORY_FRACTION * len(devices)
-    else:
-        budget = DEFAULT_CPU_CHUNK_BYTES
+    budget = _platform.chunk_bytes(devices)
     unit = 1024 * len(devices)
     pixels = int(budget // (max(n_resultants, 1) * itemsize))
     return max(unit, pixels // unit * unit)
@@ -194,123 +165,6 @@ def _chunk_size(chunk_pixels, n_pixels, n_resultants, itemsize, n_shards, functi
         chunk = int(chunk_pixels)
     chunk = min(chunk, max(n_pixels, 1))
     return -(-chunk // n_shards) * n_shards
-
-
-#: Frames of at least this many bytes of resultants get the memory measures of
-#: :func:`_flag_array` and :func:`_release_free_heap`, which cost time (4 kB page faults on
-#: the flag array instead of 2 MB ones: +50-65 ms for 1024 x 1024 x 9 flags on the 2-core VM)
-#: but keep a full frame's peak memory down.
-LARGE_FRAME_BYTES = 256 * 2**20
-_MADV_NOHUGEPAGE = 15  # Linux
-
-
-def _flag_array(shape, sparse: bool = False) -> np.ndarray:
-    """Zero uint32 ``shape`` for output flags, which are mostly zero: untouched pages are never
-    made resident. On Linux advised onto transparent huge pages (as numpy advises its own
-    large arrays; the scattered jump flags of a 1024 x 1024 fit then cost ~30 ms less in
-    4 kB page faults), except when ``sparse`` (large frames): advised off them, where a
-    single flag makes a whole 2 MB page resident (a full frame with 1% of pixels jumped in
-    one resultant touches ~70% of the 2 MB pages of its dq, but ~25% of the 4 kB pages)."""
-    array = _aligned_array(shape, np.uint32, zero=True)  # fresh pages from 8 MB on
-    if sparse:
-        page = mmap.PAGESIZE
-        begin = -(-array.ctypes.data // page) * page
-        _advise(begin, (array.ctypes.data + array.nbytes - begin) // page * page,
-                _MADV_NOHUGEPAGE)  # fmt: skip
-    else:  # as numpy advises its own large arrays: 36 MB of flags touched here and there
-        _advise_huge_pages(array)  # take 5 ms of page faults instead of 14
-    return array
-
-
-_MADV_HUGEPAGE = 14  # Linux
-_HUGE_PAGE = 2 * 2**20
-
-
-def _dense_array(shape, dtype) -> np.ndarray:
-    """Uninitialised ``shape`` array for an output every element of which will be written
-    (``par``, ``var``). On Linux it is aligned to 2 MB and advised onto transparent huge
-    pages, so writing it takes one page fault per 2 MB instead of one per 4 kB: the chunk
-    copies of a 1024 x 1024 RampFit spent about as long in page faults as in copying (zeroed
-    4 kB pages: 9.5 ms for ``var``'s 48 MB; huge pages: 5.6 ms; a warm copy: 3.5 ms)."""
-    array = _aligned_array(shape, dtype, zero=False)
-    _advise_huge_pages(array)
-    return array
-
-
-def _plane_array(name: str, n_pixels: int, dtype, *, every_plane: bool = False):
-    """``par [P, 2]`` (``name="par"``) or ``var [P, 3, 2, 2]`` (``"var"``) stored
-    pixel-minor: ``(output, written)``, ``output`` the API-shaped view of a ``[2, P]`` or
-    ``[2, 2, 3, P]`` base (``par[p, i] = base[i, p]``, ``var[p, k, i, j] =
-    base[i, j, k, p]``), ``written`` the planes the chunks fill (advised onto huge pages).
-
-    Default (:class:`SlopeRows`, zero pedestal entries): a zero base, ``written`` the
-    contiguous ``[1, P]`` or ``[3, P]`` slope planes; the other planes are never touched, so
-    their zero pages never become resident (a full frame's ``var``: 0.2 GB instead of
-    0.8 GB). ``every_plane`` (:class:`EntryRows`): ``written`` is the whole base,
-    uninitialised, since every plane is written."""
-    planes = {"par": (2,), "var": (2, 2, 3)}[name]
-    base = _aligned_array(planes + (n_pixels,), dtype, zero=not every_plane)
-    output = base.T if name == "par" else base.transpose(3, 2, 0, 1)
-    if every_plane:
-        written = base
-    else:
-        written = base[1:] if name == "par" else base[1, 1]
-    _advise_huge_pages(written)
-    return output, written
-
-
-def _aligned_array(shape, dtype, *, zero: bool) -> np.ndarray:
-    """``shape`` array, aligned to 2 MB on Linux when it spans 8 MB or more; ``zero``: filled
-    with zeros, and then, from 8 MB, a fresh anonymous mapping whose pages become resident
-    only when written (malloc may instead hand out and clear recycled heap memory)."""
-    dtype = np.dtype(dtype)
-    nbytes = math.prod(shape) * dtype.itemsize
-    if not sys.platform.startswith("linux") or nbytes < 4 * _HUGE_PAGE:
-        return np.zeros(shape, dtype) if zero else np.empty(shape, dtype)
-    if zero:  # unmapped when the last view of it goes
-        raw = np.frombuffer(mmap.mmap(-1, nbytes + _HUGE_PAGE, flags=mmap.MAP_PRIVATE), np.uint8)
-    else:
-        raw = np.empty(nbytes + _HUGE_PAGE, np.uint8)
-    offset = -raw.ctypes.data % _HUGE_PAGE
-    return raw[offset : offset + nbytes].view(dtype).reshape(shape)
-
-
-def _advise_huge_pages(array: np.ndarray) -> None:
-    """Advise the whole 2 MB pages inside the C-contiguous ``array`` onto transparent huge
-    pages (Linux; arrays under 8 MB are left alone)."""
-    if array.nbytes < 4 * _HUGE_PAGE:
-        return
-    begin = -(-array.ctypes.data // _HUGE_PAGE) * _HUGE_PAGE
-    end = (array.ctypes.data + array.nbytes) // _HUGE_PAGE * _HUGE_PAGE
-    _advise(begin, end - begin, _MADV_HUGEPAGE)
-
-
-def _advise(begin: int, length: int, advice: int) -> None:
-    """``madvise(begin, length, advice)`` on Linux (page-aligned ``begin``); elsewhere, or
-    without libc's madvise, nothing: only the paging economy is lost."""
-    if not sys.platform.startswith("linux") or length <= 0:
-        return
-    try:
-        import ctypes
-
-        ctypes.CDLL(None, use_errno=True).madvise(
-            ctypes.c_void_p(begin), ctypes.c_size_t(length), advice)
-    except (OSError, AttributeError):
-        pass
-
-
-def _release_free_heap() -> None:
-    """Return the C heap's free pages to the OS (glibc ``malloc_trim``). Called once per large
-    frame after its first chunk: XLA's compilation leaves ~0.25 GB of freed scratch memory
-    resident, which would otherwise count in the frame's peak memory. No-op elsewhere."""
-    if not sys.platform.startswith("linux"):
-        return
-    try:
-        import ctypes
-
-        ctypes.CDLL(None).malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc
-        pass
 
 
 def _flat_slice(array, lead: int, start: int, stop: int) -> np.ndarray:
@@ -348,24 +202,11 @@ def _is_pixel_array(value) -> bool:
     return isinstance(value, (np.ndarray, jax.Array)) and np.ndim(value) > 0
 
 
-def _usable_cores() -> int:
-    """CPU cores this process may run on (its affinity mask where the OS reports one)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # pragma: no cover - macOS, Windows
-        return max(1, os.cpu_count() or 1)
-
-
-def _on_cpu(mesh) -> bool:
-    """Whether every device of ``mesh`` is a CPU."""
-    return all(device.platform == "cpu" for device in mesh.devices.flat)
-
-
 def _simulation_workers(workers, mesh, function) -> int:
     """Chunks :func:`_simulate_frame` computes at once (validated ``workers``, or the default:
     the usable cores when every device of ``mesh`` is a CPU, else 1)."""
     if workers is None:
-        return _usable_cores() if _on_cpu(mesh) else 1
+        return _platform.host_workers(mesh)
     if isinstance(workers, bool) or not isinstance(workers, (int, np.integer)) or workers < 1:
         raise ValueError(f"{function}: `workers` must be a positive integer, got {workers!r}")
     return int(workers)
@@ -469,13 +310,9 @@ def fit_frame(resultants, pattern, read_noise, *, method="casertano", dq=None, c
     Returns
     -------
     RampFit
-        The fitter's result with numpy arrays: ``par [*pixels, 2]``, ``var [*pixels, 3, 2,
-        2]``, ``dq [n_resultant, *pixels]`` uint32, ``chisq [*pixels]`` or None. With
-        ``method="casertano"`` or ``"likely"``, whose pedestal entries are zero, ``par`` and
-        ``var`` are stored pixel-minor (views of ``[2, P]`` and ``[2, 2, 3, P]`` buffers
-        whose zero planes are never made resident), and so are those of
-        ``method="optimal"`` without ``dq`` (every plane written from the fit's rows): same
-        values, not C-contiguous (``np.ascontiguousarray`` makes a C-ordered copy).
+        The fitter's result with C-contiguous numpy arrays (``slope``, the variances and
+        the packed ``flags`` with the pixels last, as the fitter returns them; ``par``,
+        ``var`` and ``dq`` are computed from them on access).
 
     Raises
     ------
@@ -495,6 +332,11 @@ def fit_frame(resultants, pattern, read_noise, *, method="casertano", dq=None, c
     """
     function = "fit_frame"
     fitter = _resolve_fitter(method)
+    if fit_kwargs.get("return_jump_amplitudes"):
+        raise ValueError(
+            "fit_frame: `return_jump_amplitudes` is not supported (the result is one RampFit); "
+            "call romanjax.fit_ramps_likely for the jump amplitudes"
+        )
     if not isinstance(pattern, ReadPattern):
         raise TypeError(
             f"{function}: `pattern` must be a romanjax.ReadPattern, got {type(pattern).__name__}"
@@ -561,82 +403,35 @@ def fit_frame(resultants, pattern, read_noise, *, method="casertano", dq=None, c
         fit = fitter(jax.device_put(ramps, ramp_sharding), pattern, noise, **kwargs)
         return start, stop, fit
 
-    outputs = {}
-    planes = {}  # name -> the written planes of a _plane_array output
+    outputs = []  # [treedef, *leaves]: every leaf of a RampFit is [..., pixels], pixel-minor
     large = resultants.nbytes >= LARGE_FRAME_BYTES
 
     def collect(job):
         start, stop, fit = job
-        for name, leaf in zip(fit._fields, fit, strict=True):
-            if leaf is None and name == "dq":  # fit_chunk: the flags are zero by construction
-                if name not in outputs:  # pages that are never written never become resident
-                    outputs[name] = _flag_array((n, n_pixels), large)
-                continue
-            if leaf is None:
-                outputs.setdefault(name, None)
-                continue
-            if isinstance(leaf, SlopeRows):  # fit_chunk: the non-zero rows of par or var
-                if name not in outputs:
-                    outputs[name], planes[name] = _plane_array(name, n_pixels, leaf.rows.dtype)
-                planes[name][:, start:stop] = np.asarray(leaf.rows)[:, : stop - start]
-                continue
-            if isinstance(leaf, EntryRows):  # fit_chunk (optimal): every entry, as rows
-                if name not in outputs:
-                    dtype = np.asarray(leaf.rows[0]).dtype
-                    outputs[name], planes[name] = _plane_array(name, n_pixels, dtype,
-                                                                every_plane=True)
-                leaf.write_into(planes[name], start, stop)
-                continue
-            if isinstance(leaf, PackedFlags):  # fit_chunk: jump flags, one word per pixel
-                if name not in outputs:
-                    outputs[name] = _flag_array((n, n_pixels), large)
-                leaf.expand_into(outputs[name][:, start:stop], dqflags.JUMP_DET,
-                                 dqflags.DO_NOT_USE)  # fmt: skip
-                continue
-            values = np.asarray(leaf)  # blocks until this chunk is done
-            # dq keeps the resultant axis first; every other leaf has pixels first
-            axis = 1 if name == "dq" else 0
-            if name not in outputs:
-                shape = list(values.shape)
-                shape[axis] = n_pixels
-                # flags: zeros, whose untouched pages are never made resident; the other
-                # leaves are written whole, chunk by chunk
-                outputs[name] = (_flag_array(shape, large) if name == "dq"
-                                 else _dense_array(shape, values.dtype))  # fmt: skip
-            part = values[:, : stop - start] if axis else values[: stop - start]
-            if name == "dq" and not part.any():
-                continue  # output already zero
-            if axis:
-                outputs[name][:, start:stop] = part
-            else:
-                outputs[name][start:stop] = part
-        return type(fit)
+        leaves, treedef = jax.tree_util.tree_flatten(fit)
+        if not outputs:
+            outputs.append(treedef)
+            for leaf in leaves:
+                outputs.append(np.empty(leaf.shape[:-1] + (n_pixels,), leaf.dtype))
+        for target, leaf in zip(outputs[1:], leaves, strict=True):
+            target[..., start:stop] = np.asarray(leaf)[..., : stop - start]
 
-    kinds = []
-
-    def collect_kind(job):
-        kinds.append(collect(job))
+    def after_first():
+        if large:
+            _platform.release_free_heap(mesh)
 
     bar = _progress_bar(progress, n_pixels, f"fit_frame[{getattr(method, '__name__', method)}]")
     try:
-        # one chunk at a time: unlike the simulators, the fitters gained nothing from a
-        # chunk per core (1024 x 1024 on the 2-core VM, Casertano 11.7 -> 14.5 ms, with
-        # jumps, optimal and likelihood within the scatter)
-        _run_chunks(range(0, max(n_pixels, 1), chunk), submit, collect_kind, workers=1,
-                    on_host=None, bar=bar, after_first=_release_free_heap if large else None)
+        # one chunk at a time, chunk i + 1 enqueued before chunk i is copied back
+        _run_chunks(range(0, max(n_pixels, 1), chunk), submit, collect, workers=1,
+                    on_host=None, bar=bar, after_first=after_first)  # fmt: skip
     finally:
         if bar is not None:
             bar.close()
-    kind = kinds[-1]
-
-    def unflatten(name, value):
-        if value is None:
-            return None
-        if name == "dq":
-            return value.reshape((n,) + pixels + value.shape[2:])
-        return value.reshape(pixels + value.shape[1:])
-
-    return kind(**{name: unflatten(name, value) for name, value in outputs.items()})
+    treedef, leaves = outputs[0], outputs[1:]
+    return jax.tree_util.tree_unflatten(
+        treedef, [leaf.reshape(leaf.shape[:-1] + pixels) for leaf in leaves]
+    )
 
 
 # --------------------------------------------------------------------------------------------

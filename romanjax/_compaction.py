@@ -1,7 +1,7 @@
 """Stream compaction for jitted code: the indices of the true entries of a mask, in order.
 
-``jnp.nonzero(mask, size=...)`` and ``jnp.cumsum`` lower to slow loops on XLA CPU (~25 ms
-for 1e6 entries); a two-level prefix count (sequential sums within rows of ``width``
+``jnp.nonzero(mask, size=...)`` and ``jnp.cumsum`` lower to slow sequential loops on XLA
+CPU; a two-level prefix count (sequential sums within rows of ``width``
 entries, the row totals recursively) and one scatter do the same in a few ms. Used by the
 binomial sampler (rejected draws) and the Casertano jump stage (candidate pixels).
 """

@@ -2,7 +2,7 @@
 
 Host-side: galsim renders the sources; the Poisson draw, the apportioning of the new counts
 over the reads (:func:`romanjax.apportion_counts`) and the refit of the touched pixels
-(:func:`romanjax.make_l2`) run in JAX. Research notes section 6.
+(:func:`romanjax.make_l2`) run in JAX.
 """
 
 from __future__ import annotations

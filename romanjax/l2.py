@@ -1,7 +1,7 @@
 """L2 (count-rate) products from L1 resultants: romanisim's ``make_l2`` as a pure function.
 
 The resultants arrive in DN; the ramp fitters work in electrons, so the chain is (romanisim
-``image.make_l2``, see ``research/romanisim.md`` section 5.1):
+``image.make_l2``):
 
 1. optional classical non-linearity correction of the DN resultants (a per-pixel polynomial,
    constant term first; pixels with NaN or all-zero coefficients are left uncorrected and
@@ -152,9 +152,8 @@ def make_l2(resultants, pattern, *, read_noise, gain, dq=None, dark_rate=None, f
     The resultants are converted to electrons with ``gain``, fitted with the chosen ramp
     fitter using ``dq & DO_NOT_USE_IN_FIT`` (saturated and jump-flagged resultants split the
     ramps), the dark rate is subtracted from the electron slope, and slope and variances are
-    converted back to DN and flat-fielded (romanisim ``image.make_l2``; research notes
-    section 5.1). Pure: the inputs are never modified. Jit-compatible (pattern, method and
-    the fitter keywords are static).
+    converted back to DN and flat-fielded (romanisim ``image.make_l2``). Pure: the inputs are
+    never modified. Jit-compatible (pattern, method and the fitter keywords are static).
 
     Parameters
     ----------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import os
 import subprocess
@@ -23,7 +24,7 @@ from romanjax._batch import (
     fit_frame,
     simulate_frame,
 )
-from romanjax.ramp._common import PackedFlags, RampFit
+from romanjax.ramp._common import RampFit, pack_flags
 
 
 def have(module: str) -> bool:
@@ -66,7 +67,12 @@ def assert_fits_equal(direct, chunked):
     jump queue is sized by the number of pixels, so a chunk can round its last bit
     differently from the whole frame (seen: 1 ulp in float64)."""
     assert type(chunked) is type(direct)
-    for name in direct._fields:
+    if isinstance(direct, RampFit):
+        assert chunked.n_resultants == direct.n_resultants
+        names = [f.name for f in dataclasses.fields(RampFit) if f.name != "n_resultants"]
+    else:
+        names = direct._fields
+    for name in names:
         want, got = getattr(direct, name), getattr(chunked, name)
         if want is None:
             assert got is None, name
@@ -155,15 +161,21 @@ def test_fit_frame_one_compilation(rng):
 
 
 def fake_fitter(resultants, pattern, read_noise, *, dq=None, flag_above=np.inf):
-    """A stand-in fitter: 'slope' = last resultant, flags JUMP_DET where value > flag_above."""
+    """A stand-in fitter: 'slope' = last resultant, a jump where value > flag_above or where
+    the input dq is non-zero, unfitted where the first resultant is negative."""
     resultants = jnp.asarray(resultants)
-    dq = jnp.zeros(resultants.shape, jnp.uint32) if dq is None else jnp.asarray(dq)
-    dq = dq | jnp.where(resultants > flag_above, jnp.uint32(dqflags.JUMP_DET), jnp.uint32(0))
+    jumps = resultants > flag_above
+    if dq is not None:
+        jumps = jumps | (jnp.asarray(dq) != 0)
     pixels = resultants.shape[1:]
-    par = jnp.stack([resultants[0], resultants[-1] * read_noise], axis=-1)
     noise = jnp.broadcast_to(jnp.asarray(read_noise, resultants.dtype), pixels)
-    var = jnp.broadcast_to(noise[..., None, None, None], pixels + (3, 2, 2))
-    return RampFit(par=par, var=var, dq=dq, chisq=resultants.sum(axis=0))
+    return RampFit(
+        slope=resultants[-1] * read_noise, var_read=noise, var_poisson=2 * noise,
+        var_total=3 * noise, flags=pack_flags(jumps, resultants[0] < 0),
+        pedestal=resultants[0], var_pedestal=jnp.stack([noise] * 3),
+        cov_pedestal_slope=jnp.stack([noise] * 3), chisq=resultants.sum(axis=0),
+        n_resultants=resultants.shape[0],
+    )  # fmt: skip
 
 
 def test_fit_frame_forwards_dq_and_per_pixel_kwargs(rng):
@@ -176,13 +188,13 @@ def test_fit_frame_forwards_dq_and_per_pixel_kwargs(rng):
     chunked = fit_frame(resultants, MA4, read_noise, method=fake_fitter, dq=dq,
                         chunk_pixels=50, flag_above=threshold)  # fmt: skip
     assert_fits_equal(direct, chunked)
-    assert np.count_nonzero(chunked.dq & dqflags.SATURATED) == 4
-    assert (chunked.dq & dqflags.JUMP_DET).any()
+    assert np.all(chunked.jump_map[3, 5:9, 2])  # the forwarded input dq
+    assert chunked.jump_map.sum() > 4  # and the per-pixel keyword's threshold
     # dq broadcasting against the resultants (a per-resultant flag): no full-size copy needed
     per_resultant = np.array([0, 0, 1, 0, 0, 0, 0, 0, 0], np.uint32)[:, None, None]
     chunked = fit_frame(resultants, MA4, 1.0, method=fake_fitter, dq=per_resultant,
                         chunk_pixels=64)  # fmt: skip
-    assert np.all(chunked.dq[2] == 1) and not chunked.dq[[0, 1, 3]].any()
+    assert np.all(chunked.jump_map[2]) and not chunked.jump_map[[0, 1, 3]].any()
 
 
 def test_fit_frame_errors(rng):
@@ -271,7 +283,8 @@ def test_fit_frame_equals_direct_casertano(rng, float_dtype, detect_jumps):
     chunked = fit_frame(resultants, MA4, 10.0, method="casertano", dq=dq, chunk_pixels=500,
                         detect_jumps=detect_jumps)  # fmt: skip
     assert_fits_equal(direct, chunked)
-    assert np.any(chunked.dq & dqflags.SATURATED)
+    assert np.any(chunked.resultant_dq(dq) & dqflags.SATURATED)
+    assert np.all(chunked.unfitted[:3, :] == direct.unfitted[:3, :])
     if detect_jumps:
         assert np.any(chunked.dq & dqflags.JUMP_DET)  # the injected jumps were found
     else:  # the default method is casertano (same compiled chunk function: no new compile)
@@ -308,8 +321,8 @@ def test_fit_frame_packed_jump_flags_equal_direct(chunk_pixels):
 
 @needs_casertano
 def test_large_frame_memory_measures_keep_results(monkeypatch):
-    # the measures fit_frame takes for large frames (flags off transparent huge pages, the
-    # C heap trimmed after the first chunk) must not change results: force them on a small one
+    # the measure fit_frame takes for large frames on CPUs (the C heap trimmed after the
+    # first chunk) must not change results: force it on a small one
     from romanjax import _batch
 
     monkeypatch.setattr(_batch, "LARGE_FRAME_BYTES", 0)
@@ -319,94 +332,7 @@ def test_large_frame_memory_measures_keep_results(monkeypatch):
     direct = romanjax.fit_ramps_casertano(resultants, MA4, 10.0, detect_jumps=True)
     chunked = fit_frame(resultants, MA4, 10.0, detect_jumps=True, chunk_pixels=1024)
     assert_fits_equal(direct, chunked)
-    assert chunked.dq.flags.writeable and np.any(chunked.dq & dqflags.JUMP_DET)
-
-
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux VmFlags")
-def _vma_flags(address):
-    """The VmFlags of the mapping holding ``address`` (Linux /proc/self/smaps)."""
-    with open("/proc/self/smaps") as smaps:
-        inside = False
-        for line in smaps:
-            head = line.split()[0]
-            if "-" in head and not head.endswith(":"):
-                begin, end = (int(v, 16) for v in head.split("-"))
-                inside = begin <= address < end
-            elif inside and line.startswith("VmFlags:"):
-                return line.split()[1:]
-    return None
-
-
-def test_large_flag_arrays_are_kept_off_huge_pages():
-    from romanjax._batch import _flag_array
-
-    flags = _flag_array((9, 1 << 21), sparse=True)  # 72 MB
-    assert flags.dtype == np.uint32 and not flags.any()
-    vma_flags = _vma_flags(flags.ctypes.data + flags.nbytes // 2)
-    assert vma_flags is not None and "nh" in vma_flags  # MADV_NOHUGEPAGE
-    # smaller frames' flags are advised onto huge pages, as numpy's own large arrays are
-    # (fresh 4 kB pages made a 1024 x 1024 fit with jump detection 34 -> 64 ms)
-    flags = _flag_array((9, 1 << 20))  # 36 MB
-    assert flags.dtype == np.uint32 and not flags.any()
-    vma_flags = _vma_flags(flags.ctypes.data + flags.nbytes // 2)
-    assert vma_flags is not None and "hg" in vma_flags  # MADV_HUGEPAGE
-
-
-def test_dense_outputs_are_aligned_huge_page_arrays():
-    from romanjax._batch import _HUGE_PAGE, _dense_array
-
-    small = _dense_array((10, 3), np.float32)
-    assert small.shape == (10, 3) and small.dtype == np.float32 and small.flags.writeable
-    var = _dense_array((1 << 20, 3, 2, 2), np.float32)  # 48 MB
-    assert var.shape == (1 << 20, 3, 2, 2) and var.dtype == np.float32
-    assert var.flags.c_contiguous and var.flags.writeable
-    var[...] = 1.5  # the whole array is usable
-    assert var.sum(dtype=np.float64) == 1.5 * var.size
-    if sys.platform.startswith("linux"):
-        assert var.ctypes.data % _HUGE_PAGE == 0
-        vma_flags = _vma_flags(var.ctypes.data + var.nbytes // 2)
-        assert vma_flags is not None and "hg" in vma_flags  # MADV_HUGEPAGE
-
-
-def _resident_pages(begin, length):
-    """How many of the pages in ``[begin, begin + length)`` are resident (Linux mincore)."""
-    import ctypes
-    import mmap
-
-    page = mmap.PAGESIZE
-    start = begin // page * page
-    count = -(-(begin + length - start) // page)
-    status = (ctypes.c_ubyte * count)()
-    libc = ctypes.CDLL(None, use_errno=True)
-    assert libc.mincore(ctypes.c_void_p(start), ctypes.c_size_t(count * page), status) == 0
-    return sum(value & 1 for value in status)
-
-
-def test_entry_rows_fill_the_planes_of_the_matrix_layout(rng):
-    """EntryRows (optimal chunks) -> pixel-minor planes: 10 = 01, total = read + Poisson in
-    the rows' precision, only ``[start, stop)`` written."""
-    from romanjax._batch import _plane_array
-    from romanjax.ramp._common import EntryRows
-
-    n_pixels, start, stop = 50, 10, 27
-    rows = [rng.normal(size=40).astype(np.float32) for _ in range(6)]
-    var, planes = _plane_array("var", n_pixels, np.float32, every_plane=True)
-    planes[...] = -7.0
-    EntryRows(tuple(rows)).write_into(planes, start, stop)
-    assert var.shape == (n_pixels, 3, 2, 2) and not var.flags.c_contiguous
-    m = stop - start
-    for k in range(2):
-        v00, v01, v11 = (row[:m] for row in rows[3 * k : 3 * k + 3])
-        want = np.stack([np.stack([v00, v01], -1), np.stack([v01, v11], -1)], -2)
-        np.testing.assert_array_equal(var[start:stop, k], want)
-    total = var[start:stop, 0] + var[start:stop, 1]  # float32 + float32, as the fitter does
-    assert total.dtype == np.float32
-    np.testing.assert_array_equal(var[start:stop, 2], total)
-    assert np.all(var[:start] == -7.0) and np.all(var[stop:] == -7.0)
-    par, par_planes = _plane_array("par", n_pixels, np.float32, every_plane=True)
-    EntryRows((rows[0], rows[1])).write_into(par_planes, start, stop)
-    assert par.shape == (n_pixels, 2)
-    np.testing.assert_array_equal(par[start:stop], np.stack([rows[0][:m], rows[1][:m]], -1))
+    assert np.any(chunked.dq & dqflags.JUMP_DET)
 
 
 def test_optimal_fit_frame_rows_equal_a_direct_call(rng):
@@ -414,73 +340,66 @@ def test_optimal_fit_frame_rows_equal_a_direct_call(rng):
     read_noise = rng.uniform(5, 15, (37, 41)).astype(np.float32)
     direct = romanjax.fit_ramps_optimal(ramps, MA4, read_noise)
     fit = fit_frame(ramps, MA4, read_noise, method="optimal", chunk_pixels=500)
-    assert not fit.var.flags.c_contiguous  # pixel-minor planes (docs/conventions.md)
+    for leaf in jax.tree_util.tree_leaves(fit):  # ordinary arrays, pixels last
+        assert isinstance(leaf, np.ndarray) and leaf.flags.c_contiguous
+        assert leaf.shape[-2:] == (37, 41)
+    assert_fits_equal(direct, fit)  # the total may round its last bit differently
     np.testing.assert_array_equal(fit.par, np.asarray(direct.par))
-    np.testing.assert_array_equal(fit.var, np.asarray(direct.var))
     np.testing.assert_array_equal(fit.var[..., 0, 1], fit.var[..., 1, 0])
 
 
 @pytest.mark.parametrize("method", [pytest.param("casertano", marks=needs_casertano),
                                     pytest.param("likely", marks=needs_likely)])
-def test_slope_only_fits_leave_pedestal_planes_untouched(method):
-    # Casertano and likelihood fits have zero pedestal entries in par and var: fit_frame
-    # stores those outputs pixel-minor and writes only the slope planes, so a frame's var
-    # costs 3 resident floats per pixel instead of 12
+def test_slope_only_fits_store_no_pedestal(method):
+    # Casertano and likelihood fits do not estimate the pedestal: fit_frame returns the slope
+    # and its three variances as C-contiguous [*pixels] arrays and no pedestal arrays at all;
+    # par and var show the zero pedestal entries
     rng = np.random.default_rng(3)
-    shape = (512, 2048)  # var: 48 MB, of which 36 MB are the zero planes
+    shape = (64, 96)
     resultants = make_ramps(rng, MA4, shape, np.float32)
-    chunked = fit_frame(resultants, MA4, 10.0, method=method, detect_jumps=False)
+    chunked = fit_frame(resultants, MA4, 10.0, method=method, detect_jumps=False,
+                        chunk_pixels=2048)  # fmt: skip
+    assert chunked.pedestal is None and chunked.var_pedestal is None
+    for leaf in jax.tree_util.tree_leaves(chunked):
+        assert leaf.flags.c_contiguous and leaf.shape[-2:] == shape
     var, par = chunked.var, chunked.par
     assert var.shape == shape + (3, 2, 2) and par.shape == shape + (2,)
-    assert var.strides[1] == par.strides[1] == 4  # pixel-minor
-    if sys.platform.startswith("linux"):  # before anything reads them
-        zero_planes = 9 * var[..., 0, 0, 0].size * 4  # bytes of base[i, j] for (i, j) != (1, 1)
-        # the last 2 MB may share a huge page with the written planes
-        assert _resident_pages(var.ctypes.data, zero_planes - 2**21) == 0
-        assert _resident_pages(par.ctypes.data, par[..., 0].size * 4 - 2**21) == 0
     direct = getattr(romanjax, f"fit_ramps_{method}")(resultants, MA4, 10.0, detect_jumps=False)
     assert_fits_equal(direct, chunked)
     assert not var[..., 0, :].any() and not var[..., 1, 0].any() and not par[..., 0].any()
-    # ordinary numpy arrays: writable, and a write lands only where it is made
-    var[0, 0, 2, 1, 1] = 7.0
-    assert var[0, 0, 2, 1, 1] == 7.0 and var[0, 0, 2, 0, 0] == 0 and var[0, 1, 2, 1, 1] != 7.0
+    np.testing.assert_array_equal(var[..., 2, 1, 1], chunked.var_total)
 
 
 @needs_casertano
-def test_fit_chunk_drops_dq_only_when_zero_by_construction(rng):
-    from romanjax.ramp import _casertano, _optimal
-
+def test_flags_are_none_only_when_zero_by_construction(rng):
     resultants = make_ramps(rng, MA4, (40,), np.float32)
     dq = np.zeros(resultants.shape, np.uint32)
     dq[-1, :3] = dqflags.SATURATED
-    assert _optimal.fit_chunk(resultants, MA4, 10.0).dq is None
-    assert _casertano.fit_chunk(resultants, MA4, 10.0).dq is None
-    # every case where the flags can be non-zero keeps them, equal to the public fitter
-    for chunk, public, kwargs in [
-        (_optimal.fit_chunk, romanjax.fit_ramps_optimal, {"dq": dq}),
-        (_casertano.fit_chunk, romanjax.fit_ramps_casertano, {"dq": dq}),
-        (_casertano.fit_chunk, romanjax.fit_ramps_casertano, {"dq": dq, "detect_jumps": True}),
-    ]:
-        np.testing.assert_array_equal(
-            np.asarray(chunk(resultants, MA4, 10.0, **kwargs).dq),
-            np.asarray(public(resultants, MA4, 10.0, **kwargs).dq),
-        )
-    # jumps without input dq: the flags come packed, and expand to the public fitter's
+    assert romanjax.fit_ramps_optimal(resultants, MA4, 10.0).flags is None
+    assert romanjax.fit_ramps_casertano(resultants, MA4, 10.0).flags is None
+    # ... and dq still reads as zeros of the resultants' shape
+    assert romanjax.fit_ramps_optimal(resultants, MA4, 10.0).dq.shape == resultants.shape
+    assert not romanjax.fit_ramps_casertano(resultants, MA4, 10.0).dq.any()
+    for fit in (romanjax.fit_ramps_optimal(resultants, MA4, 10.0, dq=dq),
+                romanjax.fit_ramps_casertano(resultants, MA4, 10.0, dq=dq),
+                romanjax.fit_ramps_casertano(resultants, MA4, 10.0, detect_jumps=True)):
+        assert fit.flags.shape == (1, 40) and fit.flags.dtype == np.uint32
+    # jumps without input dq: packed per pixel, one bit per resultant
     jumped = resultants.copy()
     jumped[4:, :5] += 5e3
-    packed = _casertano.fit_chunk(jumped, MA4, 10.0, detect_jumps=True).dq
-    assert isinstance(packed, PackedFlags)
-    expanded = np.zeros(jumped.shape, np.uint32)
-    packed.expand_into(expanded, dqflags.JUMP_DET, dqflags.DO_NOT_USE)
-    public_dq = np.asarray(romanjax.fit_ramps_casertano(jumped, MA4, 10.0, detect_jumps=True).dq)
-    np.testing.assert_array_equal(expanded, public_dq)
-    assert np.all(np.any(expanded[:, :5] & dqflags.JUMP_DET, axis=0))  # each jump found
+    fit = romanjax.fit_ramps_casertano(jumped, MA4, 10.0, detect_jumps=True)
+    flags = np.asarray(fit.flags)[0]
+    assert np.all(flags[:5] & (1 << 4))  # resultant 4 of each jumped pixel ...
+    jump_map = np.asarray(fit.jump_map)
+    assert np.all(jump_map[4, :5]) and jump_map.dtype == bool
+    np.testing.assert_array_equal(  # ... expands to JUMP_DET in dq
+        np.asarray(fit.dq), np.where(jump_map, dqflags.JUMP_DET, 0).astype(np.uint32)
+    )
+    assert not np.any(flags & (1 << MA4.n_resultants))  # every pixel fitted
     one = romanjax.ReadPattern(((1, 2),))  # one resultant: no slope, DO_NOT_USE everywhere
-    fit = _casertano.fit_chunk(resultants[:1], one, 10.0)
-    assert np.all(np.asarray(fit.dq) & dqflags.DO_NOT_USE)
-    # the public fitters always return the flags
-    assert romanjax.fit_ramps_optimal(resultants, MA4, 10.0).dq.shape == resultants.shape
-    assert romanjax.fit_ramps_casertano(resultants, MA4, 10.0).dq.shape == resultants.shape
+    fit = romanjax.fit_ramps_casertano(resultants[:1], one, 10.0)
+    assert np.all(np.asarray(fit.unfitted)) and np.all(np.asarray(fit.dq) & dqflags.DO_NOT_USE)
+    np.testing.assert_array_equal(np.asarray(fit.pixel_dq), dqflags.DO_NOT_USE)
 
 
 @needs_likely
@@ -624,7 +543,8 @@ def test_simulate_driver_runs_chunks_at_once(rng, monkeypatch):
 
 
 def test_simulation_workers_default():
-    from romanjax._batch import _simulation_workers, _usable_cores
+    from romanjax._batch import _simulation_workers
+    from romanjax._platform import usable_cores as _usable_cores
 
     class Device:
         def __init__(self, platform):

@@ -1,4 +1,4 @@
-"""The public contract of ../shared/API.md, checked over romanjax.__all__."""
+"""The public contract, checked over romanjax.__all__."""
 
 import inspect
 
@@ -23,7 +23,7 @@ def _counts(npix=6):
     return np.arange(npix, dtype="f4") * 37.0
 
 
-# name -> (function of a float32 pixel array, the array): the array functions of API.md
+# name -> (function of a float32 pixel array, the array): the public array functions
 ARRAY_CALLS = {
     "fit_ramps_optimal": (lambda r: romanjax.fit_ramps_optimal(r, PATTERN, 5.0), _ramps),
     "fit_ramps_casertano": (lambda r: romanjax.fit_ramps_casertano(r, PATTERN, 5.0), _ramps),
@@ -104,6 +104,11 @@ def test_fitters_return_rampfit_layout(name):
     assert fit.par.shape == (2, 3, 2)
     assert fit.var.shape == (2, 3, 3, 2, 2)
     assert fit.dq.shape == (N, 2, 3) and fit.dq.dtype == jnp.uint32
-    for prop in ("slope", "pedestal", "var_read", "var_poisson", "var_total"):
+    for prop in ("slope", "var_read", "var_poisson", "var_total"):
         assert getattr(fit, prop).shape == (2, 3)
+    # the pedestal only where the fitter estimates it (None, and 0 in par, elsewhere)
+    assert (fit.pedestal is None) == (name != "fit_ramps_optimal")
+    if fit.pedestal is not None:
+        assert fit.pedestal.shape == (2, 3)
+        assert fit.var_pedestal.shape == fit.cov_pedestal_slope.shape == (3, 2, 3)
     assert np.all(np.isfinite(fit.par)) and np.all(np.isfinite(fit.var))

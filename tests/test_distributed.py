@@ -64,10 +64,15 @@ def test_fit_exposures_on_local_cluster(tmp_path):
     assert len(fits) == 3
     for data, fit in zip(exposures, fits, strict=True):
         direct = romanjax.fit_ramps_optimal(data, MA4, 5.0)
+        # chunks of another length may round the last bit differently (XLA's vectorised
+        # body vs remainder, FMA contraction): floats to 4 ulp, flags exactly
         for name in ("par", "var", "dq"):
             got = getattr(fit, name)
             assert isinstance(got, np.ndarray)
-            np.testing.assert_array_equal(got, np.asarray(getattr(direct, name)))
+            if name == "dq":
+                np.testing.assert_array_equal(got, np.asarray(direct.dq))
+            else:
+                np.testing.assert_array_max_ulp(got, np.asarray(getattr(direct, name)), maxulp=4)
     for data, mean in zip(exposures[:2], written, strict=True):
         np.testing.assert_allclose(
             mean,

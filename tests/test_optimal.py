@@ -42,7 +42,7 @@ def test_resultants_to_differences():
 
 
 def test_covariance_reference_values():
-    # research/romanisim.md section 9: MA table 4, sigma = 10, f = 10
+    # reference values (romanisim 0.15): MA table 4, sigma = 10, f = 10
     cov = np.asarray(construct_covar(10.0, 10.0, ReadPattern.from_ma_table(4)), np.float64)
     np.testing.assert_allclose(
         np.diag(cov),
@@ -213,7 +213,7 @@ def test_fit_equals_romanisim_interpolator(table, rng):
 
 
 def test_reference_variances_section_9():
-    # research/romanisim.md section 9: MA table 4, sigma = 10 e; exact direct-inverse totals
+    # reference values (romanisim 0.15): MA table 4, sigma = 10 e; exact direct-inverse totals
     pattern = ReadPattern.from_ma_table(4)
     flux = np.array([0.5, 10.0, 1000.0, 1e4])
     fit = fit_ramps_optimal(np.zeros((9, 4), "f4"), pattern, 10.0, flux_estimate=flux)
@@ -347,4 +347,7 @@ def test_works_under_user_jit_vmap_and_grad():
 
 def test_package_exports():
     assert romanjax.fit_ramps_optimal is fit_ramps_optimal
-    assert isinstance(romanjax.RampFit((1,), (2,), (3,)), tuple)
+    fit = romanjax.RampFit(np.ones(2), np.zeros(2), np.zeros(2), np.zeros(2), n_resultants=3)
+    assert fit.par.shape == (2, 2) and fit.var.shape == (2, 3, 2, 2) and fit.dq.shape == (3, 2)
+    leaves, treedef = jax.tree_util.tree_flatten(fit)  # a pytree with static n_resultants
+    assert len(leaves) == 4 and jax.tree_util.tree_unflatten(treedef, leaves).n_resultants == 3

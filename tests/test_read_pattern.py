@@ -9,7 +9,7 @@ from romanjax import ReadPattern
 
 
 def test_ma_table_4_timing_matches_published_values():
-    # research/romanisim.md section 9 (romanisim 0.15, read_time 3.16247)
+    # reference values (romanisim 0.15, read_time 3.16247)
     pattern = ReadPattern.from_ma_table(4)
     np.testing.assert_allclose(
         pattern.tbar,

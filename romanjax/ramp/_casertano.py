@@ -39,7 +39,7 @@ import numpy as np
 from .. import dq as dqflags
 from .._compaction import compact as _compact
 from .._read_pattern import ReadPattern
-from ._common import PackedFlags, RampFit, SlopeRows, prepare_inputs
+from ._common import RampFit, flag_words, pack_flags, prepare_inputs, unpack_jumps
 from ._jumps import barrier, segment_jumps, whole_ramp_trigger
 
 __all__ = ["fit_ramps_casertano", "casertano_weights", "P_EDGES", "P_VALUES"]
@@ -358,9 +358,8 @@ def _general(resultants, good, read_var, pattern, detect_jumps, intercept, const
 
 #: Candidate pixels refitted per block (one compiled block). Each block iterates until its
 #: own pixels stop splitting, at a cost proportional to the block, so with the usual ~1-3%
-#: candidates a small block wastes little on padding: per 210k-pixel chunk with 1% jumped
-#: pixels the refit took 3.0 ms with 512-pixel blocks and 5.5 ms with 8192; with every pixel
-#: a candidate 512 costs ~20% more than 8192 (measured on the 2-core CPU).
+#: candidates a small block wastes little on padding, while with every pixel a candidate
+#: small blocks cost only a little more per pixel than large ones.
 BLOCK_PIXELS = 512
 
 
@@ -369,33 +368,23 @@ def _block_size(m: int) -> int:
     return int(max(1, min(m, BLOCK_PIXELS)))
 
 
-def _pack(flags):
-    """``[n, b]`` bool -> ``[b]`` uint32 with bit ``i`` set where ``flags[i]`` (n <= 31)."""
-    bits = jnp.zeros(flags.shape[1:], jnp.uint32)
-    for i in range(flags.shape[0]):
-        bits = bits | (flags[i].astype(jnp.uint32) << i)
-    return bits
+def _fit_flat(resultants, dq, read_noise, pattern, has_dq, detect_jumps, intercept, constant):
+    """Fit ``[n, m]`` resultants; returns slope, V_R, V_P (all ``[m]``) and the packed flags
+    ``[n // 32 + 1, m]`` (:func:`~._common.pack_flags`: the jumps found and the unfitted bit).
 
-
-def _fit_flat(resultants, dq, read_noise, pattern, has_dq, detect_jumps, intercept, constant,
-              packed=False):  # fmt: skip
-    """Fit ``[n, m]`` resultants; returns slope, V_R, V_P (all ``[m]``) and dq ``[n, m]``.
-
-    ``packed`` (no input dq, jump detection, 3 <= n <= 31): dq is instead
-    ``(index, bits, count)``: the first ``count`` entries of ``index`` are the candidate
-    pixels (the only ones that can have a flag), ``bits`` their flags, bit ``i`` for a jump
-    in resultant ``i`` and bit ``PackedFlags.UNFITTED_BIT`` for no usable sub-ramp.
+    Pixels with a flagged resultant or a whole-ramp jump trigger are the candidates: they are
+    compacted to the front and refitted with sub-ramps in blocks, the others keep the
+    whole-ramp fit (and no flags).
     """
     n, m = resultants.shape
     read_var = read_noise * read_noise
     rows = _rows(resultants)
+    words = jnp.zeros((flag_words(n), m), jnp.uint32)
     if n >= 2:
         slope, var_read, coeff = _whole_ramp(rows, read_var, pattern)
-        fitted = jnp.ones((m,), bool)
     else:
         slope = var_read = coeff = jnp.zeros((m,), resultants.dtype)
-        fitted = jnp.zeros((m,), bool)
-    jumps = jnp.zeros((n, m), bool)
+        words = pack_flags([jnp.zeros((m,), bool)] * n, jnp.ones((m,), bool))
     bad = (dq & dqflags.DO_NOT_USE_IN_FIT) != 0
     candidates = None
     if has_dq:
@@ -403,19 +392,15 @@ def _fit_flat(resultants, dq, read_noise, pattern, has_dq, detect_jumps, interce
     if detect_jumps and n >= 3:
         trigger = whole_ramp_trigger(rows, slope, read_var, pattern, intercept, constant)
         candidates = trigger if candidates is None else candidates | trigger
-    if packed and (candidates is None or n < 2 or has_dq):
-        raise ValueError("packed flags need jump detection, no input dq and n >= 3")
     if candidates is not None and n >= 2:
         block = _block_size(m)
         n_blocks = -(-m // block)
         # candidate indices first (in pixel order), padded with m (dropped on scatter)
         index = _compact(candidates, n_blocks * block)
         count = jnp.sum(candidates, dtype=jnp.int32)
-        if packed:  # candidate flags, in candidate order
-            jumps = jnp.zeros((n_blocks * block,), jnp.uint32)
 
         def body(b, state):
-            slope, var_read, coeff, fitted, jumps = state
+            slope, var_read, coeff, words = state
             idx = jax.lax.dynamic_slice(index, (b * block,), (block,))
             take = jnp.minimum(idx, m - 1)
             good = ~bad[:, take] if has_dq else jnp.ones((n, block), bool)
@@ -424,30 +409,22 @@ def _fit_flat(resultants, dq, read_noise, pattern, has_dq, detect_jumps, interce
             slope = slope.at[idx].set(s, mode="drop")
             var_read = var_read.at[idx].set(vr, mode="drop")
             coeff = coeff.at[idx].set(c, mode="drop")
-            fitted = fitted.at[idx].set(f, mode="drop")
-            if packed:
-                unfit = jnp.where(f, jnp.uint32(0), jnp.uint32(1 << PackedFlags.UNFITTED_BIT))
-                jumps = jax.lax.dynamic_update_slice(jumps, _pack(j) | unfit, (b * block,))
-            else:
-                jumps = jumps.at[:, idx].set(j, mode="drop")
-            return slope, var_read, coeff, fitted, jumps
+            words = words.at[:, idx].set(pack_flags(j, ~f), mode="drop")
+            return slope, var_read, coeff, words
 
-        state = (slope, var_read, coeff, fitted, jumps)
-        slope, var_read, coeff, fitted, jumps = jax.lax.fori_loop(
+        state = (slope, var_read, coeff, words)
+        slope, var_read, coeff, words = jax.lax.fori_loop(
             0, (count + block - 1) // block, body, state
         )
     var_poisson = coeff * jnp.maximum(slope, 0)
-    if packed:
-        return slope, var_read, var_poisson, (index, jumps, count)
-    out_dq = dq | jnp.where(jumps, jnp.uint32(dqflags.JUMP_DET), jnp.uint32(0))
-    out_dq = out_dq | jnp.where(fitted, jnp.uint32(0), jnp.uint32(dqflags.DO_NOT_USE))[None]
-    return slope, var_read, var_poisson, out_dq
+    return slope, var_read, var_poisson, words
 
 
-def _coefficients(resultants, dq_out, read_noise, pattern):
+def _coefficients(resultants, dq, words, read_noise, pattern):
     """Per-resultant coefficients ``c`` of the final slope (``slope = sum_i c_i R_i``) and the
-    combined V_S, from the final flags (derivative pass)."""
-    good = (dq_out & dqflags.DO_NOT_USE_IN_FIT) == 0
+    combined V_S, from the input flags and the jumps found (derivative pass)."""
+    jumps = jnp.stack(unpack_jumps(words, resultants.shape[0]))
+    good = ((dq & dqflags.DO_NOT_USE_IN_FIT) == 0) & ~jumps
     seg = _segments(_rows(resultants), _rows(good), read_noise * read_noise, pattern,
                     want_coefficients=True)  # fmt: skip
     return jnp.stack(seg["coefficients"]), seg["coeff"]
@@ -455,14 +432,10 @@ def _coefficients(resultants, dq_out, read_noise, pattern):
 
 @partial(
     jax.jit,
-    static_argnames=("pattern", "has_dq", "detect_jumps", "intercept", "constant", "dq_form",
-                     "slope_rows"),
+    static_argnames=("pattern", "has_dq", "detect_jumps", "intercept", "constant"),
 )
 def _fit_casertano(resultants, dq, read_noise, *, pattern, has_dq, detect_jumps, intercept,
-                   constant, dq_form="dense", slope_rows=False):  # fmt: skip
-    """``dq_form``: "dense" (``[n, *pixels]``), "none" (zero by construction, not returned) or
-    "packed" (no input dq, n <= 31: :class:`PackedFlags`, not differentiable).
-    ``slope_rows``: ``par`` and ``var`` as :class:`SlopeRows` (``fit_frame``'s chunks)."""
+                   constant):  # fmt: skip
     n = resultants.shape[0]
     pixels = resultants.shape[1:]
     flat = resultants.reshape(n, -1)
@@ -480,41 +453,25 @@ def _fit_casertano(resultants, dq, read_noise, *, pattern, has_dq, detect_jumps,
     def core_jvp(primals, tangents):
         r, q, s = primals
         dr, _, ds = tangents
-        slope, var_read, var_poisson, out_dq = _fit_flat(r, q, s, **config)
-        coefficients, coeff = _coefficients(r, out_dq, s, pattern)
+        slope, var_read, var_poisson, words = _fit_flat(r, q, s, **config)
+        coefficients, coeff = _coefficients(r, q, words, s, pattern)
         dslope = jnp.sum(coefficients * dr, axis=0)
         # V_R = s**2 / sum(1 / a_run): d V_R / d s = 2 V_R / s; the sub-ramp choice, P and the
         # jump flags are piecewise constant
         positive = s > 0
         dvar_read = jnp.where(positive, 2 * var_read / jnp.where(positive, s, 1), 0) * ds
         dvar_poisson = jnp.where(slope > 0, coeff, 0) * dslope
-        zero_dq = np.zeros(out_dq.shape, dtype=jax.dtypes.float0)
-        return (slope, var_read, var_poisson, out_dq), (dslope, dvar_read, dvar_poisson, zero_dq)
+        zero_words = np.zeros(words.shape, dtype=jax.dtypes.float0)
+        return (slope, var_read, var_poisson, words), (dslope, dvar_read, dvar_poisson,
+                                                       zero_words)  # fmt: skip
 
-    if dq_form == "packed":
-        slope, var_read, var_poisson, bits = _fit_flat(flat, flat_dq, flat_rn, packed=True,
-                                                       **config)  # fmt: skip
-    else:
-        slope, var_read, var_poisson, out_dq = core(flat, flat_dq, flat_rn)
-    # materialise the rows before the interleaved [P, 3, 2, 2] layout: fused into it, XLA
-    # recomputes the fit for each of the 12 entries per pixel (~3x slower on CPU)
-    flag = jnp.any(flat_rn[:1] == -jnp.inf)  # runtime False (also for 0 pixels)
-    slope, var_read, var_poisson = barrier((slope, var_read, var_poisson), flag)
-    if dq_form == "packed":
-        flags = PackedFlags(*bits)
-    elif dq_form == "none":
-        flags = None
-    else:
-        flags = out_dq.reshape(resultants.shape)
-    if slope_rows:
-        return RampFit(par=SlopeRows(slope[None]), dq=flags, var=SlopeRows(
-            jnp.stack([var_read, var_poisson, var_read + var_poisson])))
-    zero = jnp.zeros_like(slope)
-    par = jnp.stack([zero, slope], axis=-1)
-    corner = jnp.zeros((2, 2), resultants.dtype).at[1, 1].set(1)
-    var = jnp.stack([var_read, var_poisson, var_read + var_poisson], axis=-1)
-    var = var[:, :, None, None] * corner
-    return RampFit(par=par.reshape(pixels + (2,)), var=var.reshape(pixels + (3, 2, 2)), dq=flags)
+    slope, var_read, var_poisson, words = core(flat, flat_dq, flat_rn)
+    flags = words.reshape(words.shape[:1] + pixels) if has_dq or detect_jumps or n < 2 else None
+    return RampFit(
+        slope=slope.reshape(pixels), var_read=var_read.reshape(pixels),
+        var_poisson=var_poisson.reshape(pixels),
+        var_total=(var_read + var_poisson).reshape(pixels), flags=flags, n_resultants=n,
+    )  # fmt: skip
 
 
 def fit_ramps_casertano(resultants, pattern, read_noise, *, dq=None, detect_jumps=False,
@@ -548,13 +505,12 @@ def fit_ramps_casertano(resultants, pattern, read_noise, *, dq=None, detect_jump
     Returns
     -------
     RampFit
-        ``par [*pixels, 2]`` = (0, slope [e/s]) (the pedestal is not fitted, as upstream);
-        ``var [*pixels, 3, 2, 2]`` with only the ``[..., k, 1, 1]`` slope variances non-zero:
-        read [(e/s)**2] (``1 / sum 1/V_R``), Poisson (combined ``V_S`` times
-        ``max(slope, 0)``) and their sum; ``dq [n_resultant, *pixels]`` uint32: the input
-        flags, OR ``JUMP_DET`` on detected jumps, OR ``DO_NOT_USE`` on every resultant of a
-        pixel with no usable sub-ramp (two or more resultants), whose slope and variances are
-        then 0.
+        ``slope [*pixels]`` [e/s] (the pedestal is not fitted, as upstream: ``pedestal`` is
+        None and ``par`` shows 0); ``var_read`` [(e/s)**2] (``1 / sum 1/V_R``),
+        ``var_poisson`` (combined ``V_S`` times ``max(slope, 0)``) and ``var_total`` their
+        sum; ``flags`` the jumps found (``JUMP_DET`` in ``dq``) and the pixels with no usable
+        sub-ramp of two or more resultants (``DO_NOT_USE``; slope and variances 0 there),
+        None without input dq and jump detection.
 
     Raises
     ------
@@ -580,28 +536,8 @@ def fit_ramps_casertano(resultants, pattern, read_noise, *, dq=None, detect_jump
                                 threshold_constant=threshold_constant)  # fmt: skip
 
 
-def fit_chunk(resultants, pattern, read_noise, **kwargs):
-    """:func:`fit_ramps_casertano` for ``fit_frame``'s chunks: the same result, except for the
-    form of ``dq`` without input ``dq``: None when it is zero by construction (no jump
-    detection, or fewer than three resultants; at least two), and with jump detection a
-    :class:`~._common.PackedFlags` (the candidate pixels and their flags, up to 31
-    resultants), so that no dense flag array is written and read back per chunk; and ``par``
-    and ``var`` as :class:`~._common.SlopeRows` (their pedestal entries are zero)."""
-    return _fit_ramps_casertano(resultants, pattern, read_noise, chunk_form=True, **kwargs)
-
-
-def _chunk_dq_form(pattern, no_input_dq, detect_jumps):
-    if not no_input_dq or pattern.n_resultants < 2:
-        return "dense"
-    if not detect_jumps or pattern.n_resultants < 3:
-        return "none"  # no candidate pixels: every flag is zero
-    # bits 0..n-1 for the jumps, bit 31 for unfitted pixels
-    return "packed" if pattern.n_resultants <= 31 else "dense"
-
-
 def _fit_ramps_casertano(resultants, pattern, read_noise, *, dq=None, detect_jumps=False,
-                         threshold_intercept=5.5, threshold_constant=1 / 3,
-                         chunk_form=False):  # fmt: skip
+                         threshold_intercept=5.5, threshold_constant=1 / 3):  # fmt: skip
     resultants, dq_array, per_pixel = prepare_inputs(
         "fit_ramps_casertano", resultants, pattern, dq, make_dq=False, read_noise=read_noise
     )
@@ -616,6 +552,4 @@ def _fit_ramps_casertano(resultants, pattern, read_noise, *, dq=None, detect_jum
         resultants, dq_array, rn, pattern=pattern, has_dq=dq is not None,
         detect_jumps=bool(detect_jumps), intercept=float(threshold_intercept),
         constant=float(threshold_constant),
-        dq_form=_chunk_dq_form(pattern, dq is None, detect_jumps) if chunk_form else "dense",
-        slope_rows=chunk_form,
     )  # fmt: skip

@@ -2,146 +2,184 @@
 
 from __future__ import annotations
 
-from typing import NamedTuple
+import dataclasses
+from functools import partial
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .. import dq as dqflags
 from .._read_pattern import ReadPattern
 
-__all__ = ["RampFit", "PackedFlags", "SlopeRows", "EntryRows", "float_dtype", "prepare_inputs",
-           "map_pixels"]
+__all__ = ["RampFit", "pack_flags", "unpack_jumps", "flag_words", "float_dtype",
+           "prepare_inputs", "map_pixels"]
 
 
-class PackedFlags(NamedTuple):
-    """Internal, ``fit_frame`` only: a chunk's output dq as a list of flagged pixels.
+def flag_words(n_resultants: int) -> int:
+    """Words of :attr:`RampFit.flags` per pixel: one bit per resultant plus the unfitted bit."""
+    return n_resultants // 32 + 1
 
-    When a fitter finds jumps without input dq, only the candidate pixels of its jump search
-    can carry a flag, and the dense ``[n_resultant, pixels]`` uint32 array costs more to write
-    and copy back than the refit of those pixels. The first ``count`` entries of ``pixels``
-    (flat pixel indices, increasing) are the candidates, ``bits`` their flags: bit ``i`` for
-    ``JUMP_DET`` in resultant ``i``, bit ``UNFITTED_BIT`` for ``DO_NOT_USE`` in every
-    resultant. ``fit_frame`` expands them on the host (:meth:`expand_into`).
+
+def pack_flags(jumps, unfitted):
+    """Pack per-resultant jump flags and the per-pixel unfitted flag into uint32 words.
+
+    Parameters
+    ----------
+    jumps : sequence of n bool arrays ``[*pixels]`` (or a bool array ``[n, *pixels]``)
+        Resultant ``i`` flagged as a jump by the fitter.
+    unfitted : bool array ``[*pixels]``
+        No usable sub-ramp.
+
+    Returns
+    -------
+    Array ``[n // 32 + 1, *pixels]`` uint32: bit ``i % 32`` of word ``i // 32`` is jump ``i``,
+    bit ``n % 32`` of word ``n // 32`` is ``unfitted``.
     """
-
-    pixels: jax.Array
-    bits: jax.Array
-    count: jax.Array
-
-    #: bit of a pixel with no usable sub-ramp (patterns of up to 31 resultants are packed)
-    UNFITTED_BIT = 31
-
-    def expand_into(self, out, jump_flag, unfitted_flag):
-        """OR the flags into the zero-initialised numpy ``out [n, m]`` of the chunk, writing
-        only the flagged pixels (those beyond ``m``, the chunk's padding, are dropped)."""
-        count = int(self.count)
-        pixels = np.asarray(self.pixels)[:count]
-        words = np.asarray(self.bits)[:count]
-        flagged = (words != 0) & (pixels < out.shape[1])
-        pixels, words = pixels[flagged], words[flagged]
-        for i in range(out.shape[0]):
-            out[i, pixels[(words >> np.uint32(i)) & np.uint32(1) != 0]] |= np.uint32(jump_flag)
-        unfitted = pixels[(words >> np.uint32(PackedFlags.UNFITTED_BIT)) != 0]
-        out[:, unfitted] |= np.uint32(unfitted_flag)
+    n = len(jumps)
+    bits = list(jumps) + [unfitted]
+    words = []
+    for w in range(flag_words(n)):
+        word = jnp.zeros(jnp.shape(unfitted), jnp.uint32)
+        for b, flag in enumerate(bits[32 * w : 32 * w + 32]):
+            word = word | (flag.astype(jnp.uint32) << b)
+        words.append(word)
+    return jnp.stack(words)
 
 
-class SlopeRows(NamedTuple):
-    """Internal, ``fit_frame`` only: a chunk's ``par`` or ``var`` whose pedestal entries are
-    zero by construction (Casertano, likelihood), as its non-zero entries only.
-
-    ``rows`` is ``[1, chunk]`` for ``par`` (the slope, ``par[..., 1]``) and ``[3, chunk]`` for
-    ``var`` (read, Poisson and total slope variances, ``var[..., k, 1, 1]``). ``fit_frame``
-    writes them into pixel-minor planes of zero-initialised outputs whose other planes are
-    never touched (:func:`romanjax._batch._plane_array`): a full frame's ``var`` then holds
-    3 resident floats per pixel instead of 12, and the chunk sends back 4 values per pixel
-    instead of 14.
-    """
-
-    rows: jax.Array
+def unpack_jumps(flags, n_resultants: int):
+    """The jump bits of packed ``flags [w, *pixels]`` as a list of n bool arrays ``[*pixels]``
+    (inverse of :func:`pack_flags`)."""
+    return [((flags[i // 32] >> (i % 32)) & 1) != 0 for i in range(n_resultants)]
 
 
-class EntryRows(NamedTuple):
-    """Internal, ``fit_frame`` only: a chunk's ``par`` or ``var`` (optimal fitter, no input
-    dq) as separate ``[chunk]`` rows of its distinct entries, as the fit computes them.
-
-    ``par``: ``(pedestal, slope)``. ``var``: the read-noise entries ``(00, 01, 11)`` then the
-    Poisson ones; ``10`` equals ``01`` and the total is read + Poisson (summed on the host in
-    the same float precision, so the values equal the direct fit's). ``fit_frame`` writes
-    them into pixel-minor planes (:func:`romanjax._batch._plane_array`, ``every_plane``),
-    which spares the device the interleaved ``[P, 3, 2, 2]`` layout and the host a quarter
-    of the copy."""
-
-    rows: tuple
-
-    def write_into(self, planes, start, stop):
-        """Write the rows' first ``stop - start`` values into ``planes[..., start:stop]``
-        (``par`` planes ``[2, P]``, ``var`` planes ``[2, 2, 3, P]``)."""
-        m = stop - start
-        rows = [np.asarray(row)[:m] for row in self.rows]
-        if planes.ndim == 2:
-            for i, row in enumerate(rows):
-                planes[i, start:stop] = row
-            return
-        for k in range(2):  # read, Poisson
-            v00, v01, v11 = rows[3 * k : 3 * k + 3]
-            planes[0, 0, k, start:stop] = v00
-            planes[0, 1, k, start:stop] = v01
-            planes[1, 0, k, start:stop] = v01
-            planes[1, 1, k, start:stop] = v11
-        for i, j in ((0, 0), (0, 1), (1, 1)):
-            np.add(planes[i, j, 0, start:stop], planes[i, j, 1, start:stop],
-                   out=planes[i, j, 2, start:stop])  # fmt: skip
-        planes[1, 0, 2, start:stop] = planes[0, 1, 2, start:stop]
-
-
-class RampFit(NamedTuple):
-    """Result of a ramp fit; a pytree, so it passes through ``jit``, ``vmap`` and ``grad``.
+@partial(
+    jax.tree_util.register_dataclass,
+    data_fields=["slope", "var_read", "var_poisson", "var_total", "flags", "pedestal",
+                 "var_pedestal", "cov_pedestal_slope", "chisq"],
+    meta_fields=["n_resultants"],
+)
+@dataclasses.dataclass(frozen=True)
+class RampFit:
+    """Result of a ramp fit, stored as the fitters compute it: one ``[*pixels]`` array per
+    quantity (pixel-minor, C-contiguous). A pytree, so it passes through ``jit``, ``vmap``
+    and ``grad``; the number of resultants is static metadata.
 
     Attributes
     ----------
-    par : Array
-        ``[*pixels, 2]`` (pedestal [e], slope [e/s]). Fitters that do not estimate the pedestal
-        (Casertano, likelihood) return 0 for it, as romanisim and stcal do.
-    var : Array
-        ``[*pixels, 3, 2, 2]`` covariance of ``par`` from read noise, Poisson noise and their
-        total ([e**2], [e**2/s], [e**2/s**2] entries).
-    dq : Array
-        ``[n_resultant, *pixels]`` uint32: the input dq OR-ed with the jumps the fitter found
-        (``JUMP_DET``) and ``DO_NOT_USE`` on pixels that could not be fitted.
-    chisq : Array or None
-        ``[*pixels]`` chi-square of the fit (likelihood fitter), else None.
+    slope : Array ``[*pixels]``
+        Fitted count rate [e/s].
+    var_read, var_poisson, var_total : Array ``[*pixels]``
+        Slope variance from read noise, from Poisson noise, and their sum [(e/s)**2].
+    flags : Array ``[n_resultants // 32 + 1, *pixels]`` uint32, or None
+        What the fitter found, packed per pixel: bit ``i % 32`` of word ``i // 32`` is set
+        when the fitter flagged resultant ``i`` as a jump (``JUMP_DET``), bit
+        ``n_resultants % 32`` of word ``n_resultants // 32`` when the pixel has no usable
+        sub-ramp (``DO_NOT_USE``; slope and variances are then 0). None when nothing can be
+        flagged (no input dq and no jump detection). The input dq is not repeated here;
+        :meth:`resultant_dq` combines both. Expanded forms: :attr:`dq`, :attr:`jump_map`,
+        :attr:`unfitted`, :attr:`pixel_dq`.
+    pedestal : Array ``[*pixels]`` or None
+        Fitted pedestal [e] (optimal fitter); None for fitters that do not estimate it
+        (Casertano, likelihood: :attr:`par` then shows 0, as romanisim and stcal do).
+    var_pedestal, cov_pedestal_slope : Array ``[3, *pixels]`` or None
+        Pedestal variance [e**2] and pedestal-slope covariance [e**2/s], each as (read,
+        Poisson, total) (optimal fitter), else None.
+    chisq : Array ``[*pixels]`` or None
+        Chi-square of the fit (likelihood fitter), else None.
+    n_resultants : int
+        Resultants of the read pattern (static).
     """
 
-    par: jax.Array
-    var: jax.Array
-    dq: jax.Array
+    slope: jax.Array
+    var_read: jax.Array
+    var_poisson: jax.Array
+    var_total: jax.Array
+    flags: jax.Array | None = None
+    pedestal: jax.Array | None = None
+    var_pedestal: jax.Array | None = None
+    cov_pedestal_slope: jax.Array | None = None
     chisq: jax.Array | None = None
+    n_resultants: int = 0
+
+    def _xp(self):
+        return np if isinstance(self.slope, np.ndarray) else jnp
+
+    def replace(self, **changes) -> RampFit:
+        """A copy with the given fields replaced."""
+        return dataclasses.replace(self, **changes)
 
     @property
-    def slope(self) -> jax.Array:
-        """``[*pixels]`` fitted count rate [e/s]."""
-        return self.par[..., 1]
+    def shape(self) -> tuple:
+        """The pixel shape."""
+        return tuple(np.shape(self.slope))
 
     @property
-    def pedestal(self) -> jax.Array:
-        """``[*pixels]`` fitted pedestal [e] (0 for fitters that do not estimate it)."""
-        return self.par[..., 0]
+    def par(self) -> jax.Array:
+        """``[*pixels, 2]`` (pedestal [e], slope [e/s]), romanisim's layout (computed)."""
+        xp = self._xp()
+        pedestal = xp.zeros_like(self.slope) if self.pedestal is None else self.pedestal
+        return xp.stack([pedestal, self.slope], axis=-1)
 
     @property
-    def var_read(self) -> jax.Array:
-        """``[*pixels]`` slope variance from read noise [(e/s)**2]."""
-        return self.var[..., 0, 1, 1]
+    def var(self) -> jax.Array:
+        """``[*pixels, 3, 2, 2]`` covariance of :attr:`par` from read noise, Poisson noise and
+        their total, romanisim's layout (computed; pedestal entries 0 when not fitted)."""
+        xp = self._xp()
+        slope = xp.stack([self.var_read, self.var_poisson, self.var_total], axis=-1)
+        if self.var_pedestal is None:
+            zero = xp.zeros_like(slope)
+            ped = cov = zero
+        else:
+            ped = xp.moveaxis(self.var_pedestal, 0, -1)
+            cov = xp.moveaxis(self.cov_pedestal_slope, 0, -1)
+        top = xp.stack([ped, cov], axis=-1)
+        bottom = xp.stack([cov, slope], axis=-1)
+        return xp.stack([top, bottom], axis=-2)
 
     @property
-    def var_poisson(self) -> jax.Array:
-        """``[*pixels]`` slope variance from Poisson noise [(e/s)**2]."""
-        return self.var[..., 1, 1, 1]
+    def unfitted(self) -> jax.Array:
+        """``[*pixels]`` bool: the pixel has no usable sub-ramp."""
+        n = self.n_resultants
+        if self.flags is None:
+            return self._xp().zeros(self.shape, bool)
+        return ((self.flags[n // 32] >> (n % 32)) & 1) != 0
 
     @property
-    def var_total(self) -> jax.Array:
-        """``[*pixels]`` total slope variance [(e/s)**2]."""
-        return self.var[..., 2, 1, 1]
+    def jump_map(self) -> jax.Array:
+        """``[n_resultants, *pixels]`` bool: resultants the fitter flagged as jumps."""
+        xp = self._xp()
+        if self.flags is None:
+            return xp.zeros((self.n_resultants,) + self.shape, bool)
+        return xp.stack(unpack_jumps(self.flags, self.n_resultants)) if self.n_resultants else (
+            xp.zeros((0,) + self.shape, bool))
+
+    @property
+    def dq(self) -> jax.Array:
+        """``[n_resultants, *pixels]`` uint32: the flags the fitter set, ``JUMP_DET`` on the
+        jumps it found and ``DO_NOT_USE`` on every resultant of an unfitted pixel (OR it with
+        the input dq, or call :meth:`resultant_dq`, for romanisim's combined array)."""
+        return self.resultant_dq()
+
+    def resultant_dq(self, dq=None) -> jax.Array:
+        """``[n_resultants, *pixels]`` uint32: ``dq`` (the input flags; default none) OR
+        ``JUMP_DET`` on the jumps found OR ``DO_NOT_USE`` on every resultant of an unfitted
+        pixel."""
+        xp = self._xp()
+        jump = xp.where(self.jump_map, xp.uint32(dqflags.JUMP_DET), xp.uint32(0))
+        out = jump | xp.where(self.unfitted, xp.uint32(dqflags.DO_NOT_USE), xp.uint32(0))
+        if dq is not None:
+            out = out | xp.asarray(dq).astype(xp.uint32)
+        return out.astype(xp.uint32)
+
+    @property
+    def pixel_dq(self) -> jax.Array:
+        """``[*pixels]`` uint32: ``JUMP_DET`` where the fitter found a jump, ``DO_NOT_USE``
+        where the pixel could not be fitted."""
+        xp = self._xp()
+        jump = xp.any(self.jump_map, axis=0) if self.n_resultants else xp.zeros(self.shape, bool)
+        return (xp.where(jump, xp.uint32(dqflags.JUMP_DET), xp.uint32(0))
+                | xp.where(self.unfitted, xp.uint32(dqflags.DO_NOT_USE), xp.uint32(0)))
 
 
 def float_dtype(*arrays) -> jnp.dtype:
@@ -235,24 +273,15 @@ def map_pixels(kernel, resultants, dq, *per_pixel):
     """Apply a one-pixel ``kernel(ramp[n], dq[n], *scalars)`` to every pixel with ``vmap``.
 
     ``resultants`` and ``dq`` are ``[n, *pixels]``, each of ``per_pixel`` is ``[*pixels]``.
-    The kernel returns a pytree of per-pixel arrays; the result has ``*pixels`` prepended
-    to each leaf, except leaves named in a ``RampFit.dq`` slot, which keep the resultant axis
-    first (``[n, *pixels]``).
+    The kernel returns a pytree of per-pixel arrays; each leaf of the result has the pixel
+    axes last (``[*leaf_shape, *pixels]``, pixel-minor like every kernel output).
     """
     n = resultants.shape[0]
     pixels = resultants.shape[1:]
     flat_ramps = resultants.reshape(n, -1)
     flat_dq = dq.reshape(n, -1)
     flat_extra = [value.reshape(-1) for value in per_pixel]
-    fit = jax.vmap(kernel, in_axes=(1, 1) + (0,) * len(flat_extra))(
+    fit = jax.vmap(kernel, in_axes=(1, 1) + (0,) * len(flat_extra), out_axes=-1)(
         flat_ramps, flat_dq, *flat_extra
     )
-
-    def unflatten(leaf):
-        return leaf.reshape(pixels + leaf.shape[1:])
-
-    result = jax.tree_util.tree_map(unflatten, fit)
-    if isinstance(result, RampFit):
-        # the kernel returns dq as [n] per pixel -> [*pixels, n]; move the resultant axis first
-        result = result._replace(dq=jnp.moveaxis(result.dq, -1, 0))
-    return result
+    return jax.tree_util.tree_map(lambda leaf: leaf.reshape(leaf.shape[:-1] + pixels), fit)

@@ -24,10 +24,10 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .._platform import materialise
 from .._read_pattern import ReadPattern
 
 __all__ = ["jump_constants", "threshold", "whole_ramp_trigger", "segment_jumps"]
@@ -36,30 +36,11 @@ __all__ = ["jump_constants", "threshold", "whole_ramp_trigger", "segment_jumps"]
 def barrier(tree, flag):
     """Materialise intermediate results (a pytree of arrays): stops XLA from duplicating the
     unrolled O(n) forward/backward scans over the resultant axis into every consumer fusion
-    (the sub-ramp fit and jump step compiled to ~25x their operations without it and ran
-    several times slower on CPU). ``lax.optimization_barrier`` is expanded before fusion on
-    CPU, so the values go through a while loop whose runtime condition ``flag`` (a scalar bool
-    that is always False, but which XLA cannot prove so) keeps it from running.
-
-    It is the identity for differentiation (a custom JVP passes the tangents through), so it
-    can sit on differentiable paths: a plain while loop would block reverse mode."""
-    return _barrier(tree, flag)
-
-
-@jax.custom_jvp
-def _barrier(tree, flag):
-    def body(carry):  # never runs; changes every value so XLA cannot drop the loop
-        return carry[0], jax.tree_util.tree_map(
-            lambda x: ~x if x.dtype == bool else x + x, carry[1]
-        )
-
-    return jax.lax.while_loop(lambda c: c[0], body, (flag, tree))[1]
-
-
-@_barrier.defjvp
-def _barrier_jvp(primals, tangents):
-    tree, flag = primals
-    return _barrier(tree, flag), tangents[0]
+    (the sub-ramp fit and jump step compile to many times their operations without it).
+    ``flag`` is a scalar bool that is False at run time but not provably so (see
+    :func:`romanjax._platform.materialise`, which chooses the mechanism per platform). The
+    identity for differentiation."""
+    return materialise(tree, flag)
 
 
 @lru_cache(maxsize=64)

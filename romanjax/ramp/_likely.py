@@ -63,7 +63,7 @@ import numpy as np
 
 from .. import dq as dqflags
 from .._read_pattern import ReadPattern
-from ._common import RampFit, SlopeRows, prepare_inputs
+from ._common import RampFit, pack_flags, prepare_inputs
 from ._sorting import sort_axis0
 
 __all__ = [
@@ -433,7 +433,7 @@ def _screen_kernel(d, mask, read_noise, center, *, pattern):
     return fit.chisq
 
 
-def _final_kernel(d, mask0, mask, dq, read_noise, center0, *, pattern, second_pass):
+def _final_kernel(d, mask0, mask, read_noise, center0, *, pattern, second_pass):
     """The last fit(s) of one pixel: at the first guess with the final mask, then (if
     ``second_pass``) again at that rate clipped at 0 (Brandt 2024a debiasing)."""
     m = pattern.n_resultants - 1
@@ -449,17 +449,11 @@ def _final_kernel(d, mask0, mask, dq, read_noise, center0, *, pattern, second_pa
     else:
         center1, guess1 = center0, guess0
     final = _gls_pass(dl, ml, read_var, guess1, center1, parts, jumps=False)
-    zero = jnp.zeros((), dtype)
     # a difference i masked by the search flags resultant i+1 (stcal's likely_ramp_fit)
-    jump_dq = jnp.concatenate([jnp.zeros(1, bool), mask0 & ~mask])
-    out_dq = dq | jnp.where(jump_dq, dqflags.JUMP_DET, 0).astype(dq.dtype)
-    out_dq = jnp.where(final.usable, out_dq, out_dq | dqflags.DO_NOT_USE).astype(jnp.uint32)
-    par = jnp.stack([zero, final.rate])
-    var = jnp.zeros((3, 2, 2), dtype)
-    var = var.at[0, 1, 1].set(final.var_read)
-    var = var.at[1, 1, 1].set(final.var_poisson)
-    var = var.at[2, 1, 1].set(final.var_read + final.var_poisson)
-    return RampFit(par=par, var=var, dq=out_dq, chisq=final.chisq)
+    jumps = [jnp.zeros((), bool)] + [mask0[i] & ~mask[i] for i in range(m)]
+    flags = pack_flags(jumps, ~final.usable)
+    return (final.rate, final.var_read, final.var_poisson, final.var_read + final.var_poisson,
+            final.chisq, flags)
 
 
 def _queue_size(npix: int) -> int:
@@ -518,10 +512,9 @@ def _jump_search(d, mask0, read_noise, center, thresholds, *, pattern, amplitude
     return mask, amp
 
 
-@partial(jax.jit, static_argnames=("pattern", "detect_jumps", "with_jumps", "slope_rows"))
+@partial(jax.jit, static_argnames=("pattern", "detect_jumps", "with_jumps"))
 def _fit_likely(resultants, dq, read_noise, flux_estimate, thresholds, *, pattern,
-                detect_jumps, with_jumps, slope_rows=False):  # fmt: skip
-    """``slope_rows``: ``par`` and ``var`` as :class:`SlopeRows` (``fit_frame``'s chunks)."""
+                detect_jumps, with_jumps):  # fmt: skip
     n = pattern.n_resultants
     dtype = resultants.dtype
     pixels = resultants.shape[1:]
@@ -547,16 +540,15 @@ def _fit_likely(resultants, dq, read_noise, flux_estimate, thresholds, *, patter
     else:
         mask, amp = mask0, jnp.zeros((2,) + d.shape, dtype)
     final = partial(_final_kernel, pattern=pattern, second_pass=flux_estimate is None)
-    fit = jax.vmap(final, in_axes=(1, 1, 1, 1, 0, 0))(d, mask0, mask, flat_dq, read_noise, center)
-    if slope_rows:  # only the slope entries are non-zero
-        return RampFit(par=SlopeRows(fit.par[:, 1][None]), var=SlopeRows(fit.var[:, :, 1, 1].T),
-                       dq=jnp.moveaxis(fit.dq, -1, 0), chisq=fit.chisq)  # fmt: skip
+    rate, var_read, var_poisson, var_total, chisq, flags = jax.vmap(
+        final, in_axes=(1, 1, 1, 0, 0), out_axes=-1
+    )(d, mask0, mask, read_noise, center)
     fit = RampFit(
-        par=fit.par.reshape(pixels + (2,)),
-        var=fit.var.reshape(pixels + (3, 2, 2)),
-        dq=jnp.moveaxis(fit.dq, -1, 0).reshape((n,) + pixels),
-        chisq=fit.chisq.reshape(pixels),
-    )
+        slope=rate.reshape(pixels), var_read=var_read.reshape(pixels),
+        var_poisson=var_poisson.reshape(pixels), var_total=var_total.reshape(pixels),
+        flags=flags.reshape(flags.shape[:1] + pixels), chisq=chisq.reshape(pixels),
+        n_resultants=n,
+    )  # fmt: skip
     if not with_jumps:
         return fit
     delta, _, _ = _pattern_parts(pattern, dtype)
@@ -612,13 +604,13 @@ def fit_ramps_likely(resultants, pattern, read_noise, *, dq=None, detect_jumps=T
     Returns
     -------
     RampFit, or (RampFit, LikelyJumps) if ``return_jump_amplitudes``
-        ``par [*pixels, 2]``: (0, slope [e/s]); ``var [*pixels, 3, 2, 2]``: only the slope
-        entries are nonzero, read ``sum w_i**2 alpha^r_i + 2 sum w_i w_{i+1} beta^r_i``
-        times sigma**2, Poisson the same with the photon parts times the final rate guess,
-        total their sum (= ``1 / 1^T C^-1 1``); ``dq``: input dq, ``JUMP_DET`` on resultant
-        i+1 for every difference i masked as a jump (both i+1 and i+2 for a pair, as stcal),
-        ``DO_NOT_USE`` on every resultant of a pixel with no usable difference (slope, variances
-        and chisq 0 there); ``chisq [*pixels]`` of the final fit.
+        ``slope [*pixels]`` [e/s] (``pedestal`` None: ``par`` shows 0); ``var_read``
+        ``sum w_i**2 alpha^r_i + 2 sum w_i w_{i+1} beta^r_i`` times sigma**2,
+        ``var_poisson`` the same with the photon parts times the final rate guess,
+        ``var_total`` their sum (= ``1 / 1^T C^-1 1``); ``flags``: a jump on resultant i+1
+        for every difference i masked as a jump (both i+1 and i+2 for a pair, as stcal;
+        ``JUMP_DET`` in ``dq``), and the pixels with no usable difference (``DO_NOT_USE``;
+        slope, variances and chisq 0 there); ``chisq [*pixels]`` of the final fit.
 
     Raises
     ------
@@ -641,21 +633,10 @@ def fit_ramps_likely(resultants, pattern, read_noise, *, dq=None, detect_jumps=T
                              return_jump_amplitudes=return_jump_amplitudes)  # fmt: skip
 
 
-def fit_chunk(resultants, pattern, read_noise, **kwargs):
-    """:func:`fit_ramps_likely` for ``fit_frame``'s chunks: the same result, except that
-    ``par`` and ``var`` are :class:`~._common.SlopeRows` (their pedestal entries are zero)."""
-    if kwargs.get("return_jump_amplitudes"):
-        raise ValueError(
-            "fit_frame: `return_jump_amplitudes` is not supported (the result is one RampFit); "
-            "call romanjax.fit_ramps_likely for the jump amplitudes"
-        )
-    return _fit_ramps_likely(resultants, pattern, read_noise, slope_rows=True, **kwargs)
-
-
 def _fit_ramps_likely(resultants, pattern, read_noise, *, dq=None, detect_jumps=True,
                       flux_estimate=None, rejection_threshold=DEFAULT_REJECTION_THRESHOLD,
                       threshold_one_omit=None, threshold_two_omit=None,
-                      return_jump_amplitudes=False, slope_rows=False):  # fmt: skip
+                      return_jump_amplitudes=False):  # fmt: skip
     resultants, dq_array, per_pixel = prepare_inputs(
         "fit_ramps_likely", resultants, pattern, dq, make_dq=False,
         read_noise=read_noise, flux_estimate=flux_estimate,
@@ -674,5 +655,5 @@ def _fit_ramps_likely(resultants, pattern, read_noise, *, dq=None, detect_jumps=
         resultants, dq_array, per_pixel["read_noise"], per_pixel["flux_estimate"],
         (float(threshold_one_omit), float(threshold_two_omit)),
         pattern=pattern, detect_jumps=bool(detect_jumps),
-        with_jumps=bool(return_jump_amplitudes), slope_rows=slope_rows,
+        with_jumps=bool(return_jump_amplitudes),
     )  # fmt: skip

@@ -9,14 +9,13 @@ pixel with a not-a-knot cubic spline in linear ``x``. Spline weights sum to one,
 interpolated ``k`` still satisfies ``k A = I``: noiseless ramps are fitted exactly whatever
 the interpolation error.
 
-Evaluation (``dq=None``): elementwise over pixel rows (pixels last), in two jitted stages. The
-first finds each pixel's knot interval from ``log10(x)`` (the knots are log-spaced), gathers
-the cubic's coefficients of the weights and 6 distinct covariance entries from a
+Evaluation (``dq=None``): elementwise over pixel rows (pixels last). Each pixel's knot interval
+is found from ``log10(x)`` (the knots are log-spaced), then the cubic's coefficients of the
+weights and 6 distinct covariance entries are gathered from a
 ``[4, 2 n + 6, m - 1]`` table (all but the weights of ``R_0``, which are exactly (1, 0): the
-gathers are most of the time) and returns pedestal, slope and covariance entries as separate
-``[P]`` rows, which XLA compiles to vectorised loops; the second interleaves them into the
-``RampFit`` layout. (One vmapped per-pixel kernel gathering ``[4, 2 n + 8]`` per pixel, or one
-fused computation ending in the interleaved output, compile to scalar loops ~3x slower on CPU.)
+gathers are most of the work); pedestal, slope and covariance entries are separate ``[P]``
+rows, which XLA compiles to vectorised loops and which are the ``RampFit`` fields (a vmapped
+per-pixel kernel gathering ``[4, 2 n + 8]`` per pixel compiles to scalar loops instead).
 With ``dq`` the weights are computed exactly per pixel instead (see ``_optimal_dq_kernel``).
 """
 
@@ -30,12 +29,7 @@ import numpy as np
 
 from .. import dq as dqflags
 from .._read_pattern import ReadPattern
-from ._common import (
-    EntryRows,
-    RampFit,
-    map_pixels,
-    prepare_inputs,
-)
+from ._common import RampFit, map_pixels, pack_flags, prepare_inputs
 from ._covariance import covariance_parts, design_matrix
 from ._jumps import barrier
 from ._likely import _barrier, _masked_median, tridiagonal_solve
@@ -208,8 +202,7 @@ def _optimal_rows(differences, read_noise, flux_estimate, *, pattern, grid):
             jnp.stack([differences[i] / delta[i - 1].item() for i in range(1, n)])
         )
         # materialise the median: fused into the interval search below, whose gathers make
-        # XLA CPU emit a scalar loop, its sorting network ran ~3x slower (stage 25 -> 23 ms
-        # per 1M pixels)
+        # XLA CPU emit a scalar loop, its sorting network would run in that scalar loop too
         flux_estimate = barrier(flux_estimate, flag)
     has_read_noise = read_var > 0
     safe_read_var = jnp.where(has_read_noise, read_var, 1)
@@ -241,33 +234,28 @@ def _optimal_rows(differences, read_noise, flux_estimate, *, pattern, grid):
 
 @partial(jax.jit, static_argnames=("pattern", "grid"))
 def _fit_optimal(resultants, read_noise, flux_estimate, *, pattern, grid):
-    """First stage of the dq=None fit: the results as separate ``[P]`` rows (see
-    :func:`_optimal_rows`). Returned from their own jit so that XLA keeps them as separate
-    vectorised loops instead of fusing them into the interleaved output layout."""
+    """The dq=None fit: the interpolated GLS of :func:`_optimal_rows` as ``[*pixels]`` rows."""
     n = pattern.n_resultants
+    pixels = resultants.shape[1:]
     flat = resultants.reshape(n, -1)
     differences = [flat[0]] + [flat[i] - flat[i - 1] for i in range(1, n)]
     if flux_estimate is not None:
         flux_estimate = flux_estimate.reshape(-1)
-    return _optimal_rows(differences, read_noise.reshape(-1), flux_estimate,
-                         pattern=pattern, grid=grid)  # fmt: skip
-
-
-@partial(jax.jit, static_argnames=("shape",))
-def _assemble_fit(pedestal, slope, var_read, var_poisson, *, shape):
-    """Second stage: ``RampFit`` with ``par [*pixels, 2]``, ``var [*pixels, 3, 2, 2]`` and a
-    zero dq of ``shape`` (``[n, *pixels]``)."""
-    pixels = shape[1:]
+    pedestal, slope, var_read, var_poisson = _optimal_rows(
+        differences, read_noise.reshape(-1), flux_estimate, pattern=pattern, grid=grid
+    )
     var_total = [a + b for a, b in zip(var_read, var_poisson, strict=True)]
 
-    def matrix(v):
-        return jnp.stack([jnp.stack([v[0], v[1]], -1), jnp.stack([v[1], v[2]], -1)], -2)
+    def rows(values):
+        return jnp.stack(values).reshape((len(values),) + pixels)
 
-    var = jnp.stack([matrix(var_read), matrix(var_poisson), matrix(var_total)], -3)
-    par = jnp.stack([pedestal, slope], -1)
     return RampFit(
-        par=par.reshape(pixels + (2,)), var=var.reshape(pixels + (3, 2, 2)),
-        dq=jnp.zeros(shape, jnp.uint32),
+        slope=slope.reshape(pixels), var_read=var_read[2].reshape(pixels),
+        var_poisson=var_poisson[2].reshape(pixels), var_total=var_total[2].reshape(pixels),
+        pedestal=pedestal.reshape(pixels),
+        var_pedestal=rows([var_read[0], var_poisson[0], var_total[0]]),
+        cov_pedestal_slope=rows([var_read[1], var_poisson[1], var_total[1]]),
+        n_resultants=n,
     )  # fmt: skip
 
 
@@ -352,8 +340,7 @@ def _optimal_dq_kernel(ramp, dq, read_noise, flux_estimate, *, pattern, x_low, x
     zero = jnp.zeros((), dtype)
     par = jnp.where(slope_ok, par, zero)
     var = jnp.where(slope_ok, var, zero)
-    out_dq = jnp.where(slope_ok, dq, dq | dqflags.DO_NOT_USE).astype(jnp.uint32)
-    return RampFit(par=par, var=var, dq=out_dq)
+    return par, var, slope_ok
 
 
 @partial(jax.jit, static_argnames=("pattern", "grid"))
@@ -361,8 +348,17 @@ def _fit_optimal_dq(resultants, dq, read_noise, flux_estimate, *, pattern, grid)
     low, high, _ = grid
     kernel = partial(_optimal_dq_kernel, pattern=pattern, x_low=10.0**low, x_high=10.0**high)
     if flux_estimate is None:
-        return map_pixels(lambda r, q, s: kernel(r, q, s, None), resultants, dq, read_noise)
-    return map_pixels(kernel, resultants, dq, read_noise, flux_estimate)
+        par, var, fitted = map_pixels(lambda r, q, s: kernel(r, q, s, None), resultants, dq,
+                                      read_noise)  # fmt: skip
+    else:
+        par, var, fitted = map_pixels(kernel, resultants, dq, read_noise, flux_estimate)
+    n = pattern.n_resultants
+    no_jumps = [jnp.zeros(fitted.shape, bool)] * n
+    return RampFit(
+        slope=par[1], var_read=var[0, 1, 1], var_poisson=var[1, 1, 1], var_total=var[2, 1, 1],
+        flags=pack_flags(no_jumps, ~fitted), pedestal=par[0], var_pedestal=var[:, 0, 0],
+        cov_pedestal_slope=var[:, 0, 1], n_resultants=n,
+    )  # fmt: skip
 
 
 def fit_ramps_optimal(resultants, pattern, read_noise, *, flux_estimate=None, dq=None,
@@ -401,11 +397,13 @@ def fit_ramps_optimal(resultants, pattern, read_noise, *, flux_estimate=None, dq
     Returns
     -------
     RampFit
-        ``par [*pixels, 2]`` (pedestal [e], slope [e/s]); ``var [*pixels, 3, 2, 2]``
-        (read, Poisson, total covariance of ``par``), the read part ``read_noise**2 k C_r k^T``
-        and the Poisson part ``f k C_p k^T`` with f the clipped grid flux
-        ``x * read_noise**2`` (``max(flux_estimate, 0)`` where the read noise is 0);
-        ``dq`` the input dq (zeros if None), with ``DO_NOT_USE`` added on unfittable pixels.
+        ``slope [*pixels]`` [e/s], ``pedestal [*pixels]`` [e]; the slope variances
+        ``var_read``, ``var_poisson``, ``var_total`` and the pedestal's ``var_pedestal``,
+        ``cov_pedestal_slope`` (``[3, *pixels]``: read, Poisson, total), the read part
+        ``read_noise**2 k C_r k^T`` and the Poisson part ``f k C_p k^T`` with f the clipped
+        grid flux ``x * read_noise**2`` (``max(flux_estimate, 0)`` where the read noise is 0);
+        ``par``/``var`` give romanisim's layout. ``flags``: with ``dq``, ``DO_NOT_USE`` on
+        unfittable pixels; None without.
 
     Raises
     ------
@@ -421,17 +419,8 @@ def fit_ramps_optimal(resultants, pattern, read_noise, *, flux_estimate=None, dq
                               dq=dq, grid=grid)  # fmt: skip
 
 
-def fit_chunk(resultants, pattern, read_noise, **kwargs):
-    """:func:`fit_ramps_optimal` for ``fit_frame``'s chunks: the same result, except that
-    without input ``dq`` the flags, zero by construction, are None (no zero flag array is
-    written and read back per chunk) and ``par`` and ``var`` are :class:`~._common.EntryRows`
-    (their distinct entries as the fit's rows, without the interleaved layout)."""
-    return _fit_ramps_optimal(resultants, pattern, read_noise, chunk_form=True, **kwargs)
-
-
 def _fit_ramps_optimal(resultants, pattern, read_noise, *, flux_estimate=None, dq=None,
-                       grid=DEFAULT_GRID, chunk_form=False):  # fmt: skip
-    # without dq no zero array is made here: _assemble_fit creates it inside the jit
+                       grid=DEFAULT_GRID):  # fmt: skip
     resultants, dq, per_pixel = prepare_inputs(
         "fit_ramps_optimal", resultants, pattern, dq, make_dq=False,
         read_noise=read_noise, flux_estimate=flux_estimate,
@@ -445,9 +434,4 @@ def _fit_ramps_optimal(resultants, pattern, read_noise, *, flux_estimate=None, d
     if dq is not None:
         return _fit_optimal_dq(resultants, dq, read_noise, flux_estimate, pattern=pattern,
                                grid=tuple(grid))  # fmt: skip
-    rows = _fit_optimal(resultants, read_noise, flux_estimate, pattern=pattern, grid=tuple(grid))
-    if chunk_form:
-        pedestal, slope, var_read, var_poisson = rows
-        return RampFit(par=EntryRows((pedestal, slope)),
-                       var=EntryRows(tuple(var_read) + tuple(var_poisson)), dq=None)
-    return _assemble_fit(*rows, shape=resultants.shape)
+    return _fit_optimal(resultants, read_noise, flux_estimate, pattern=pattern, grid=tuple(grid))

@@ -1,0 +1,130 @@
+"""The one place that asks which platform runs, and the CPU-only measures applied from it.
+
+Everything else in romanjax is written for accelerators first. A measure that only pays on a
+CPU (host threads per chunk, returning the C heap's free pages, cache-sized chunks) is
+applied through the functions here, and only when every device in use is a CPU; on GPUs and
+TPUs they return the plain choice.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import jax
+import numpy as np
+
+__all__ = [
+    "all_cpu",
+    "usable_cores",
+    "host_workers",
+    "release_free_heap",
+    "chunk_bytes",
+    "CPU_CHUNK_BYTES",
+    "DEVICE_MEMORY_FRACTION",
+    "materialise",
+]
+
+#: Bytes of resultants per chunk when every device is a CPU: the fitters' working set is
+#: about 20x the resultants of a chunk and two chunks are in flight, so this keeps a
+#: driver's footprint near 300 MB while each chunk's rows still stream through the caches.
+CPU_CHUNK_BYTES = 8 * 2**20
+
+#: Fraction of an accelerator's free memory one chunk's resultants may take (the working set
+#: is about 20x the resultants and two chunks are in flight).
+DEVICE_MEMORY_FRACTION = 1 / 64
+
+
+def all_cpu(devices=None) -> bool:
+    """Whether every device of ``devices`` (default: the local devices; a ``Mesh`` is
+    accepted) is a CPU."""
+    if devices is None:
+        devices = jax.local_devices()
+    elif hasattr(devices, "devices"):  # a Mesh
+        devices = np.asarray(devices.devices).flat
+    return all(device.platform == "cpu" for device in devices)
+
+
+def usable_cores() -> int:
+    """CPU cores this process may run on (its affinity mask where the OS reports one)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - macOS, Windows
+        return max(1, os.cpu_count() or 1)
+
+
+def host_workers(devices=None) -> int:
+    """Chunks a frame driver computes at once by default: on CPUs one per usable core (XLA
+    alone leaves part of the cores idle in the samplers' serial loops), elsewhere 1 (the
+    device runs one chunk while the next is transferred)."""
+    return usable_cores() if all_cpu(devices) else 1
+
+
+def release_free_heap(devices=None) -> None:
+    """On CPUs under glibc, return the C heap's free pages to the OS (``malloc_trim``): XLA's
+    compilation leaves freed scratch memory resident that would otherwise count in a full
+    frame's peak. Elsewhere nothing."""
+    if not sys.platform.startswith("linux") or not all_cpu(devices):
+        return
+    try:
+        import ctypes
+
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
+
+
+def chunk_bytes(devices) -> int:
+    """Bytes of resultants one chunk may hold on ``devices``: a fraction of the smallest free
+    device memory times the device count on devices that report memory statistics,
+    :data:`CPU_CHUNK_BYTES` elsewhere."""
+    devices = list(devices)
+    free = []
+    for device in devices:
+        try:
+            stats = device.memory_stats()
+        except Exception:  # noqa: BLE001 - backends without memory statistics
+            stats = None
+        if stats and "bytes_limit" in stats:
+            free.append(stats["bytes_limit"] - stats.get("bytes_in_use", 0))
+    if free and len(free) == len(devices):
+        return int(max(min(free), 0) * DEVICE_MEMORY_FRACTION * len(devices))
+    return CPU_CHUNK_BYTES
+
+
+def materialise(tree, flag):
+    """Materialise a pytree of intermediate arrays: stop XLA from fusing (and so duplicating)
+    the unrolled O(n) recurrences that produced them into every consumer.
+
+    Off the CPU this is ``lax.optimization_barrier``. XLA's CPU compiler expands that barrier
+    before fusion, so on CPUs the values instead pass through a ``while_loop`` whose
+    condition ``flag`` (a scalar bool that is False at run time but that XLA cannot prove so,
+    e.g. ``read_var[0] == -inf``) keeps its body from ever running; a loop result is never
+    fused. On a GPU such a loop would cost a device-to-host copy of ``flag``, which is why it
+    is only taken on CPUs. The choice is made when lowering (``lax.platform_dependent``).
+
+    The identity for differentiation (a custom JVP passes the tangents through), so it can
+    sit on differentiable paths."""
+    return _materialise(tree, flag)
+
+
+@jax.custom_jvp
+def _materialise(tree, flag):
+    def on_cpu(tree, flag):
+        def body(carry):  # never runs; changes every value so XLA cannot drop the loop
+            return carry[0], jax.tree_util.tree_map(
+                lambda x: ~x if x.dtype == bool else x + x, carry[1]
+            )
+
+        return jax.lax.while_loop(lambda c: c[0], body, (flag, tree))[1]
+
+    def elsewhere(tree, flag):
+        return jax.lax.optimization_barrier(tree)
+
+    return jax.lax.platform_dependent(tree, flag, cpu=on_cpu, default=elsewhere)
+
+
+@_materialise.defjvp
+def _materialise_jvp(primals, tangents):
+    tree, flag = primals
+    return _materialise(tree, flag), tangents[0]
