@@ -15,13 +15,17 @@ a random read after the first resultant, in units of the noise of the noisiest d
 from __future__ import annotations
 
 import argparse
+import sys
 import time
+from pathlib import Path
 
 import jax
 import numpy as np
 
-import romanjax
-from romanjax.ramp._likely import fit_ramps_likely
+sys.path.insert(0, str(Path(__file__).parent))
+from _common import best_time, memory_pass_time  # noqa: E402
+
+import romanjax  # noqa: E402
 
 
 def simulate(rng, pattern, size, jump_fraction, read_noise):
@@ -88,16 +92,16 @@ def detection_curve(table, flux_values=(1.0, 50.0, 2000.0), npix=20000, read_noi
         cov = np.where(np.arange(n)[:, None] == np.arange(n), read_noise**2 / nreads + flux * tau,
                        flux * tbar[np.minimum.outer(np.arange(n), np.arange(n))])  # fmt: skip
         noisiest = np.sqrt(np.max(np.diag(op @ cov @ op.T)[1:]))
-        fit = fit_ramps_likely(clean.astype(np.float32), pattern, read_noise)
-        false = np.mean(np.any(np.asarray(fit.dq) != 0, axis=0))
+        fit = romanjax.fit_ramps_likely(clean.astype(np.float32), pattern, read_noise)
+        false = np.mean(np.asarray(fit.pixel_dq) != 0)
         rates = []
         for size in sizes:
             when = rng.integers(pattern.reads[1][0], pattern.reads[-1][-1] + 1, npix)
             hit = clean.copy()
             for i, reads in enumerate(pattern.reads):
                 hit[i] += size * noisiest * np.mean(np.asarray(reads)[:, None] >= when, axis=0)
-            fit = fit_ramps_likely(hit.astype(np.float32), pattern, read_noise)
-            rates.append(np.mean(np.any(np.asarray(fit.dq) != 0, axis=0)))
+            fit = romanjax.fit_ramps_likely(hit.astype(np.float32), pattern, read_noise)
+            rates.append(np.mean(np.asarray(fit.pixel_dq) != 0))
         print(f"{flux:10g} | {false:11.4f} | " + " ".join(f"{r:7.3f}" for r in rates))
 
 
@@ -122,24 +126,19 @@ def main():
           f"{jax.device_count()} {jax.default_backend()} device(s)")  # fmt: skip
 
     device_data = jax.device_put(resultants)
-    floor = np.inf
-    for _ in range(args.repeat):
-        start = time.perf_counter()
-        jax.block_until_ready(device_data * 1.0)
-        floor = min(floor, time.perf_counter() - start)
+    floor = memory_pass_time(device_data, args.repeat + 2)
 
     timings = {}
     for detect in (False, True):
+
+        def ours(detect=detect):
+            return romanjax.fit_ramps_likely(device_data, pattern, read_noise,
+                                             detect_jumps=detect)  # fmt: skip
+
         start = time.perf_counter()
-        fit = jax.block_until_ready(fit_ramps_likely(device_data, pattern, read_noise,
-                                                     detect_jumps=detect))  # fmt: skip
+        fit = jax.block_until_ready(ours())
         compile_time = time.perf_counter() - start
-        best = np.inf
-        for _ in range(args.repeat):
-            start = time.perf_counter()
-            fit = jax.block_until_ready(fit_ramps_likely(device_data, pattern, read_noise,
-                                                         detect_jumps=detect))  # fmt: skip
-            best = min(best, time.perf_counter() - start)
+        best = best_time(ours, args.repeat)
         timings[detect] = best
         print(f"romanjax LIKELY detect_jumps={detect}: {best:.3f} s "
               f"(first call incl. compile {compile_time:.1f} s)")  # fmt: skip

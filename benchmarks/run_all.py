@@ -1,33 +1,60 @@
 """romanjax against romanisim and stcal on the same data, in one process.
 
-Rows (reference -> romanjax, both on the same MA-table-4 frame of resultants [e]):
+Rows (reference -> romanjax array API / frame driver, all on the same MA-table-4 frame of
+resultants [e]):
 
-- apportionment: ``romanisim.l1.apportion_counts_to_resultants`` -> ``apportion_frame``
-- optimal: ``romanisim.ramp.RampFitInterpolator(reads).fit_ramps`` -> ``fit_frame(optimal)``
-- Casertano: ``romanisim.ramp.fit_ramps_casertano`` -> ``fit_frame(casertano)``
-- ols_cas22 without / with jumps: ``stcal.ramp_fitting.ols_cas22.fit_ramps(use_jump=...)``
-  -> ``fit_frame(casertano, detect_jumps=...)``
-- LIKELY: ``stcal.ramp_fitting.likely_fit.likely_ramp_fit`` -> ``fit_frame(likely)``
+- apportion: ``romanisim.l1.apportion_counts_to_resultants`` -> ``apportion_counts`` /
+  ``apportion_frame``
+- optimal: ``romanisim.ramp.RampFitInterpolator(reads).fit_ramps`` -> ``fit_ramps_optimal`` /
+  ``fit_frame(method="optimal")``
+- casertano: ``romanisim.ramp.fit_ramps_casertano`` -> ``fit_ramps_casertano`` /
+  ``fit_frame(method="casertano")``
+- cas22, cas22_jump: ``stcal.ramp_fitting.ols_cas22.fit_ramps(use_jump=...)`` ->
+  ``fit_ramps_casertano(detect_jumps=...)`` / ``fit_frame(method="casertano", ...)``
+- likely: ``stcal.ramp_fitting.likely_fit.likely_ramp_fit`` -> ``fit_ramps_likely`` /
+  ``fit_frame(method="likely")`` (jump detection on in both)
 
-romanjax is timed end to end through the host-side drivers (numpy in, numpy out: transfers,
-chunking and sharding included) after one warm-up call that compiles; best of ``--repeat``.
-References get one warm-up call too, then run ``--ref-repeat`` times (best taken).
-Floors: one memory pass over the resultants (a jitted, fused sum of the resultant rows of
-the frame already on the device: the least any fitter must do, read every resultant once),
-numpy's ``sum`` for scale, and
-one pass that also writes fresh arrays of the RampFit layout (par, var ``[P, 3, 2, 2]``, dq
-uint32: 2.6x the bytes of the input), the least a fitter returning that layout must do.
-Peak memory: the resident-set high-water mark of the process sampled during each row
-(psutil, every 10 ms) minus the resident set before it, and the process's overall peak.
+romanjax is timed through both of its entry points, side by side on the same data:
+
+- the array API: one direct call on the whole frame (numpy in), waited for with
+  ``jax.block_until_ready``; the result stays on the device;
+- the frame driver: ``fit_frame`` / ``apportion_frame``, numpy in and numpy out, with the
+  host-device transfers, chunking and sharding included.
+
+Each path gets one warm-up call that compiles, then the best of ``--repeat``; the ``compile``
+column is the time of the array API's first call (near 0 for a second scene of the same
+size, which reuses the compiled code). References get one warm-up call too, then the best of
+``--ref-repeat``.
+
+Floors: the *read floor* is one jitted, fused sum of the resultant rows of the frame
+already on the device (the least any fitter must do: read every resultant once), with
+numpy's ``sum`` beside it for scale; the *read+write floor* is one pass that reads the
+resultants and writes fresh arrays of the ``RampFit`` layout (float ``slope``, ``var_read``,
+``var_poisson``, ``var_total`` ``[*pixels]`` and the uint32 ``flags``
+``[n // 32 + 1, *pixels]``), the least a fitter returning that layout must do.
+Peak memory: the resident-set high-water mark of the process sampled during each path of
+each row (psutil, every 10 ms) minus the resident set before it, and the process's overall
+peak.
+
+Scenes (``--scene``, one table each):
+
+- benchmark: 90% of the pixels faint sky-like 0.1-5 e/s, 10% sources 5-2000 e/s
+  (log-uniform); 1% of the pixels with a 2000 e jump in the copy the jump rows fit;
+- bright: rates log-uniform over 0.1-1000 e/s everywhere; 2% of the pixels with a jump of
+  100-3000 e (uniform) in the copy the jump rows fit.
+
+In both, resultants come from romanjax's apportionment (the exact distribution of
+romanisim's) plus 5 e read noise per read, and a jump starts at a random resultant 2..n-1.
 
 Runs unchanged on a CUDA machine (``pip install romanjax[cuda]``): JAX picks the GPU and the
-drivers shard over all local devices.
+frame drivers shard over all local devices.
 
 Usage::
 
-    python benchmarks/run_all.py                 # 1024 x 1024
-    python benchmarks/run_all.py --full          # 1024 x 1024 and 4088 x 4088
-    python benchmarks/run_all.py --size 256      # quick check
+    python benchmarks/run_all.py                            # 1024 x 1024, benchmark scene
+    python benchmarks/run_all.py --scene benchmark bright   # both scenes, one table each
+    python benchmarks/run_all.py --full                     # 1024 x 1024 and 4088 x 4088
+    python benchmarks/run_all.py --size 256 --repeat 2      # quick check
     python benchmarks/run_all.py --only optimal casertano --no-reference
 """
 
@@ -47,8 +74,8 @@ import time
 import numpy as np
 
 ROWS = ("apportion", "optimal", "casertano", "cas22", "cas22_jump", "likely")
+SCENES = ("benchmark", "bright")
 READ_NOISE = 5.0  # [e] per read
-JUMP_FRACTION = 0.01  # pixels with a cosmic-ray jump (for the jump-detecting rows)
 
 
 def have(module: str) -> bool:
@@ -101,48 +128,61 @@ def best_of(function, repeat: int):
     return best, out
 
 
-def make_data(size: int, seed: int = 2026):
-    """Counts, resultants [e] and a per-pixel flux for a ``size x size`` MA-table-4 frame.
+def make_data(size: int, scene: str = "benchmark", seed: int = 2026):
+    """Counts, resultants [e] and a jumped copy of them for a ``size x size`` MA-table-4
+    frame of the given scene (see the module docstring).
 
-    Fluxes: 90% faint sky-like 0.1-5 e/s, 10% sources 5-2000 e/s; resultants from romanjax's
-    apportionment (the exact distribution of romanisim's) plus N(0, 5 e / sqrt(N_i)) read
-    noise; ``JUMP_FRACTION`` of the pixels get a 2000 e jump at a random resultant.
+    Resultants come from romanjax's apportionment (the exact distribution of romanisim's)
+    plus N(0, 5 e / sqrt(N_i)) read noise; the jumped copy adds one jump at a random
+    resultant 2..n-1 to a fraction of the pixels.
     """
     import jax
 
     import romanjax
-    from romanjax._batch import apportion_frame
 
     pattern = romanjax.ReadPattern.from_ma_table(4)
     rng = np.random.default_rng(seed)
-    flux = rng.uniform(0.1, 5.0, (size, size))
-    bright = rng.random((size, size)) < 0.1
-    flux[bright] = 10 ** rng.uniform(np.log10(5), np.log10(2000), bright.sum())
+    if scene == "benchmark":
+        flux = rng.uniform(0.1, 5.0, (size, size))
+        bright = rng.random((size, size)) < 0.1
+        flux[bright] = 10 ** rng.uniform(np.log10(5), np.log10(2000), bright.sum())
+        jump_fraction, jump_range = 0.01, (2000.0, 2000.0)
+    elif scene == "bright":
+        flux = 10 ** rng.uniform(-1.0, 3.0, (size, size))
+        jump_fraction, jump_range = 0.02, (100.0, 3000.0)
+    else:
+        raise ValueError(f"unknown scene {scene!r}; choose from {SCENES}")
     counts = rng.poisson(flux * pattern.exposure_time).astype(np.int64)
-    resultants = apportion_frame(jax.random.key(seed), counts, pattern)
+    resultants = romanjax.apportion_frame(jax.random.key(seed), counts, pattern)
     n = pattern.n_resultants
     for i in range(n):  # in place, one resultant at a time (bounded temporaries)
         noise = rng.standard_normal((size, size), dtype=np.float32)
         resultants[i] += noise * np.float32(READ_NOISE / np.sqrt(pattern.n_reads[i]))
     resultants = resultants.astype(np.float32, copy=False)
     jumped = resultants.copy()
-    hit = rng.random((size, size)) < JUMP_FRACTION
+    hit = rng.random((size, size)) < jump_fraction
     where = rng.integers(2, n, hit.sum())
+    if jump_range[0] == jump_range[1]:
+        amplitude = np.full(hit.sum(), jump_range[0], np.float32)
+    else:
+        amplitude = rng.uniform(*jump_range, hit.sum()).astype(np.float32)
     rows, cols = np.nonzero(hit)
     for k in range(2, n):
         sel = where == k
-        jumped[k:, rows[sel], cols[sel]] += np.float32(2000.0)
+        jumped[k:, rows[sel], cols[sel]] += amplitude[sel]
     return pattern, counts, resultants, jumped
 
 
 def floor_times(resultants, repeat):
     """Floors [s]: one jitted pass reading the resultants (a fused sum of the rows; the
     fastest computation that touches every element once), the numpy sum, and one pass that
-    reads the resultants and writes fresh arrays of the RampFit layout (par [P, 2],
-    var [P, 3, 2, 2] float32, dq [n, P] uint32: 2.6x the input's bytes, page faults included).
+    reads the resultants and writes fresh arrays of the RampFit layout (slope, var_read,
+    var_poisson, var_total ``[*pixels]`` float and flags ``[n // 32 + 1, *pixels]`` uint32).
     """
     import jax
     import jax.numpy as jnp
+
+    n_words = resultants.shape[0] // 32 + 1
 
     def row_sum(r):
         total = r[0]
@@ -152,9 +192,8 @@ def floor_times(resultants, repeat):
 
     def read_and_write_fit(r):
         total = row_sum(r)
-        par = jnp.stack([total, 2 * total], axis=-1)
-        var = total[..., None, None, None] * jnp.arange(12, dtype=r.dtype).reshape(3, 2, 2)
-        return par, var, jnp.zeros(r.shape, jnp.uint32)
+        flags = jnp.broadcast_to((total < 0).astype(jnp.uint32), (n_words,) + total.shape)
+        return total, 2 * total, 3 * total, 4 * total, flags
 
     on_device = jax.device_put(resultants)
     floors = []
@@ -167,7 +206,7 @@ def floor_times(resultants, repeat):
 
 
 # ------------------------------------------------------------------------------------------
-# the rows: (reference callable or None, romanjax callable or None, note)
+# the rows: (reference callable or None, array-API callable, frame-driver callable, note)
 # ------------------------------------------------------------------------------------------
 
 
@@ -179,13 +218,14 @@ def row_functions(name, pattern, counts, resultants, jumped, reference: bool):
     reads = [list(r) for r in pattern.reads]
     n = resultants.shape[0]
     read_noise_map = np.full(resultants.shape[1:], READ_NOISE, np.float32)
-    ref, jax_fn, note = None, None, ""
+    ref, note = None, ""
+
+    def wait(function, *args, **kwargs):
+        return lambda: jax.block_until_ready(function(*args, **kwargs))
 
     if name == "apportion":
-        if have("romanjax.l1._apportion"):
-            from romanjax._batch import apportion_frame
-
-            jax_fn = lambda: apportion_frame(jax.random.key(1), counts, pattern)  # noqa: E731
+        api = wait(romanjax.apportion_counts, jax.random.key(1), counts, pattern)
+        frame = lambda: romanjax.apportion_frame(jax.random.key(1), counts, pattern)  # noqa: E731
         if reference and have("romanisim"):
             from romanisim.l1 import apportion_counts_to_resultants
 
@@ -193,7 +233,8 @@ def row_functions(name, pattern, counts, resultants, jumped, reference: bool):
             ref = lambda: apportion_counts_to_resultants(counts, tij, seed=1)  # noqa: E731
             note = "romanisim apportion_counts_to_resultants"
     elif name == "optimal":
-        jax_fn = lambda: romanjax.fit_frame(  # noqa: E731
+        api = wait(romanjax.fit_ramps_optimal, resultants, pattern, READ_NOISE)
+        frame = lambda: romanjax.fit_frame(  # noqa: E731
             resultants, pattern, READ_NOISE, method="optimal"
         )
         if reference and have("romanisim"):
@@ -203,10 +244,10 @@ def row_functions(name, pattern, counts, resultants, jumped, reference: bool):
             ref = lambda: fitter.fit_ramps(resultants, READ_NOISE)  # noqa: E731
             note = "romanisim RampFitInterpolator.fit_ramps"
     elif name == "casertano":
-        if have("romanjax.ramp._casertano"):
-            jax_fn = lambda: romanjax.fit_frame(  # noqa: E731
-                resultants, pattern, READ_NOISE, method="casertano"
-            )
+        api = wait(romanjax.fit_ramps_casertano, resultants, pattern, READ_NOISE)
+        frame = lambda: romanjax.fit_frame(  # noqa: E731
+            resultants, pattern, READ_NOISE, method="casertano"
+        )
         if reference and have("romanisim"):
             from romanisim.ramp import fit_ramps_casertano
 
@@ -216,10 +257,11 @@ def row_functions(name, pattern, counts, resultants, jumped, reference: bool):
     elif name in ("cas22", "cas22_jump"):
         use_jump = name == "cas22_jump"
         data = jumped if use_jump else resultants
-        if have("romanjax.ramp._casertano"):
-            jax_fn = lambda: romanjax.fit_frame(  # noqa: E731
-                data, pattern, READ_NOISE, method="casertano", detect_jumps=use_jump
-            )
+        api = wait(romanjax.fit_ramps_casertano, data, pattern, READ_NOISE,
+                   detect_jumps=use_jump)  # fmt: skip
+        frame = lambda: romanjax.fit_frame(  # noqa: E731
+            data, pattern, READ_NOISE, method="casertano", detect_jumps=use_jump
+        )
         if reference and have("stcal"):
             from stcal.ramp_fitting.ols_cas22 import fit_ramps
 
@@ -231,16 +273,16 @@ def row_functions(name, pattern, counts, resultants, jumped, reference: bool):
             )
             note = f"stcal ols_cas22 use_jump={use_jump}"
     elif name == "likely":
-        if have("romanjax.ramp._likely"):
-            jax_fn = lambda: romanjax.fit_frame(  # noqa: E731
-                jumped, pattern, READ_NOISE, method="likely", detect_jumps=True
-            )
+        api = wait(romanjax.fit_ramps_likely, jumped, pattern, READ_NOISE, detect_jumps=True)
+        frame = lambda: romanjax.fit_frame(  # noqa: E731
+            jumped, pattern, READ_NOISE, method="likely", detect_jumps=True
+        )
         if reference and have("stcal"):
             ref = lambda: stcal_likely(jumped, pattern, READ_NOISE)  # noqa: E731
             note = "stcal likely_ramp_fit (jumps on)"
-    if jax_fn is None:
-        note = (note + "; " if note else "") + "romanjax function not available yet"
-    return ref, jax_fn, note
+    else:
+        raise ValueError(f"unknown row {name!r}")
+    return ref, api, frame, note
 
 
 def stcal_likely(resultants, pattern, read_noise):
@@ -269,28 +311,37 @@ def stcal_likely(resultants, pattern, read_noise):
     return likely_ramp_fit(ramp_data, noise, np.ones((ny, nx), np.float32))
 
 
-def run_size(size, rows, args):
+def time_path(function, repeat):
+    """(compile [s], best time [s], peak RSS increase [MB]) of a romanjax path: one warm-up
+    call that compiles, then the best of ``repeat``."""
+    start = time.perf_counter()
+    function()
+    compile_s = time.perf_counter() - start
+    with PeakMemory() as memory:
+        best, _ = best_of(function, repeat)
+    return compile_s, best, memory.delta_mb
+
+
+def run_size(size, scene, rows, args):
     import jax
 
-    print(f"\n## {size} x {size}, MA table 4 (9 resultants), {jax.default_backend()}", flush=True)
+    print(f"\n## {scene} scene, {size} x {size}, MA table 4 (9 resultants), "
+          f"{jax.default_backend()}", flush=True)  # fmt: skip
     t0 = time.perf_counter()
-    pattern, counts, resultants, jumped = make_data(size)
+    pattern, counts, resultants, jumped = make_data(size, scene)
     print(f"(data: {resultants.nbytes / 2**20:.0f} MB of float32 resultants, made in "
           f"{time.perf_counter() - t0:.1f} s)", flush=True)  # fmt: skip
     floor_device, floor_host, floor_output = floor_times(resultants, args.repeat)
     results = []
     for name in rows:
-        ref, jax_fn, note = row_functions(name, pattern, counts, resultants, jumped,
-                                          not args.no_reference)  # fmt: skip
-        entry = {"row": name, "size": size, "note": note, "ref_s": None, "jax_s": None,
-                 "compile_s": None, "ref_mem_mb": None, "jax_mem_mb": None}  # fmt: skip
-        if jax_fn is not None:
-            start = time.perf_counter()
-            jax_fn()  # warm-up: compiles
-            entry["compile_s"] = time.perf_counter() - start
-            with PeakMemory() as memory:
-                entry["jax_s"], _ = best_of(jax_fn, args.repeat)
-            entry["jax_mem_mb"] = memory.delta_mb
+        ref, api, frame, note = row_functions(name, pattern, counts, resultants, jumped,
+                                              not args.no_reference)  # fmt: skip
+        entry = {"row": name, "scene": scene, "size": size, "note": note, "ref_s": None,
+                 "ref_mem_mb": None}  # fmt: skip
+        for path, function in (("api", api), ("frame", frame)):
+            compile_s, best, mem = time_path(function, args.repeat)
+            entry.update({f"{path}_s": best, f"{path}_compile_s": compile_s,
+                          f"{path}_mem_mb": mem})  # fmt: skip
         if ref is not None:
             try:
                 ref()  # warm-up, as for romanjax: a first call costs up to 2x (page faults)
@@ -304,7 +355,7 @@ def run_size(size, rows, args):
         results.append(entry)
         print(f"  {name}: {json.dumps({k: v for k, v in entry.items() if k != 'row'})}",
               flush=True)  # fmt: skip
-    print(table(results, size, floor_device, floor_host, floor_output), flush=True)
+    print(table(results, scene, size, floor_device, floor_host, floor_output), flush=True)
     return results
 
 
@@ -312,25 +363,40 @@ def fmt(value, spec=".3f"):
     return "-" if value is None else format(value, spec)
 
 
-def table(results, size, floor_device, floor_host, floor_output):
+def ratio(a, b):
+    return a / b if a and b else None
+
+
+def table(results, scene, size, floor_device, floor_host, floor_output):
     lines = [
-        f"\n### {size} x {size} (floors: one pass reading the resultants = {floor_device:.4f} s "
-        f"jitted on the device, {floor_host:.4f} s numpy; reading them and writing a RampFit "
-        f"= {floor_output:.4f} s)\n",
-        "| row | reference | ref [s] | romanjax [s] | speed-up | romanjax / read floor "
-        "| romanjax / read+write floor | compile [s] | ref peak +MB | romanjax peak +MB |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        f"\n### {scene} scene, {size} x {size} (floors: one pass reading the resultants = "
+        f"{floor_device:.4f} s jitted on the device, {floor_host:.4f} s numpy; reading them "
+        f"and writing a RampFit = {floor_output:.4f} s)\n",
+        "| row | reference | ref [s] | array API [s] | fit_frame/driver [s] | ref/api "
+        "| ref/frame | api/frame | compile [s] | api / read floor | api / read+write floor "
+        "| frame / read floor | frame / read+write floor | ref peak +MB | api peak +MB "
+        "| frame peak +MB |",
+        "|---|---|" + "---:|" * 14,
     ]
     for e in results:
-        speedup = e["ref_s"] / e["jax_s"] if e["ref_s"] and e["jax_s"] else None
-        over_floor = e["jax_s"] / floor_device if e["jax_s"] else None
-        over_output = e["jax_s"] / floor_output if e["jax_s"] else None
+        api, frame = e["api_s"], e["frame_s"]
         lines.append(
-            f"| {e['row']} | {e['note'] or '-'} | {fmt(e['ref_s'])} | {fmt(e['jax_s'])} "
-            f"| {fmt(speedup, '.1f')}x | {fmt(over_floor, '.1f')}x | {fmt(over_output, '.1f')}x "
-            f"| {fmt(e['compile_s'], '.1f')} "
-            f"| {fmt(e['ref_mem_mb'], '.0f')} | {fmt(e['jax_mem_mb'], '.0f')} |"
+            f"| {e['row']} | {e['note'] or '-'} | {fmt(e['ref_s'])} | {fmt(api)} "
+            f"| {fmt(frame)} | {fmt(ratio(e['ref_s'], api), '.1f')}x "
+            f"| {fmt(ratio(e['ref_s'], frame), '.1f')}x | {fmt(ratio(api, frame), '.2f')} "
+            f"| {fmt(e['api_compile_s'], '.1f')} "
+            f"| {fmt(ratio(api, floor_device), '.1f')}x | {fmt(ratio(api, floor_output), '.1f')}x "
+            f"| {fmt(ratio(frame, floor_device), '.1f')}x "
+            f"| {fmt(ratio(frame, floor_output), '.1f')}x "
+            f"| {fmt(e['ref_mem_mb'], '.0f')} | {fmt(e['api_mem_mb'], '.0f')} "
+            f"| {fmt(e['frame_mem_mb'], '.0f')} |"
         )
+    speedups = [(ratio(e["ref_s"], e[f"{path}_s"]), path, e["row"])
+                for e in results for path in ("api", "frame")]  # fmt: skip
+    speedups = [s for s in speedups if s[0] is not None]
+    if speedups:
+        low, path, row = min(speedups)
+        lines.append(f"\nlowest speed-up over the reference: {low:.1f}x ({row}, {path})")
     return "\n".join(lines)
 
 
@@ -339,6 +405,8 @@ def main(argv=None):
     parser.add_argument("--size", type=int, nargs="+", default=[1024],
                         help="frame side(s) in pixels (default 1024)")  # fmt: skip
     parser.add_argument("--full", action="store_true", help="also a full 4088 x 4088 frame")
+    parser.add_argument("--scene", nargs="+", choices=SCENES, default=["benchmark"],
+                        help="scene(s), one table each (default benchmark)")  # fmt: skip
     parser.add_argument("--only", nargs="+", choices=ROWS, default=list(ROWS))
     parser.add_argument("--repeat", type=int, default=3, help="romanjax: best of N (default 3)")
     parser.add_argument("--ref-repeat", type=int, default=3,
@@ -359,7 +427,8 @@ def main(argv=None):
             print(f"{module} {version(module)}")
     everything = []
     for size in sizes:
-        everything += run_size(size, args.only, args)
+        for scene in dict.fromkeys(args.scene):
+            everything += run_size(size, scene, args.only, args)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     if sys.platform == "darwin":
         peak /= 1024  # bytes there
