@@ -35,17 +35,24 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
 from importlib import import_module
+from typing import TYPE_CHECKING
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.typing import ArrayLike
 
 from . import _platform
 from ._read_pattern import ReadPattern
 from .ramp._common import check_pixel_shape
+
+if TYPE_CHECKING:
+    from .l1._simulate import L1
+    from .ramp._common import RampFit
 
 __all__ = [
     "fit_frame",
@@ -56,18 +63,16 @@ __all__ = [
     "DEFAULT_CPU_CHUNK_BYTES",
     "DEFAULT_RNG_BLOCK",
     "APPORTION_RNG_BLOCK",
+    "fit_on_device",
 ]
 
-#: ``method`` name -> (module, function) of the ramp fitters, imported on first use. The
-#: ``fit_chunk`` functions are the public fitters except that they return ``dq=None`` when
-#: the flags are zero by construction (no input dq, no jump detection): ``fit_frame`` then
-#: leaves its zero-initialised output untouched instead of writing and checking zeros; and
-#: Casertano and likelihood return ``par`` and ``var`` as ``SlopeRows``, their non-zero
-#: entries only.
+#: ``method`` name -> (module, function) of the ramp fitters, imported on first use: the
+#: array-API fitters' one-pass path (the public functions send large host frames on CPUs
+#: here, see :func:`fit_on_device`).
 FITTERS = {
-    "optimal": ("romanjax.ramp._optimal", "fit_ramps_optimal"),
-    "casertano": ("romanjax.ramp._casertano", "fit_ramps_casertano"),
-    "likely": ("romanjax.ramp._likely", "fit_ramps_likely"),
+    "optimal": ("romanjax.ramp._optimal", "_fit_ramps_optimal"),
+    "casertano": ("romanjax.ramp._casertano", "_fit_ramps_casertano"),
+    "likely": ("romanjax.ramp._likely", "_fit_ramps_likely"),
 }
 
 #: Frames of at least this many bytes of resultants return the C heap's free pages to the
@@ -266,8 +271,10 @@ def _progress_bar(progress, total, description):
 # --------------------------------------------------------------------------------------------
 
 
-def fit_frame(resultants, pattern, read_noise, *, method="casertano", dq=None, chunk_pixels=None,
-              mesh=None, progress=False, **fit_kwargs):  # fmt: skip
+def fit_frame(resultants: ArrayLike, pattern: ReadPattern, read_noise: ArrayLike, *,
+              method: str | Callable = "casertano", dq: ArrayLike | None = None,
+              chunk_pixels: int | None = None, mesh: jax.sharding.Mesh | None = None,
+              progress: bool = False, **fit_kwargs) -> RampFit:  # fmt: skip
     """Fit the ramps of a whole frame (or stack of frames) in chunks of bounded memory.
 
     Numpy in, numpy out. The pixels are processed in chunks of ``chunk_pixels``; each chunk is
@@ -412,7 +419,7 @@ def fit_frame(resultants, pattern, read_noise, *, method="casertano", dq=None, c
         if not outputs:
             outputs.append(treedef)
             for leaf in leaves:
-                outputs.append(np.empty(leaf.shape[:-1] + (n_pixels,), leaf.dtype))
+                outputs.append(_platform.aligned_empty(leaf.shape[:-1] + (n_pixels,), leaf.dtype))
         for target, leaf in zip(outputs[1:], leaves, strict=True):
             target[..., start:stop] = np.asarray(leaf)[..., : stop - start]
 
@@ -432,6 +439,14 @@ def fit_frame(resultants, pattern, read_noise, *, method="casertano", dq=None, c
     return jax.tree_util.tree_unflatten(
         treedef, [leaf.reshape(leaf.shape[:-1] + pixels) for leaf in leaves]
     )
+
+
+def fit_on_device(method, resultants, pattern, read_noise, **kwargs):
+    """:func:`fit_frame` for the array API's host-data path on CPUs
+    (:func:`romanjax._platform.fits_through_frames`): the same fit, returned as device
+    arrays that wrap the driver's aligned host outputs without a copy."""
+    fit = fit_frame(resultants, pattern, read_noise, method=method, **kwargs)
+    return jax.tree_util.tree_map(jax.device_put, fit)
 
 
 # --------------------------------------------------------------------------------------------
@@ -602,8 +617,10 @@ def _simulate_frame(simulator, function, key, counts, pattern, *, chunk_pixels, 
     return jax.tree_util.tree_unflatten(treedef, [leaf.reshape((n,) + pixels) for leaf in leaves])
 
 
-def apportion_frame(key, counts, pattern, *, chunk_pixels=None, mesh=None, progress=False,
-                    rng_block=APPORTION_RNG_BLOCK, workers=None):  # fmt: skip
+def apportion_frame(key: jax.Array, counts: ArrayLike, pattern: ReadPattern, *,
+                    chunk_pixels: int | None = None, mesh: jax.sharding.Mesh | None = None,
+                    progress: bool = False, rng_block: int = APPORTION_RNG_BLOCK,
+                    workers: int | None = None) -> np.ndarray:  # fmt: skip
     """:func:`apportion_counts` over a whole frame in chunks of bounded memory.
 
     Numpy in, numpy out. The pixels are cut into random-number blocks: for 2-D (and higher)
@@ -652,8 +669,10 @@ def apportion_frame(key, counts, pattern, *, chunk_pixels=None, mesh=None, progr
     )  # fmt: skip
 
 
-def simulate_frame(key, counts, pattern, *, chunk_pixels=None, mesh=None, progress=False,
-                   rng_block=DEFAULT_RNG_BLOCK, workers=None, **kwargs):  # fmt: skip
+def simulate_frame(key: jax.Array, counts: ArrayLike, pattern: ReadPattern, *,
+                   chunk_pixels: int | None = None, mesh: jax.sharding.Mesh | None = None,
+                   progress: bool = False, rng_block: int = DEFAULT_RNG_BLOCK,
+                   workers: int | None = None, **kwargs) -> L1:  # fmt: skip
     """:func:`simulate_l1` over a whole frame in chunks of bounded memory.
 
     Numpy in, numpy out; randomness in blocks of rows exactly as :func:`apportion_frame`:

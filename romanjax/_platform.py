@@ -23,6 +23,9 @@ __all__ = [
     "CPU_CHUNK_BYTES",
     "DEVICE_MEMORY_FRACTION",
     "materialise",
+    "kernel_chunk_pixels",
+    "aligned_empty",
+    "fits_through_frames",
 ]
 
 #: Bytes of resultants per chunk when every device is a CPU: the fitters' working set is
@@ -128,3 +131,55 @@ def _materialise(tree, flag):
 def _materialise_jvp(primals, tangents):
     tree, flag = primals
     return _materialise(tree, flag), tangents[0]
+
+
+def kernel_chunk_pixels(n_resultants: int, itemsize: int) -> int | None:
+    """Pixels per chunk in which the array API runs a kernel over a large pixel count, or
+    None for one pass over all pixels.
+
+    On CPUs a kernel's intermediates for a whole frame overflow the caches, so the jitted
+    array functions loop over chunks holding :data:`CPU_CHUNK_BYTES` of resultants (the
+    same size as the frame drivers' chunks). Accelerators keep one pass: their memory
+    bandwidth is what the pass needs, and a loop would only serialise the work. Decided
+    from the default backend when the function is traced."""
+    if jax.default_backend() != "cpu":
+        return None
+    pixels = CPU_CHUNK_BYTES // (max(n_resultants, 1) * itemsize)
+    return max(1024, pixels // 1024 * 1024)
+
+
+#: Alignment of host arrays that ``jax.device_put`` may wrap without copying on CPUs.
+HOST_ALIGNMENT = 64
+
+
+def aligned_empty(shape, dtype) -> np.ndarray:
+    """Uninitialised numpy array whose data starts on a :data:`HOST_ALIGNMENT` boundary. On
+    CPUs ``jax.device_put`` wraps such an array without copying it (numpy's own large
+    allocations are only 16-byte aligned, and their copy costs a page fault per 4 kB)."""
+    dtype = np.dtype(dtype)
+    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    raw = np.empty(nbytes + HOST_ALIGNMENT, np.uint8)
+    offset = -raw.ctypes.data % HOST_ALIGNMENT
+    return raw[offset : offset + nbytes].view(dtype).reshape(shape)
+
+
+def fits_through_frames(resultants, n_resultants: int, *others) -> bool:
+    """Whether an array-API fit of host data runs through the frame driver: on CPUs, for
+    a float numpy ``resultants [n_resultants, *pixels]`` of more pixels than one chunk,
+    when no argument is being traced.
+
+    The driver moves the resultants to the device chunk by chunk (buffers the allocator
+    recycles) and writes the results into aligned host arrays that become device arrays
+    without a copy, instead of one copy of the whole frame into fresh pages; on
+    accelerators the plain path already streams the frame through device memory."""
+    if not isinstance(resultants, np.ndarray) or resultants.dtype.kind != "f":
+        return False
+    if resultants.ndim < 2 or resultants.shape[0] != n_resultants:
+        return False
+    if any(isinstance(value, jax.core.Tracer) for value in others):
+        return False
+    if not all_cpu():
+        return False
+    itemsize = jax.dtypes.canonicalize_dtype(resultants.dtype).itemsize
+    chunk = CPU_CHUNK_BYTES // (max(n_resultants, 1) * itemsize)
+    return resultants.size // max(n_resultants, 1) > chunk

@@ -28,6 +28,7 @@ from functools import partial
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.typing import ArrayLike
 
 from ._read_pattern import ReadPattern
 from .ramp._common import check_pattern
@@ -65,7 +66,8 @@ def _broadcast_shape(function: str, **arrays) -> tuple[int, ...]:
         raise ValueError(f"{function}: shapes do not broadcast: {detail}") from None
 
 
-def expected_resultants(flux, pattern: ReadPattern, *, pedestal=0.0):
+def expected_resultants(flux: ArrayLike, pattern: ReadPattern, *,
+                         pedestal: ArrayLike = 0.0) -> jax.Array:
     """Mean resultants of a ramp: ``E[R_i] = pedestal + flux * tbar_i``.
 
     Parameters
@@ -159,7 +161,8 @@ def _log_likelihood(resultants, flux, read_noise, pedestal, *, pattern):
     return jnp.where(valid, loglike, -jnp.inf)
 
 
-def ramp_log_likelihood(resultants, pattern: ReadPattern, flux, read_noise, *, pedestal=0.0):
+def ramp_log_likelihood(resultants: ArrayLike, pattern: ReadPattern, flux: ArrayLike,
+                        read_noise: ArrayLike, *, pedestal: ArrayLike = 0.0) -> jax.Array:
     """Gaussian log-likelihood of observed resultants under the exact ramp covariance.
 
     ``log N(R | p + f tbar, C)`` with ``C_ii = sigma**2 / N_i + f tau_i`` and
@@ -284,8 +287,9 @@ def fisher_information(pattern: ReadPattern, flux, read_noise, *, gaussian_varia
     return information
 
 
-def fisher_slope_variance(pattern: ReadPattern, flux, read_noise, *, pedestal_known=False,
-                          gaussian_variance_term=False):  # fmt: skip
+def fisher_slope_variance(pattern: ReadPattern, flux: ArrayLike, read_noise: ArrayLike, *,
+                          pedestal_known: bool = False,
+                          gaussian_variance_term: bool = False) -> jax.Array:  # fmt: skip
     """Cramér-Rao lower bound on the variance of an unbiased slope estimate [(e/s)**2].
 
     The inverse Fisher information of the resultants (see :func:`fisher_information`) for a

@@ -22,6 +22,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.typing import ArrayLike
 
 from . import dq as dqbits
 from ._read_pattern import ReadPattern
@@ -145,8 +146,10 @@ def _per_pixel(name, value, pixels, dtype):
     return jnp.broadcast_to(jnp.asarray(value, dtype), pixels)
 
 
-def make_l2(resultants, pattern, *, read_noise, gain, dq=None, dark_rate=None, flat=None,
-            method="casertano", linearity=None, **fit_kwargs):  # fmt: skip
+def make_l2(resultants: ArrayLike, pattern: ReadPattern, *, read_noise: ArrayLike,
+            gain: ArrayLike, dq: ArrayLike | None = None, dark_rate: ArrayLike | None = None,
+            flat: ArrayLike | None = None, method: str = "casertano",
+            linearity: ArrayLike | None = None, **fit_kwargs) -> L2:  # fmt: skip
     """Fit L1 resultants [DN] into an L2 count-rate image [DN/s], as romanisim's ``make_l2``.
 
     The resultants are converted to electrons with ``gain``, fitted with the chosen ramp

@@ -659,3 +659,88 @@ def test_fit_frame_sharded_over_four_cpu_devices(tmp_path):
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "SHARDED-OK" in result.stdout
+
+
+@needs_casertano
+@pytest.mark.parametrize("method", ["optimal", "casertano", "likely"])
+def test_array_api_runs_large_host_frames_through_the_driver(monkeypatch, method):
+    # on CPUs a public fitter given a numpy frame larger than one chunk runs it through the
+    # frame driver and returns device arrays; the values equal the one-pass fit of the same
+    # data given as a device array (which never takes that route)
+    from romanjax import _platform
+    from romanjax.ramp import _common
+
+    monkeypatch.setattr(_platform, "CPU_CHUNK_BYTES", 9 * 4 * 1024)  # 1024-pixel chunks
+    rng = np.random.default_rng(11)
+    resultants = make_ramps(rng, MA4, (40, 70), np.float32)
+    resultants[5:, 3, :9] += np.float32(3e3)
+    fitter = getattr(romanjax, f"fit_ramps_{method}")
+    kwargs = {} if method == "optimal" else {"detect_jumps": True}
+    calls = []
+    real = _common.through_frames
+    monkeypatch.setattr(
+        _common, "through_frames", lambda *a: calls.append(real(*a)) or calls[-1]
+    )
+    module = importlib.import_module(fitter.__module__)
+    monkeypatch.setattr(module, "through_frames", _common.through_frames)
+    routed = fitter(resultants, MA4, 10.0, **kwargs)
+    one_pass = fitter(jnp.asarray(resultants), MA4, 10.0, **kwargs)
+    assert calls == [True, False]
+    for leaf in jax.tree_util.tree_leaves(routed):
+        assert isinstance(leaf, jax.Array)
+    assert_fits_equal(jax.tree_util.tree_map(np.asarray, one_pass),
+                      jax.tree_util.tree_map(np.asarray, routed))  # fmt: skip
+    if method != "optimal":
+        assert np.all(np.asarray(routed.jump_map)[5, 3, :9])
+
+
+def test_through_frames_only_for_large_untraced_host_frames(monkeypatch):
+    from romanjax import _platform
+    from romanjax.ramp._common import through_frames
+
+    monkeypatch.setattr(_platform, "CPU_CHUNK_BYTES", 9 * 4 * 1024)
+    big = np.zeros((9, 2048), np.float32)
+    assert through_frames(big, MA4, 5.0)
+    assert not through_frames(big[:, :1024], MA4, 5.0)  # one chunk: one pass
+    assert not through_frames(jnp.asarray(big), MA4, 5.0)  # device data stays on the device
+    assert not through_frames(big.astype(np.int32), MA4, 5.0)
+    assert not through_frames(big[:8], MA4, 5.0)  # wrong shape: the fitter reports it
+    assert not through_frames(big, "MA4", 5.0)
+    seen = []
+    jax.grad(lambda s: seen.append(through_frames(big, MA4, s)) or s)(5.0)
+    assert seen == [False]  # a traced argument: the caller's transformation owns the call
+
+
+def test_aligned_host_arrays_become_device_arrays_without_a_copy():
+    from romanjax._platform import HOST_ALIGNMENT, aligned_empty
+
+    array = aligned_empty((3, 1000), np.float32)
+    assert array.ctypes.data % HOST_ALIGNMENT == 0 and array.shape == (3, 1000)
+    array[...] = 2.5
+    np.testing.assert_array_equal(np.asarray(jax.device_put(array)), array)
+
+
+@needs_likely
+def test_kernel_chunks_equal_one_pass(monkeypatch, rng):
+    # the likelihood fitter loops over fixed-size pixel windows on CPUs; the last window is
+    # moved back to end at the last pixel, and the result equals one pass
+    from romanjax import _platform
+
+    resultants, dq = flagged_inputs(rng, np.float32)
+    flat = jnp.asarray(resultants.reshape(MA4.n_resultants, -1)[:, :1500])
+    flat_dq = jnp.asarray(dq.reshape(MA4.n_resultants, -1)[:, :1500])
+    one_pass = romanjax.fit_ramps_likely(flat, MA4, 10.0, dq=flat_dq)
+    monkeypatch.setattr(_platform, "CPU_CHUNK_BYTES", 9 * 4 * 1024)  # 2 windows, overlapping
+    chunks = []
+    real = _platform.kernel_chunk_pixels
+    monkeypatch.setattr(_platform, "kernel_chunk_pixels",
+                        lambda *a: chunks.append(real(*a)) or chunks[-1])  # fmt: skip
+    romanjax.ramp._likely._fit_likely.clear_cache()
+    try:
+        chunked = romanjax.fit_ramps_likely(flat, MA4, 10.0, dq=flat_dq)
+    finally:
+        romanjax.ramp._likely._fit_likely.clear_cache()
+    assert_fits_equal(jax.tree_util.tree_map(np.asarray, one_pass),
+                      jax.tree_util.tree_map(np.asarray, chunked))  # fmt: skip
+    assert chunks == [1024]  # traced once, in 1024-pixel windows
+    assert np.any(np.asarray(chunked.jump_map))

@@ -43,6 +43,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.typing import ArrayLike
 
 from .._read_pattern import ReadPattern
 from ._binomial import binomial as _binomial
@@ -297,7 +298,7 @@ def _apportion(key, counts, pattern, dtype):
     return resultants.reshape((pattern.n_resultants,) + shape)
 
 
-def apportion_counts(key, counts, pattern: ReadPattern):
+def apportion_counts(key: jax.Array, counts: ArrayLike, pattern: ReadPattern) -> jax.Array:
     """Split each pixel's total electrons over the reads and average them into resultants.
 
     The exact distribution of romanisim's ``apportion_counts_to_resultants`` (no pedestal,

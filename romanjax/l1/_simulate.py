@@ -8,6 +8,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.typing import ArrayLike
 
 from .. import dq as dqbits
 from .._read_pattern import ReadPattern
@@ -97,9 +98,11 @@ def _simulate(key, counts, read_noise, gain, pedestal, pedestal_noise, saturatio
     return L1(resultants.astype(dtype), dq.astype(jnp.uint32))
 
 
-def simulate_l1(key, counts, pattern: ReadPattern, *, read_noise=5.0, gain=2.0, pedestal=1e4,
-                pedestal_noise=8.0, saturation=55000.0, cosmic_rays=None, ipc=None,
-                inverse_linearity=None) -> L1:  # fmt: skip
+def simulate_l1(key: jax.Array, counts: ArrayLike, pattern: ReadPattern, *,
+                read_noise: ArrayLike = 5.0, gain: ArrayLike = 2.0, pedestal: ArrayLike = 1e4,
+                pedestal_noise: ArrayLike = 8.0, saturation: ArrayLike = 55000.0,
+                cosmic_rays=None, ipc: ArrayLike | None = None,
+                inverse_linearity: ArrayLike | None = None) -> L1:  # fmt: skip
     """Simulate an L1 ramp from total electrons, as romanisim's ``make_l1``.
 
     Order: apportion the photons read by read (:func:`romanjax.apportion_counts`), add the

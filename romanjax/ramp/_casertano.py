@@ -35,11 +35,19 @@ from functools import lru_cache, partial
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.typing import ArrayLike
 
 from .. import dq as dqflags
 from .._compaction import compact as _compact
 from .._read_pattern import ReadPattern
-from ._common import RampFit, flag_words, pack_flags, prepare_inputs, unpack_jumps
+from ._common import (
+    RampFit,
+    flag_words,
+    pack_flags,
+    prepare_inputs,
+    through_frames,
+    unpack_jumps,
+)
 from ._jumps import barrier, segment_jumps, whole_ramp_trigger
 
 __all__ = ["fit_ramps_casertano", "casertano_weights", "P_EDGES", "P_VALUES"]
@@ -474,8 +482,10 @@ def _fit_casertano(resultants, dq, read_noise, *, pattern, has_dq, detect_jumps,
     )  # fmt: skip
 
 
-def fit_ramps_casertano(resultants, pattern, read_noise, *, dq=None, detect_jumps=False,
-                        threshold_intercept=5.5, threshold_constant=1 / 3):  # fmt: skip
+def fit_ramps_casertano(resultants: ArrayLike, pattern: ReadPattern, read_noise: ArrayLike, *,
+                        dq: ArrayLike | None = None, detect_jumps: bool = False,
+                        threshold_intercept: float = 5.5,
+                        threshold_constant: float = 1 / 3) -> RampFit:  # fmt: skip
     """Fit ramps with Casertano (2022) weights, splitting at flagged resultants and,
     optionally, at detected jumps (Sharma & Casertano 2024), as romanisim's
     ``fit_ramps_casertano`` and stcal's ``ols_cas22.fit_ramps``.
@@ -530,10 +540,13 @@ def fit_ramps_casertano(resultants, pattern, read_noise, *, dq=None, detect_jump
     variance): the sub-ramp boundaries, ``P`` and the jump flags are piecewise constant, so the
     slope's gradient is its coefficient vector ``sum_runs W K / sum W``.
     """
-    return _fit_ramps_casertano(resultants, pattern, read_noise, dq=dq,
-                                detect_jumps=detect_jumps,
-                                threshold_intercept=threshold_intercept,
-                                threshold_constant=threshold_constant)  # fmt: skip
+    kwargs = dict(dq=dq, detect_jumps=detect_jumps, threshold_intercept=threshold_intercept,
+                  threshold_constant=threshold_constant)  # fmt: skip
+    if through_frames(resultants, pattern, read_noise, dq):
+        from .._batch import fit_on_device
+
+        return fit_on_device("casertano", resultants, pattern, read_noise, **kwargs)
+    return _fit_ramps_casertano(resultants, pattern, read_noise, **kwargs)
 
 
 def _fit_ramps_casertano(resultants, pattern, read_noise, *, dq=None, detect_jumps=False,

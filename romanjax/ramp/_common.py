@@ -9,11 +9,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .. import _platform
 from .. import dq as dqflags
 from .._read_pattern import ReadPattern
 
 __all__ = ["RampFit", "pack_flags", "unpack_jumps", "flag_words", "float_dtype",
-           "prepare_inputs", "map_pixels"]
+           "prepare_inputs", "map_pixels", "map_pixel_chunks", "through_frames"]
 
 
 def flag_words(n_resultants: int) -> int:
@@ -285,3 +286,54 @@ def map_pixels(kernel, resultants, dq, *per_pixel):
         flat_ramps, flat_dq, *flat_extra
     )
     return jax.tree_util.tree_map(lambda leaf: leaf.reshape(leaf.shape[:-1] + pixels), fit)
+
+
+def through_frames(resultants, pattern, read_noise, *others) -> bool:
+    """Whether a public fitter runs this call through the frame driver (large host frames on
+    CPUs, :func:`romanjax._platform.fits_through_frames`); never for an invalid ``pattern``,
+    whose error the fitter itself reports."""
+    if not isinstance(pattern, ReadPattern):
+        return False
+    return _platform.fits_through_frames(resultants, pattern.n_resultants, read_noise, *others)
+
+
+def map_pixel_chunks(kernel, *arrays):
+    """``kernel(*arrays)`` for arrays whose last axis is the (flat) pixel axis, returning a
+    pytree of arrays whose last axis is that pixel axis, evaluated chunk by chunk where the
+    platform module asks for it (:func:`romanjax._platform.kernel_chunk_pixels`).
+
+    The chunks are ``fori_loop`` iterations over fixed-size windows; the last window is
+    moved back to end at the last pixel (it overlaps the one before, whose pixels it
+    recomputes to the same values), so one kernel of one size is compiled. Pixels are
+    independent, so the result equals one pass over all pixels (to the last bit or two of
+    floating point: the code generated for another length may round differently).
+    """
+    present = [a for a in arrays if a is not None]
+    n_pixels = present[0].shape[-1]
+    n_rows = max((a.shape[0] for a in present if a.ndim > 1), default=1)
+    itemsize = max(jnp.dtype(a.dtype).itemsize for a in present)
+    chunk = _platform.kernel_chunk_pixels(n_rows, itemsize)
+    if chunk is None or n_pixels <= chunk:
+        return kernel(*arrays)
+    count = -(-n_pixels // chunk)
+
+    def window(array, start):
+        if array is None:
+            return None
+        sizes = array.shape[:-1] + (chunk,)
+        return jax.lax.dynamic_slice(array, (0,) * (array.ndim - 1) + (start,), sizes)
+
+    shapes = jax.eval_shape(kernel, *[window(a, 0) for a in arrays])
+    out = jax.tree_util.tree_map(
+        lambda s: jnp.zeros(s.shape[:-1] + (n_pixels,), s.dtype), shapes
+    )
+
+    def body(i, out):
+        start = jnp.minimum(i * chunk, n_pixels - chunk)
+        part = kernel(*[window(a, start) for a in arrays])
+        return jax.tree_util.tree_map(
+            lambda o, p: jax.lax.dynamic_update_slice(o, p, (0,) * (o.ndim - 1) + (start,)),
+            out, part,
+        )  # fmt: skip
+
+    return jax.lax.fori_loop(0, count, body, out)

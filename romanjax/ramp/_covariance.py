@@ -12,8 +12,10 @@ Eqs. 28-29, unscaled):
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.typing import ArrayLike
 
 from .._read_pattern import ReadPattern
 from ._common import check_pattern, float_dtype
@@ -60,7 +62,7 @@ def design_matrix(pattern: ReadPattern) -> np.ndarray:
     return a
 
 
-def construct_covar(read_noise, flux, pattern: ReadPattern):
+def construct_covar(read_noise: ArrayLike, flux: ArrayLike, pattern: ReadPattern) -> jax.Array:
     """Covariance of :func:`resultants_to_differences` for one ramp (romanisim's layout).
 
     Parameters
@@ -85,7 +87,7 @@ def construct_covar(read_noise, flux, pattern: ReadPattern):
     return sigma2 * read_part + flux * poisson_part
 
 
-def resultants_to_differences(resultants):
+def resultants_to_differences(resultants: ArrayLike) -> jax.Array:
     """First differences with the first resultant kept: ``[R_0, R_1 - R_0, ...]``.
 
     Parameters

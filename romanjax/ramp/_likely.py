@@ -60,10 +60,11 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.typing import ArrayLike
 
 from .. import dq as dqflags
 from .._read_pattern import ReadPattern
-from ._common import RampFit, pack_flags, prepare_inputs
+from ._common import RampFit, map_pixel_chunks, pack_flags, prepare_inputs, through_frames
 from ._sorting import sort_axis0
 
 __all__ = [
@@ -521,28 +522,47 @@ def _fit_likely(resultants, dq, read_noise, flux_estimate, thresholds, *, patter
     ramps = resultants.reshape(n, -1)
     # dq None: the zero flags are made here, inside the jit
     flat_dq = jnp.zeros(ramps.shape, jnp.uint32) if dq is None else dq.reshape(n, -1)
-    read_noise = read_noise.reshape(-1)
     thresholds = tuple(jnp.asarray(t, dtype) for t in thresholds)
     prologue = partial(_prologue_kernel, pattern=pattern)
-    if flux_estimate is None:
-        d, mask0, center = jax.vmap(lambda r, q: prologue(r, q, None), in_axes=(1, 1),
-                                    out_axes=(1, 1, 0))(ramps, flat_dq)  # fmt: skip
-    else:
-        d, mask0, center = jax.vmap(prologue, in_axes=(1, 1, 0), out_axes=(1, 1, 0))(
-            ramps, flat_dq, flux_estimate.reshape(-1)
-        )
-    if detect_jumps:
-        # the mask is piecewise constant in the data: no gradient through the search loop
-        mask, amp = _jump_search(
-            jax.lax.stop_gradient(d), mask0, jax.lax.stop_gradient(read_noise),
-            jax.lax.stop_gradient(center), thresholds, pattern=pattern, amplitudes=with_jumps,
-        )  # fmt: skip
-    else:
-        mask, amp = mask0, jnp.zeros((2,) + d.shape, dtype)
     final = partial(_final_kernel, pattern=pattern, second_pass=flux_estimate is None)
-    rate, var_read, var_poisson, var_total, chisq, flags = jax.vmap(
-        final, in_axes=(1, 1, 1, 0, 0), out_axes=-1
-    )(d, mask0, mask, read_noise, center)
+    delta, _, _ = _pattern_parts(pattern, dtype)
+
+    def flat_fit(ramps, flat_dq, read_noise, flux_estimate):
+        if flux_estimate is None:
+            d, mask0, center = jax.vmap(lambda r, q: prologue(r, q, None), in_axes=(1, 1),
+                                        out_axes=(1, 1, 0))(ramps, flat_dq)  # fmt: skip
+        else:
+            d, mask0, center = jax.vmap(prologue, in_axes=(1, 1, 0), out_axes=(1, 1, 0))(
+                ramps, flat_dq, flux_estimate
+            )
+        if detect_jumps:
+            # the mask is piecewise constant in the data: no gradient through the search
+            mask, amp = _jump_search(
+                jax.lax.stop_gradient(d), mask0, jax.lax.stop_gradient(read_noise),
+                jax.lax.stop_gradient(center), thresholds, pattern=pattern,
+                amplitudes=with_jumps,
+            )  # fmt: skip
+        else:
+            mask, amp = mask0, jnp.zeros((2,) + d.shape, dtype)
+        rows = jax.vmap(final, in_axes=(1, 1, 1, 0, 0), out_axes=-1)(
+            d, mask0, mask, read_noise, center
+        )
+        if not with_jumps:
+            return rows, None
+        found = mask0 & ~mask
+        scale = jnp.asarray(delta, dtype)[:, None]
+        pad = jnp.zeros((1,) + ramps.shape[1:], dtype)
+
+        def per_resultant(values):  # [n - 1, m] per difference -> [n, m] per resultant
+            return jnp.concatenate([pad, jnp.where(found, values * scale, 0)])
+
+        return rows, (per_resultant(amp[0]), per_resultant(amp[1]))
+
+    rows, jumps = map_pixel_chunks(
+        flat_fit, ramps, flat_dq, read_noise.reshape(-1),
+        None if flux_estimate is None else flux_estimate.reshape(-1),
+    )  # fmt: skip
+    rate, var_read, var_poisson, var_total, chisq, flags = rows
     fit = RampFit(
         slope=rate.reshape(pixels), var_read=var_read.reshape(pixels),
         var_poisson=var_poisson.reshape(pixels), var_total=var_total.reshape(pixels),
@@ -551,22 +571,18 @@ def _fit_likely(resultants, dq, read_noise, flux_estimate, thresholds, *, patter
     )  # fmt: skip
     if not with_jumps:
         return fit
-    delta, _, _ = _pattern_parts(pattern, dtype)
-    found = mask0 & ~mask
-    scale = jnp.asarray(delta, dtype)[:, None]
-    pad = jnp.zeros((1,) + ramps.shape[1:], dtype)
-
-    def per_resultant(values):
-        values = jnp.where(found, values * scale, 0)
-        return jnp.concatenate([pad, values]).reshape((n,) + pixels)
-
-    return fit, LikelyJumps(amplitude=per_resultant(amp[0]), sigma=per_resultant(amp[1]))
+    amplitude, sigma = (values.reshape((n,) + pixels) for values in jumps)
+    return fit, LikelyJumps(amplitude=amplitude, sigma=sigma)
 
 
-def fit_ramps_likely(resultants, pattern, read_noise, *, dq=None, detect_jumps=True,
-                     flux_estimate=None, rejection_threshold=DEFAULT_REJECTION_THRESHOLD,
-                     threshold_one_omit=None, threshold_two_omit=None,
-                     return_jump_amplitudes=False):  # fmt: skip
+def fit_ramps_likely(resultants: ArrayLike, pattern: ReadPattern, read_noise: ArrayLike, *,
+                     dq: ArrayLike | None = None, detect_jumps: bool = True,
+                     flux_estimate: ArrayLike | None = None,
+                     rejection_threshold: float = DEFAULT_REJECTION_THRESHOLD,
+                     threshold_one_omit: float | None = None,
+                     threshold_two_omit: float | None = None,
+                     return_jump_amplitudes: bool = False,
+                     ) -> RampFit | tuple[RampFit, LikelyJumps]:  # fmt: skip
     """Fit ramps by exact tridiagonal GLS with likelihood jump detection (stcal ``LIKELY``).
 
     Brandt (2024a, PASP 136, 045004) optimal fit of the scaled resultant differences with
@@ -625,12 +641,16 @@ def fit_ramps_likely(resultants, pattern, read_noise, *, dq=None, detect_jumps=T
     Gradients with respect to the resultants flow through the guesses and both final
     passes; the jump mask is piecewise constant and is not differentiated.
     """
-    return _fit_ramps_likely(resultants, pattern, read_noise, dq=dq, detect_jumps=detect_jumps,
-                             flux_estimate=flux_estimate,
-                             rejection_threshold=rejection_threshold,
-                             threshold_one_omit=threshold_one_omit,
-                             threshold_two_omit=threshold_two_omit,
-                             return_jump_amplitudes=return_jump_amplitudes)  # fmt: skip
+    kwargs = dict(dq=dq, detect_jumps=detect_jumps, flux_estimate=flux_estimate,
+                  rejection_threshold=rejection_threshold,
+                  threshold_one_omit=threshold_one_omit, threshold_two_omit=threshold_two_omit)
+    if not return_jump_amplitudes and through_frames(resultants, pattern, read_noise, dq,
+                                                     flux_estimate):  # fmt: skip
+        from .._batch import fit_on_device
+
+        return fit_on_device("likely", resultants, pattern, read_noise, **kwargs)
+    return _fit_ramps_likely(resultants, pattern, read_noise,
+                             return_jump_amplitudes=return_jump_amplitudes, **kwargs)
 
 
 def _fit_ramps_likely(resultants, pattern, read_noise, *, dq=None, detect_jumps=True,

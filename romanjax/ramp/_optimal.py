@@ -26,10 +26,11 @@ from functools import lru_cache, partial
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.typing import ArrayLike
 
 from .. import dq as dqflags
 from .._read_pattern import ReadPattern
-from ._common import RampFit, map_pixels, pack_flags, prepare_inputs
+from ._common import RampFit, map_pixels, pack_flags, prepare_inputs, through_frames
 from ._covariance import covariance_parts, design_matrix
 from ._jumps import barrier
 from ._likely import _barrier, _masked_median, tridiagonal_solve
@@ -361,8 +362,9 @@ def _fit_optimal_dq(resultants, dq, read_noise, flux_estimate, *, pattern, grid)
     )  # fmt: skip
 
 
-def fit_ramps_optimal(resultants, pattern, read_noise, *, flux_estimate=None, dq=None,
-                      grid=DEFAULT_GRID):  # fmt: skip
+def fit_ramps_optimal(resultants: ArrayLike, pattern: ReadPattern, read_noise: ArrayLike, *,
+                      flux_estimate: ArrayLike | None = None, dq: ArrayLike | None = None,
+                      grid: tuple[float, float, int] = DEFAULT_GRID) -> RampFit:  # fmt: skip
     """Fit ramps by full-covariance least squares with interpolated optimal weights.
 
     The romanisim "optimal" fitter (``RampFitInterpolator.fit_ramps``): generalized least
@@ -415,8 +417,12 @@ def fit_ramps_optimal(resultants, pattern, read_noise, *, flux_estimate=None, dq
     Romanisim evaluates the weights with float32 inverses; here the grid is computed in
     float64 and cast to the dtype of ``resultants``.
     """
-    return _fit_ramps_optimal(resultants, pattern, read_noise, flux_estimate=flux_estimate,
-                              dq=dq, grid=grid)  # fmt: skip
+    kwargs = dict(flux_estimate=flux_estimate, dq=dq, grid=grid)
+    if through_frames(resultants, pattern, read_noise, dq, flux_estimate):
+        from .._batch import fit_on_device
+
+        return fit_on_device("optimal", resultants, pattern, read_noise, **kwargs)
+    return _fit_ramps_optimal(resultants, pattern, read_noise, **kwargs)
 
 
 def _fit_ramps_optimal(resultants, pattern, read_noise, *, flux_estimate=None, dq=None,
