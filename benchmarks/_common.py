@@ -19,14 +19,27 @@ def best_time(function, repeat: int = 3) -> float:
     return min(times)
 
 
-@jax.jit
-def _sum(a):
-    # explicit row adds fuse into one elementwise loop that reads every element once; a
-    # reduction over axis 0 (jnp.sum) can lower to a slower loop and overstate the floor
+def row_sum(a):
+    """Sum of the resultant rows: explicit row adds fuse into one elementwise loop that reads
+    every element once (a reduction over axis 0, ``jnp.sum``, can lower to a slower loop and
+    overstate the floor)."""
     total = a[0]
     for i in range(1, a.shape[0]):
         total = total + a[i]
     return total
+
+
+def read_and_write_fit(a):
+    """One read of the resultants plus writing fresh arrays of a ``RampFit``'s outputs: four
+    float ``[*pixels]`` rows (slope and its three variances) and the flag words
+    ``[n // 32 + 1, *pixels]`` uint32. The least a fitter returning that layout must do."""
+    total = row_sum(a)
+    flags = jax.numpy.broadcast_to((total < 0).astype(np.uint32),
+                                   (a.shape[0] // 32 + 1,) + total.shape)  # fmt: skip
+    return total, 2 * total, 3 * total, 4 * total, flags
+
+
+_sum = jax.jit(row_sum)
 
 
 def memory_pass_time(resultants_on_device, repeat: int = 5) -> float:

@@ -180,23 +180,11 @@ def floor_times(resultants, repeat):
     var_poisson, var_total ``[*pixels]`` float and flags ``[n // 32 + 1, *pixels]`` uint32).
     """
     import jax
-    import jax.numpy as jnp
-
-    n_words = resultants.shape[0] // 32 + 1
-
-    def row_sum(r):
-        total = r[0]
-        for i in range(1, r.shape[0]):
-            total = total + r[i]
-        return total
-
-    def read_and_write_fit(r):
-        total = row_sum(r)
-        flags = jnp.broadcast_to((total < 0).astype(jnp.uint32), (n_words,) + total.shape)
-        return total, 2 * total, 3 * total, 4 * total, flags
 
     on_device = jax.device_put(resultants)
     floors = []
+    from _common import read_and_write_fit, row_sum
+
     for function in (jax.jit(row_sum), jax.jit(read_and_write_fit)):
         jax.block_until_ready(function(on_device))
         floors.append(best_of(lambda f=function: jax.block_until_ready(f(on_device)),
