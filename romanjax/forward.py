@@ -152,7 +152,9 @@ def _log_likelihood(resultants, flux, read_noise, pedestal, *, pattern):
         return (safe_pivot, y, valid & ok), (safe_pivot, y)
 
     init = (jnp.ones(shape, dtype), jnp.zeros(shape, dtype), jnp.ones(shape, bool))
-    (_, _, valid), (pivots, ys) = jax.lax.scan(step, init, (e, diag, off))
+    # unrolled over the (static, short) resultant axis: elementwise code, no loop (a loop is
+    # a device-to-host round trip per trip on GPUs)
+    (_, _, valid), (pivots, ys) = jax.lax.scan(step, init, (e, diag, off), unroll=True)
     pivots = jnp.where(valid, pivots, 1)
     ys = jnp.where(valid, ys, 0)
     logdet = jnp.sum(jnp.log(pivots), axis=0)
