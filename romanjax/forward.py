@@ -31,7 +31,7 @@ import numpy as np
 from jax.typing import ArrayLike
 
 from ._read_pattern import ReadPattern
-from .ramp._common import check_pattern
+from ._validate import check_pattern, promoted_float_dtype
 from .ramp._covariance import covariance_parts
 
 __all__ = [
@@ -42,15 +42,6 @@ __all__ = [
 ]
 
 _LOG_2PI = float(np.log(2 * np.pi))
-
-
-def _float_dtype(*arrays) -> jnp.dtype:
-    """Promote the inputs (Python scalars are weak) and make the result floating."""
-    arrays = [np.asarray(a) if isinstance(a, (list, tuple)) else a for a in arrays]
-    dtype = jnp.result_type(*arrays)
-    if not jnp.issubdtype(dtype, jnp.floating):
-        dtype = jnp.result_type(dtype, float)
-    return jnp.dtype(jax.dtypes.canonicalize_dtype(dtype))
 
 
 def _broadcast_shape(function: str, **arrays) -> tuple[int, ...]:
@@ -95,7 +86,7 @@ def expected_resultants(flux: ArrayLike, pattern: ReadPattern, *,
     """
     check_pattern(pattern, "expected_resultants")
     shape = _broadcast_shape("expected_resultants", flux=flux, pedestal=pedestal)
-    dtype = _float_dtype(flux, pedestal)
+    dtype = promoted_float_dtype(flux, pedestal)
     flux = jnp.broadcast_to(jnp.asarray(flux, dtype), shape)
     pedestal = jnp.broadcast_to(jnp.asarray(pedestal, dtype), shape)
     tbar = jnp.asarray(pattern.tbar, dtype).reshape((-1,) + (1,) * len(shape))
@@ -230,7 +221,7 @@ def ramp_log_likelihood(resultants: ArrayLike, pattern: ReadPattern, flux: Array
         "ramp_log_likelihood", pixels=resultants.shape[1:], flux=flux,
         read_noise=read_noise, pedestal=pedestal,
     )  # fmt: skip
-    dtype = _float_dtype(resultants, flux, read_noise, pedestal)
+    dtype = promoted_float_dtype(resultants, flux, read_noise, pedestal)
     return _log_likelihood(
         jnp.asarray(resultants, dtype), jnp.asarray(flux, dtype),
         jnp.asarray(read_noise, dtype), jnp.asarray(pedestal, dtype), pattern=pattern,
@@ -267,7 +258,7 @@ def fisher_information(pattern: ReadPattern, flux, read_noise, *, gaussian_varia
     """
     check_pattern(pattern, "fisher_information")
     shape = _broadcast_shape("fisher_information", flux=flux, read_noise=read_noise)
-    dtype = _float_dtype(flux, read_noise)
+    dtype = promoted_float_dtype(flux, read_noise)
     flux = jnp.broadcast_to(jnp.asarray(flux, dtype), shape)[..., None, None]
     sigma2 = jnp.square(jnp.broadcast_to(jnp.asarray(read_noise, dtype), shape))[..., None, None]
     tbar, tau = pattern.tbar, pattern.tau

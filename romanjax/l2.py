@@ -26,7 +26,7 @@ from jax.typing import ArrayLike
 
 from . import dq as dqbits
 from ._read_pattern import ReadPattern
-from .ramp._common import check_pixel_shape, float_dtype, prepare_dq
+from ._validate import check_pixel_shape, float_dtype, prepare_dq
 
 __all__ = ["L2", "make_l2", "METHODS", "apply_linearity"]
 

@@ -1,4 +1,4 @@
-"""The exact vectorised binomial sampler behind apportion_counts (romanjax.l1._binomial).
+"""The exact vectorised binomial sampler behind apportion_counts (romanjax.kernels.binomial).
 
 Goodness of fit against scipy's exact pmf (float64) on both algorithms (inversion below a
 mean of 10, BTRS above), across the switch, for p > 1/2 (symmetry), huge n (float32
@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from romanjax.l1 import _binomial
+from romanjax.kernels import binomial as _binomial
 
 SAMPLES = 200_000
 # one compiled sampler for every case (n and p are traced), so the file compiles once

@@ -113,8 +113,8 @@ def test_candidate_compaction(rng, m):
     # the candidate compaction (two-level prefix count + scatter) equals jnp.nonzero
     import jax.numpy as jnp
 
-    from romanjax._compaction import compact as _compact
-    from romanjax._compaction import prefix_count as _prefix_count
+    from romanjax.kernels.queue import compact as _compact
+    from romanjax.kernels.queue import prefix_count as _prefix_count
 
     for fraction in (0.0, 0.03, 1.0):
         mask = rng.random(m) < fraction

@@ -1,4 +1,4 @@
-"""Philox4x32-10, the random bit generator of the apportionment (romanjax.l1._philox)."""
+"""Philox4x32-10, the random bit generator of the apportionment (romanjax.kernels.rng)."""
 
 import jax
 import jax.numpy as jnp
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from romanjax.l1 import _philox
+from romanjax.kernels import rng as _philox
 
 # Known-answer vectors of Philox4x32-10 from Random123 (Salmon et al. 2011, kat_vectors):
 # (counter words, key words, output words).

@@ -4,7 +4,7 @@ import jax
 import numpy as np
 import pytest
 
-from romanjax.ramp._sorting import median_axis0, sort_axis0, sorting_network
+from romanjax.kernels.order import median_axis0, sort_axis0, sorting_network
 
 
 @pytest.mark.parametrize("n", list(range(1, 20)) + [32, 33])

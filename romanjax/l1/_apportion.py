@@ -46,8 +46,9 @@ import numpy as np
 from jax.typing import ArrayLike
 
 from .._read_pattern import ReadPattern
-from ._binomial import binomial as _binomial
-from ._binomial import binomial_half
+from .._validate import check_pattern, float_dtype
+from ..kernels.binomial import binomial as _binomial
+from ..kernels.binomial import binomial_half
 
 __all__ = ["apportion_counts", "apportion_plan", "read_probabilities", "check_counts",
            "MAX_COUNTS"]
@@ -91,19 +92,12 @@ def check_counts(counts, function: str):
     return array
 
 
-def _float_dtype(counts) -> jnp.dtype:
-    dtype = jnp.asarray(counts).dtype
-    if jnp.issubdtype(dtype, jnp.floating):
-        return jnp.dtype(jax.dtypes.canonicalize_dtype(dtype))
-    return jnp.dtype(jax.dtypes.canonicalize_dtype(jnp.float64))
-
-
 def binomial(key, n, p, dtype):
     """Exact Binomial(n, p) draws for int32 ``n`` ``[npix]`` and a scalar ``p``.
 
-    See :mod:`._binomial`: inversion for means below 10, BTRS rejection with a float32-exact
-    acceptance test otherwise, rejected draws compacted and redrawn. Result in ``[0, n]``,
-    so electrons are conserved exactly."""
+    See :mod:`romanjax.kernels.binomial`: inversion for means below 10, BTRS rejection with
+    a float32-exact acceptance test otherwise, rejected draws compacted and redrawn. Result
+    in ``[0, n]``, so electrons are conserved exactly."""
     return _binomial(key, n, p, dtype)
 
 
@@ -340,9 +334,7 @@ def apportion_counts(key: jax.Array, counts: ArrayLike, pattern: ReadPattern) ->
     2**24 are made on float32-rounded counts and clamped, so electrons are conserved
     exactly.
     """
-    from ..ramp._common import check_pattern
-
     check_pattern(pattern, "apportion_counts")
     counts = check_counts(counts, "apportion_counts")
-    dtype = _float_dtype(counts)
+    dtype = float_dtype(counts)
     return _apportion(key, jnp.asarray(counts), pattern, dtype)

@@ -12,7 +12,8 @@ from jax.typing import ArrayLike
 
 from .. import dq as dqbits
 from .._read_pattern import ReadPattern
-from ._apportion import MAX_COUNTS, _float_dtype, check_counts, read_scan
+from .._validate import check_pattern, float_dtype
+from ._apportion import MAX_COUNTS, check_counts, read_scan
 from ._effects import (
     IPC_KERNEL,
     apply_inverse_linearity,
@@ -158,11 +159,9 @@ def simulate_l1(key: jax.Array, counts: ArrayLike, pattern: ReadPattern, *,
     cosmic rays the rate scales with each chunk's area, so chunking is statistically
     equivalent).
     """
-    from ..ramp._common import check_pattern
-
     check_pattern(pattern, "simulate_l1")
     counts = check_counts(counts, "simulate_l1")
-    dtype = _float_dtype(counts)
+    dtype = float_dtype(counts)
     counts = jnp.asarray(counts)
     shape = counts.shape
     crparams = cosmic_ray_params(cosmic_rays)

@@ -38,13 +38,13 @@ import numpy as np
 from jax.typing import ArrayLike
 
 from .. import dq as dqflags
-from .._compaction import compact as _compact
 from .._read_pattern import ReadPattern
+from .._validate import prepare_inputs
+from ..kernels.queue import compact as _compact
 from ._common import (
     RampFit,
     flag_words,
     pack_flags,
-    prepare_inputs,
     through_frames,
     unpack_jumps,
 )
@@ -132,7 +132,7 @@ def _power_masks(signal, read_var):
     return [undefined | (s2 >= edge * edge * denominator) for edge in P_EDGES]
 
 
-def _select(masks, values):
+def _by_bin(masks, values):
     """``values[0]`` where no mask holds, else ``values[j+1]`` for the last true masks[j]
     (the masks are nested: masks[j+1] implies masks[j])."""
     out = values[0]
@@ -149,10 +149,10 @@ def _whole_ramp(rows, read_var, pattern):
     masks = _power_masks(jnp.maximum(rows[-1] - rows[0], 0), read_var)
     slope = jnp.zeros_like(rows[0])
     for i in range(1, len(rows)):
-        k_i = _select(masks, [jnp.asarray(v, dtype) for v in const["k"][:, i]])
+        k_i = _by_bin(masks, [jnp.asarray(v, dtype) for v in const["k"][:, i]])
         slope = slope + k_i * (rows[i] - rows[0])
-    read = _select(masks, [jnp.asarray(v, dtype) for v in const["read"]])
-    poisson = _select(masks, [jnp.asarray(v, dtype) for v in const["poisson"]])
+    read = _by_bin(masks, [jnp.asarray(v, dtype) for v in const["read"]])
+    poisson = _by_bin(masks, [jnp.asarray(v, dtype) for v in const["poisson"]])
     return slope, read_var * read, poisson
 
 
@@ -234,10 +234,10 @@ def _segments(rows, good, read_var, pattern, *, want_coefficients=False):
         u2 = u * u
         u3 = u2 * u
         u6 = u3 * u3
-        upow = _select(
+        upow = _by_bin(
             masks, [jnp.ones_like(u), jnp.exp(0.4 * jnp.log(u)), u, u3, u6, u6 * u3 * u]
         )
-        pre = _select(masks, [jnp.asarray(p, dtype) for p in const["prefactor"][:, i]])
+        pre = _by_bin(masks, [jnp.asarray(p, dtype) for p in const["prefactor"][:, i]])
         w.append(jnp.where(good[i] & (span > 0), pre * upow, 0))
         v.append(vi)
         half.append(h)
@@ -555,8 +555,8 @@ def _fit_ramps_casertano(resultants, pattern, read_noise, *, dq=None, detect_jum
         "fit_ramps_casertano", resultants, pattern, dq, make_dq=False, read_noise=read_noise
     )
     rn = per_pixel["read_noise"]
-    if not isinstance(rn, jax.core.Tracer):
-        values = np.asarray(rn)
+    if not isinstance(read_noise, jax.Array):  # host data is checked on the host; device
+        values = np.asarray(read_noise)  # data is never copied back for a check
         if not np.all(np.isfinite(values)) or np.any(values < 0):
             raise ValueError(
                 "fit_ramps_casertano: `read_noise` must be finite and >= 0 [e]"

@@ -13,8 +13,8 @@ from .. import _platform
 from .. import dq as dqflags
 from .._read_pattern import ReadPattern
 
-__all__ = ["RampFit", "pack_flags", "unpack_jumps", "flag_words", "float_dtype",
-           "prepare_inputs", "map_pixels", "map_pixel_chunks", "through_frames"]
+__all__ = ["RampFit", "pack_flags", "unpack_jumps", "flag_words", "map_pixels",
+           "map_pixel_chunks", "through_frames"]
 
 
 def flag_words(n_resultants: int) -> int:
@@ -181,93 +181,6 @@ class RampFit:
         jump = xp.any(self.jump_map, axis=0) if self.n_resultants else xp.zeros(self.shape, bool)
         return (xp.where(jump, xp.uint32(dqflags.JUMP_DET), xp.uint32(0))
                 | xp.where(self.unfitted, xp.uint32(dqflags.DO_NOT_USE), xp.uint32(0)))
-
-
-def float_dtype(*arrays) -> jnp.dtype:
-    """The floating dtype of a computation on ``arrays``: the first floating array's dtype
-    (canonicalised: float64 only with x64 on). Python scalars are weakly typed and do not
-    decide it; integer arrays and scalars alone give JAX's default float."""
-    for array in arrays:
-        if isinstance(array, (int, float, bool)) or not hasattr(array, "dtype"):
-            continue
-        if jnp.issubdtype(array.dtype, jnp.floating):
-            return jnp.dtype(jax.dtypes.canonicalize_dtype(array.dtype))
-    return jnp.dtype(jax.dtypes.canonicalize_dtype(jnp.float64))
-
-
-def check_pattern(pattern, function: str) -> ReadPattern:
-    if not isinstance(pattern, ReadPattern):
-        raise TypeError(
-            f"{function}: `pattern` must be a romanjax.ReadPattern, got {type(pattern).__name__}"
-        )
-    return pattern
-
-
-def check_pixel_shape(function: str, name: str, value, pixels: tuple) -> None:
-    """Raise ``ValueError`` naming ``name`` unless ``value`` broadcasts to ``pixels``."""
-    shape = np.shape(value)
-    try:
-        if np.broadcast_shapes(shape, pixels) == pixels:
-            return
-    except ValueError:
-        pass
-    raise ValueError(
-        f"{function}: `{name}` of shape {shape} does not broadcast against the pixel shape "
-        f"{pixels}"
-    )
-
-
-def prepare_dq(function: str, dq, shape: tuple):
-    """``dq`` as uint32 broadcast to ``shape`` (zeros if None), or a ``ValueError`` naming it."""
-    if dq is None:
-        return jnp.zeros(shape, dtype=jnp.uint32)
-    try:
-        np.broadcast_shapes(np.shape(dq), shape)
-    except ValueError:
-        raise ValueError(
-            f"{function}: `dq` of shape {np.shape(dq)} does not broadcast against `resultants` "
-            f"of shape {shape}"
-        ) from None
-    return jnp.broadcast_to(jnp.asarray(dq).astype(jnp.uint32), shape)
-
-
-def prepare_inputs(function: str, resultants, pattern, dq=None, *, make_dq=True,
-                   **per_pixel):  # fmt: skip
-    """Validate shapes on the host and broadcast per-pixel inputs against the pixel shape.
-
-    Returns ``(resultants, dq, per_pixel)`` as JAX arrays: resultants in their float dtype,
-    dq as uint32 ``[n_resultant, *pixels]`` (zeros if None; None if ``dq`` is None and
-    ``make_dq`` is False, for fitters that make their zero dq inside the jit), per-pixel
-    values broadcast to ``[*pixels]`` in the resultants' dtype (None stays None).
-
-    The per-pixel values are broadcast here, outside the jit, on purpose: a 0-d read noise
-    inside the jit lets XLA fold it into a scalar, and the code it then generates rounds
-    differently for different pixel counts (2-8 ulp in float64), so ``fit_frame``'s chunks
-    would no longer reproduce a direct call bit for bit. (``fit_frame`` passes a scalar read
-    noise as one array made once per call, so it pays no per-chunk broadcast.)
-    """
-    check_pattern(pattern, function)
-    if not hasattr(resultants, "shape"):
-        resultants = np.asarray(resultants)
-    if resultants.ndim < 1:
-        raise ValueError(f"{function}: `resultants` must have a leading resultant axis")
-    if resultants.shape[0] != pattern.n_resultants:
-        raise ValueError(
-            f"{function}: `resultants` has {resultants.shape[0]} resultants on axis 0 but the "
-            f"read pattern has {pattern.n_resultants}"
-        )
-    dtype = float_dtype(resultants)
-    resultants = jnp.asarray(resultants, dtype=dtype)
-    pixels = resultants.shape[1:]
-    dq = prepare_dq(function, dq, resultants.shape) if dq is not None or make_dq else None
-    out = {}
-    for name, value in per_pixel.items():
-        if value is None:
-            out[name] = None
-            continue
-        check_pixel_shape(function, name, value, pixels)
-        out[name] = jnp.broadcast_to(jnp.asarray(value, dtype=dtype), pixels)
-    return resultants, dq, out
 
 
 def map_pixels(kernel, resultants, dq, *per_pixel):

@@ -18,7 +18,7 @@ import numpy as np
 from jax.typing import ArrayLike
 
 from .._read_pattern import ReadPattern
-from ._common import check_pattern, float_dtype
+from .._validate import check_pattern, float_dtype
 
 __all__ = ["construct_covar", "resultants_to_differences", "covariance_parts", "design_matrix"]
 

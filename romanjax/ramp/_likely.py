@@ -64,8 +64,10 @@ from jax.typing import ArrayLike
 
 from .. import dq as dqflags
 from .._read_pattern import ReadPattern
-from ._common import RampFit, map_pixel_chunks, pack_flags, prepare_inputs, through_frames
-from ._sorting import sort_axis0
+from .._validate import prepare_inputs
+from ..kernels.linalg import fence, tridiagonal_solve
+from ..kernels.order import masked_median
+from ._common import RampFit, map_pixel_chunks, pack_flags, through_frames
 
 __all__ = [
     "fit_ramps_likely",
@@ -133,74 +135,6 @@ def difference_covariance_parts(pattern: ReadPattern):
 
 # --------------------------------------------------------------------------------------------
 # one-pixel building blocks (lists of scalars; the loops are over the static pattern length)
-
-
-def _barrier(tree):
-    """Materialise intermediate results: stops XLA from duplicating the O(n) recurrences into
-    every consumer fusion (several times faster on CPU)."""
-    return jax.lax.optimization_barrier(tree)
-
-
-def tridiagonal_solve(diag, off, rhs, *, inverse=False):
-    """Solve ``C x = b`` for a symmetric tridiagonal C in O(n) (Thomas algorithm).
-
-    Parameters
-    ----------
-    diag : list of n scalars
-        ``C_ii``, all nonzero pivots assumed (C positive definite).
-    off : list of n-1 scalars
-        ``C_{i,i+1}``.
-    rhs : list of right-hand sides, each a list of n scalars.
-    inverse : bool
-        Also return the diagonal and first off-diagonal of ``C^-1`` from the forward and
-        backward pivots (ratios of Brandt 2024a's theta/phi minors, Eqs. 38-45).
-
-    Returns
-    -------
-    solutions : list (one per right-hand side) of lists of n scalars
-    inv_diag, inv_off : lists of n and n-1 scalars (only if ``inverse``)
-    """
-    n = len(diag)
-    inv_p = [1 / diag[0]]
-    factors = [None]
-    z = [[b[0]] for b in rhs]
-    for i in range(1, n):
-        factor = off[i - 1] * inv_p[i - 1]
-        factors.append(factor)
-        inv_p.append(1 / (diag[i] - factor * off[i - 1]))
-        for zk, b in zip(z, rhs):
-            zk.append(b[i] - factor * zk[i - 1])
-    inv_p, z = _barrier((inv_p, z))
-    solutions = []
-    for zk in z:
-        x = [None] * n
-        x[n - 1] = zk[n - 1] * inv_p[n - 1]
-        for i in range(n - 2, -1, -1):
-            x[i] = (zk[i] - off[i] * x[i + 1]) * inv_p[i]
-        solutions.append(x)
-    solutions = _barrier(solutions)
-    if not inverse:
-        return solutions
-    # backward pivots q_i = phi_i / phi_{i+1}; store b_i**2 / q_{i+1}
-    inv_q = [None] * n
-    inv_q[n - 1] = 1 / diag[n - 1]
-    for i in range(n - 2, -1, -1):
-        inv_q[i] = 1 / (diag[i] - off[i] * off[i] * inv_q[i + 1])
-    inv_q = _barrier(inv_q)
-    inv_diag = []
-    for i in range(n):
-        value = diag[i]
-        if i > 0:
-            value = value - off[i - 1] * off[i - 1] * inv_p[i - 1]
-        if i < n - 1:
-            value = value - off[i] * off[i] * inv_q[i + 1]
-        inv_diag.append(1 / value)
-    inv_off = []
-    for i in range(n - 1):
-        # -b / (p_i q_{i+1} - b**2) = -b inv_p inv_q / (1 - b**2 inv_p inv_q)
-        ipq = inv_p[i] * inv_q[i + 1]
-        inv_off.append(-off[i] * ipq / (1 - off[i] * off[i] * ipq))
-    return solutions, inv_diag, inv_off
 
 
 class _Pass(NamedTuple):
@@ -297,25 +231,6 @@ def _gls_pass(d, mask, read_var, guess, center, parts, two_ok=None, *, jumps):
     )
 
 
-def _select(values, index):
-    """``values[index]`` for a list of scalars and a traced index, as a one-hot sum (cheap
-    elementwise code under ``vmap``, unlike a gather)."""
-    out = jnp.zeros_like(values[0])
-    for i, value in enumerate(values):
-        out = jnp.where(index == i, value, out)
-    return out
-
-
-def _masked_median(values, mask):
-    """Median of the usable entries of a list of scalars (0 if none), by a sorting network."""
-    dtype = values[0].dtype
-    ordered = sort_axis0(values, mask)
-    count = sum(mk.astype(jnp.int32) for mk in mask)
-    lo = _select(ordered, (count - 1) // 2)
-    hi = _select(ordered, count // 2)
-    return jnp.where(count > 0, 0.5 * (lo + hi), jnp.zeros((), dtype))
-
-
 def _argmax(values):
     """First index of the maximum of a list of scalars, and the maximum."""
     best = values[0]
@@ -344,14 +259,14 @@ def _jump_search_step(d, mask, active, amp, *, read_var, guess, center, parts, t
     threshold_one, threshold_two = thresholds
     fit = _gls_pass(d, [mask[i] for i in range(m)], read_var, guess, center, parts, two_ok,
                     jumps=True)  # fmt: skip
-    dchisq1 = _barrier(jnp.stack(fit.dchisq_one))
+    dchisq1 = fence(jnp.stack(fit.dchisq_one))
     i1 = jnp.argmax(dchisq1)
     best1 = jnp.maximum(jnp.max(dchisq1), 0)
     use_two = m >= 2 and any(two_ok)
     positions = jnp.arange(m)
     if use_two:
         dchisq2 = jnp.stack([fit.dchisq_two[i] if two_ok[i] else zero for i in range(m - 1)])
-        dchisq2 = _barrier(dchisq2)
+        dchisq2 = fence(dchisq2)
         i2 = jnp.argmax(dchisq2)
         best2 = jnp.maximum(jnp.max(dchisq2), 0)
     else:
@@ -406,7 +321,7 @@ def _prologue_kernel(ramp, dq, flux_estimate, *, pattern):
     bad = (dq & dqflags.DO_NOT_USE_IN_FIT) != 0
     mask = [~bad[i] & ~bad[i + 1] for i in range(m)]
     if flux_estimate is None:
-        center = _masked_median(d, mask)
+        center = masked_median(d, mask)
     else:
         center = flux_estimate.astype(dtype)
     return jnp.stack(d), jnp.stack(mask), center

@@ -30,11 +30,12 @@ from jax.typing import ArrayLike
 
 from .. import dq as dqflags
 from .._read_pattern import ReadPattern
-from ._common import RampFit, map_pixels, pack_flags, prepare_inputs, through_frames
+from .._validate import prepare_inputs
+from ..kernels.linalg import fence, tridiagonal_solve
+from ..kernels.order import masked_median, median_axis0
+from ._common import RampFit, map_pixels, pack_flags, through_frames
 from ._covariance import covariance_parts, design_matrix
 from ._jumps import barrier
-from ._likely import _barrier, _masked_median, tridiagonal_solve
-from ._sorting import median_axis0
 
 __all__ = ["fit_ramps_optimal", "optimal_weight_grid", "DEFAULT_GRID"]
 
@@ -290,7 +291,7 @@ def _optimal_dq_kernel(ramp, dq, read_noise, flux_estimate, *, pattern, x_low, x
     mf = [mk.astype(dtype) for mk in mask]
     u = [ramp[0]] + [ramp[i] - ramp[i - 1] for i in range(1, n)]
     if flux_estimate is None:
-        flux_estimate = _masked_median(
+        flux_estimate = masked_median(
             [u[i] / delta[i - 1] for i in range(1, n)], mask[1:]
         )
     flux_estimate = flux_estimate.astype(dtype)
@@ -309,7 +310,7 @@ def _optimal_dq_kernel(ramp, dq, read_noise, flux_estimate, *, pattern, x_low, x
     ped_ref = jnp.where(mask[0], ramp[0] - flux_estimate * tbar[0], 0)
     u_c = [jnp.where(mask[i], u[i] - ped_ref * a0[i] - flux_estimate * a1[i], 0)
            for i in range(n)]  # fmt: skip
-    x0, x1, y = _barrier(tridiagonal_solve(diag, off, [a0, a1, u_c]))
+    x0, x1, y = fence(tridiagonal_solve(diag, off, [a0, a1, u_c]))
     n00 = sum(a0[i] * x0[i] for i in range(n))
     n01 = sum(a0[i] * x1[i] for i in range(n))
     n11 = sum(a1[i] * x1[i] for i in range(n))

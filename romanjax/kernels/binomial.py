@@ -26,7 +26,7 @@ of ~0.1). This sampler keeps the same two exact algorithms and fixes both:
   around the rejection sampler costs more than the inversion it would skip), and arrays are
   padded to a multiple of 128 elements (the vector loops are several times slower on odd
   sizes);
-* the random bits come from Philox4x32-10 (:mod:`._philox`), cheaper than JAX's threefry
+* the random bits come from Philox4x32-10 (:mod:`.rng`), cheaper than JAX's threefry
   on the CPU;
 * fair bits (:func:`binomial_half`) count random bits instead, and there one ``lax.cond``
   per call picks between two whole strategies by how many ``n`` are too large to count.
@@ -44,10 +44,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .._compaction import compact_positions as _compact_positions
-from ._philox import _enable_x64
-from ._philox import map_words as _map_words
-from ._philox import random_words as _random_words
+from .queue import compact_positions as _compact_positions
+from .rng import _enable_x64
+from .rng import map_words as _map_words
+from .rng import random_words as _random_words
 
 __all__ = ["binomial", "binomial_half", "uniform_pair"]
 
@@ -85,7 +85,7 @@ def _to_unit(bits):
 def uniform_pair(key, size: int, dtype):
     """Two independent ``[size]`` uniform arrays on [0, 1) for ``key``.
 
-    float32: from two Philox4x32-10 words per element (:mod:`._philox`; cheaper than
+    float32: from two Philox4x32-10 words per element (:mod:`.rng`; cheaper than
     ``jax.random.uniform``'s threefry hashes on the CPU), 23 random bits each.
     float64: ``jax.random.uniform`` (52 random bits).
     """

@@ -12,7 +12,7 @@ from functools import cache
 
 import jax.numpy as jnp
 
-__all__ = ["sorting_network", "sort_axis0", "median_axis0"]
+__all__ = ["sorting_network", "sort_axis0", "median_axis0", "select_index", "masked_median"]
 
 
 @cache
@@ -80,3 +80,22 @@ def median_axis0(values, valid=None):
     take = lambda index: jnp.take_along_axis(rows, index[None], axis=0)[0]  # noqa: E731
     median = 0.5 * (take(lower) + take(upper))
     return jnp.where(count > 0, median, jnp.zeros_like(median))
+
+
+def select_index(values, index):
+    """``values[index]`` for a list of scalars and a traced index, as a one-hot sum (cheap
+    elementwise code under ``vmap``, unlike a gather)."""
+    out = jnp.zeros_like(values[0])
+    for i, value in enumerate(values):
+        out = jnp.where(index == i, value, out)
+    return out
+
+
+def masked_median(values, mask):
+    """Median of the usable entries of a list of scalars (0 if none), by a sorting network."""
+    dtype = values[0].dtype
+    ordered = sort_axis0(values, mask)
+    count = sum(mk.astype(jnp.int32) for mk in mask)
+    lo = select_index(ordered, (count - 1) // 2)
+    hi = select_index(ordered, count // 2)
+    return jnp.where(count > 0, 0.5 * (lo + hi), jnp.zeros((), dtype))
