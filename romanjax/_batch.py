@@ -3,7 +3,7 @@
 The array functions (``fit_ramps_*``, ``apportion_counts``, ``simulate_l1``) take the whole
 ``[n_resultant, *pixels]`` array at once, which for a 4088 x 4088 detector with many
 resultants, or for many detectors, does not fit in accelerator memory. The drivers here are
-host-side: numpy in, numpy out. They
+host-side: numpy in, numpy out (or device arrays in, device arrays out). They
 
 1. view the pixels as one flat axis (no copy for C-contiguous input) and cut it into chunks
    of a fixed number of pixels (default sized from the number of resultants and the device
@@ -48,7 +48,7 @@ from jax.typing import ArrayLike
 
 from . import _platform
 from ._read_pattern import ReadPattern
-from .ramp._common import check_pixel_shape
+from ._validate import check_pixel_shape
 
 if TYPE_CHECKING:
     from .l1._simulate import L1
@@ -175,7 +175,10 @@ def _chunk_size(chunk_pixels, n_pixels, n_resultants, itemsize, n_shards, functi
 def _flat_slice(array, lead: int, start: int, stop: int) -> np.ndarray:
     """``array.reshape(*array.shape[:lead], -1)[..., start:stop]`` without copying the
     whole array when it is not C-contiguous (e.g. a broadcast view): only the slab of the
-    first pixel axis that holds the range is reshaped."""
+    first pixel axis that holds the range is reshaped. Device arrays are sliced on the
+    device."""
+    if isinstance(array, jax.Array):
+        return array.reshape(array.shape[:lead] + (-1,))[..., start:stop]
     pixels = array.shape[lead:]
     if len(pixels) <= 1:
         return array.reshape(array.shape[:lead] + (-1,))[..., start:stop]
@@ -194,13 +197,14 @@ def _pad_last(array: np.ndarray, length: int) -> np.ndarray:
     if missing == 0:
         return array
     widths = [(0, 0)] * (array.ndim - 1) + [(0, missing)]
-    return np.pad(array, widths, mode="edge" if array.shape[-1] else "constant")
+    xp = jnp if isinstance(array, jax.Array) else np
+    return xp.pad(array, widths, mode="edge" if array.shape[-1] else "constant")
 
 
-def _per_pixel(name, value, pixels, function):
-    """Broadcast a per-pixel input to ``pixels`` (a view) or raise naming it."""
+def _per_pixel(name, value, pixels, function, xp=np):
+    """Broadcast a per-pixel input to ``pixels`` (a view for numpy) or raise naming it."""
     check_pixel_shape(function, name, value, pixels)
-    return np.broadcast_to(np.asarray(value), pixels)
+    return xp.broadcast_to(xp.asarray(value), pixels)
 
 
 def _is_pixel_array(value) -> bool:
@@ -277,7 +281,9 @@ def fit_frame(resultants: ArrayLike, pattern: ReadPattern, read_noise: ArrayLike
               progress: bool = False, **fit_kwargs) -> RampFit:  # fmt: skip
     """Fit the ramps of a whole frame (or stack of frames) in chunks of bounded memory.
 
-    Numpy in, numpy out. The pixels are processed in chunks of ``chunk_pixels``; each chunk is
+    Numpy in, numpy out; device arrays (``jax.Array``) in, device arrays out (the chunks
+    are then sliced and joined on the device, never copied to the host). The pixels are
+    processed in chunks of ``chunk_pixels``; each chunk is
     sharded over all local devices (or ``mesh``) and fitted with the fitter named by
     ``method``; chunk ``i + 1`` is enqueued before chunk ``i`` is copied back, so host
     transfers overlap device work. The result is identical to calling the fitter on the whole
@@ -348,7 +354,10 @@ def fit_frame(resultants: ArrayLike, pattern: ReadPattern, read_noise: ArrayLike
         raise TypeError(
             f"{function}: `pattern` must be a romanjax.ReadPattern, got {type(pattern).__name__}"
         )
-    if not isinstance(resultants, np.ndarray):
+    # device arrays in: chunks are sliced on the device and the results stay there
+    on_device = isinstance(resultants, jax.Array) and not isinstance(resultants, jax.core.Tracer)
+    xp = jnp if on_device else np
+    if not on_device and not isinstance(resultants, np.ndarray):
         resultants = np.asarray(resultants)
     if resultants.ndim < 1 or resultants.shape[0] != pattern.n_resultants:
         raise ValueError(
@@ -360,7 +369,7 @@ def fit_frame(resultants: ArrayLike, pattern: ReadPattern, read_noise: ArrayLike
     n_pixels = math.prod(pixels)
     if dq is not None:
         try:
-            dq = np.broadcast_to(np.asarray(dq), resultants.shape)
+            dq = xp.broadcast_to(xp.asarray(dq), resultants.shape)
         except ValueError:
             raise ValueError(
                 f"{function}: `dq` of shape {np.shape(dq)} does not broadcast against "
@@ -368,7 +377,7 @@ def fit_frame(resultants: ArrayLike, pattern: ReadPattern, read_noise: ArrayLike
             ) from None
     pixel_kwargs = {"read_noise": read_noise} if _is_pixel_array(read_noise) else {}
     pixel_kwargs.update({k: v for k, v in fit_kwargs.items() if _is_pixel_array(v)})
-    pixel_kwargs = {k: _per_pixel(k, v, pixels, function) for k, v in pixel_kwargs.items()}
+    pixel_kwargs = {k: _per_pixel(k, v, pixels, function, xp) for k, v in pixel_kwargs.items()}
     static_kwargs = {k: v for k, v in fit_kwargs.items() if k not in pixel_kwargs}
     if not pixels:  # a single ramp: one pixel
         resultants = resultants.reshape(n, 1)
@@ -378,6 +387,7 @@ def fit_frame(resultants: ArrayLike, pattern: ReadPattern, read_noise: ArrayLike
     mesh, axes = _mesh_and_spec(mesh, function)
     n_shards = mesh.size
     itemsize = 8 if resultants.dtype == np.float64 and jax.config.jax_enable_x64 else 4
+    large = not on_device and resultants.nbytes >= LARGE_FRAME_BYTES
     chunk = _chunk_size(chunk_pixels, n_pixels, n, itemsize, n_shards, function)
     ramp_sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(None, axes))
     pixel_sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(axes))
@@ -411,7 +421,6 @@ def fit_frame(resultants: ArrayLike, pattern: ReadPattern, read_noise: ArrayLike
         return start, stop, fit
 
     outputs = []  # [treedef, *leaves]: every leaf of a RampFit is [..., pixels], pixel-minor
-    large = resultants.nbytes >= LARGE_FRAME_BYTES
 
     def collect(job):
         start, stop, fit = job
@@ -419,9 +428,13 @@ def fit_frame(resultants: ArrayLike, pattern: ReadPattern, read_noise: ArrayLike
         if not outputs:
             outputs.append(treedef)
             for leaf in leaves:
-                outputs.append(_platform.aligned_empty(leaf.shape[:-1] + (n_pixels,), leaf.dtype))
+                shape = leaf.shape[:-1] + (n_pixels,)
+                outputs.append([] if on_device else _platform.aligned_empty(shape, leaf.dtype))
         for target, leaf in zip(outputs[1:], leaves, strict=True):
-            target[..., start:stop] = np.asarray(leaf)[..., : stop - start]
+            if on_device:  # the chunk's part, joined on the device at the end
+                target.append(leaf[..., : stop - start])
+            else:
+                target[..., start:stop] = np.asarray(leaf)[..., : stop - start]
 
     def after_first():
         if large:
@@ -436,6 +449,8 @@ def fit_frame(resultants: ArrayLike, pattern: ReadPattern, read_noise: ArrayLike
         if bar is not None:
             bar.close()
     treedef, leaves = outputs[0], outputs[1:]
+    if on_device:
+        leaves = [jnp.concatenate(parts, axis=-1) for parts in leaves]
     return jax.tree_util.tree_unflatten(
         treedef, [leaf.reshape(leaf.shape[:-1] + pixels) for leaf in leaves]
     )

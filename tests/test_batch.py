@@ -744,3 +744,22 @@ def test_kernel_chunks_equal_one_pass(monkeypatch, rng):
                       jax.tree_util.tree_map(np.asarray, chunked))  # fmt: skip
     assert chunks == [1024]  # traced once, in 1024-pixel windows
     assert np.any(np.asarray(chunked.jump_map))
+
+
+@needs_casertano
+@pytest.mark.parametrize("method", ["optimal", "casertano", "likely"])
+def test_fit_frame_keeps_device_arrays_on_the_device(rng, method):
+    # device arrays in: the chunks are sliced and joined on the device (a device-to-host
+    # copy raises under the transfer guard), and the values equal the numpy path's
+    resultants, dq = flagged_inputs(rng, np.float32)
+    read_noise = rng.uniform(5, 15, resultants.shape[1:]).astype(np.float32)
+    kwargs = {"detect_jumps": True} if method != "optimal" else {}
+    on_device = [jnp.asarray(a) for a in (resultants, dq, read_noise)]
+    with jax.transfer_guard_device_to_host("disallow"):
+        fit = fit_frame(on_device[0], MA4, on_device[2], method=method, dq=on_device[1],
+                        chunk_pixels=500, **kwargs)  # fmt: skip
+    leaves = jax.tree_util.tree_leaves(fit)
+    assert leaves and all(isinstance(leaf, jax.Array) for leaf in leaves)
+    host = fit_frame(resultants, MA4, read_noise, method=method, dq=dq, chunk_pixels=500,
+                     **kwargs)  # fmt: skip
+    assert_fits_equal(host, jax.tree_util.tree_map(np.asarray, fit))
