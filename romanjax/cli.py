@@ -354,6 +354,40 @@ def _inject(args):
     return 0
 
 
+#: Environment variables of the persistent compilation cache: ``ROMANJAX_COMPILATION_CACHE=0``
+#: turns it off, ``ROMANJAX_CACHE_DIR`` places it (default: ``$XDG_CACHE_HOME/romanjax/jax``,
+#: i.e. ``~/.cache/romanjax/jax``).
+CACHE_SWITCH, CACHE_DIR = "ROMANJAX_COMPILATION_CACHE", "ROMANJAX_CACHE_DIR"
+
+
+def compilation_cache_dir() -> Path | None:
+    """Where the command keeps JAX's persistent compilation cache, or None when it is off."""
+    if os.environ.get(CACHE_SWITCH, "1").strip().lower() in ("0", "false", "no", "off"):
+        return None
+    if os.environ.get(CACHE_DIR):
+        return Path(os.environ[CACHE_DIR]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "romanjax" / "jax"
+
+
+def _use_compilation_cache() -> None:
+    """Keep compiled programs across runs: a second ``romanjax fit`` of the same kind of file
+    loads them instead of compiling again. Best effort: a cache that cannot be created is
+    skipped."""
+    directory = compilation_cache_dir()
+    if directory is None:
+        return
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return
+    import jax
+
+    jax.config.update("jax_compilation_cache_dir", str(directory))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.1)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
 def main(argv=None) -> int:
     """Run the ``romanjax`` command; returns the exit status (0 on success)."""
     parser = build_parser()
@@ -362,6 +396,7 @@ def main(argv=None) -> int:
         parser.print_help()
         return EXIT_USAGE
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    _use_compilation_cache()
     handlers = {"simulate": _simulate, "fit": _fit, "inject": _inject}
     try:
         return handlers[args.command](args)

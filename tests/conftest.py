@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 import sys
 from pathlib import Path
 
@@ -12,6 +13,11 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 
 import romanjax  # noqa: E402
+
+# the command line's persistent compilation cache stays off in the suite (the in-process
+# CLI tests would otherwise switch it on for the whole worker); test_cli turns it on in
+# subprocesses with a cache folder of their own
+os.environ["ROMANJAX_COMPILATION_CACHE"] = "0"
 
 #: A hand-made uneven pattern with skipped reads and resultants of very different sizes.
 UNEVEN_READS = ((1, 2, 3), (4, 5, 6, 7, 8), (10,), (11,), (21, 22, 23), (30, 31, 32, 33, 34, 35))

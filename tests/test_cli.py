@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 import shutil
 import subprocess
 import sys
@@ -194,3 +195,31 @@ def test_fit_and_inject_romanisim_files(tmp_path):
         assert type(model).__name__ == "ImageModel"
         delta = model.data.astype(np.float64) - original.data
         assert abs(delta[4:29, 4:29].sum() * 2.0 / 2000.0 - 1) < 0.1
+
+
+@needs_pipeline
+def test_fit_keeps_compiled_programs_in_its_cache(simulated, tmp_path):
+    """``romanjax fit`` stores its compiled programs in the persistent cache (the folder of
+    ROMANJAX_CACHE_DIR) and a second run reuses them; ROMANJAX_COMPILATION_CACHE=0 turns
+    the cache off."""
+    l1_path = simulated / "romanjax_L1.asdf"
+    command = [sys.executable, "-m", "romanjax.cli", "fit", str(l1_path), "--quiet"]
+    cache = tmp_path / "cache"
+    env = dict(os.environ, ROMANJAX_COMPILATION_CACHE="1", ROMANJAX_CACHE_DIR=str(cache))
+    first = subprocess.run(command + ["-o", str(tmp_path / "a.asdf")], env=env,
+                           capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert first.returncode == 0, first.stderr
+    entries = sorted(p.name for p in cache.rglob("*") if p.is_file())
+    assert entries  # the fit's programs were written
+    second = subprocess.run(command + ["-o", str(tmp_path / "b.asdf")], env=env,
+                            capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert second.returncode == 0, second.stderr
+    assert sorted(p.name for p in cache.rglob("*") if p.is_file()) == entries  # all reused
+    np.testing.assert_array_equal(read_l2(tmp_path / "a.asdf").data,
+                                  read_l2(tmp_path / "b.asdf").data)  # fmt: skip
+    off = tmp_path / "off"
+    env_off = dict(env, ROMANJAX_COMPILATION_CACHE="0", ROMANJAX_CACHE_DIR=str(off))
+    third = subprocess.run(command + ["-o", str(tmp_path / "c.asdf")], env=env_off,
+                           capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert third.returncode == 0, third.stderr
+    assert not off.exists()
