@@ -1,4 +1,11 @@
-"""Shared fixtures. Every test runs in float32 and, with JAX_ENABLE_X64=1, in float64."""
+"""Shared fixtures. Every test runs in float32 and, with JAX_ENABLE_X64=1, in float64.
+
+The folders mirror the package's layers: ``kernels/`` the shared kernels (sorting networks,
+random bits, the binomial sampler) against exact or float64 references; ``api/`` the array
+API (fitters, simulator, L2, forward model) against the float64 oracles of ``oracles.py``,
+romanisim and stcal, its contract (jit, vmap, dtypes) and its lowering for accelerators;
+``host/`` files, frame drivers, the command line, injection, dask, docs and notebooks.
+"""
 
 from __future__ import annotations
 

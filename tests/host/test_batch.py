@@ -602,7 +602,7 @@ SHARDED_SCRIPT = textwrap.dedent(
     """
     import sys
     import jax, numpy as np
-    sys.path.insert(0, {tests!r})
+    sys.path[:0] = [{tests!r}, {root!r}]
     import test_batch as t
     import romanjax
     from romanjax._batch import fit_frame
@@ -648,7 +648,8 @@ SHARDED_SCRIPT = textwrap.dedent(
 
 def test_fit_frame_sharded_over_four_cpu_devices(tmp_path):
     script = tmp_path / "sharded.py"
-    script.write_text(SHARDED_SCRIPT.format(tests=os.path.dirname(__file__)))
+    here = os.path.dirname(os.path.abspath(__file__))
+    script.write_text(SHARDED_SCRIPT.format(tests=here, root=os.path.dirname(here)))
     env = dict(os.environ)
     env["XLA_FLAGS"] = (
         env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4"
