@@ -12,11 +12,11 @@ host-side: numpy in, numpy out (or device arrays in, device arrays out). They
    multiple of the device count, and place each chunk on all local devices with a
    :class:`jax.sharding.NamedSharding` over a 1-D mesh (or the given ``Mesh``) split along
    pixels;
-3. rely on JAX's asynchronous dispatch to overlap work: chunk ``i + 1`` is transferred and
-   enqueued before the results of chunk ``i`` are pulled back to the host, so at most two
-   chunks are in flight (the simulation drivers on a CPU instead compute one chunk per core
-   at once, each from a host thread of its own: XLA alone leaves part of the cores idle in
-   the samplers' loops);
+3. rely on JAX's asynchronous dispatch to overlap work: the next chunks are transferred and
+   enqueued before the results of chunk ``i`` are pulled back to the host (two chunks in
+   flight on CPUs, three on accelerators, from :mod:`romanjax._platform`; the simulation
+   drivers on a CPU instead compute one chunk per core at once, each from a host thread of
+   its own: XLA alone leaves part of the cores idle in the samplers' loops);
 4. copy each chunk's results into preallocated host arrays. Every array of a
    :class:`~romanjax.RampFit` has the pixels last, so a chunk's results are copied into
    ``out[..., start:stop]`` of ordinary C-contiguous arrays, whatever the fitter.
@@ -221,16 +221,17 @@ def _simulation_workers(workers, mesh, function) -> int:
     return int(workers)
 
 
-def _run_chunks(starts, submit, collect, *, workers, on_host, bar, after_first=None):
+def _run_chunks(starts, submit, collect, *, workers, on_host, bar, after_first=None,
+                in_flight=2):  # fmt: skip
     """Drive the chunks: ``submit(start) -> job`` enqueues one (device work),
     ``collect(job)`` stores its results on the host (main thread, in order).
 
-    ``workers == 1``: chunk ``i + 1`` is enqueued before chunk ``i`` is collected (JAX's
-    asynchronous dispatch overlaps them). Otherwise ``workers`` threads each run
-    ``on_host(submit(start))`` (the chunk computed and copied to numpy) at once, with one
-    more chunk queued; XLA's CPU runtime alone leaves part of the cores idle in the
-    kernels' serial loops and in the host copies. ``after_first()`` runs once the first
-    chunk is collected."""
+    ``workers == 1``: up to ``in_flight`` chunks are enqueued before the oldest is collected
+    (JAX's asynchronous dispatch overlaps their transfers and compute). Otherwise
+    ``workers`` threads each run ``on_host(submit(start))`` (the chunk computed and copied
+    to numpy) at once, with one more chunk queued; XLA's CPU runtime alone leaves part of
+    the cores idle in the kernels' serial loops and in the host copies. ``after_first()``
+    runs once the first chunk is collected."""
     def done(job):
         collect(job)
         if job[0] == 0 and after_first is not None:
@@ -239,14 +240,13 @@ def _run_chunks(starts, submit, collect, *, workers, on_host, bar, after_first=N
             bar.update(job[1] - job[0])
 
     if workers == 1:
-        pending = None
+        pending = deque()
         for start in starts:
-            job = submit(start)  # enqueue chunk i + 1 ...
-            if pending is not None:
-                done(pending)  # ... before pulling chunk i back
-            pending = job
-        if pending is not None:
-            done(pending)
+            pending.append(submit(start))  # enqueue chunk i + in_flight - 1 ...
+            if len(pending) >= max(in_flight, 1):
+                done(pending.popleft())  # ... before pulling chunk i back
+        while pending:
+            done(pending.popleft())
         return
     with ThreadPoolExecutor(workers, thread_name_prefix="romanjax-chunk") as pool:
         futures = deque()
@@ -285,9 +285,10 @@ def fit_frame(resultants: ArrayLike, pattern: ReadPattern, read_noise: ArrayLike
     are then sliced and joined on the device, never copied to the host). The pixels are
     processed in chunks of ``chunk_pixels``; each chunk is
     sharded over all local devices (or ``mesh``) and fitted with the fitter named by
-    ``method``; chunk ``i + 1`` is enqueued before chunk ``i`` is copied back, so host
-    transfers overlap device work. The result is identical to calling the fitter on the whole
-    array (dq bit for bit; floating-point values to within a few ulp, see the module notes).
+    ``method``; the next chunks are enqueued before chunk ``i`` is copied back (three in
+    flight on accelerators, two on CPUs), so host transfers overlap device work. The result
+    is identical to calling the fitter on the whole array (flags bit for bit;
+    floating-point values to within a few ulp, see the module notes).
 
     Parameters
     ----------
@@ -442,9 +443,10 @@ def fit_frame(resultants: ArrayLike, pattern: ReadPattern, read_noise: ArrayLike
 
     bar = _progress_bar(progress, n_pixels, f"fit_frame[{getattr(method, '__name__', method)}]")
     try:
-        # one chunk at a time, chunk i + 1 enqueued before chunk i is copied back
+        # chunks i + 1, ... enqueued before chunk i is copied back
         _run_chunks(range(0, max(n_pixels, 1), chunk), submit, collect, workers=1,
-                    on_host=None, bar=bar, after_first=after_first)  # fmt: skip
+                    on_host=None, bar=bar, after_first=after_first,
+                    in_flight=_platform.chunks_in_flight(mesh))  # fmt: skip
     finally:
         if bar is not None:
             bar.close()

@@ -19,6 +19,7 @@ __all__ = [
     "usable_cores",
     "host_workers",
     "release_free_heap",
+    "chunks_in_flight",
     "chunk_bytes",
     "CPU_CHUNK_BYTES",
     "DEVICE_MEMORY_FRACTION",
@@ -61,6 +62,14 @@ def host_workers(devices=None) -> int:
     alone leaves part of the cores idle in the samplers' serial loops), elsewhere 1 (the
     device runs one chunk while the next is transferred)."""
     return usable_cores() if all_cpu(devices) else 1
+
+
+def chunks_in_flight(devices=None) -> int:
+    """Chunks ``fit_frame`` keeps enqueued at once with numpy in and out: on accelerators
+    three, so that one chunk's host-to-device copy, another's compute and a third's copy back
+    overlap; on CPUs two (the "device" is the host itself, and each chunk in flight holds its
+    working set in the same memory)."""
+    return 2 if all_cpu(devices) else 3
 
 
 def release_free_heap(devices=None) -> None:

@@ -500,8 +500,9 @@ def fit_ramps_casertano(resultants: ArrayLike, pattern: ReadPattern, read_noise:
         Read noise of one read [e], >= 0.
     dq : integer array broadcasting to ``[n_resultant, *pixels]``, optional
         Resultant flags. Resultants with ``dq & romanjax.dq.DO_NOT_USE_IN_FIT`` (saturated or
-        jump) are dropped and split the ramp into sub-ramps; other bits are ignored and passed
-        through. None: the whole ramp is fitted.
+        jump) are dropped and split the ramp into sub-ramps; other bits are ignored
+        (``RampFit.resultant_dq(dq)`` combines them with the fitter's flags). None: the
+        whole ramp is fitted.
     detect_jumps : bool
         Run stcal's ``ols_cas22`` jump detection: per sub-ramp, the single- and
         double-difference excess-slope statistics with the slope-dependent variance and the

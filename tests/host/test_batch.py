@@ -764,3 +764,34 @@ def test_fit_frame_keeps_device_arrays_on_the_device(rng, method):
     host = fit_frame(resultants, MA4, read_noise, method=method, dq=dq, chunk_pixels=500,
                      **kwargs)  # fmt: skip
     assert_fits_equal(host, jax.tree_util.tree_map(np.asarray, fit))
+
+
+@pytest.mark.parametrize("in_flight", [1, 2, 3])
+def test_run_chunks_keeps_chunks_in_flight(in_flight):
+    from romanjax._batch import _run_chunks
+
+    events = []
+    _run_chunks(range(0, 50, 10), lambda start: events.append(("submit", start)) or
+                (start, start + 10), lambda job: events.append(("collect", job[0])),
+                workers=1, on_host=None, bar=None, in_flight=in_flight)  # fmt: skip
+    # every chunk submitted and collected once, in order, and chunk i collected only after
+    # chunk i + in_flight - 1 was submitted (while the later ones still run)
+    assert [s for kind, s in events if kind == "submit"] == [0, 10, 20, 30, 40]
+    assert [s for kind, s in events if kind == "collect"] == [0, 10, 20, 30, 40]
+    for i, start in enumerate(range(0, 50, 10)):
+        collected = events.index(("collect", start))
+        submitted = min(i + in_flight - 1, 4) * 10
+        assert events.index(("submit", submitted)) < collected
+        if i + in_flight <= 4:
+            assert events.index(("submit", (i + in_flight) * 10)) > collected
+
+
+def test_chunks_in_flight_per_platform():
+    from romanjax._platform import chunks_in_flight
+
+    class Device:
+        def __init__(self, platform):
+            self.platform = platform
+
+    assert chunks_in_flight([Device("cpu")]) == 2
+    assert chunks_in_flight([Device("gpu"), Device("gpu")]) == 3
