@@ -30,8 +30,9 @@ __all__ = [
 ]
 
 #: Bytes of resultants per chunk when every device is a CPU: the fitters' working set is
-#: about 20x the resultants of a chunk and two chunks are in flight, so this keeps a
-#: driver's footprint near 300 MB while each chunk's rows still stream through the caches.
+#: about 20x the resultants of a chunk and two chunks are in flight, so this bounds a
+#: driver's footprint to ~40 chunks' resultants while each chunk's rows still stream
+#: through the caches.
 CPU_CHUNK_BYTES = 8 * 2**20
 
 #: Fraction of an accelerator's free memory one chunk's resultants may take (the working set
@@ -190,5 +191,5 @@ def fits_through_frames(resultants, n_resultants: int, *others) -> bool:
     if not all_cpu():
         return False
     itemsize = jax.dtypes.canonicalize_dtype(resultants.dtype).itemsize
-    chunk = CPU_CHUNK_BYTES // (max(n_resultants, 1) * itemsize)
-    return resultants.size // max(n_resultants, 1) > chunk
+    chunk = kernel_chunk_pixels(n_resultants, itemsize)
+    return chunk is not None and resultants.size // max(n_resultants, 1) > chunk

@@ -329,7 +329,7 @@ def apportion_counts(key: jax.Array, counts: ArrayLike, pattern: ReadPattern) ->
     them; MA table 4 needs 25 binomial draws per pixel instead of romanisim's 43. Memory is
     the output plus the group pools after each general draw (11 int32 ``[*pixels]`` rows
     for MA table 4) and ~10 more buffers, so one call on a 4088x4088 frame needs ~2.5 GB;
-    ``romanjax.apportion_frame`` bounds it (1.5 GB peak for that frame). The counts
+    ``romanjax.apportion_frame`` bounds it (chunks of a fixed size). The counts
     are held in int32 (exact up to 2e9); in float32 the binomial draws for totals above
     2**24 are made on float32-rounded counts and clamped, so electrons are conserved
     exactly.
