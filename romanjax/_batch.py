@@ -24,11 +24,13 @@ host-side: numpy in, numpy out (or device arrays in, device arrays out). They
 Ramp fits are pixel-independent, so :func:`fit_frame` returns what the fitter returns on the
 whole array: flags bit for bit, floats to the last bit or two (XLA's CPU code generation depends
 on the array length, so a chunk may round its last bit differently; seen: 1 ulp in float64).
-Simulation draws random numbers, and how a JAX random
-function maps a key to values depends on the array shape; :func:`simulate_frame` and
-:func:`apportion_frame` therefore fix the random-number unit to blocks of about ``rng_block``
-pixels (whole rows for 2-D frames; block ``b`` uses ``jax.random.fold_in(key, b)``), which
-makes the result independent of the chunk size and of the number of devices.
+The apportionment's random numbers are keyed by each pixel's index in the frame, so
+:func:`apportion_frame` returns what one :func:`~romanjax.apportion_counts` call on the whole
+frame returns. :func:`simulate_frame` also draws cosmic rays over an image, and how a JAX
+random function maps a key to values depends on the array shape, so it fixes the
+random-number unit to blocks of about ``rng_block`` pixels (whole rows for 2-D frames; block
+``b`` uses ``jax.random.fold_in(key, b)``), which makes its result independent of the chunk
+size and of the number of devices.
 """
 
 from __future__ import annotations
@@ -62,7 +64,6 @@ __all__ = [
     "FITTERS",
     "DEFAULT_CPU_CHUNK_BYTES",
     "DEFAULT_RNG_BLOCK",
-    "APPORTION_RNG_BLOCK",
     "fit_on_device",
 ]
 
@@ -86,13 +87,6 @@ DEFAULT_CPU_CHUNK_BYTES = _platform.CPU_CHUNK_BYTES
 #: Pixels per random-number block of :func:`simulate_frame` (256 rows of a 4088-pixel
 #: detector: cosmic-ray tracks, up to ~200 pixels long, are cut at block edges).
 DEFAULT_RNG_BLOCK = 2**20
-
-#: Pixels per random-number block of :func:`apportion_frame` (32 rows of a 4088-pixel
-#: detector). On a CPU the chunks are computed several at once, one per core (XLA alone
-#: leaves part of the cores idle in the samplers' serial loops); small blocks let small
-#: frames use that too.
-APPORTION_RNG_BLOCK = 2**17
-
 
 # --------------------------------------------------------------------------------------------
 # host-side helpers
@@ -529,7 +523,7 @@ def _cached_block_simulator(simulator, pattern, static_items, pixel_names, block
 
 def _simulate_frame(simulator, function, key, counts, pattern, *, chunk_pixels, mesh, progress,
                     rng_block, kwargs, workers=None):  # fmt: skip
-    """The block-keyed chunk driver behind :func:`simulate_frame` / :func:`apportion_frame`:
+    """The block-keyed chunk driver behind :func:`simulate_frame`:
     ``simulator(key, counts[*pixels], pattern, **kwargs)`` returns a pytree of
     ``[n_resultant, *pixels]`` arrays; ``function`` names the caller in errors."""
     name = getattr(simulator, "__name__", "the simulator")
@@ -634,39 +628,68 @@ def _simulate_frame(simulator, function, key, counts, pattern, *, chunk_pixels, 
     return jax.tree_util.tree_unflatten(treedef, [leaf.reshape((n,) + pixels) for leaf in leaves])
 
 
+def _shard_map(function, **kwargs):
+    """``shard_map`` of any supported JAX, with its replication check off (the kernels'
+    loops carry per-device values that start as constants, which the check rejects)."""
+    import inspect
+
+    try:  # JAX >= 0.6 exports shard_map at the top level
+        shard_map = jax.shard_map
+    except AttributeError:  # pragma: no cover - depends on the installed JAX
+        from jax.experimental.shard_map import shard_map
+    parameters = inspect.signature(shard_map).parameters
+    check = "check_vma" if "check_vma" in parameters else "check_rep"
+    return shard_map(function, **kwargs, **{check: False})
+
+
+@lru_cache(maxsize=32)
+def _apportion_program(pattern, dtype, mesh):
+    """Jitted ``(key, counts [chunk], start) -> resultants [n, chunk]`` over ``mesh``: each
+    device apportions its run of the chunk with the global pixel indices of that run, so
+    the draws are those of one call on the whole frame."""
+    from .l1._apportion import _apportion
+
+    axes = tuple(mesh.axis_names)
+    spec = jax.sharding.PartitionSpec
+
+    def local(key, counts, start):
+        first = start + jax.lax.axis_index(axes).astype(jnp.uint32) * jnp.uint32(counts.shape[0])
+        return _apportion(key, counts, pattern, dtype, first)
+
+    return jax.jit(_shard_map(local, mesh=mesh, in_specs=(spec(), spec(axes), spec()),
+                              out_specs=spec(None, axes)))
+
+
 def apportion_frame(key: jax.Array, counts: ArrayLike, pattern: ReadPattern, *,
                     chunk_pixels: int | None = None, mesh: jax.sharding.Mesh | None = None,
-                    progress: bool = False, rng_block: int = APPORTION_RNG_BLOCK,
-                    workers: int | None = None) -> np.ndarray:  # fmt: skip
-    """:func:`apportion_counts` over a whole frame in chunks of bounded memory.
+                    progress: bool = False, rng_block: int | None = None,
+                    workers: int | None = None) -> np.ndarray | jax.Array:  # fmt: skip
+    """:func:`apportion_counts` over a whole frame in chunks of bounded memory: the same
+    resultants as one ``apportion_counts(key, counts, pattern)`` call.
 
-    Numpy in, numpy out. The pixels are cut into random-number blocks: for 2-D (and higher)
-    ``counts`` whole rows of the first axis, ``max(1, rng_block // row_length)`` rows per
-    block (at most all rows); for 1-D ``counts`` runs of ``min(rng_block, size)`` pixels.
-    Block ``b`` (the last one zero-padded to full size) is
-    ``apportion_counts(jax.random.fold_in(key, b), counts_block, pattern)``. Chunks are whole
-    numbers of blocks, sharded over the local devices (or ``mesh``), so the result depends only
-    on ``key`` and ``rng_block``, not on ``chunk_pixels`` or the number of devices. (It differs
-    from one ``apportion_counts(key, counts, pattern)`` call on the whole frame, which draws
-    its random numbers for a different shape; both have the same distribution.)
+    Every pixel draws from random streams keyed by its index in the flattened frame
+    (:mod:`romanjax.kernels.binomial`), so a chunk of pixels draws exactly what the whole
+    frame would, whatever ``chunk_pixels``, ``workers`` or the devices of ``mesh``. A chunk
+    is one program: its pixels are split evenly over the devices.
 
     Parameters
     ----------
     key : jax.random key
     counts : array ``[*pixels]``
-        Integer total counts per pixel at the end of the exposure [e].
+        Integer total counts per pixel at the end of the exposure [e], as
+        :func:`apportion_counts` takes them (checked on the host for host data).
     pattern : ReadPattern
     chunk_pixels : int, optional
-        Pixels per chunk (rounded up to whole blocks per device); default
+        Pixels per chunk (rounded up to a multiple of the device count); default
         :func:`default_chunk_pixels`, made smaller where that gives each of ``workers`` a
         chunk.
     mesh : jax.sharding.Mesh, optional
         Devices to shard over; default all local devices.
     progress : bool
         tqdm progress bar on stderr.
-    rng_block : int
-        Approximate pixels per random-number block (default :data:`APPORTION_RNG_BLOCK` =
-        2**17, 32 rows of a 4088-pixel detector).
+    rng_block : None
+        Deprecated and ignored: the draws no longer come in blocks (a ``FutureWarning``
+        when given).
     workers : int, optional
         Chunks computed at once, each from a host thread of its own (the result does not
         depend on it). Default: on CPU devices the cores this process may use (XLA alone
@@ -676,14 +699,78 @@ def apportion_frame(key: jax.Array, counts: ArrayLike, pattern: ReadPattern, *,
 
     Returns
     -------
-    numpy.ndarray ``[n_resultant, *pixels]``
-        Resultants [e].
+    ``[n_resultant, *pixels]`` resultants [e]: numpy for numpy ``counts``, a device array
+    for a ``jax.Array`` (the chunks stay on the device).
+
+    Raises
+    ------
+    ValueError
+        Invalid ``counts`` (as :func:`apportion_counts`), more than 2**32 pixels, bad
+        ``chunk_pixels`` or ``workers``.
     """
-    return _simulate_frame(
-        _simulator("apportion_counts"), "apportion_frame", key, counts, pattern,
-        chunk_pixels=chunk_pixels, mesh=mesh, progress=progress, rng_block=rng_block, kwargs={},
-        workers=workers,
-    )  # fmt: skip
+    from ._validate import check_pattern, float_dtype
+    from .l1._apportion import check_counts
+
+    if rng_block is not None:
+        import warnings
+
+        warnings.warn("apportion_frame: `rng_block` is deprecated and has no effect (each "
+                      "pixel's draws are keyed by its index in the frame)", FutureWarning,
+                      stacklevel=2)
+    check_pattern(pattern, "apportion_frame")
+    on_device = isinstance(counts, jax.Array)
+    if not on_device:
+        counts = check_counts(np.asarray(counts), "apportion_frame")
+    dtype = float_dtype(counts)
+    pixels = tuple(counts.shape)
+    n_pixels = math.prod(pixels)
+    n = pattern.n_resultants
+    mesh, _ = _mesh_and_spec(mesh, "apportion_frame")
+    n_shards = mesh.size
+    workers = _simulation_workers(workers, mesh, "apportion_frame")
+    default_chunk = chunk_pixels is None
+    chunk = _chunk_size(chunk_pixels, n_pixels, n, 4, n_shards, "apportion_frame")
+    if default_chunk and workers > 1:  # at least one chunk per worker
+        per_worker = -(-n_pixels // workers)
+        chunk = min(chunk, -(-per_worker // (1024 * n_shards)) * 1024 * n_shards)
+    if n_pixels + chunk > 2**32:
+        raise ValueError(f"apportion_frame: at most 2**32 pixels per frame, got {n_pixels}")
+    run = _apportion_program(pattern, dtype, mesh)
+    flat = counts.reshape(-1)
+
+    def submit(start):
+        stop = min(start + chunk, n_pixels)
+        return start, stop, run(key, _pad_last(flat[start:stop], chunk), np.uint32(start))
+
+    outputs = []
+
+    def collect(job):
+        start, stop, out = job
+        if on_device:
+            outputs.append(out[:, : stop - start])
+            return
+        if not outputs:  # aligned: the array API wraps it as a device array without a copy
+            outputs.append(_platform.aligned_empty((n, n_pixels), out.dtype))
+        outputs[0][:, start:stop] = np.asarray(out)[:, : stop - start]
+
+    def on_host(job):  # in a worker thread: the chunk computed and copied to numpy
+        start, stop, out = job
+        return start, stop, np.asarray(out)
+
+    if n_pixels == 0:  # nothing to chunk
+        out = _simulator("apportion_counts")(key, counts, pattern)
+        return out if on_device else np.asarray(out)
+    bar = _progress_bar(progress, n_pixels, "apportion_frame")
+    try:
+        _run_chunks(range(0, n_pixels, chunk), submit, collect,
+                    workers=1 if on_device else workers, on_host=on_host, bar=bar,
+                    in_flight=_platform.chunks_in_flight(mesh))  # fmt: skip
+    finally:
+        if bar is not None:
+            bar.close()
+    if on_device:
+        return jnp.concatenate(outputs, axis=1).reshape((n,) + pixels)
+    return outputs[0].reshape((n,) + pixels)
 
 
 def simulate_frame(key: jax.Array, counts: ArrayLike, pattern: ReadPattern, *,
@@ -692,9 +779,12 @@ def simulate_frame(key: jax.Array, counts: ArrayLike, pattern: ReadPattern, *,
                    workers: int | None = None, **kwargs) -> L1:  # fmt: skip
     """:func:`simulate_l1` over a whole frame in chunks of bounded memory.
 
-    Numpy in, numpy out; randomness in blocks of rows exactly as :func:`apportion_frame`:
-    block ``b`` is ``simulate_l1(jax.random.fold_in(key, b), counts_block, pattern,
-    **kwargs)``, so the result depends on ``key`` and ``rng_block`` only, not on
+    Numpy in, numpy out; randomness in blocks of rows: for 2-D (and higher) ``counts`` whole
+    rows of the first axis, ``max(1, rng_block // row_length)`` rows per block (at most all
+    rows); for 1-D ``counts`` runs of ``min(rng_block, size)`` pixels. Block ``b`` (the last
+    one zero-padded to full size) is
+    ``simulate_l1(jax.random.fold_in(key, b), counts_block, pattern, **kwargs)``, so the
+    result depends on ``key`` and ``rng_block`` only, not on
     ``chunk_pixels`` or the devices. With ``cosmic_rays`` each block is simulated as its own
     image of ``rows x row_length`` pixels at the same rate per area (statistically
     equivalent), except that tracks are cut at block edges (keep blocks tall compared with
@@ -707,7 +797,7 @@ def simulate_frame(key: jax.Array, counts: ArrayLike, pattern: ReadPattern, *,
         Integer total counts per pixel [e].
     pattern : ReadPattern
     chunk_pixels, mesh, progress, workers
-        As :func:`apportion_frame`.
+        As :func:`apportion_frame` (chunks are rounded up to whole blocks per device).
     rng_block : int
         Approximate pixels per random-number block (default :data:`DEFAULT_RNG_BLOCK` =
         2**20, 256 rows of a 4088-pixel detector).

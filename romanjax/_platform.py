@@ -23,10 +23,12 @@ __all__ = [
     "chunk_bytes",
     "CPU_CHUNK_BYTES",
     "DEVICE_MEMORY_FRACTION",
+    "by_platform",
     "materialise",
     "kernel_chunk_pixels",
     "aligned_empty",
     "fits_through_frames",
+    "apportions_through_frames",
 ]
 
 #: Bytes of resultants per chunk when every device is a CPU: the fitters' working set is
@@ -105,6 +107,14 @@ def chunk_bytes(devices) -> int:
     return CPU_CHUNK_BYTES
 
 
+def by_platform(*operands, cpu, default):
+    """``cpu(*operands)`` when the program is lowered for a CPU, ``default(*operands)`` for
+    any other platform (``lax.platform_dependent``: the choice is made when lowering, so a
+    program lowered for one platform holds only that branch). Both must return the same
+    shapes and dtypes."""
+    return jax.lax.platform_dependent(*operands, cpu=cpu, default=default)
+
+
 def materialise(tree, flag):
     """Materialise a pytree of intermediate arrays: stop XLA from fusing (and so duplicating)
     the unrolled O(n) recurrences that produced them into every consumer.
@@ -134,7 +144,7 @@ def _materialise(tree, flag):
     def elsewhere(tree, flag):
         return jax.lax.optimization_barrier(tree)
 
-    return jax.lax.platform_dependent(tree, flag, cpu=on_cpu, default=elsewhere)
+    return by_platform(tree, flag, cpu=on_cpu, default=elsewhere)
 
 
 @_materialise.defjvp
@@ -193,3 +203,18 @@ def fits_through_frames(resultants, n_resultants: int, *others) -> bool:
     itemsize = jax.dtypes.canonicalize_dtype(resultants.dtype).itemsize
     chunk = kernel_chunk_pixels(n_resultants, itemsize)
     return chunk is not None and resultants.size // max(n_resultants, 1) > chunk
+
+
+def apportions_through_frames(key, counts, n_resultants: int) -> bool:
+    """Whether ``apportion_counts`` of host data runs through ``apportion_frame``: on CPUs,
+    for numpy ``counts`` of more pixels than one kernel chunk, with a concrete ``key``.
+
+    The frame driver computes one chunk per core (XLA alone leaves part of the cores idle
+    in the samplers' loops); its draws are those of one call on the whole frame, so this
+    only changes the schedule."""
+    if not isinstance(counts, np.ndarray) or isinstance(key, jax.core.Tracer):
+        return False
+    if not all_cpu():
+        return False
+    chunk = kernel_chunk_pixels(n_resultants, 4)
+    return chunk is not None and counts.size > chunk

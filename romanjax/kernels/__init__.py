@@ -3,8 +3,10 @@
 Pure ``jax.numpy`` / ``jax.lax`` functions on pixel-minor rows: no validation, no jit, no
 numpy on traced values, no I/O. ``queue``: stream compaction of the pixels a data-dependent
 step must revisit; ``order``: sorting networks, medians and selection on short axes;
-``linalg``: the O(n) symmetric tridiagonal solve; ``rng``: Philox4x32-10 random words;
-``binomial``: the exact vectorised binomial sampler of the apportionment. The
-materialisation of intermediates is platform-dependent and lives in
-:mod:`romanjax._platform` (``materialise``).
+``linalg``: the O(n) symmetric tridiagonal solve; ``rng``: Philox4x32-10 random words keyed
+by global element index;
+``binomial``: the exact vectorised binomial sampler of the apportionment. Where the best
+kernel differs by platform (materialisation of intermediates, the redraw schedule, the
+64-bit product, the float64 ``log k!`` table) the choice is made when lowering, through
+:mod:`romanjax._platform` (``by_platform``, ``materialise``).
 """

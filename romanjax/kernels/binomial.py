@@ -14,25 +14,28 @@ of ~0.1). This sampler keeps the same two exact algorithms and fixes both:
   ``log1p`` of small quantities and Stirling remainders (no difference of two ``lgamma`` of
   size ``n``), so it stays accurate in float32 for ``n`` up to 2e9;
 * the first attempt of every element with ``n < LOG_FACTORIAL_TABLE_SIZE`` takes the
-  log-pmf ratio from a float64 table of ``log k!`` instead (four lookups; the ratio is then
-  exact to float64 rounding, and ~12% of a bright-scene apportionment is saved); elements
-  with larger ``n`` discard that attempt, whatever its outcome, and are redrawn with the
-  formula above;
-* rejected draws are compacted into a buffer ``REDRAW_BUFFER`` (22%) of the size and
-  redrawn there, recursively on ever smaller buffers (in place below 4096 elements), so the
-  cost is ~1.3 attempts per element instead of the ~8 full-array passes a plain loop needs
-  before the last of a million elements is accepted;
-* both algorithms run on every element with no ``lax.cond`` (on XLA CPU a conditional
-  around the rejection sampler costs more than the inversion it would skip), and arrays are
-  padded to a multiple of 128 elements (the vector loops are several times slower on odd
-  sizes);
-* the random bits come from Philox4x32-10 (:mod:`.rng`), cheaper than JAX's threefry
-  on the CPU;
-* fair bits (:func:`binomial_half`) count random bits instead, and there one ``lax.cond``
-  per call picks between two whole strategies by how many ``n`` are too large to count.
+  log-pmf ratio, on CPUs, from a float64 table of ``log k!`` instead (four lookups; the
+  ratio is then exact to float64 rounding, and cheaper than the formula); elements with
+  larger ``n`` discard that attempt on every platform, whatever its outcome, and are
+  redrawn with the formula above;
+* element ``e`` makes attempts ``0, 1, 2, ...`` from the Philox counters
+  ``(e, attempt, stream, 0)`` (:mod:`.rng`; ``e`` is the element's global index, e.g. its
+  pixel in the frame) and keeps its first accepted one, so its draw is a function of the
+  key, ``e``, ``n`` and ``p`` alone: the same whatever the array size, the chunking of a
+  frame, or the schedule of the redraws;
+* the rejected draws are compacted into a buffer ``REDRAW_BUFFER`` (22%) of the size and
+  redrawn there: on CPUs recursively on ever smaller buffers (in place below 4096
+  elements), ~1.3 attempts per element in all instead of the ~8 full-array passes a plain
+  loop needs before the last of a million elements is accepted; elsewhere in one loop over
+  one buffer (one data-dependent loop in the program: on a GPU each trip of one copies its
+  predicate to the host);
+* both algorithms run on every element with no ``lax.cond`` (a conditional costs a
+  device-to-host round trip on GPUs and, on XLA CPU, more than the inversion it would
+  skip), and arrays are padded to a multiple of 128 elements (the vector loops are several
+  times slower on odd sizes);
+* fair bits (:func:`binomial_half`) count random bits instead.
 
-Every draw is an exact rejection or inversion sample; keys are split deterministically, so
-the same key gives the same draws.
+Every draw is an exact rejection or inversion sample; the same key gives the same draws.
 """
 
 from __future__ import annotations
@@ -44,10 +47,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .. import _platform
 from .queue import compact_positions as _compact_positions
-from .rng import _enable_x64
-from .rng import map_words as _map_words
-from .rng import random_words as _random_words
+from .rng import counter_words, in_a_buffer
+from .rng import key_words as _key_words
+
+try:  # newer JAX; older JAX (0.4.x) has it under jax.experimental
+    _enable_x64 = jax.enable_x64
+except AttributeError:  # pragma: no cover - depends on the installed JAX
+    from jax.experimental import enable_x64 as _enable_x64
 
 __all__ = ["binomial", "binomial_half", "uniform_pair"]
 
@@ -65,6 +73,9 @@ _SIZE_MULTIPLE = 128
 REDRAW_BUFFER = 0.22
 #: First BTRS attempts with ``n`` below this take ``log k!`` from a float64 table (8 MB).
 LOG_FACTORIAL_TABLE_SIZE = 2**20
+#: The ``stream`` word of the Philox counters (element, attempt, stream, 0): BTRS's uniforms
+#: ``u`` and ``v`` (the counted bits of :func:`binomial_half` are those of ``u``'s counter).
+_STREAM_U, _STREAM_V = 0, 1
 
 # Stirling remainder lgamma(y) - ((y - 1/2) log y - y + log(2 pi) / 2) at y = 1..9
 _STIRLING_REMAINDER = tuple(
@@ -82,19 +93,38 @@ def _to_unit(bits):
     return jax.lax.bitcast_convert_type((bits >> 9) | jnp.uint32(0x3F800000), jnp.float32) - 1.0
 
 
-def uniform_pair(key, size: int, dtype):
-    """Two independent ``[size]`` uniform arrays on [0, 1) for ``key``.
+def _to_unit53(high, low):
+    """Two uint32 words -> float64 uniform on [0, 1) (53 bits: 27 of ``high``, 26 of ``low``)."""
+    return ((high >> 5).astype(jnp.float64) * 2.0**26 + (low >> 6).astype(jnp.float64)) * 2.0**-53
 
-    float32: from two Philox4x32-10 words per element (:mod:`.rng`; cheaper than
-    ``jax.random.uniform``'s threefry hashes on the CPU), 23 random bits each.
-    float64: ``jax.random.uniform`` (52 random bits).
+
+def uniform_pair(key_words, element, attempt, dtype):
+    """Two independent uniform arrays on [0, 1): ``u`` and ``v`` of attempt ``attempt`` of
+    the elements ``element``.
+
+    ``u`` comes from counter ``(element, attempt, 0, 0)`` and ``v`` from
+    ``(element, attempt, 1, 0)`` of Philox4x32-10 keyed by ``key_words``
+    (:mod:`.rng`): float32 from one word (23 random bits), float64 from two (53 bits).
+
+    Parameters
+    ----------
+    key_words : pair of uint32 scalars
+    element : uint32 ``[m]``
+        Global element (pixel) indices.
+    attempt : uint32 ``[m]`` or scalar
+    dtype : float32 or float64
     """
     dtype = jnp.dtype(dtype)
-    if dtype != jnp.float32:
-        u = jax.random.uniform(key, (2, size), dtype)
-        return u[0], u[1]
-    first, second = _random_words(key, size)
-    return _to_unit(first), _to_unit(second)
+
+    def draw(element, attempt, key_words):
+        attempt = jnp.broadcast_to(attempt, element.shape)
+        words_u = counter_words(key_words, element, attempt, _STREAM_U)
+        words_v = counter_words(key_words, element, attempt, _STREAM_V)
+        if dtype == jnp.float32:
+            return _to_unit(words_u[0]), _to_unit(words_v[0])
+        return _to_unit53(words_u[0], words_u[1]), _to_unit53(words_v[0], words_v[1])
+
+    return in_a_buffer(draw, element, jnp.asarray(attempt, jnp.uint32), key_words)
 
 
 def _stirling_remainder(y):
@@ -215,13 +245,16 @@ def _btrs_constants(n, p):
     return a, b, c, v_r, alpha, m, r
 
 
-def _btrs_attempt(u, v, n, p, constants, table=False):
+def _btrs_attempt(u, v, n, p, constants, first=False, table=False):
     """One BTRS attempt per element: (candidate k, accepted).
 
-    ``table``: the log-pmf ratio from :func:`table_log_pmf_ratio`, and elements with
-    ``n >= LOG_FACTORIAL_TABLE_SIZE`` never accepted (their attempt is discarded whatever
-    its outcome, so the accepted draws keep their distribution); otherwise
-    :func:`log_pmf_ratio`."""
+    ``first``: an element's first attempt, where elements with
+    ``n >= LOG_FACTORIAL_TABLE_SIZE`` are never accepted (the attempt is discarded whatever
+    its outcome, so the accepted draws keep their distribution) and the others may take
+    the log-pmf ratio from the float64 table (``table``, :func:`table_log_pmf_ratio`; a CPU
+    measure chosen by the caller: TPUs have no float64). Otherwise the ratio is
+    :func:`log_pmf_ratio`. The discarding does not depend on ``table``, so the draws are the
+    same with and without the table up to the rounding of the ratio."""
     a, b, c, v_r, alpha, m, r = constants
     u = u - 0.5
     us = 0.5 - jnp.abs(u)
@@ -233,9 +266,10 @@ def _btrs_attempt(u, v, n, p, constants, table=False):
     lhs = jnp.log(v * alpha / (a / (us_safe * us_safe) + b))
     if table:
         ratio = table_log_pmf_ratio(k, m, n, p, 1.0 - p)
-        valid = valid & (n < LOG_FACTORIAL_TABLE_SIZE)
     else:
         ratio = log_pmf_ratio(k, m, n, p, 1.0 - p, r)
+    if first:
+        valid = valid & (n < LOG_FACTORIAL_TABLE_SIZE)
     accept = valid & (quick | (lhs <= ratio))
     return k, accept
 
@@ -245,69 +279,142 @@ def _redraw_buffer_size(size: int) -> int:
     return -(-int(size * REDRAW_BUFFER) // 8) * 8
 
 
-def _redraw_rejected(key, n, p, k, accepted):
+def _redraw_rejected(key_words, element, n, p, k, accepted, attempt):
     """Redraw the rejected elements until every one is accepted.
 
-    Exact: each element keeps its first accepted draw, attempts use independent keys. The
-    rejected elements are compacted into a buffer ``REDRAW_BUFFER`` of the size (in rounds,
-    should they not fit; BTRS rejects at most ~30% for means >= 10), given a fresh attempt
-    there and resolved recursively on ever smaller buffers; small arrays are redrawn in
-    place until none is left. The redrawn values come back by a gather on the compacted
-    positions (cheaper than a scatter on XLA CPU).
+    Element ``e`` makes attempts ``attempt[e], attempt[e] + 1, ...`` (uniforms of counter
+    ``(element[e], attempt)``, :func:`uniform_pair`) and keeps its first accepted one, so its
+    draw depends only on the key, its global index and its ``n``: not on the other elements,
+    the array size or the schedule. Two schedules, chosen per platform
+    (:func:`romanjax._platform.by_platform`), give the same draws:
+
+    * CPUs (:func:`_redraw_nested`): the rejected elements are compacted into a buffer
+      ``REDRAW_BUFFER`` of the size, redrawn there and resolved recursively on ever smaller
+      buffers (so ~1.3 attempts per element are computed in all);
+    * elsewhere (:func:`_redraw_flat`): one loop whose every trip compacts the rejected
+      elements into one buffer and gives each a fresh attempt, so the program holds a
+      single data-dependent loop (each trip of one costs a device-to-host copy on a GPU).
     """
+    return _platform.by_platform(key_words, element, n, p, k, accepted, attempt,
+                                 cpu=_redraw_nested, default=_redraw_flat)
+
+
+def _attempt_at(key_words, element, attempt, n, p):
+    u, v = uniform_pair(key_words, element, attempt, n.dtype)
+    return _btrs_attempt(u, v, n, p, _btrs_constants(n, p))
+
+
+def _gathered(index, element, n, attempt):
+    """The compacted elements' indices, ``n`` (1000 in padding slots: any valid BTRS input)
+    and next attempts."""
+    return (jnp.take(element, index, mode="fill", fill_value=0),
+            jnp.take(n, index, mode="fill", fill_value=1000.0),
+            jnp.take(attempt, index, mode="fill", fill_value=0))
+
+
+def _redraw_in_place(key_words, element, n, p, k, accepted, attempt):
+    def trip(state):
+        k, accepted, attempt = state
+        k_new, accepted_new = _attempt_at(key_words, element, attempt, n, p)
+        return jnp.where(accepted, k, k_new), accepted | accepted_new, attempt + 1
+
+    return jax.lax.while_loop(lambda s: ~jnp.all(s[1]), trip, (k, accepted, attempt))[0]
+
+
+def _compacted_attempt(key_words, element, n, p, accepted, attempt, buffer):
+    """The rejected elements compacted into ``buffer`` slots (in order; those that do not
+    fit are left for later) and their next attempt made there: ``(index, target)`` of
+    :func:`romanjax.kernels.queue.compact_positions`, the slots' ``(element, n, attempt)``
+    and the attempt's ``(k, accepted)``."""
+    index, target = _compact_positions(~accepted, buffer)
+    element_sub, n_sub, attempt_sub = _gathered(index, element, n, attempt)
+    k_sub, accepted_sub = jax.lax.optimization_barrier(
+        _attempt_at(key_words, element_sub, attempt_sub, n_sub, p))
+    return (index, target), (element_sub, n_sub, attempt_sub), (k_sub, accepted_sub)
+
+
+def _redraw_scheduled(key_words, element, n, p, k, accepted, attempt, nested):
+    """:func:`_redraw_rejected` with the schedule ``nested`` (CPUs) or flat (elsewhere)."""
     size = k.shape[0]
     if size <= _MIN_COMPACT:
-        constants = _btrs_constants(n, p)
-
-        def attempt(state):
-            k, accepted, count = state
-            u, v = uniform_pair(jax.random.fold_in(key, count), size, n.dtype)
-            k_new, accepted_new = _btrs_attempt(u, v, n, p, constants)
-            return jnp.where(accepted, k, k_new), accepted | accepted_new, count + 1
-
-        return jax.lax.while_loop(lambda s: ~jnp.all(s[1]), attempt, (k, accepted, 0))[0]
-
+        return _redraw_in_place(key_words, element, n, p, k, accepted, attempt)
     buffer = _redraw_buffer_size(size)
 
-    def round_(state):
-        k, accepted, count = state
-        round_key = jax.random.fold_in(key, count)
-        index, target = _compact_positions(~accepted, buffer)
-        n_sub = jnp.take(n, index, mode="fill", fill_value=1000.0)
-        padding = index >= size
-        u, v = uniform_pair(jax.random.fold_in(round_key, 0), buffer, n.dtype)
-        k_sub, accepted_sub = jax.lax.optimization_barrier(
-            _btrs_attempt(u, v, n_sub, p, _btrs_constants(n_sub, p)))
-        k_sub = _redraw_rejected(jax.random.fold_in(round_key, 1), n_sub, p, k_sub,
-                                 accepted_sub | padding)
+    def nested_round(state):
+        k, accepted = state
+        (index, target), (element_sub, n_sub, attempt_sub), (k_sub, accepted_sub) = (
+            _compacted_attempt(key_words, element, n, p, accepted, attempt, buffer))
+        k_sub = _redraw_nested(key_words, element_sub, n_sub, p, k_sub,
+                               accepted_sub | (index >= size), attempt_sub + 1)
         placed = target < buffer
         k = jnp.where(placed, jnp.take(k_sub, jnp.minimum(target, buffer - 1)), k)
-        return k, accepted | placed, count + 1
+        # elements left out of a full buffer keep their next attempt for a later round
+        return k, accepted | placed
 
-    return jax.lax.while_loop(lambda s: ~jnp.all(s[1]), round_, (k, accepted, 0))[0]
+    def flat_trip(state):
+        k, accepted, attempt = state
+        (_, target), _, (k_sub, accepted_sub) = _compacted_attempt(
+            key_words, element, n, p, accepted, attempt, buffer)
+        placed = target < buffer
+        slot = jnp.minimum(target, buffer - 1)
+        got = placed & jnp.take(accepted_sub, slot)
+        k = jnp.where(got, jnp.take(k_sub, slot), k)
+        return k, accepted | got, jnp.where(placed, attempt + 1, attempt)
+
+    if nested:
+        return jax.lax.while_loop(lambda s: ~jnp.all(s[1]), nested_round, (k, accepted))[0]
+    return jax.lax.while_loop(lambda s: ~jnp.all(s[1]), flat_trip, (k, accepted, attempt))[0]
 
 
-def _padded(sampler, key, n, *args):
-    """``sampler(key, n, *args)`` on ``n`` padded with zeros to a multiple of
-    ``_SIZE_MULTIPLE`` (the vector loops are several times slower on odd sizes), or ``None``
-    when no padding is needed."""
+def _redraw_nested(key_words, element, n, p, k, accepted, attempt):
+    return _redraw_scheduled(key_words, element, n, p, k, accepted, attempt, nested=True)
+
+
+def _redraw_flat(key_words, element, n, p, k, accepted, attempt):
+    return _redraw_scheduled(key_words, element, n, p, k, accepted, attempt, nested=False)
+
+
+def _materialised(k, n):
+    """The draws ``k`` in a buffer of their own (:func:`romanjax._platform.materialise`):
+    otherwise XLA fuses the unrolled inversion and the sampler's selects into each of the
+    caller's consumers of ``k`` and computes them once per consumer. ``n[0] < 0`` is false
+    but not provably so."""
+    if k.shape[0] == 0:
+        return k
+    return _platform.materialise(k, n[0] < 0)
+
+
+def _elements(n, element):
+    """``element`` as uint32, default the positions ``0..size-1``."""
+    if element is None:
+        return jnp.arange(n.shape[0], dtype=jnp.uint32)
+    return jnp.asarray(element, jnp.uint32)
+
+
+def _padded(sampler, key, n, element, *args, **kwargs):
+    """``sampler(key, n, *args, element=element, **kwargs)`` on ``n`` and ``element`` padded to a
+    multiple of ``_SIZE_MULTIPLE`` (the vector loops are several times slower on odd sizes;
+    the padding's draws are discarded), or ``None`` when no padding is needed."""
     size = n.shape[0]
     if size % _SIZE_MULTIPLE == 0:
         return None
     pad = _SIZE_MULTIPLE - size % _SIZE_MULTIPLE
-    return sampler(key, jnp.pad(n, (0, pad)), *args)[:size]
+    return sampler(key, jnp.pad(n, (0, pad)), *args, element=jnp.pad(element, (0, pad)),
+                   **kwargs)[:size]
 
 
-def _btrs(key, u, v, n, p, skip):
+def _btrs(key_words, element, u, v, n, p, skip, table):
     """BTRS draws for float ``n`` (valid, >= 10 p-means, wherever ``skip`` is false) from a
-    first attempt on ``(u, v)``, rejected ones redrawn with ``key``; float ``[size]``."""
+    first attempt on ``(u, v)`` (attempt 0; with the ``log k!`` table if ``table``),
+    rejected ones redrawn from attempt 1; float ``[size]``."""
     n_safe = jnp.where(skip, 1000.0, n)  # any valid BTRS input; result unused
     k, accepted = jax.lax.optimization_barrier(
-        _btrs_attempt(u, v, n_safe, p, _btrs_constants(n_safe, p), table=True))
-    return _redraw_rejected(key, n_safe, p, k, accepted | skip)
+        _btrs_attempt(u, v, n_safe, p, _btrs_constants(n_safe, p), first=True, table=table))
+    return _redraw_rejected(key_words, element, n_safe, p, k, accepted | skip,
+                            jnp.ones(n.shape, jnp.uint32))
 
 
-def binomial(key, n, p, dtype):
+def binomial(key, n, p, dtype, element=None, table=False):
     """Exact Binomial(n, p) draws for integer ``n`` ``[size]`` and one probability ``p``.
 
     Parameters
@@ -317,30 +424,40 @@ def binomial(key, n, p, dtype):
         Trials, 0 <= n <= 2e9.
     p : float scalar (may be traced), 0 <= p <= 1.
     dtype : float dtype of the arithmetic (float32 or float64).
+    element : uint32 array ``[size]``, optional
+        Global indices of the elements (default ``0..size-1``). An element's draw depends
+        only on ``key``, its index, ``n`` and ``p``, so the draws of a frame do not depend on
+        how it is cut into chunks.
+    table : bool
+        First attempts take ``log k!`` from the float64 table (:func:`log_factorials`): a
+        CPU measure, for callers that choose it per platform outside any loop (the table is
+        a constant of the program; inside a loop it would be carried through the loop on
+        every platform).
 
     Returns
     -------
     int array ``[size]`` (dtype of ``n``), ``0 <= k <= n``.
     """
-    padded = _padded(binomial, key, n, p, dtype)
+    element = _elements(n, element)
+    padded = _padded(binomial, key, n, element, p, dtype, table=table)
     if padded is not None:
         return padded
-    size = n.shape[0]
+    key_words = _key_words(key)
     nf = n.astype(dtype)
     p = jnp.asarray(p, dtype)
     flip = p > 0.5
     p_low = jnp.where(flip, 1.0 - p, p)
     small = nf * p_low < INVERSION_MAX_MEAN
-    u, v = uniform_pair(jax.random.fold_in(key, 0), size, dtype)
+    u, v = uniform_pair(key_words, element, 0, dtype)
     # Both algorithms on every element, no lax.cond: a conditional costs a device-to-host
     # round trip on GPUs and, on CPUs, more than the inversion it would skip.
     # The redraw loop does no work when every element is small.
-    k = _btrs(jax.random.fold_in(key, 1), u, v, nf, p_low, small)
+    k = _btrs(key_words, element, u, v, nf, p_low, small, table)
     k = jnp.where(small, _inversion(u, jnp.where(small, nf, 0.0), p_low), k)
     k = jnp.where((p_low > 0) & (nf > 0), k, 0.0)
     k = jnp.clip(k, 0.0, nf).astype(n.dtype)
     k = jnp.where(flip, n - k, k)
-    return k
+    return _materialised(k, n)
 
 
 def _count_low_bits(word, count):
@@ -350,48 +467,79 @@ def _count_low_bits(word, count):
     return jax.lax.population_count(word & mask)
 
 
-def binomial_half(key, n, dtype):
+def binomial_half(key, n, dtype, element=None, table=False):
     """Exact Binomial(n, 1/2) draws for integer ``n`` ``[size]`` (0 <= n <= 2e9).
 
-    Two ways, chosen per call by how many ``n`` exceed ``POPCOUNT_MAX_N``:
+    ``n <= POPCOUNT_MAX_N``: the number of set bits among the lowest ``n`` bits of the four
+    words of counter ``(element, 0, 0, 0)`` (counted inside the generator's own kernel).
+    Larger ``n``: BTRS with the log-pmf formula, attempts ``0, 1, ...`` as in
+    :func:`binomial` (attempt 0's ``u`` is word 0 of that same counter). Each element uses
+    its random numbers for one of the two, so the draws stay independent, and (as in
+    :func:`binomial`) an element's draw depends only on the key, its global index and its
+    ``n``. ``table`` as in :func:`binomial`.
 
-    * few (at most the redraw buffer, ``REDRAW_BUFFER`` of the array; faint pixels): the
-      number of set bits among ``n`` random bits for ``n <= POPCOUNT_MAX_N`` (the four words
-      of one Philox counter, counted inside the generator's own kernel), and BTRS as in
-      :func:`binomial` for the larger ones only, compacted into the redraw buffer as
-      rejected draws are;
-    * many: two random words per element, their set bits counted for ``n <= 64`` and turned
-      into the uniforms of a BTRS attempt for larger ``n`` (each element uses its words for
-      one of the two, so the draws stay independent), rejected attempts redrawn.
+    On CPUs the work is scheduled by how many ``n`` exceed ``POPCOUNT_MAX_N`` (one
+    ``lax.cond``, taken only there): few (faint pixels) are drawn in the compacted redraw
+    buffer alone, many by BTRS on every element; elsewhere always the latter. Both give the
+    same draws.
 
     Returns int ``[size]`` (dtype of ``n``).
     """
-    padded = _padded(binomial_half, key, n, dtype)
+    element = _elements(n, element)
+    padded = _padded(binomial_half, key, n, element, dtype, table=table)
     if padded is not None:
         return padded
-    size = n.shape[0]
     dtype = jnp.dtype(dtype)
+    key_words = _key_words(key)
     nf = n.astype(dtype)
     half = jnp.asarray(0.5, dtype)
-    words_key, btrs_key = jax.random.fold_in(key, 0), jax.random.fold_in(key, 1)
+    small = n <= POPCOUNT_MAX_N
 
     def count_bits(words, n):
         return sum(_count_low_bits(word, n - 32 * i) for i, word in enumerate(words))
 
-    def large_ones_compacted():
-        counted = _map_words(words_key, count_bits, n).astype(dtype)
-        return _redraw_rejected(btrs_key, nf, half, counted, n <= POPCOUNT_MAX_N)
+    def counted_bits(element, n, key_words):
+        return count_bits(counter_words(key_words, element, 0, _STREAM_U), n)
 
-    def btrs_everywhere():
-        words = _random_words(words_key, size)
-        small = n <= 64  # the bits of the two words
-        counted = count_bits(words, n).astype(dtype)
+    def first_attempts(u, v, n):
+        return jax.lax.optimization_barrier(
+            _btrs_attempt(u, v, n, half, _btrs_constants(n, half), first=True, table=table))
+
+    def large_ones_compacted(nf):
+        """All large ``n`` fit in the redraw buffer: their first attempts made there."""
+        counted = in_a_buffer(counted_bits, element, n, key_words).astype(dtype)
+        size, buffer = n.shape[0], _redraw_buffer_size(n.shape[0])
+        index, target = _compact_positions(~small, buffer)
+        element_sub, n_sub, _ = _gathered(index, element, nf, element)
+        k_sub, accepted_sub = first_attempts(
+            *uniform_pair(key_words, element_sub, 0, dtype), n_sub)
+        k_sub = _redraw_rejected(key_words, element_sub, n_sub, half, k_sub,
+                                 accepted_sub | (index >= size), jnp.ones(buffer, jnp.uint32))
+        return jnp.where(small, counted, jnp.take(k_sub, jnp.minimum(target, buffer - 1)))
+
+    def bits_or_first_words(element, n, key_words):
+        """Counted bits where ``n`` is small, else the words of attempt 0's ``u`` and ``v``
+        (float32): two generator calls per element, two arrays out."""
+        words_u = counter_words(key_words, element, 0, _STREAM_U)
+        word_v = counter_words(key_words, element, 0, _STREAM_V)[0]
+        return jnp.where(n <= POPCOUNT_MAX_N, count_bits(words_u, n), words_u[0]), word_v
+
+    def btrs_everywhere(nf):
+        first, word_v = in_a_buffer(bits_or_first_words, element, n, key_words)
+        counted = first.astype(dtype)
         if dtype == jnp.float32:
-            u, v = _to_unit(words[0]), _to_unit(words[1])
+            u, v = _to_unit(first), _to_unit(word_v)
         else:
-            u, v = uniform_pair(jax.random.fold_in(key, 2), size, dtype)
-        return jnp.where(small, counted, _btrs(btrs_key, u, v, nf, half, small))
+            u, v = uniform_pair(key_words, element, 0, dtype)
+        n_safe = jnp.where(small, 1000.0, nf)  # any valid BTRS input; result unused
+        k, accepted = first_attempts(u, v, n_safe)
+        k = _redraw_rejected(key_words, element, n_safe, half, k, accepted | small,
+                             jnp.ones(n.shape, jnp.uint32))
+        return jnp.where(small, counted, k)
 
-    few = jnp.sum(n > POPCOUNT_MAX_N) <= _redraw_buffer_size(size)
-    k = jax.lax.cond(few, large_ones_compacted, btrs_everywhere)
-    return jnp.clip(k, 0.0, nf).astype(n.dtype)
+    def on_cpu(nf):
+        few = jnp.sum(~small) <= _redraw_buffer_size(n.shape[0])
+        return jax.lax.cond(few, large_ones_compacted, btrs_everywhere, nf)
+
+    k = _platform.by_platform(nf, cpu=on_cpu, default=btrs_everywhere)
+    return _materialised(jnp.clip(k, 0.0, nf).astype(n.dtype), n)

@@ -37,6 +37,7 @@ Either way ``E[R_i] = K tbar_i / T`` and, for Poisson totals, ``Var R_i = f tau_
 
 from __future__ import annotations
 
+import math
 from functools import lru_cache, partial
 from typing import NamedTuple
 
@@ -45,6 +46,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
 
+from .. import _platform
 from .._read_pattern import ReadPattern
 from .._validate import check_pattern, float_dtype
 from ..kernels.binomial import binomial as _binomial
@@ -92,16 +94,28 @@ def check_counts(counts, function: str):
     return array
 
 
-def binomial(key, n, p, dtype):
-    """Exact Binomial(n, p) draws for int32 ``n`` ``[npix]`` and a scalar ``p``.
+def binomial(key, n, p, dtype, element=None, table=False):
+    """Exact Binomial(n, p) draws for int32 ``n`` ``[npix]`` and a scalar ``p``; ``element``
+    the pixels' global indices (default ``0..npix-1``).
 
     See :mod:`romanjax.kernels.binomial`: inversion for means below 10, BTRS rejection with
     a float32-exact acceptance test otherwise, rejected draws compacted and redrawn. Result
-    in ``[0, n]``, so electrons are conserved exactly."""
-    return _binomial(key, n, p, dtype)
+    in ``[0, n]``, so electrons are conserved exactly. ``table``: first attempts use the
+    float64 ``log k!`` table (a CPU measure, see :func:`with_table_on_cpu`)."""
+    return _binomial(key, n, p, dtype, element, table)
 
 
-def read_scan(key, counts, pattern: ReadPattern, dtype, per_read=None, carry0=None):
+def with_table_on_cpu(function, *operands):
+    """``function(*operands, table=True)`` when lowered for a CPU, ``table=False``
+    elsewhere (:func:`romanjax._platform.by_platform`). The binomial sampler's float64
+    ``log k!`` table is a constant of the program: chosen here, outside the scans over the
+    draws, a program lowered for a GPU or TPU holds no trace of it."""
+    return _platform.by_platform(*operands, cpu=partial(function, table=True),
+                                 default=partial(function, table=False))
+
+
+def read_scan(key, counts, pattern: ReadPattern, dtype, per_read=None, carry0=None,
+              element=None, table=False):
     """Walk the reads of ``pattern`` drawing the photons of each read interval.
 
     Parameters
@@ -114,6 +128,10 @@ def read_scan(key, counts, pattern: ReadPattern, dtype, per_read=None, carry0=No
         pattern, 0-based) into the value averaged into the resultant (default: the count
         itself); flags are OR-ed over the reads of each resultant.
     carry0 : pytree passed to ``per_read``.
+    element : uint32 ``[npix]``, optional
+        Global pixel indices of the random streams (default ``0..npix-1``).
+    table : bool
+        First binomial attempts use the float64 ``log k!`` table (:func:`binomial`).
 
     Returns
     -------
@@ -132,7 +150,7 @@ def read_scan(key, counts, pattern: ReadPattern, dtype, per_read=None, carry0=No
     def body(state, xs):
         remaining, cumulative, total, flag, out, out_flags, carry = state
         p, j, i, last, inv_n = xs
-        draw = binomial(jax.random.fold_in(key, j), remaining, p, dtype)
+        draw = binomial(jax.random.fold_in(key, j), remaining, p, dtype, element, table)
         draw = jnp.where(j == j_last, remaining, draw)  # the last read takes what is left
         remaining = remaining - draw
         cumulative = cumulative + draw
@@ -229,14 +247,17 @@ def _split_plan(plan: ApportionPlan):
     return general, np.flatnonzero(half), source, last_general
 
 
-def factorised_scan(key, counts, pattern: ReadPattern, dtype):
+def factorised_scan(key, counts, pattern: ReadPattern, dtype, element=None, table=False):
     """Resultants ``[n_resultant, npix]`` (``dtype``) of int32 totals ``counts [npix]``.
 
     Two ``lax.scan`` over the rows of :func:`apportion_plan` (one copy of each sampler in
-    the compiled graph; draw ``s`` uses ``fold_in(key, s)``): first the general draws in
-    order (group totals, odd-n and slot splits; :func:`binomial`), recording each group's
-    photon pool after each draw, then the fair bits (:func:`binomial_half`, mostly counting
-    random bits). ``out[g]`` holds ``n_g R_g = n_g C_{g-1} + S_g + W_g`` until the end."""
+    the compiled graph; draw ``s`` uses ``fold_in(key, s)``, and pixel ``i`` the random
+    streams of ``element[i]``, default ``i``): first the general draws in order (group
+    totals, odd-n and slot splits; :func:`binomial`), recording each group's photon pool
+    after each draw, then the fair bits (:func:`binomial_half`, mostly counting random
+    bits). ``out[g]`` holds ``n_g R_g = n_g C_{g-1} + S_g + W_g`` until the end. The last
+    group total (probability 1) is taken whole by a select, not a conditional, so the scans
+    have a fixed trip count and no run-time branch."""
     plan = apportion_plan(pattern)
     general, half, source, last_general = _split_plan(plan)
     n_reads = np.asarray(pattern.n_reads, np.float64)
@@ -245,8 +266,8 @@ def factorised_scan(key, counts, pattern: ReadPattern, dtype):
         free, done, group, pool, weight, out = state
         s, p, coefficient, group_total, reduces, emit, g = xs
         source_count = jnp.where(group_total, free, pool)
-        draw = jax.lax.cond(p >= 1.0, lambda: source_count,
-                            lambda: binomial(jax.random.fold_in(key, s), source_count, p, dtype))
+        draw = binomial(jax.random.fold_in(key, s), source_count, p, dtype, element, table)
+        draw = jnp.where(p >= 1.0, source_count, draw)
         drawn = draw.astype(dtype)
         free = jnp.where(group_total, free - draw, free)
         group = jnp.where(group_total, draw, group)
@@ -272,7 +293,8 @@ def factorised_scan(key, counts, pattern: ReadPattern, dtype):
         def half_step(out, xs):
             s, a, coefficient, g = xs
             n = jax.lax.dynamic_index_in_dim(pools, a, 0, False)
-            draw = binomial_half(jax.random.fold_in(key, s), n, dtype).astype(dtype)
+            draw = binomial_half(jax.random.fold_in(key, s), n, dtype, element, table)
+            draw = draw.astype(dtype)
             row = jax.lax.dynamic_index_in_dim(out, g, 0, False) + coefficient * draw
             return jax.lax.dynamic_update_index_in_dim(out, row, g, 0), None
 
@@ -283,12 +305,18 @@ def factorised_scan(key, counts, pattern: ReadPattern, dtype):
 
 
 @partial(jax.jit, static_argnames=("pattern", "dtype"))
-def _apportion(key, counts, pattern, dtype):
+def _apportion(key, counts, pattern, dtype, first_pixel=0):
+    """Resultants of ``counts [*pixels]``, whose flattened pixel ``i`` has the global index
+    ``first_pixel + i`` (a chunk of a frame draws what the whole frame would)."""
     shape = counts.shape
     flat = jnp.clip(counts.reshape(-1), 0, MAX_COUNTS)
     flat = jnp.round(flat).astype(jnp.int32) if jnp.issubdtype(flat.dtype, jnp.floating) else (
         flat.astype(jnp.int32))
-    resultants = factorised_scan(key, flat, pattern, dtype)
+    element = jnp.asarray(first_pixel, jnp.uint32) + jnp.arange(flat.shape[0], dtype=jnp.uint32)
+    resultants = with_table_on_cpu(
+        lambda key, flat, element, table: factorised_scan(key, flat, pattern, dtype, element,
+                                                          table),
+        key, flat, element)
     return resultants.reshape((pattern.n_resultants,) + shape)
 
 
@@ -320,10 +348,19 @@ def apportion_counts(key: jax.Array, counts: ArrayLike, pattern: ReadPattern) ->
     ------
     ValueError
         If concrete ``counts`` are negative, non-integer, non-finite or above 2e9 (the check
-        is skipped when ``counts`` is traced, e.g. under the caller's ``jit``).
+        is skipped when ``counts`` is traced, e.g. under the caller's ``jit``), or hold more
+        than 2**32 pixels.
 
     Notes
     -----
+    Pixel ``i`` of the flattened ``counts`` draws from random streams keyed by ``key`` and
+    ``i`` alone (:mod:`romanjax.kernels.binomial`), so any part of a frame, apportioned with
+    its pixels' frame indices (as :func:`romanjax.apportion_frame` does), draws what the
+    whole frame would, and the result is the same on every device count. On CPUs a numpy
+    ``counts`` larger than one cache-sized chunk is apportioned by
+    :func:`romanjax.apportion_frame`, one chunk per core (the same draws), and returned as a
+    device array.
+
     The draws are factorised by resultant (module docstring: group totals, then the sum of
     the within-group read offsets by binomials with p = 1/2 or 1/n), two ``lax.scan`` over
     them; MA table 4 needs 25 binomial draws per pixel instead of romanisim's 43. Memory is
@@ -336,5 +373,13 @@ def apportion_counts(key: jax.Array, counts: ArrayLike, pattern: ReadPattern) ->
     """
     check_pattern(pattern, "apportion_counts")
     counts = check_counts(counts, "apportion_counts")
+    if math.prod(np.shape(counts)) > 2**32:
+        raise ValueError("apportion_counts: at most 2**32 pixels per call "
+                         f"(the random streams are keyed by a 32-bit pixel index), got "
+                         f"{math.prod(np.shape(counts))}")
+    if _platform.apportions_through_frames(key, counts, pattern.n_resultants):
+        from .._batch import apportion_frame
+
+        return jax.device_put(apportion_frame(key, counts, pattern))
     dtype = float_dtype(counts)
     return _apportion(key, jnp.asarray(counts), pattern, dtype)

@@ -13,7 +13,8 @@ from jax.typing import ArrayLike
 from .. import dq as dqbits
 from .._read_pattern import ReadPattern
 from .._validate import check_pattern, float_dtype
-from ._apportion import MAX_COUNTS, check_counts, read_scan
+from ..kernels.rng import key_words, standard_normal
+from ._apportion import MAX_COUNTS, check_counts, read_scan, with_table_on_cpu
 from ._effects import (
     IPC_KERNEL,
     apply_inverse_linearity,
@@ -48,7 +49,8 @@ def _simulate(key, counts, read_noise, gain, pedestal, pedestal_noise, saturatio
         flat = jnp.round(flat)
     flat = flat.astype(jnp.int32)
     gain_flat = jnp.broadcast_to(gain, shape).reshape(-1)
-    noise = jax.random.normal(jax.random.fold_in(key, _PEDESTAL), (npix,), dtype)
+    element = jnp.arange(npix, dtype=jnp.uint32)
+    noise = standard_normal(key_words(jax.random.fold_in(key, _PEDESTAL)), element, 0, 0, dtype)
     instrumental = (jnp.broadcast_to(pedestal, shape).reshape(-1)
                     + noise * jnp.broadcast_to(pedestal_noise, shape).reshape(-1))  # fmt: skip
     no_lin_corr = jnp.zeros(npix, bool)
@@ -79,8 +81,12 @@ def _simulate(key, counts, read_noise, gain, pedestal, pedestal_noise, saturatio
             value = apply_inverse_linearity(value, coeffs, gain_flat)
         return value, hit, inst
 
-    resultants, hits, _ = read_scan(jax.random.fold_in(key, _PHOTONS), flat, pattern, dtype,
-                                    per_read=per_read, carry0=instrumental)  # fmt: skip
+    def photons(key, flat, instrumental, table):
+        return read_scan(key, flat, pattern, dtype, per_read=per_read, carry0=instrumental,
+                         table=table)
+
+    resultants, hits, _ = with_table_on_cpu(photons, jax.random.fold_in(key, _PHOTONS), flat,
+                                            instrumental)  # fmt: skip
     n = pattern.n_resultants
     resultants = resultants.reshape((n,) + shape)
     if ipc_kernel is not None:
@@ -89,8 +95,10 @@ def _simulate(key, counts, read_noise, gain, pedestal, pedestal_noise, saturatio
     resultants = resultants / gain
     sigma = jnp.asarray(read_noise, dtype) / jnp.sqrt(
         jnp.asarray(pattern.n_reads, dtype)).reshape((n,) + (1,) * len(shape))
-    resultants = resultants + sigma * jax.random.normal(
-        jax.random.fold_in(key, _READ_NOISE), resultants.shape, dtype)
+    read_key = key_words(jax.random.fold_in(key, _READ_NOISE))
+    read_noise_draws = standard_normal(
+        read_key, element, jnp.arange(n, dtype=jnp.uint32)[:, None], 0, dtype)
+    resultants = resultants + sigma * read_noise_draws.reshape(resultants.shape)
     resultants = jnp.clip(jnp.round(resultants), 0, 1.1 * saturation)
     dq = jnp.where(hits.reshape((n,) + shape), jnp.uint32(dqbits.JUMP_DET), jnp.uint32(0))
     dq = dq | jnp.where(resultants >= saturation, jnp.uint32(dqbits.SATURATED), jnp.uint32(0))

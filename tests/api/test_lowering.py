@@ -42,14 +42,49 @@ CALLS = {
         lambda r: romanjax.fit_ramps_casertano(r, PATTERN, 5.0, detect_jumps=True), 3),
     "fit_ramps_likely": (lambda r: romanjax.fit_ramps_likely(r, PATTERN, 5.0), 3),
     "ramp_log_likelihood": (lambda r: romanjax.ramp_log_likelihood(r, PATTERN, 10.0, 5.0), 0),
+    "apportion_counts(counts)": (
+        lambda c: romanjax.apportion_counts(jax.random.key(0), c, PATTERN), 3),
+    "simulate_l1(counts)": (
+        lambda c: romanjax.simulate_l1(jax.random.key(0), c, PATTERN, read_noise=5.0), 4),
 }  # fmt: skip
 
 
+def _static_trip_count(lines: list[str], at: int, constant: set[str]) -> bool:
+    """Whether the ``stablehlo.while`` on ``lines[at]`` counts a counter from a constant to a
+    constant bound in constant steps (a ``lax.scan`` or ``fori_loop``): its condition region
+    is one ``compare LT`` of a loop argument that starts at a constant with a constant, and its
+    body adds a constant to that argument. XLA knows such a loop's trip count and runs it on
+    the GPU without reading its predicate back."""
+    inits = dict(re.findall(r"(%iterArg\w*) = (%[\w#]+)", lines[at]))
+    indent = len(lines[at]) - len(lines[at].lstrip())
+    condition, j = [], at + 1
+    while "} do {" not in lines[j]:
+        if lines[j].strip() not in ("", "cond {"):
+            condition.append(lines[j])
+        j += 1
+    compare = re.search(r"stablehlo.compare\s+LT, (%iterArg\w*), (%[\w#]+)", condition[0])
+    if len(condition) != 2 or compare is None or "stablehlo.return" not in condition[1]:
+        return False
+    counter, bound = compare.groups()
+    if inits.get(counter) not in constant or bound not in constant:
+        return False
+    end = j + 1
+    while not (lines[end].startswith(" " * indent + "}") and
+               len(lines[end]) - len(lines[end].lstrip()) == indent):
+        end += 1
+    steps = [re.search(rf"stablehlo.add {counter}, (%[\w#]+)", line) for line in lines[j:end]]
+    return any(step and step.group(1) in constant for step in steps)
+
+
 def count_control_flow(text: str) -> tuple[int, int]:
-    """(while loops, conditionals with a run-time index) in StableHLO ``text``."""
+    """(data-dependent while loops, conditionals with a run-time index) in StableHLO ``text``.
+
+    Loops with a trip count known when compiling (:func:`_static_trip_count`) are not
+    counted."""
     constant = set()
     whiles = cases = 0
-    for line in text.splitlines():
+    lines = text.splitlines()
+    for at, line in enumerate(lines):
         match = re.match(r"\s*(%[\w#:]+)(?:, %[\w#:]+)* = \"?([\w.]+)\"?", line)
         if not match:
             continue
@@ -58,7 +93,7 @@ def count_control_flow(text: str) -> tuple[int, int]:
         if op == "stablehlo.constant":
             constant.add(name)
         elif op == "stablehlo.while":
-            whiles += 1
+            whiles += not _static_trip_count(lines, at, constant)
         elif op == "stablehlo.case":
             index = re.search(r"case\"?\((%[\w#]+)\)", line).group(1)
             if index in constant:
@@ -82,7 +117,10 @@ def wide_types(text: str) -> list[str]:
 
 def lowered(name: str, platform: str) -> str:
     function, _ = CALLS[name]
-    args = (_resultants(), _dq()) if "(dq)" in name else (_resultants(),)
+    if "(counts)" in name:
+        args = (jnp.zeros(PIXELS, jnp.int32),)
+    else:
+        args = (_resultants(), _dq()) if "(dq)" in name else (_resultants(),)
     return jax.export.export(jax.jit(function), platforms=(platform,))(*args).mlir_module()
 
 
@@ -94,6 +132,19 @@ def test_counting_sees_loops_and_runtime_conditionals():
 
     text = jax.export.export(jax.jit(looped), platforms=("cuda",))(jnp.ones(8)).mlir_module()
     assert count_control_flow(text) == (1, 1)
+
+    def scanned(x):  # static trip counts: a scan and a fori_loop with constant bounds
+        x = jax.lax.scan(lambda c, _: (c * 2, None), x, None, length=5)[0]
+        return jax.lax.fori_loop(0, 3, lambda i, c: c + i, x)
+
+    text = jax.export.export(jax.jit(scanned), platforms=("cuda",))(jnp.ones(8)).mlir_module()
+    assert "stablehlo.while" in text and count_control_flow(text) == (0, 0)
+
+    def bounded_by_data(x):  # a counter whose bound is a value: data-dependent
+        return jax.lax.fori_loop(0, x[0].astype(jnp.int32), lambda i, c: c + i, x)
+
+    text = jax.export.export(jax.jit(bounded_by_data), platforms=("cuda",))(jnp.ones(8))
+    assert count_control_flow(text.mlir_module()) == (1, 0)
     plain = jax.export.export(jax.jit(lambda x: x * 2), platforms=("cuda",))(jnp.ones(8))
     assert count_control_flow(plain.mlir_module()) == (0, 0)
     wide = jax.export.export(jax.jit(lambda x: x.astype(jnp.int32) * 2), platforms=("tpu",))

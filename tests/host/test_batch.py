@@ -563,21 +563,52 @@ def test_simulation_workers_default():
 
 @needs_apportion
 def test_apportion_frame_chunking(rng):
+    """Draws keyed by each pixel's index in the frame: every chunking, worker count and
+    device placement gives exactly one apportion_counts call on the whole frame."""
     counts = rng.integers(0, 5000, (37, 53))
     key = jax.random.key(11)
-    a = apportion_frame(key, counts, MA4, chunk_pixels=300, rng_block=265)  # 5-row blocks
-    b = apportion_frame(key, counts, MA4, chunk_pixels=5000, rng_block=265)
+    whole = np.asarray(romanjax.apportion_counts(key, counts, MA4))
+    a = apportion_frame(key, counts, MA4, chunk_pixels=300)
     assert isinstance(a, np.ndarray) and a.shape == (9,) + counts.shape
-    np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(a, whole)
     # the last resultant holds every count (the last read is the last resultant's only read)
     np.testing.assert_allclose(a[-1], counts)
     assert np.all(np.diff(a, axis=0) >= 0)
-    direct = romanjax.apportion_counts(jax.random.fold_in(key, 1), counts[5:10], MA4)
-    np.testing.assert_allclose(a[:, 5:10], np.asarray(direct), rtol=1e-6)
-    for workers in (1, 3):  # chunks computed one after the other or three at once
+    for chunk, workers in ((5000, None), (301, 1), (1024, 3), (1, 2)):
         np.testing.assert_array_equal(
-            apportion_frame(key, counts, MA4, chunk_pixels=300, rng_block=265, workers=workers), a
-        )
+            apportion_frame(key, counts[:3] if chunk == 1 else counts, MA4, chunk_pixels=chunk,
+                            workers=workers), whole[:, :3] if chunk == 1 else whole)
+    # device arrays in: a device array out, the same draws
+    on_device = apportion_frame(key, jnp.asarray(counts), MA4, chunk_pixels=700)
+    assert isinstance(on_device, jax.Array)
+    np.testing.assert_array_equal(np.asarray(on_device), whole)
+    # a different key, different draws; the deprecated rng_block changes nothing
+    assert not np.array_equal(apportion_frame(jax.random.key(12), counts, MA4), whole)
+    with pytest.warns(FutureWarning, match="rng_block"):
+        np.testing.assert_array_equal(apportion_frame(key, counts, MA4, rng_block=265), whole)
+    with pytest.raises(ValueError, match="`counts`"):
+        apportion_frame(key, -counts, MA4)
+    assert apportion_frame(key, counts[:0], MA4).shape == (9, 0, 53)
+
+
+@needs_apportion
+def test_apportion_counts_of_a_large_host_frame_runs_through_the_frame_driver(rng, monkeypatch):
+    """On CPUs a numpy frame larger than one kernel chunk is apportioned by apportion_frame
+    (one chunk per core): the same draws as the one-pass program, as a device array."""
+    from romanjax import _batch, _platform
+
+    counts = rng.integers(0, 3000, (600, 600))
+    key = jax.random.key(2)
+    assert _platform.apportions_through_frames(key, counts, MA4.n_resultants)
+    assert not _platform.apportions_through_frames(key, jnp.asarray(counts), MA4.n_resultants)
+    calls = []
+    original = _batch.apportion_frame
+    monkeypatch.setattr(_batch, "apportion_frame",
+                        lambda *a, **k: calls.append(1) or original(*a, **k))
+    routed = romanjax.apportion_counts(key, counts, MA4)
+    assert calls and isinstance(routed, jax.Array)
+    one_pass = romanjax.apportion_counts(key, jnp.asarray(counts), MA4)
+    np.testing.assert_array_equal(np.asarray(routed), np.asarray(one_pass))
 
 
 @needs_simulate
@@ -641,6 +672,13 @@ SHARDED_SCRIPT = textwrap.dedent(
     for run in runs[1:]:
         np.testing.assert_array_equal(run["resultants"], runs[0]["resultants"])
         np.testing.assert_array_equal(run["dq"], runs[0]["dq"])
+    # pixel-keyed apportionment: one device, four, a 2-D mesh, any chunk: the same draws
+    counts = rng.integers(0, 3000, (61, 43))
+    whole = np.asarray(romanjax.apportion_counts(jax.random.key(4), counts, t.MA4))
+    for c, m in ((None, None), (1000, None), (999, mesh), (333, mesh2d), (2623, one)):
+        np.testing.assert_array_equal(
+            romanjax.apportion_frame(jax.random.key(4), counts, t.MA4, chunk_pixels=c, mesh=m),
+            whole)
     print("SHARDED-OK")
     """
 )

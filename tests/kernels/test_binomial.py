@@ -83,19 +83,85 @@ def test_mixed_regimes_in_one_array():
     assert _chi2_pvalue(x[SAMPLES // 2:], 4000, 0.05) > 1e-4
 
 
-def test_in_place_fallback_when_the_buffer_overflows():
-    """All rejected (more than the compaction buffer holds): the in-place loop still
-    produces the exact distribution."""
+def _key_words(seed):
+    return _binomial._key_words(jax.random.key(seed))
+
+
+@pytest.mark.parametrize("schedule", ["_redraw_nested", "_redraw_flat"])
+def test_redraws_when_the_buffer_overflows(schedule):
+    """All rejected (more than the compaction buffer holds): both schedules still produce
+    the exact distribution, and accepted entries are kept as they are."""
     n, p, size = 2000, 0.1, 20_000
     nf = jnp.full(size, float(n), jnp.float32)
     k0 = jnp.zeros(size, jnp.float32)
-    redraw = jax.jit(_binomial._redraw_rejected)
-    x = np.asarray(redraw(jax.random.key(11), nf, jnp.float32(p), k0,
-                          jnp.zeros(size, bool))).astype(int)
+    element = jnp.arange(size, dtype=jnp.uint32)
+    attempt = jnp.ones(size, jnp.uint32)
+    redraw = jax.jit(getattr(_binomial, schedule))
+    x = np.asarray(redraw(_key_words(11), element, nf, jnp.float32(p), k0,
+                          jnp.zeros(size, bool), attempt)).astype(int)
     assert _chi2_pvalue(x, n, p) > 1e-4
-    # accepted entries are kept as they are
-    kept = redraw(jax.random.key(11), nf, jnp.float32(p), k0 + 7, jnp.ones(size, bool))
+    kept = redraw(_key_words(11), element, nf, jnp.float32(p), k0 + 7, jnp.ones(size, bool),
+                  attempt)
     assert np.all(np.asarray(kept) == 7)
+
+
+def test_redraw_schedules_give_the_same_draws():
+    """The CPU's nested buffers and the accelerators' single loop make the same attempts
+    per element (its own counter sequence), so they give identical draws, whatever the
+    number of rejected elements."""
+    rng = np.random.default_rng(3)
+    size = 30_000
+    nf = jnp.asarray(rng.integers(20, 5000, size), jnp.float32)
+    p = jnp.float32(0.2)
+    element = jnp.asarray(rng.permutation(10 * size)[:size], jnp.uint32)
+    for rejected in (0.05, 0.5, 1.0):
+        accepted = jnp.asarray(rng.random(size) >= rejected)
+        args = (_key_words(4), element, nf, p, jnp.zeros(size, jnp.float32), accepted,
+                jnp.ones(size, jnp.uint32))
+        nested = np.asarray(jax.jit(_binomial._redraw_nested)(*args))
+        flat = np.asarray(jax.jit(_binomial._redraw_flat)(*args))
+        np.testing.assert_array_equal(nested, flat)
+        assert np.all(nested[np.asarray(accepted)] == 0)
+        assert np.all(nested[~np.asarray(accepted)] > 0)
+
+
+def test_draws_depend_on_the_element_index_not_the_array():
+    """An element's draw is a function of the key, its index, n and p: the same in a
+    prefix, a permutation or a different neighbourhood of the array (so a frame cut into
+    chunks draws what the whole frame would)."""
+    rng = np.random.default_rng(8)
+    size = 20_000
+    n = jnp.asarray(rng.integers(0, 3000, size), jnp.int32)
+    dtype = jax.dtypes.canonicalize_dtype(jnp.float64)
+    whole = np.asarray(_binomial_jit(jax.random.key(2), n, 0.3, dtype=dtype))
+    order = rng.permutation(size)[:7001]  # odd size: padded inside
+    shuffled = _binomial_jit(jax.random.key(2), n[order], 0.3, dtype=dtype,
+                             element=jnp.asarray(order, jnp.uint32))
+    np.testing.assert_array_equal(np.asarray(shuffled), whole[order])
+    for sampler in (_half_jit,):
+        whole = np.asarray(sampler(jax.random.key(2), n, dtype=dtype))
+        part = sampler(jax.random.key(2), n[order], dtype=dtype,
+                       element=jnp.asarray(order, jnp.uint32))
+        np.testing.assert_array_equal(np.asarray(part), whole[order])
+
+
+def test_table_and_formula_first_attempts_agree():
+    """The first attempt with the CPU's log k! table and with the formula (elsewhere) accept
+    the same candidates but for the rounding of the ratio, and both discard n beyond the
+    table."""
+    size = 50_000
+    dtype = jax.dtypes.canonicalize_dtype(jnp.float64)
+    rng = np.random.default_rng(1)
+    nf = jnp.asarray(rng.integers(100, _binomial.LOG_FACTORIAL_TABLE_SIZE + 1000, size), dtype)
+    p = jnp.asarray(0.05, dtype)
+    u, v = _binomial.uniform_pair(_key_words(1), jnp.arange(size, dtype=jnp.uint32), 0, dtype)
+    constants = _binomial._btrs_constants(nf, p)
+    k_t, a_t = _binomial._btrs_attempt(u, v, nf, p, constants, first=True, table=True)
+    k_f, a_f = _binomial._btrs_attempt(u, v, nf, p, constants, first=True, table=False)
+    np.testing.assert_array_equal(np.asarray(k_t), np.asarray(k_f))
+    assert np.mean(np.asarray(a_t) != np.asarray(a_f)) < 1e-3
+    beyond = np.asarray(nf) >= _binomial.LOG_FACTORIAL_TABLE_SIZE
+    assert beyond.any() and not np.any(np.asarray(a_t)[beyond] | np.asarray(a_f)[beyond])
 
 
 def test_edges_and_determinism():
@@ -118,12 +184,19 @@ def test_other_key_implementations_and_raw_keys():
 
 
 def test_uniform_pair_is_uniform_and_independent():
-    u, v = _binomial.uniform_pair(jax.random.key(2), SAMPLES, jnp.float32)
-    u, v = np.asarray(u, np.float64), np.asarray(v, np.float64)
-    for w in (u, v):
-        assert w.min() >= 0 and w.max() < 1
-        assert stats.kstest(w, "uniform").pvalue > 1e-4
-    assert abs(np.corrcoef(u, v)[0, 1]) < 5 / np.sqrt(SAMPLES)
+    element = jnp.arange(SAMPLES, dtype=jnp.uint32)
+    for dtype in {jax.dtypes.canonicalize_dtype(d) for d in (jnp.float32, jnp.float64)}:
+        u, v = _binomial.uniform_pair(_key_words(2), element, 0, dtype)
+        u2, _ = _binomial.uniform_pair(_key_words(2), element, 1, dtype)
+        assert u.dtype == v.dtype == dtype
+        u, v, u2 = (np.asarray(w, np.float64) for w in (u, v, u2))
+        for w in (u, v, u2):
+            assert w.min() >= 0 and w.max() < 1
+            assert stats.kstest(w, "uniform").pvalue > 1e-4
+        for w in (v, u2):  # another stream, another attempt
+            assert abs(np.corrcoef(u, w)[0, 1]) < 5 / np.sqrt(SAMPLES)
+        if dtype == jnp.float64:  # more than float32's 23 random bits
+            assert np.any(u * 2.0**23 != np.floor(u * 2.0**23))
 
 
 @pytest.mark.parametrize("n, p, tol", [
@@ -189,15 +262,16 @@ def test_first_attempts_beyond_the_table_are_redrawn():
     assert _chi2_pvalue(x[: SAMPLES // 2], size - 1, 0.001) > 1e-4
     assert _chi2_pvalue(x[SAMPLES // 2:], size + 5, 0.001) > 1e-4
     # a first attempt beyond the table is never accepted
-    u, v = _binomial.uniform_pair(jax.random.key(1), 4096, jnp.float32)
+    u, v = _binomial.uniform_pair(_key_words(1), jnp.arange(4096, dtype=jnp.uint32), 0,
+                                  jnp.float32)
     nf = jnp.full(4096, float(size + 5), jnp.float32)
     p = jnp.float32(0.001)
     _, accepted = _binomial._btrs_attempt(u, v, nf, p, _binomial._btrs_constants(nf, p),
-                                          table=True)  # fmt: skip
+                                          first=True, table=True)  # fmt: skip
     assert not np.any(np.asarray(accepted))
     inside = nf - 6.0
     _, accepted = _binomial._btrs_attempt(u, v, inside, p, _binomial._btrs_constants(inside, p),
-                                          table=True)  # fmt: skip
+                                          first=True, table=True)  # fmt: skip
     assert np.mean(np.asarray(accepted)) > 0.5
 
 
@@ -247,6 +321,26 @@ def test_binomial_half_few_or_many_large_n(large_fraction):
     # neighbour's draw
     centred = (x - n / 2) / np.sqrt(n / 4)
     assert abs(np.corrcoef(centred[:-1], centred[1:])[0, 1]) < 5 / np.sqrt(SAMPLES)
+
+
+@pytest.mark.parametrize("table", [False, True])
+def test_binomial_half_strategies_give_the_same_draws(table):
+    """Few large n (drawn in the compacted buffer) or many (BTRS everywhere) is a schedule:
+    an element drawn with the same n gets the same draw either way, with or without the
+    log k! table in the first attempts."""
+    dtype = jax.dtypes.canonicalize_dtype(jnp.float64)
+    half = jax.jit(lambda key, n: _binomial.binomial_half(key, n, dtype, table=table))
+    rng = np.random.default_rng(5)
+    order = rng.permutation(SAMPLES)
+    few = np.zeros(SAMPLES, bool)
+    few[order[: SAMPLES // 20]] = True
+    many = np.zeros(SAMPLES, bool)
+    many[order[: SAMPLES * 3 // 5]] = True
+    a = np.asarray(half(jax.random.key(6), jnp.asarray(np.where(few, 700, 90), jnp.int32)))
+    b = np.asarray(half(jax.random.key(6), jnp.asarray(np.where(many, 700, 90), jnp.int32)))
+    assert _chi2_pvalue(a[few].astype(np.int64), 700, 0.5) > 1e-4
+    np.testing.assert_array_equal(a[few], b[few])
+    np.testing.assert_array_equal(a[~many], b[~many])
 
 
 def test_binomial_half_mixed_array_and_edges():

@@ -54,55 +54,84 @@ def test_zero_counter_tail_matches_the_full_counter_round_function():
         assert tuple(int(w[i]) for w in words) == expected
 
 
-def test_random_words_are_word_zero_of_consecutive_counters_on_every_path():
-    key = jax.random.key(5)
-    size = 1000
-    first, second = jax.jit(lambda k: _philox.random_words(k, size))(key)
-    bits = jax.random.bits(key, (2,), jnp.uint32)
-    direct = _philox.philox_4x32((bits[0], bits[1]), jnp.arange(2 * size, dtype=jnp.uint32))[0]
-    np.testing.assert_array_equal(np.asarray(first), np.asarray(direct[:size]))
-    np.testing.assert_array_equal(np.asarray(second), np.asarray(direct[size:]))
-    # the conditional the CPU path uses to keep the words out of their consumers' loops
-    def first_words(key_words):
-        return _philox.philox_4x32(key_words, jnp.arange(2 * size, dtype=jnp.uint32))[0]
-
-    buffered = _philox._in_a_buffer(first_words, (bits[0], bits[1]))
-    np.testing.assert_array_equal(np.asarray(buffered), np.asarray(direct))
+def test_full_counters_reproduce_random123_known_answers():
+    for counter, key_words, expected in RANDOM123_KAT:
+        words = _philox.philox_4x32(key_words, *(jnp.asarray([w], jnp.uint32) for w in counter))
+        assert tuple(int(w[0]) for w in words) == expected
 
 
-def test_random_words_bits_are_fair_and_independent_across_keys_and_halves():
+@pytest.mark.parametrize("multiply", ["_multiply_hi_lo", "_multiply_hi_lo_64"])
+def test_multiply_hi_lo_on_random_operands(multiply):
+    """Both products (uint32 halves everywhere but CPUs, one uint64 product on CPUs)."""
+    a = np.random.default_rng(0).integers(0, 2**32, 100_000, dtype=np.uint64)
+    for multiplier in _philox.PHILOX_MULTIPLIERS:
+        high, low = jax.jit(getattr(_philox, multiply), static_argnums=1)(
+            jnp.asarray(a, jnp.uint32), multiplier)
+        product = a * np.uint64(multiplier)
+        np.testing.assert_array_equal(np.asarray(high), product >> np.uint64(32))
+        np.testing.assert_array_equal(np.asarray(low), product & np.uint64(0xFFFFFFFF))
+
+
+def test_key_words_differ_across_keys_and_implementations_and_repeat_for_one_key():
+    keys = [jax.random.key(1), jax.random.key(2), jax.random.key(1, impl="rbg"),
+            jax.random.key(2, impl="rbg"), jax.random.fold_in(jax.random.key(1), 0),
+            jax.random.split(jax.random.key(1))[1]]
+    words = [tuple(int(w) for w in _philox.key_words(k)) for k in keys]
+    assert len(set(words)) == len(words)
+    # a raw uint32 key and the typed threefry key of the same seed are the same key
+    assert tuple(int(w) for w in _philox.key_words(jax.random.PRNGKey(1))) == words[0]
+    assert tuple(int(w) for w in jax.jit(_philox.key_words)(keys[0])) == words[0]
+
+
+def test_counter_words_are_fair_and_independent_across_elements_attempts_and_streams():
     size = 200_000
-    first, second = _philox.random_words(jax.random.key(11), size)
-    other, _ = _philox.random_words(jax.random.key(12), size)
-    for words in (first, second, other):
+    key_words = _philox.key_words(jax.random.key(11))
+    element = jnp.arange(size, dtype=jnp.uint32)
+    first = _philox.counter_words(key_words, element, 0, 0)[0]
+    samples = [first, _philox.counter_words(key_words, element, 1, 0)[0],
+               _philox.counter_words(key_words, element, 0, 1)[0],
+               _philox.counter_words(_philox.key_words(jax.random.key(12)), element, 0, 0)[0]]
+    for words in samples:
         words = np.asarray(words)
         ones = np.unpackbits(words.view(np.uint8)).reshape(size, 32).sum(axis=0)
         # every bit position is a fair coin: 32 binomial tests at 5.5 sigma
         assert np.all(np.abs(ones - size / 2) < 5.5 * np.sqrt(size / 4))
         assert stats.kstest(words / 2.0**32, "uniform").pvalue > 1e-4
-    for a, b in ((first, second), (first, other)):
-        r = np.corrcoef(np.asarray(a, np.float64), np.asarray(b, np.float64))[0, 1]
+    for other in samples[1:]:
+        r = np.corrcoef(np.asarray(first, np.float64), np.asarray(other, np.float64))[0, 1]
         assert abs(r) < 5 / np.sqrt(size)
-    same_key, _ = _philox.random_words(jax.random.key(11), size)
-    np.testing.assert_array_equal(np.asarray(same_key), np.asarray(first))
+    # a pure function of the counter: any subset of elements, in any order
+    picked = jnp.asarray([5, 199_999, 0, 77], jnp.uint32)
+    np.testing.assert_array_equal(
+        np.asarray(_philox.counter_words(key_words, picked, 0, 0)[0]),
+        np.asarray(first)[np.asarray(picked)])
 
 
-def test_random_words_reject_a_size_the_counters_cannot_hold():
-    with pytest.raises(ValueError, match="size"):
-        _philox.random_words(jax.random.key(0), 2**31 + 1)
+def test_in_a_buffer_computes_the_function_on_every_path():
+    key_words = _philox.key_words(jax.random.key(5))
+    element = jnp.arange(1000, dtype=jnp.uint32)
+
+    def words(element, key_words):
+        return _philox.counter_words(key_words, element, 3, 0)
+
+    direct = words(element, key_words)
+    for got in (_philox.in_a_buffer(words, element, key_words),
+                jax.jit(lambda e: _philox.in_a_buffer(words, e, key_words))(element),
+                _philox.in_a_buffer(words, element[:0], key_words)):
+        n = got[0].shape[0]
+        for a, b in zip(got, direct):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b)[:n])
 
 
-def test_map_words_gives_each_element_the_four_words_of_its_counter():
-    key = jax.random.key(9)
-    n = jnp.arange(1000, dtype=jnp.uint32)
-
-    def combine(words, n):
-        return (words[0] ^ (words[1] >> 3)) + words[2] * 3 + (words[3] | n)
-
-    got = jax.jit(lambda k, n: _philox.map_words(k, combine, n))(key, n)
-    bits = jax.random.bits(key, (2,), jnp.uint32)
-    words = _philox.philox_4x32((bits[0], bits[1]), jnp.arange(1000, dtype=jnp.uint32))
-    np.testing.assert_array_equal(np.asarray(got), np.asarray(combine(words, n)))
-    with pytest.raises(ValueError, match="2\\*\\*32"):
-        jax.eval_shape(lambda n: _philox.map_words(key, combine, n),
-                       jax.ShapeDtypeStruct((2**32 + 1,), jnp.uint32))
+def test_standard_normal_is_normal_and_keyed_by_element_and_index():
+    key_words = _philox.key_words(jax.random.key(3))
+    element = jnp.arange(100_000, dtype=jnp.uint32)
+    for dtype in {jax.dtypes.canonicalize_dtype(d) for d in (jnp.float32, jnp.float64)}:
+        z = _philox.standard_normal(key_words, element, 0, 0, dtype)
+        assert z.dtype == dtype and np.all(np.isfinite(np.asarray(z)))
+        assert stats.kstest(np.asarray(z, np.float64), "norm").pvalue > 1e-4
+        rows = _philox.standard_normal(key_words, element, jnp.arange(2, dtype=jnp.uint32)[:, None],
+                                       0, dtype)
+        np.testing.assert_array_equal(np.asarray(rows[0]), np.asarray(z))
+        r = np.corrcoef(np.asarray(rows, np.float64))[0, 1]
+        assert abs(r) < 5 / np.sqrt(100_000)
