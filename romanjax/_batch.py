@@ -733,7 +733,7 @@ def apportion_frame(key: jax.Array, counts: ArrayLike, pattern: ReadPattern, *,
     if default_chunk and workers > 1:  # at least one chunk per worker
         per_worker = -(-n_pixels // workers)
         chunk = min(chunk, -(-per_worker // (1024 * n_shards)) * 1024 * n_shards)
-    if n_pixels + chunk > 2**32:
+    if n_pixels + chunk > 2**32 - 1:  # element indices below 2**32 - 1 (kernels.rng)
         raise ValueError(f"apportion_frame: at most 2**32 pixels per frame, got {n_pixels}")
     run = _apportion_program(pattern, dtype, mesh)
     flat = counts.reshape(-1)

@@ -80,6 +80,16 @@ def _rounds(key_words, counters, multiply):
     return c0, c1, c2, c3
 
 
+@jax.jit
+def _philox_narrow(key_words, counters):
+    return _rounds(key_words, counters, _multiply_hi_lo)
+
+
+@jax.jit
+def _philox_wide(key_words, counters):
+    return _rounds(key_words, counters, _multiply_hi_lo_64)
+
+
 def philox_4x32(key_words, c0, c1=0, c2=0, c3=0):
     """Philox4x32-10 of the counters ``(c0, c1, c2, c3)`` (broadcast uint32 arrays).
 
@@ -98,10 +108,8 @@ def philox_4x32(key_words, c0, c1=0, c2=0, c3=0):
     key_words = tuple(jnp.asarray(k, jnp.uint32) for k in key_words)
     counters = tuple(jnp.broadcast_arrays(*(jnp.asarray(c, jnp.uint32)
                                             for c in (c0, c1, c2, c3))))
-    return _platform.by_platform(
-        key_words, counters,
-        cpu=lambda k, c: _rounds(k, c, _multiply_hi_lo_64),
-        default=lambda k, c: _rounds(k, c, _multiply_hi_lo))
+    # jitted rounds: each shape is traced once however often the samplers call them
+    return _platform.by_platform(key_words, counters, cpu=_philox_wide, default=_philox_narrow)
 
 
 def key_words(key):
@@ -129,25 +137,19 @@ def counter_words(key_words, element, attempt, stream):
     return philox_4x32(key_words, element, attempt, stream)
 
 
-def in_a_buffer(function, *operands):
-    """``function(*operands)`` computed into buffers of its own on CPUs, left to the compiler
-    elsewhere.
+def in_a_buffer(function, element, *operands):
+    """``function(element, *operands)`` computed into buffers of its own
+    (:func:`romanjax._platform.materialise`), for a uint32 ``element`` ``[m]`` of indices
+    below ``2**32 - 1``.
 
     On XLA CPU a generator written in array operations is fused into every consumer of its
     result, and several consumers then evaluate it several times over (2-4x the work;
-    ``optimization_barrier`` does not stop it); the result of a conditional is never fused
-    into its consumers, and both branches here are the same, so the predicate does not
-    matter. The conditional is only taken on CPUs (:func:`romanjax._platform.by_platform`):
-    on a GPU its predicate would be copied to the host."""
-    first = jax.tree_util.tree_leaves(operands)[0].reshape(-1)
-    if first.shape[0] == 0:
-        return function(*operands)
-
-    def buffered(*args):
-        first = jax.tree_util.tree_leaves(args)[0].reshape(-1)
-        return jax.lax.cond(first[0] > first[-1], function, function, *args)
-
-    return _platform.by_platform(*operands, cpu=buffered, default=function)
+    ``optimization_barrier`` does not stop it there). ``element[0] == 2**32 - 1`` is false
+    but not provably so, which is what the CPU's materialisation needs."""
+    if element.shape[0] == 0:
+        return function(element, *operands)
+    flag = element[0] == jnp.uint32(0xFFFFFFFF)
+    return _platform.materialise(function(element, *operands), flag)
 
 
 def standard_normal(key_words, element, index, stream: int, dtype):

@@ -349,7 +349,7 @@ def apportion_counts(key: jax.Array, counts: ArrayLike, pattern: ReadPattern) ->
     ValueError
         If concrete ``counts`` are negative, non-integer, non-finite or above 2e9 (the check
         is skipped when ``counts`` is traced, e.g. under the caller's ``jit``), or hold more
-        than 2**32 pixels.
+        than 2**32 - 1 pixels.
 
     Notes
     -----
@@ -373,8 +373,8 @@ def apportion_counts(key: jax.Array, counts: ArrayLike, pattern: ReadPattern) ->
     """
     check_pattern(pattern, "apportion_counts")
     counts = check_counts(counts, "apportion_counts")
-    if math.prod(np.shape(counts)) > 2**32:
-        raise ValueError("apportion_counts: at most 2**32 pixels per call "
+    if math.prod(np.shape(counts)) > 2**32 - 1:
+        raise ValueError("apportion_counts: at most 2**32 - 1 pixels per call "
                          f"(the random streams are keyed by a 32-bit pixel index), got "
                          f"{math.prod(np.shape(counts))}")
     if _platform.apportions_through_frames(key, counts, pattern.n_resultants):
