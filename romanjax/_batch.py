@@ -705,7 +705,7 @@ def apportion_frame(key: jax.Array, counts: ArrayLike, pattern: ReadPattern, *,
     Raises
     ------
     ValueError
-        Invalid ``counts`` (as :func:`apportion_counts`), more than 2**32 pixels, bad
+        Invalid ``counts`` (as :func:`apportion_counts`), 2**32 - 1 pixels or more, bad
         ``chunk_pixels`` or ``workers``.
     """
     from ._validate import check_pattern, float_dtype
@@ -725,16 +725,22 @@ def apportion_frame(key: jax.Array, counts: ArrayLike, pattern: ReadPattern, *,
     pixels = tuple(counts.shape)
     n_pixels = math.prod(pixels)
     n = pattern.n_resultants
+    if n_pixels == 0:  # nothing to chunk
+        out = _simulator("apportion_counts")(key, counts, pattern)
+        return out if on_device else np.asarray(out)
     mesh, _ = _mesh_and_spec(mesh, "apportion_frame")
     n_shards = mesh.size
     workers = _simulation_workers(workers, mesh, "apportion_frame")
     default_chunk = chunk_pixels is None
     chunk = _chunk_size(chunk_pixels, n_pixels, n, 4, n_shards, "apportion_frame")
-    if default_chunk and workers > 1:  # at least one chunk per worker
-        per_worker = -(-n_pixels // workers)
-        chunk = min(chunk, -(-per_worker // (1024 * n_shards)) * 1024 * n_shards)
+    if default_chunk and workers > 1:  # a whole number of equal chunks per worker
+        unit = 1024 * n_shards
+        n_chunks = -(-max(-(-n_pixels // chunk), 1) // workers) * workers
+        per_chunk = -(-n_pixels // n_chunks)
+        chunk = min(chunk, -(-per_chunk // unit) * unit)
     if n_pixels + chunk > 2**32 - 1:  # element indices below 2**32 - 1 (kernels.rng)
-        raise ValueError(f"apportion_frame: at most 2**32 pixels per frame, got {n_pixels}")
+        raise ValueError(f"apportion_frame: at most 2**32 - 1 pixels per frame (with the "
+                         f"last chunk's padding), got {n_pixels}")
     run = _apportion_program(pattern, dtype, mesh)
     flat = counts.reshape(-1)
 
@@ -757,9 +763,6 @@ def apportion_frame(key: jax.Array, counts: ArrayLike, pattern: ReadPattern, *,
         start, stop, out = job
         return start, stop, np.asarray(out)
 
-    if n_pixels == 0:  # nothing to chunk
-        out = _simulator("apportion_counts")(key, counts, pattern)
-        return out if on_device else np.asarray(out)
     bar = _progress_bar(progress, n_pixels, "apportion_frame")
     try:
         _run_chunks(range(0, n_pixels, chunk), submit, collect,
