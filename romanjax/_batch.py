@@ -36,6 +36,7 @@ size and of the number of devices.
 from __future__ import annotations
 
 import math
+import threading
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -242,11 +243,25 @@ def _run_chunks(starts, submit, collect, *, workers, on_host, bar, after_first=N
         while pending:
             done(pending.popleft())
         return
+    # The first chunk's submit compiles the program; the other threads wait for it and then
+    # find it in JAX's cache (two threads compiling the same program at once can crash
+    # XLA's CPU compiler).
+    lock, compiled = threading.Lock(), threading.Event()
+
+    def run_one(start):
+        if not compiled.is_set():
+            with lock:
+                if not compiled.is_set():
+                    job = submit(start)  # returns once the program is compiled and enqueued
+                    compiled.set()
+                    return on_host(job)
+        return on_host(submit(start))
+
     with ThreadPoolExecutor(workers, thread_name_prefix="romanjax-chunk") as pool:
         futures = deque()
         try:
             for start in starts:
-                futures.append(pool.submit(lambda start: on_host(submit(start)), start))
+                futures.append(pool.submit(run_one, start))
                 if len(futures) > workers:  # one queued behind the running ones
                     done(futures.popleft().result())
             while futures:

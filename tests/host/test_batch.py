@@ -512,8 +512,9 @@ def test_simulate_driver_independent_of_workers(rng, capsys):
 
 
 def test_simulate_driver_runs_chunks_at_once(rng, monkeypatch):
-    """With ``workers=2`` two chunks run at the same time: each waits at a two-party barrier
-    for the other (run one after the other, the first one times out)."""
+    """With ``workers=2``, after the first chunk (which compiles, alone) two chunks run at
+    the same time: each waits at a two-party barrier for the other (run one after the
+    other, the first one times out)."""
     import threading
 
     from romanjax import _batch
@@ -527,14 +528,15 @@ def test_simulate_driver_runs_chunks_at_once(rng, monkeypatch):
 
         def run_and_meet(*operands):
             out = jax.block_until_ready(run(*operands))
-            threads.add(threading.current_thread().name)
-            barrier.wait()
+            if int(operands[1][0]) != 0:  # not the first chunk
+                threads.add(threading.current_thread().name)
+                barrier.wait()
             return out
 
         return run_and_meet
 
     monkeypatch.setattr(_batch, "_block_simulator", meeting_block_simulator)
-    counts = rng.integers(0, 100, (8, 16))  # 128 pixels: two chunks of 64
+    counts = rng.integers(0, 100, (12, 16))  # 192 pixels: three chunks of 64 (4 rows)
     got = simulate_toy(jax.random.key(3), counts, chunk_pixels=64, gain=2.0, workers=2)
     assert len(threads) == 2 and all(name.startswith("romanjax-chunk") for name in threads)
     monkeypatch.setattr(_batch, "_block_simulator", real)
@@ -833,3 +835,35 @@ def test_chunks_in_flight_per_platform():
 
     assert chunks_in_flight([Device("cpu")]) == 2
     assert chunks_in_flight([Device("gpu"), Device("gpu")]) == 3
+
+
+def test_run_chunks_threads_wait_for_the_first_submit():
+    """With several workers the first submit (which compiles the program) runs alone; the
+    others start only once it has returned, and then run at once."""
+    import threading
+    import time
+
+    from romanjax._batch import _run_chunks
+
+    lock = threading.Lock()
+    active, order = [0], []
+
+    def submit(start):
+        with lock:
+            active[0] += 1
+            order.append(("start", start, active[0]))
+        time.sleep(0.3 if start == 0 else 0.1)
+        with lock:
+            order.append(("end", start))
+            active[0] -= 1
+        return start, start + 10
+
+    collected = []
+    _run_chunks(range(0, 60, 10), submit, lambda job: collected.append(job[0]), workers=3,
+                on_host=lambda job: job, bar=None)  # fmt: skip
+    assert collected == [0, 10, 20, 30, 40, 50]
+    first_end = order.index(("end", 0))
+    assert order[0][:2] == ("start", 0)
+    assert all(entry[0] == "end" or entry[1] == 0 for entry in order[:first_end])
+    # after the first, the others overlap
+    assert max(entry[2] for entry in order if entry[0] == "start") >= 2
