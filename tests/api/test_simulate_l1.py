@@ -135,3 +135,22 @@ def test_inverse_linearity_applied_to_every_read():
     assert np.all(np.asarray(flagged.dq)[:, :10] & dqbits.NO_LIN_CORR)
     np.testing.assert_array_equal(np.asarray(flagged.resultants)[:, :10],
                                   np.asarray(linear.resultants)[:, :10])  # fmt: skip
+
+
+def test_draws_are_keyed_by_pixel_without_cosmic_rays():
+    """Photons, pedestal and read noise are keyed by the pixel's flat index: a leading part
+    of the pixels simulates to the same values alone as within the whole array."""
+    import jax
+    import numpy as np
+
+    import romanjax
+
+    pattern = romanjax.ReadPattern.from_ma_table(4)
+    counts = np.random.default_rng(2).integers(0, 20_000, 3000)
+    whole = romanjax.simulate_l1(jax.random.key(9), counts, pattern, read_noise=5.0)
+    part = romanjax.simulate_l1(jax.random.key(9), counts[:1234], pattern, read_noise=5.0)
+    np.testing.assert_array_equal(np.asarray(part.resultants),
+                                  np.asarray(whole.resultants)[:, :1234])
+    np.testing.assert_array_equal(np.asarray(part.dq), np.asarray(whole.dq)[:, :1234])
+    other = romanjax.simulate_l1(jax.random.key(10), counts[:1234], pattern, read_noise=5.0)
+    assert not np.array_equal(np.asarray(other.resultants), np.asarray(part.resultants))
