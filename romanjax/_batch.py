@@ -82,6 +82,9 @@ FITTERS = {
 #: keeps compilation scratch out of a full frame's peak memory.
 LARGE_FRAME_BYTES = 256 * 2**20
 
+#: Stack of the frame drivers' worker threads (XLA's compiler and runtime recurse deeply).
+WORKER_STACK_BYTES = 64 * 2**20
+
 #: Bytes of resultants per chunk on CPUs (see :mod:`romanjax._platform`).
 DEFAULT_CPU_CHUNK_BYTES = _platform.CPU_CHUNK_BYTES
 
@@ -243,32 +246,32 @@ def _run_chunks(starts, submit, collect, *, workers, on_host, bar, after_first=N
         while pending:
             done(pending.popleft())
         return
-    # The first chunk's submit compiles the program; the other threads wait for it and then
-    # find it in JAX's cache (two threads compiling the same program at once can crash
-    # XLA's CPU compiler).
-    lock, compiled = threading.Lock(), threading.Event()
-
-    def run_one(start):
-        if not compiled.is_set():
-            with lock:
-                if not compiled.is_set():
-                    job = submit(start)  # returns once the program is compiled and enqueued
-                    compiled.set()
-                    return on_host(job)
-        return on_host(submit(start))
-
-    with ThreadPoolExecutor(workers, thread_name_prefix="romanjax-chunk") as pool:
-        futures = deque()
-        try:
-            for start in starts:
-                futures.append(pool.submit(run_one, start))
-                if len(futures) > workers:  # one queued behind the running ones
+    # The first chunk is submitted (compiled and enqueued) on the calling thread before any
+    # worker starts: no two threads compile one program at once, and XLA's CPU compiler,
+    # which has crashed when compiling on worker threads, runs on the caller's thread. The
+    # workers get a large stack all the same.
+    starts = iter(starts)
+    first = next(starts, None)
+    if first is None:
+        return
+    first_job = submit(first)
+    previous = threading.stack_size()
+    threading.stack_size(WORKER_STACK_BYTES)  # for the threads the pool starts below
+    try:
+        with ThreadPoolExecutor(workers, thread_name_prefix="romanjax-chunk") as pool:
+            futures = deque([pool.submit(on_host, first_job)])
+            try:
+                for start in starts:
+                    futures.append(pool.submit(lambda start: on_host(submit(start)), start))
+                    if len(futures) > workers:  # one queued behind the running ones
+                        done(futures.popleft().result())
+                while futures:
                     done(futures.popleft().result())
-            while futures:
-                done(futures.popleft().result())
-        finally:
-            for future in futures:  # after an error: do not start the queued ones
-                future.cancel()
+            finally:
+                for future in futures:  # after an error: do not start the queued ones
+                    future.cancel()
+    finally:
+        threading.stack_size(previous)
 
 
 def _progress_bar(progress, total, description):
