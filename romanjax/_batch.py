@@ -247,9 +247,9 @@ def _run_chunks(starts, submit, collect, *, workers, on_host, bar, after_first=N
             done(pending.popleft())
         return
     # The first chunk is submitted (compiled and enqueued) on the calling thread before any
-    # worker starts: no two threads compile one program at once, and XLA's CPU compiler,
-    # which has crashed when compiling on worker threads, runs on the caller's thread. The
-    # workers get a large stack all the same.
+    # worker starts: no two threads compile one program at once, and XLA's CPU compiler
+    # runs on the caller's thread, not on a worker's smaller stack. The workers get a large
+    # stack all the same.
     starts = iter(starts)
     first = next(starts, None)
     if first is None:
