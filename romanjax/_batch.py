@@ -36,7 +36,6 @@ size and of the number of devices.
 from __future__ import annotations
 
 import math
-import threading
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -81,9 +80,6 @@ FITTERS = {
 #: OS after their first chunk on CPUs (:func:`romanjax._platform.release_free_heap`), which
 #: keeps compilation scratch out of a full frame's peak memory.
 LARGE_FRAME_BYTES = 256 * 2**20
-
-#: Stack of the frame drivers' worker threads (XLA's compiler and runtime recurse deeply).
-WORKER_STACK_BYTES = 64 * 2**20
 
 #: Bytes of resultants per chunk on CPUs (see :mod:`romanjax._platform`).
 DEFAULT_CPU_CHUNK_BYTES = _platform.CPU_CHUNK_BYTES
@@ -247,31 +243,24 @@ def _run_chunks(starts, submit, collect, *, workers, on_host, bar, after_first=N
             done(pending.popleft())
         return
     # The first chunk is submitted (compiled and enqueued) on the calling thread before any
-    # worker starts: no two threads compile one program at once, and XLA's CPU compiler
-    # runs on the caller's thread, not on a worker's smaller stack. The workers get a large
-    # stack all the same.
+    # worker starts, so the program is compiled once, not by several workers at once.
     starts = iter(starts)
     first = next(starts, None)
     if first is None:
         return
     first_job = submit(first)
-    previous = threading.stack_size()
-    threading.stack_size(WORKER_STACK_BYTES)  # for the threads the pool starts below
-    try:
-        with ThreadPoolExecutor(workers, thread_name_prefix="romanjax-chunk") as pool:
-            futures = deque([pool.submit(on_host, first_job)])
-            try:
-                for start in starts:
-                    futures.append(pool.submit(lambda start: on_host(submit(start)), start))
-                    if len(futures) > workers:  # one queued behind the running ones
-                        done(futures.popleft().result())
-                while futures:
+    with ThreadPoolExecutor(workers, thread_name_prefix="romanjax-chunk") as pool:
+        futures = deque([pool.submit(on_host, first_job)])
+        try:
+            for start in starts:
+                futures.append(pool.submit(lambda start: on_host(submit(start)), start))
+                if len(futures) > workers:  # one queued behind the running ones
                     done(futures.popleft().result())
-            finally:
-                for future in futures:  # after an error: do not start the queued ones
-                    future.cancel()
-    finally:
-        threading.stack_size(previous)
+            while futures:
+                done(futures.popleft().result())
+        finally:
+            for future in futures:  # after an error: do not start the queued ones
+                future.cancel()
 
 
 def _progress_bar(progress, total, description):

@@ -57,3 +57,34 @@ def float_dtype():
     from romanjax.testing import x64_enabled
 
     return np.float64 if x64_enabled() else np.float32
+
+
+#: Memory maps a test worker may hold before its compiled programs are dropped. Every
+#: program XLA compiles for the CPU keeps about 20 memory maps (code, constants and data of
+#: its kernels) for as long as it stays in JAX's caches; a worker that runs hundreds of tests
+#: reaches Linux's limit of 65530 maps per process (``vm.max_map_count``), after which XLA's
+#: next compilation aborts the process.
+MAX_WORKER_MAPS = 30_000
+
+
+def _memory_maps() -> int | None:
+    try:
+        with open("/proc/self/maps", "rb") as maps:
+            return sum(1 for _ in maps)
+    except OSError:  # not Linux
+        return None
+
+
+@pytest.fixture(autouse=True)
+def _bounded_compiled_programs():
+    """After a test, drop JAX's compiled programs if the worker holds more than
+    :data:`MAX_WORKER_MAPS` memory maps (later tests compile what they need again)."""
+    yield
+    maps = _memory_maps()
+    if maps is not None and maps > MAX_WORKER_MAPS:
+        import gc
+
+        import jax
+
+        jax.clear_caches()
+        gc.collect()
