@@ -2,9 +2,15 @@
 
 ::
 
-    romanjax simulate [--size 512] [--ma-table 4] [--seed 0] [--method casertano] [--output DIR]
-    romanjax fit L1.asdf [--output L2.asdf] [--method casertano]
+    romanjax simulate [--size 512] [--ma-table 4] [--seed 0] [--method likely] [--output DIR]
+    romanjax fit L1.asdf [--output L2.asdf] [--method likely] [--no-jumps] [--truth-flags]
     romanjax inject L2.asdf CATALOG [--output OUT.asdf] [--seed 0] [--psf airy]
+
+Fits find jumps as romancal's default ramp fit does: the likelihood fitter with jump
+detection, from the resultants alone. A simulator's true cosmic-ray flags (``JUMP_DET`` in
+an L1's resultant dq: romanjax's own, or romanisim's ``romanisim.dq``), which no pipeline
+sees, are dropped unless ``--truth-flags`` is given; the other resultant flags (SATURATED:
+what the pipeline's saturation step flags) are kept.
 
 User errors (missing or wrong files, bad options) print one line on stderr and exit with a
 non-zero status; they never show a traceback.
@@ -69,9 +75,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    fitting = argparse.ArgumentParser(add_help=False)
+    fitting.add_argument("--method", choices=METHODS, default="likely",
+                         help="ramp fitter (default likely: romancal's default, with jump "
+                              "detection; casertano: romanisim's, with jump detection; "
+                              "optimal: no jump detection)")
+    fitting.add_argument("--no-jumps", action="store_true",
+                         help="do not look for jumps (cosmic rays) in the ramps")
+    fitting.add_argument("--truth-flags", action="store_true",
+                         help="also exclude the resultants the simulator flagged as hit by a "
+                              "cosmic ray (JUMP_DET in the L1 dq; no pipeline sees them)")
 
     sim = sub.add_parser(
-        "simulate", parents=[common],
+        "simulate", parents=[common, fitting],
         help="simulate a built-in scene of stars and galaxies to L1 and L2 files",
         description="Render a built-in scene of stars and galaxies with galsim on a TAN WCS, "
         "simulate the L1 ramps (romanjax.simulate_l1), fit them (romanjax.make_l2) and write "
@@ -82,8 +98,6 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--ma-table", type=int, default=4,
                      help="multi-accumulation table number (default 4)")
     sim.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    sim.add_argument("--method", choices=METHODS, default="casertano",
-                     help="ramp fitter (default casertano, as romanisim)")
     sim.add_argument("--output", type=Path, default=Path("romanjax_output"),
                      help="output folder (default ./romanjax_output)")
     sim.add_argument("--read-noise", type=_non_negative_float, default=5.0,
@@ -94,10 +108,13 @@ def build_parser() -> argparse.ArgumentParser:
                      help="sky background [e/s/pixel] (default 1)")
     sim.add_argument("--psf", choices=("airy", "gaussian", "roman"), default="airy",
                      help="PSF (default airy: Roman's aperture at 1.58 micron)")
+    sim.add_argument("--no-cosmic-rays", action="store_true",
+                     help="simulate no cosmic rays (default: romanisim's cosmic-ray model)")
     sim.add_argument("--no-png", action="store_true", help="do not write the quick-look PNG")
 
     fit = sub.add_parser(
-        "fit", parents=[common], help="fit an L1 file (romanjax's or romanisim's) into an L2 file",
+        "fit", parents=[common, fitting],
+        help="fit an L1 file (romanjax's or romanisim's) into an L2 file",
         description="Fit the ramps of an L1 ASDF file written by romanjax or romanisim and "
         "write an L2 ASDF file (slope [DN/s], variances, dq). romanisim files get the default "
         "gain 2 e/DN and read noise 5 DN unless given.",
@@ -105,8 +122,6 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("l1", type=Path, metavar="L1.asdf", help="input L1 file")
     fit.add_argument("--output", "-o", type=Path, default=None,
                      help="output L2 file (default: next to the input, *_L2.asdf)")
-    fit.add_argument("--method", choices=METHODS, default="casertano",
-                     help="ramp fitter (default casertano)")
     fit.add_argument("--read-noise", type=_non_negative_float, default=None,
                      help="read noise of one read [DN] (default: from the file, else 5)")
     fit.add_argument("--gain", type=_positive_float, default=None,
@@ -182,6 +197,29 @@ def _quicklook(path, l2, title):
     plt.close(fig)
 
 
+def _fit_keywords(args) -> dict:
+    """The fitter keywords of ``--method`` and ``--no-jumps``."""
+    if args.method in ("casertano", "likely"):
+        return {"detect_jumps": not args.no_jumps}
+    return {}
+
+
+def _fit_meta(args) -> dict:
+    detects = _fit_keywords(args).get("detect_jumps", False)
+    return {"method": args.method, "jump_detection": detects, "truth_flags": args.truth_flags}
+
+
+def _flags_for_fit(dq, truth_flags: bool):
+    """The L1 resultant flags a fit uses: without ``truth_flags`` the simulator's true
+    cosmic-ray hits (JUMP_DET) are cleared; the other flags stay."""
+    import numpy as np
+
+    from .dq import JUMP_DET
+
+    dq = np.asarray(dq, np.uint32)
+    return dq if truth_flags else dq & np.uint32(~JUMP_DET & 0xFFFFFFFF)
+
+
 def _simulate(args):
     import jax
     import numpy as np
@@ -213,19 +251,21 @@ def _simulate(args):
     expected = scene.rate * pattern.exposure_time
     counts = np.asarray(jax.random.poisson(key_photons, expected.astype(np.float32)), np.int32)
     l1 = romanjax.simulate_l1(key_l1, counts, pattern, read_noise=args.read_noise,
-                              gain=args.gain)  # fmt: skip
+                              gain=args.gain, cosmic_rays=not args.no_cosmic_rays)  # fmt: skip
     resultants = np.asarray(l1.resultants, np.float32)
     l1_dq = np.asarray(l1.dq, np.uint32)
     _advance(bar, stages[2])
     l2 = romanjax.make_l2(resultants, pattern, read_noise=args.read_noise, gain=args.gain,
-                          dq=l1_dq, method=args.method)  # fmt: skip
+                          dq=_flags_for_fit(l1_dq, args.truth_flags), method=args.method,
+                          **_fit_keywords(args))  # fmt: skip
     l2 = jax.block_until_ready(l2)
     _advance(bar, stages[3])
     meta = {
         "command": "romanjax simulate",
         "seed": args.seed,
         "ma_table": args.ma_table,
-        "method": args.method,
+        **_fit_meta(args),
+        "cosmic_rays": not args.no_cosmic_rays,
         "sky": args.sky,
         "psf": args.psf,
         "n_sources": len(scene.catalog),
@@ -283,11 +323,12 @@ def _fit(args):
     bar = _stages(stages, args.quiet)
     start = time.perf_counter()
     l2 = romanjax.make_l2(l1.resultants, l1.pattern, read_noise=read_noise, gain=gain,
-                          dq=l1.dq, method=args.method)  # fmt: skip
+                          dq=_flags_for_fit(l1.dq, args.truth_flags), method=args.method,
+                          **_fit_keywords(args))  # fmt: skip
     l2 = jax.block_until_ready(l2)
     _advance(bar, stages[1])
     meta = dict(l1.meta)
-    meta.update(command="romanjax fit", method=args.method, source_l1=str(args.l1))
+    meta.update(command="romanjax fit", source_l1=str(args.l1), **_fit_meta(args))
     image = L2Image.from_l2(l2, l1.pattern, gain=gain, read_noise=read_noise, wcs=l1.wcs,
                             meta=meta)  # fmt: skip
     write_l2(output, image)

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import jax
 import numpy as np
 import pytest
 from astropy.table import Table
@@ -104,7 +105,53 @@ def test_fit_command_matches_simulate(simulated, tmp_path, capsys):
     original = read_l2(simulated / "romanjax_L2.asdf")
     np.testing.assert_allclose(refit.data, original.data, rtol=1e-6, atol=1e-6)
     assert np.array_equal(refit.dq, original.dq)
-    assert refit.meta["method"] == "casertano"
+    assert refit.meta["method"] == "likely"  # romancal's default fit: with jump detection
+    assert refit.meta["jump_detection"] and not refit.meta["truth_flags"]
+    assert original.meta["method"] == "likely" and original.meta["cosmic_rays"]
+
+
+@needs_pipeline
+def test_fit_finds_jumps_and_ignores_truth_flags_by_default(tmp_path):
+    """`romanjax fit` finds a jump in the resultants alone (likely, as romancal's default;
+    casertano too), and uses the simulator's true cosmic-ray flags only when asked."""
+    from romanjax.io import L1Image, write_l1
+
+    pattern = romanjax.ReadPattern.from_ma_table(4)
+    rng = np.random.default_rng(5)
+    counts = rng.poisson(20.0 * pattern.exposure_time, (12, 12))
+    l1 = romanjax.simulate_l1(jax.random.key(3), counts, pattern, read_noise=5.0, gain=2.0)
+    resultants = np.array(l1.resultants, np.float32)
+    dq = np.array(l1.dq, np.uint32)
+    jumped, flagged = (5, 7), (2, 3)
+    resultants[4:, jumped[0], jumped[1]] += 3000.0  # a cosmic ray no flag records [DN]
+    dq[4:, flagged[0], flagged[1]] |= romanjax.dq.JUMP_DET  # a "true" hit with no jump
+    path = write_l1(tmp_path / "cr_L1.asdf",
+                    L1Image(resultants=resultants, dq=dq, pattern=pattern))  # fmt: skip
+
+    def fit(*options):
+        out = tmp_path / f"fit{len(list(tmp_path.iterdir()))}_L2.asdf"
+        assert main(["fit", str(path), "-o", str(out), "-q", *options]) == 0
+        return read_l2(out)
+
+    jump = romanjax.dq.JUMP_DET
+    default = fit()
+    assert default.meta["method"] == "likely" and default.meta["jump_detection"]
+    assert default.dq[jumped] & jump and not default.dq[flagged] & jump
+    assert np.count_nonzero(default.dq & jump) == 1
+    clean = np.delete(default.data.ravel(), jumped[0] * 12 + jumped[1])
+    # the jump is fitted around: the pixel's rate is that of the others [DN/s], within noise
+    assert abs(default.data[jumped] - np.median(clean)) < 5 * np.std(clean)
+
+    blind = fit("--no-jumps")
+    assert not blind.meta["jump_detection"] and not blind.dq[jumped] & jump
+    assert blind.data[jumped] - np.median(clean) > 20 * np.std(clean)
+
+    truth = fit("--truth-flags")
+    assert truth.meta["truth_flags"] and truth.dq[flagged] & jump and truth.dq[jumped] & jump
+
+    casertano = fit("--method", "casertano")
+    assert casertano.meta["jump_detection"] and casertano.dq[jumped] & jump
+    assert abs(casertano.data[jumped] - np.median(clean)) < 5 * np.std(clean)
 
 
 @needs_pipeline
