@@ -26,5 +26,7 @@ JUMP_DET = 4
 NONLINEAR = 2**16
 #: Non-linearity correction not available for this pixel.
 NO_LIN_CORR = 2**20
-#: ``SATURATED | JUMP_DET``: the bits that exclude a resultant from fits (romanisim's 6).
-DO_NOT_USE_IN_FIT = SATURATED | JUMP_DET
+#: ``DO_NOT_USE | SATURATED | JUMP_DET``: the bits that exclude a resultant from fits, as
+#: romancal's ramp fitting skips them (romanisim's own fits skip only its 6, SATURATED |
+#: JUMP_DET; its resultant flags never carry DO_NOT_USE).
+DO_NOT_USE_IN_FIT = DO_NOT_USE | SATURATED | JUMP_DET

@@ -153,9 +153,10 @@ def make_l2(resultants: ArrayLike, pattern: ReadPattern, *, read_noise: ArrayLik
     """Fit L1 resultants [DN] into an L2 count-rate image [DN/s], as romanisim's ``make_l2``.
 
     The resultants are converted to electrons with ``gain``, fitted with the chosen ramp
-    fitter using ``dq & DO_NOT_USE_IN_FIT`` (saturated and jump-flagged resultants split the
-    ramps), the dark rate is subtracted from the electron slope, and slope and variances are
-    converted back to DN and flat-fielded (romanisim ``image.make_l2``). Pure: the inputs are
+    fitter using ``dq & DO_NOT_USE_IN_FIT`` (DO_NOT_USE, saturated and jump-flagged resultants
+    split the ramps, as in romancal), the dark rate is subtracted from the electron slope,
+    and slope and variances are converted back to DN and flat-fielded (romanisim
+    ``image.make_l2``). Pure: the inputs are
     never modified. Jit-compatible (pattern, method and the fitter keywords are static).
 
     Parameters
@@ -169,7 +170,8 @@ def make_l2(resultants: ArrayLike, pattern: ReadPattern, *, read_noise: ArrayLik
     gain : float or array broadcasting to ``[*pixels]``
         Gain [e/DN] (romanisim's default is 2 e/DN).
     dq : array ``[n_resultant, *pixels]``, optional
-        Resultant flags; bits ``SATURATED | JUMP_DET`` exclude a resultant from the fit.
+        Resultant flags; bits ``DO_NOT_USE | SATURATED | JUMP_DET`` exclude a resultant from
+        the fit.
     dark_rate : float or array broadcasting to ``[*pixels]``, optional
         Dark current [e/s] subtracted from the fitted electron rate.
     flat : float or array broadcasting to ``[*pixels]``, optional

@@ -499,8 +499,8 @@ def fit_ramps_casertano(resultants: ArrayLike, pattern: ReadPattern, read_noise:
     read_noise : float or array broadcasting to ``[*pixels]``
         Read noise of one read [e], >= 0.
     dq : integer array broadcasting to ``[n_resultant, *pixels]``, optional
-        Resultant flags. Resultants with ``dq & romanjax.dq.DO_NOT_USE_IN_FIT`` (saturated or
-        jump) are dropped and split the ramp into sub-ramps; other bits are ignored
+        Resultant flags. Resultants with ``dq & romanjax.dq.DO_NOT_USE_IN_FIT`` (DO_NOT_USE,
+        saturated or jump) are dropped and split the ramp into sub-ramps; other bits are ignored
         (``RampFit.resultant_dq(dq)`` combines them with the fitter's flags). None: the
         whole ramp is fitted.
     detect_jumps : bool

@@ -385,8 +385,8 @@ def fit_ramps_optimal(resultants: ArrayLike, pattern: ReadPattern, read_noise: A
         Count rate [e/s] at which the weights and the Poisson variance are evaluated. Default:
         per-pixel median of the difference slopes ``(R_i - R_{i-1}) / (tbar_i - tbar_{i-1})``.
     dq : array ``[n_resultant, *pixels]``, optional
-        Resultant flags. If given, resultants with ``dq & DO_NOT_USE_IN_FIT`` (saturated
-        tails, jumps) are excluded: the differences touching them are removed exactly
+        Resultant flags. If given, resultants with ``dq & DO_NOT_USE_IN_FIT`` (DO_NOT_USE,
+        saturated tails, jumps) are excluded: the differences touching them are removed exactly
         (decoupled from the tridiagonal covariance), which combines the sub-ramps between
         flagged resultants optimally, and the GLS is solved exactly per pixel in O(n) at the
         same clipped ``x`` (no interpolation; it agrees with the ``dq=None`` result to the

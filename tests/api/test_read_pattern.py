@@ -123,7 +123,7 @@ def test_dq_bits():
     assert romanjax.dq.JUMP_DET == 4
     assert romanjax.dq.NONLINEAR == 2**16
     assert romanjax.dq.NO_LIN_CORR == 2**20
-    assert romanjax.dq.DO_NOT_USE_IN_FIT == 6
+    assert romanjax.dq.DO_NOT_USE_IN_FIT == 7  # romancal skips DO_NOT_USE resultants too
 
 
 def test_import_is_light():
