@@ -50,7 +50,7 @@ from jax.typing import ArrayLike
 
 from . import _platform
 from ._read_pattern import ReadPattern
-from ._validate import check_pixel_shape
+from ._validate import check_pixel_shape, check_values
 
 if TYPE_CHECKING:
     from .l1._simulate import L1
@@ -162,7 +162,7 @@ def _chunk_size(chunk_pixels, n_pixels, n_resultants, itemsize, n_shards, functi
                 f"{function}: `chunk_pixels` must be a positive integer, got {chunk_pixels!r}"
             )
         chunk = int(chunk_pixels)
-    chunk = min(chunk, max(n_pixels, 1))
+    chunk = max(min(chunk, max(n_pixels, 1)), 1)
     return -(-chunk // n_shards) * n_shards
 
 
@@ -377,6 +377,7 @@ def fit_frame(resultants: ArrayLike, pattern: ReadPattern, read_noise: ArrayLike
                 f"{function}: `dq` of shape {np.shape(dq)} does not broadcast against "
                 f"`resultants` of shape {resultants.shape}"
             ) from None
+    check_values(function, "read_noise", read_noise, minimum=0)  # host data: on the host
     pixel_kwargs = {"read_noise": read_noise} if _is_pixel_array(read_noise) else {}
     pixel_kwargs.update({k: v for k, v in fit_kwargs.items() if _is_pixel_array(v)})
     pixel_kwargs = {k: _per_pixel(k, v, pixels, function, xp) for k, v in pixel_kwargs.items()}
@@ -414,6 +415,10 @@ def fit_frame(resultants: ArrayLike, pattern: ReadPattern, read_noise: ArrayLike
             kwargs["dq"] = jax.device_put(
                 _pad_last(_flat_slice(dq, 1, start, stop), chunk), ramp_sharding
             )
+        elif not on_device and ramps.dtype.kind == "f" and not np.isfinite(ramps).all():
+            # NaN or inf in this chunk of host data: the masked fit leaves them out, as a
+            # direct call on host data does
+            kwargs["dq"] = jax.device_put(np.zeros(ramps.shape, np.uint32), ramp_sharding)
         for name, value in pixel_kwargs.items():
             kwargs[name] = jax.device_put(
                 _pad_last(_flat_slice(value, 0, start, stop), chunk), pixel_sharding

@@ -130,7 +130,9 @@ class ReadPattern:
             if not resultant:
                 raise ValueError(f"ReadPattern: resultant {i} of `reads` is empty")
             for index in resultant:
-                if isinstance(index, bool) or not float(index).is_integer():
+                if isinstance(index, (bool, np.bool_)) or not isinstance(
+                    index, (int, float, np.integer, np.floating)
+                ) or not float(index).is_integer():
                     raise ValueError(
                         f"ReadPattern: read index {index!r} in resultant {i} is not an integer"
                     )

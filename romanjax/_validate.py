@@ -14,7 +14,7 @@ import numpy as np
 from ._read_pattern import ReadPattern
 
 __all__ = ["float_dtype", "promoted_float_dtype", "check_pattern", "check_pixel_shape",
-           "prepare_dq", "prepare_inputs"]
+           "check_real", "check_values", "prepare_dq", "prepare_inputs"]
 
 
 def float_dtype(*arrays) -> jnp.dtype:
@@ -51,8 +51,40 @@ def check_pixel_shape(function: str, name: str, value, pixels: tuple) -> None:
     )
 
 
+def _dtype(value) -> np.dtype:
+    dtype = getattr(value, "dtype", None)
+    return np.dtype(dtype) if dtype is not None else np.asarray(value).dtype
+
+
+def check_real(function: str, name: str, value) -> None:
+    """Raise ``TypeError`` naming ``name`` unless ``value`` holds real numbers (integers or
+    floats; not booleans, complex numbers or objects)."""
+    dtype = _dtype(value)
+    if dtype.kind not in "iuf":
+        raise TypeError(f"{function}: `{name}` must be real numbers, got dtype {dtype}")
+
+
+def check_values(function: str, name: str, value, *, minimum=None, strict=False) -> None:
+    """For host data (Python numbers, numpy arrays): raise ``ValueError`` naming ``name`` if
+    ``value`` holds NaN or inf, or a value below ``minimum`` (at or below it with
+    ``strict``). Device and traced values are not read back (the kernels flag them)."""
+    if value is None or isinstance(value, jax.Array):
+        return
+    check_real(function, name, value)
+    host = np.asarray(value)
+    if host.dtype.kind == "f" and not np.isfinite(host).all():
+        raise ValueError(f"{function}: `{name}` must be finite, got NaN or inf")
+    if minimum is not None and host.size:
+        low = host.min()
+        if low < minimum or (strict and low == minimum):
+            relation = ">" if strict else ">="
+            raise ValueError(f"{function}: `{name}` must be {relation} {minimum}, got {low}")
+
+
 def prepare_dq(function: str, dq, shape: tuple):
-    """``dq`` as uint32 broadcast to ``shape`` (zeros if None), or a ``ValueError`` naming it."""
+    """``dq`` as uint32 broadcast to ``shape`` (zeros if None), or an error naming it: dq
+    must be integers (a ``TypeError`` otherwise), and host values must fit in 32 bits
+    (0 to 2**32 - 1; a ``ValueError`` otherwise), never cast with loss."""
     if dq is None:
         return jnp.zeros(shape, dtype=jnp.uint32)
     try:
@@ -62,7 +94,19 @@ def prepare_dq(function: str, dq, shape: tuple):
             f"{function}: `dq` of shape {np.shape(dq)} does not broadcast against `resultants` "
             f"of shape {shape}"
         ) from None
+    dq_dtype = _dtype(dq)
+    if dq_dtype.kind not in "iu":
+        raise TypeError(f"{function}: `dq` must be an integer array, got dtype {dq_dtype}")
+    if not isinstance(dq, jax.Array) and (dq_dtype.kind == "i" or dq_dtype.itemsize > 4):
+        host = np.asarray(dq)
+        if host.size and (host.min() < 0 or host.max() > 2**32 - 1):
+            raise ValueError(f"{function}: `dq` values must be 0 to 2**32 - 1 (32 flag bits), "
+                             f"got {host.min()} to {host.max()}")
     return jnp.broadcast_to(jnp.asarray(dq).astype(jnp.uint32), shape)
+
+
+#: What host values of the fitters' per-pixel arguments must be (besides finite).
+_PER_PIXEL_RULES = {"read_noise": {"minimum": 0}}
 
 
 def prepare_inputs(function: str, resultants, pattern, dq=None, *, make_dq=True,
@@ -90,7 +134,14 @@ def prepare_inputs(function: str, resultants, pattern, dq=None, *, make_dq=True,
             f"{function}: `resultants` has {resultants.shape[0]} resultants on axis 0 but the "
             f"read pattern has {pattern.n_resultants}"
         )
+    check_real(function, "resultants", resultants)
     dtype = float_dtype(resultants)
+    if dq is None and not make_dq and not isinstance(resultants, jax.Array):
+        # host data with NaN or inf: the fit takes the masked path, which leaves them out
+        # (flagged DO_NOT_USE inside the jit) and fits each pixel from its other resultants
+        host = np.asarray(resultants)
+        if host.dtype.kind == "f" and not np.isfinite(host).all():
+            make_dq = True
     resultants = jnp.asarray(resultants, dtype=dtype)
     pixels = resultants.shape[1:]
     dq = prepare_dq(function, dq, resultants.shape) if dq is not None or make_dq else None
@@ -99,6 +150,7 @@ def prepare_inputs(function: str, resultants, pattern, dq=None, *, make_dq=True,
         if value is None:
             out[name] = None
             continue
+        check_values(function, name, value, **_PER_PIXEL_RULES.get(name, {}))
         check_pixel_shape(function, name, value, pixels)
         out[name] = jnp.broadcast_to(jnp.asarray(value, dtype=dtype), pixels)
     return resultants, dq, out

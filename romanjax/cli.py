@@ -19,6 +19,7 @@ non-zero status; they never show a traceback.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 import time
@@ -45,11 +46,23 @@ def _positive_int(text):
     return value
 
 
+def _seed(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if not 0 <= value < 2**63:
+        raise argparse.ArgumentTypeError(f"expected an integer from 0 to 2**63 - 1, got {text}")
+    return value
+
+
 def _non_negative_float(text):
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text}")
     if not value >= 0:
         raise argparse.ArgumentTypeError(f"expected a non-negative number, got {text}")
     return value
@@ -97,7 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="image side [pixels] (default 512)")
     sim.add_argument("--ma-table", type=int, default=4,
                      help="multi-accumulation table number (default 4)")
-    sim.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    sim.add_argument("--seed", type=_seed, default=0, help="random seed (default 0)")
     sim.add_argument("--output", type=Path, default=Path("romanjax_output"),
                      help="output folder (default ./romanjax_output)")
     sim.add_argument("--read-noise", type=_non_negative_float, default=5.0,
@@ -138,7 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
     inject.add_argument("catalog", type=Path, metavar="CATALOG", help="source table")
     inject.add_argument("--output", "-o", type=Path, default=None,
                         help="output file (default: next to the input, *_injected.asdf)")
-    inject.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    inject.add_argument("--seed", type=_seed, default=0, help="random seed (default 0)")
     inject.add_argument("--psf", choices=("airy", "gaussian", "roman"), default="airy",
                         help="PSF (default airy)")
     inject.add_argument("--method", choices=METHODS, default="casertano",

@@ -9,7 +9,8 @@ The resultants arrive in DN; the ramp fitters work in electrons, so the chain is
 2. ``fit(resultants * gain, dq & DO_NOT_USE_IN_FIT, read_noise * gain)`` [e, e/s],
 3. ``slope_e -= dark_rate`` (the Poisson variance keeps the dark-inclusive rate),
 4. divide the slope by the gain and the variances by ``gain**2`` [DN/s, (DN/s)**2],
-5. divide the slope by the flat (clipped at >= 1e-9) and the variances by ``flat**2``.
+5. divide the slope by the flat and the variances by ``flat**2``. Pixels whose gain, read noise,
+   dark rate or flat is invalid (device data; host data raises) get DO_NOT_USE and zeros.
 
 Unlike romanisim, nothing is modified in place.
 """
@@ -26,7 +27,8 @@ from jax.typing import ArrayLike
 
 from . import dq as dqbits
 from ._read_pattern import ReadPattern
-from ._validate import check_pixel_shape, float_dtype, prepare_dq
+from ._validate import check_pixel_shape, check_real, check_values, float_dtype, prepare_dq
+from .ramp._common import exclude_non_finite
 
 __all__ = ["L2", "make_l2", "METHODS", "apply_linearity"]
 
@@ -113,6 +115,8 @@ def apply_linearity(resultants, coefficients):
 def _make_l2(resultants, dq, read_noise, gain, dark_rate, flat, linearity, *, pattern, method,
              has_dq, fit_kwargs):  # fmt: skip
     dtype = resultants.dtype
+    if has_dq:  # non-finite resultants: DO_NOT_USE, left out of the fit
+        resultants, dq = exclude_non_finite(resultants, dq)
     if linearity is not None:
         resultants, lin_flags = apply_linearity(resultants, linearity)
         dq = dq | lin_flags[None]
@@ -129,13 +133,23 @@ def _make_l2(resultants, dq, read_noise, gain, dark_rate, flat, linearity, *, pa
     slope = slope_e / gain
     var_rnoise = fit.var_read.astype(dtype) / gain2
     var_poisson = fit.var_poisson.astype(dtype) / gain2
+    # invalid per-pixel parameters (device data; host data was checked on the host): the
+    # pixel gets DO_NOT_USE and zeros, never NaN or inf
+    invalid = ~jnp.isfinite(gain) | (gain <= 0) | ~jnp.isfinite(read_noise) | (read_noise < 0)
+    if dark_rate is not None:
+        invalid = invalid | ~jnp.isfinite(dark_rate)
     if flat is not None:
+        invalid = invalid | ~jnp.isfinite(flat) | (flat <= 0)
         flat = jnp.clip(flat, 1e-9, jnp.inf)
         slope = slope / flat
         flat2 = jnp.square(flat)
         var_rnoise = var_rnoise / flat2
         var_poisson = var_poisson / flat2
+    zero = jnp.zeros((), dtype)
+    slope, var_rnoise, var_poisson = (jnp.where(invalid, zero, value)
+                                      for value in (slope, var_rnoise, var_poisson))
     out_dq = jnp.bitwise_or.reduce(dq | fit.dq.astype(jnp.uint32), axis=0)
+    out_dq = out_dq | jnp.where(invalid, jnp.uint32(dqbits.DO_NOT_USE), jnp.uint32(0))
     return L2(slope=slope, var_rnoise=var_rnoise, var_poisson=var_poisson, dq=out_dq)
 
 
@@ -175,8 +189,8 @@ def make_l2(resultants: ArrayLike, pattern: ReadPattern, *, read_noise: ArrayLik
     dark_rate : float or array broadcasting to ``[*pixels]``, optional
         Dark current [e/s] subtracted from the fitted electron rate.
     flat : float or array broadcasting to ``[*pixels]``, optional
-        Flat field [dimensionless], clipped at >= 1e-9; the slope is divided by it and the
-        variances by its square.
+        Flat field [dimensionless], > 0; the slope is divided by it and the variances by its
+        square.
     method : {"casertano", "optimal", "likely"}
         Ramp fitter: :func:`romanjax.fit_ramps_casertano` (romanisim's choice),
         :func:`romanjax.fit_ramps_optimal` (full-covariance GLS: interpolated weights on
@@ -216,18 +230,27 @@ def make_l2(resultants: ArrayLike, pattern: ReadPattern, *, read_noise: ArrayLik
             f"make_l2: `resultants` of shape {resultants.shape} must have the "
             f"{pattern.n_resultants} resultants of the read pattern on axis 0"
         )
+    check_real("make_l2", "resultants", resultants)
     dtype = float_dtype(resultants)
     if not jnp.issubdtype(resultants.dtype, jnp.floating):
         dtype = jnp.dtype(jax.dtypes.canonicalize_dtype(jnp.float64))
+    has_dq = dq is not None
+    if not has_dq and not isinstance(resultants, jax.Array):
+        host = np.asarray(resultants)
+        # host data with NaN or inf: flags are made, so the fit leaves them out
+        has_dq = host.dtype.kind == "f" and not np.isfinite(host).all()
     resultants = jnp.asarray(resultants, dtype)
     pixels = resultants.shape[1:]
     if read_noise is None or gain is None:
         raise ValueError("make_l2: `read_noise` [DN] and `gain` [e/DN] are required")
+    check_values("make_l2", "read_noise", read_noise, minimum=0)
+    check_values("make_l2", "gain", gain, minimum=0, strict=True)
+    check_values("make_l2", "dark_rate", dark_rate)
+    check_values("make_l2", "flat", flat, minimum=0, strict=True)
     read_noise = _per_pixel("read_noise", read_noise, pixels, dtype)
     gain = _per_pixel("gain", gain, pixels, dtype)
     dark_rate = _per_pixel("dark_rate", dark_rate, pixels, dtype)
     flat = _per_pixel("flat", flat, pixels, dtype)
-    has_dq = dq is not None
     dq = prepare_dq("make_l2", dq, resultants.shape)
     if linearity is not None:
         lin_shape = np.shape(linearity)

@@ -197,7 +197,7 @@ def _open_tree(path):
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            with asdf.open(path, lazy_load=False, memmap=False) as af:
+            with asdf.open(path, lazy_load=False, memmap=False, validate_checksums=True) as af:
                 tree = _materialise(dict(af.tree))
     except ProductFileError:
         raise

@@ -53,7 +53,7 @@ from ..kernels.binomial import binomial as _binomial
 from ..kernels.binomial import binomial_half
 
 __all__ = ["apportion_counts", "apportion_plan", "read_probabilities", "check_counts",
-           "MAX_COUNTS"]
+           "MAX_COUNTS", "counts_as_int32"]
 
 #: Largest total per pixel [e] (romanisim clips there too); int32 holds it exactly.
 MAX_COUNTS = 2_000_000_000
@@ -70,6 +70,17 @@ def read_probabilities(pattern: ReadPattern) -> np.ndarray:
     p = np.minimum((times - previous) / remaining, 1.0)
     p[-1] = 1.0
     return p
+
+
+def counts_as_int32(counts):
+    """Flattened ``counts`` as int32 electrons in ``[0, MAX_COUNTS]``: floats rounded, narrow
+    integers (uint8, int16, uint16) widened before the clip, so no value wraps."""
+    flat = counts.reshape(-1)
+    if jnp.issubdtype(flat.dtype, jnp.floating):
+        return jnp.round(jnp.clip(flat, 0, MAX_COUNTS)).astype(jnp.int32)
+    if jnp.dtype(flat.dtype).itemsize < 4:
+        flat = flat.astype(jnp.int32)
+    return jnp.clip(flat, 0, MAX_COUNTS).astype(jnp.int32)
 
 
 def check_counts(counts, function: str):
@@ -309,9 +320,7 @@ def _apportion(key, counts, pattern, dtype, first_pixel=0):
     """Resultants of ``counts [*pixels]``, whose flattened pixel ``i`` has the global index
     ``first_pixel + i`` (a chunk of a frame draws what the whole frame would)."""
     shape = counts.shape
-    flat = jnp.clip(counts.reshape(-1), 0, MAX_COUNTS)
-    flat = jnp.round(flat).astype(jnp.int32) if jnp.issubdtype(flat.dtype, jnp.floating) else (
-        flat.astype(jnp.int32))
+    flat = counts_as_int32(counts)
     element = jnp.asarray(first_pixel, jnp.uint32) + jnp.arange(flat.shape[0], dtype=jnp.uint32)
     resultants = with_table_on_cpu(
         lambda key, flat, element, table: factorised_scan(key, flat, pattern, dtype, element,

@@ -12,9 +12,9 @@ from jax.typing import ArrayLike
 
 from .. import dq as dqbits
 from .._read_pattern import ReadPattern
-from .._validate import check_pattern, float_dtype
+from .._validate import check_pattern, check_values, float_dtype
 from ..kernels.rng import key_words, standard_normal
-from ._apportion import MAX_COUNTS, check_counts, read_scan, with_table_on_cpu
+from ._apportion import check_counts, counts_as_int32, read_scan, with_table_on_cpu
 from ._effects import (
     IPC_KERNEL,
     apply_inverse_linearity,
@@ -44,10 +44,7 @@ def _simulate(key, counts, read_noise, gain, pedestal, pedestal_noise, saturatio
               ipc_kernel, inv_lin, *, pattern, dtype, image_shape, crparams, cr_cap):  # fmt: skip
     shape = counts.shape
     npix = counts.size
-    flat = jnp.clip(counts.reshape(-1), 0, MAX_COUNTS)
-    if jnp.issubdtype(flat.dtype, jnp.floating):
-        flat = jnp.round(flat)
-    flat = flat.astype(jnp.int32)
+    flat = counts_as_int32(counts)
     gain_flat = jnp.broadcast_to(gain, shape).reshape(-1)
     element = jnp.arange(npix, dtype=jnp.uint32)
     noise = standard_normal(key_words(jax.random.fold_in(key, _PEDESTAL)), element, 0, 0, dtype)
@@ -191,10 +188,20 @@ def simulate_l1(key: jax.Array, counts: ArrayLike, pattern: ReadPattern, *,
         cr_cap = cosmic_ray_cap(crparams.flux * area * max_dt)
     per_pixel = (("read_noise", read_noise), ("gain", gain), ("pedestal", pedestal),
                  ("pedestal_noise", pedestal_noise), ("saturation", saturation))  # fmt: skip
+    rules = {"read_noise": {"minimum": 0}, "gain": {"minimum": 0, "strict": True},
+             "pedestal": {}, "pedestal_noise": {"minimum": 0},
+             "saturation": {"minimum": 0, "strict": True}}  # fmt: skip
     for name, value in per_pixel:
-        if np.broadcast_shapes(np.shape(value), shape) != shape:
+        check_values("simulate_l1", name, value, **rules[name])
+        try:
+            fits = np.broadcast_shapes(np.shape(value), shape) == shape
+        except ValueError:
+            fits = False
+        if not fits:
             raise ValueError(f"simulate_l1: `{name}` of shape {np.shape(value)} does not "
                              f"broadcast against `counts` of shape {shape}")  # fmt: skip
+    check_values("simulate_l1", "ipc", kernel)
+    check_values("simulate_l1", "inverse_linearity", inverse_linearity)
     as_float = partial(jnp.asarray, dtype=dtype)
     inv_lin = None if inverse_linearity is None else as_float(inverse_linearity)
     return _simulate(key, counts, as_float(read_noise), as_float(gain), as_float(pedestal),

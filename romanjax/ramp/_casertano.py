@@ -43,6 +43,7 @@ from .._validate import prepare_inputs
 from ..kernels.queue import compact as _compact
 from ._common import (
     RampFit,
+    exclude_non_finite,
     flag_words,
     pack_flags,
     through_frames,
@@ -400,7 +401,7 @@ def _fit_flat(resultants, dq, read_noise, pattern, has_dq, detect_jumps, interce
     if detect_jumps and n >= 3:
         trigger = whole_ramp_trigger(rows, slope, read_var, pattern, intercept, constant)
         candidates = trigger if candidates is None else candidates | trigger
-    if candidates is not None and n >= 2:
+    if candidates is not None and n >= 2 and m > 0:
         block = _block_size(m)
         n_blocks = -(-m // block)
         # candidate indices first (in pixel order), padded with m (dropped on scatter)
@@ -449,6 +450,9 @@ def _fit_casertano(resultants, dq, read_noise, *, pattern, has_dq, detect_jumps,
     flat = resultants.reshape(n, -1)
     # dq None: the zero flags are made here, inside the jit (fused, never read from memory)
     flat_dq = jnp.zeros(flat.shape, jnp.uint32) if dq is None else dq.reshape(n, -1)
+    if has_dq or detect_jumps:  # non-finite resultants are left out like flagged ones
+        flat, flat_dq = exclude_non_finite(flat, flat_dq)
+        has_dq = True
     flat_rn = read_noise.reshape(-1)
     config = dict(pattern=pattern, has_dq=has_dq, detect_jumps=detect_jumps,
                   intercept=intercept, constant=constant)  # fmt: skip
@@ -555,15 +559,9 @@ def _fit_ramps_casertano(resultants, pattern, read_noise, *, dq=None, detect_jum
     resultants, dq_array, per_pixel = prepare_inputs(
         "fit_ramps_casertano", resultants, pattern, dq, make_dq=False, read_noise=read_noise
     )
-    rn = per_pixel["read_noise"]
-    if not isinstance(read_noise, jax.Array):  # host data is checked on the host; device
-        values = np.asarray(read_noise)  # data is never copied back for a check
-        if not np.all(np.isfinite(values)) or np.any(values < 0):
-            raise ValueError(
-                "fit_ramps_casertano: `read_noise` must be finite and >= 0 [e]"
-            )
+    rn = per_pixel["read_noise"]  # host values checked (finite, >= 0) by prepare_inputs
     return _fit_casertano(
-        resultants, dq_array, rn, pattern=pattern, has_dq=dq is not None,
+        resultants, dq_array, rn, pattern=pattern, has_dq=dq_array is not None,
         detect_jumps=bool(detect_jumps), intercept=float(threshold_intercept),
         constant=float(threshold_constant),
     )  # fmt: skip

@@ -14,7 +14,16 @@ from .. import dq as dqflags
 from .._read_pattern import ReadPattern
 
 __all__ = ["RampFit", "pack_flags", "unpack_jumps", "flag_words", "map_pixels",
-           "map_pixel_chunks", "through_frames"]
+           "map_pixel_chunks", "through_frames", "exclude_non_finite"]
+
+
+def exclude_non_finite(resultants, dq):
+    """Non-finite resultants (NaN, +-inf) set to 0 and flagged DO_NOT_USE in ``dq``, so the
+    masked fits leave them out and fit each pixel from its other resultants (inside the
+    jit: one fused pass, and a NaN never reaches a sum that other values enter)."""
+    bad = ~jnp.isfinite(resultants)
+    resultants = jnp.where(bad, jnp.zeros((), resultants.dtype), resultants)
+    return resultants, dq | jnp.where(bad, jnp.uint32(dqflags.DO_NOT_USE), jnp.uint32(0))
 
 
 def flag_words(n_resultants: int) -> int:

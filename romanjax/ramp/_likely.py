@@ -67,7 +67,7 @@ from .._read_pattern import ReadPattern
 from .._validate import prepare_inputs
 from ..kernels.linalg import fence, tridiagonal_solve
 from ..kernels.order import masked_median
-from ._common import RampFit, map_pixel_chunks, pack_flags, through_frames
+from ._common import RampFit, exclude_non_finite, map_pixel_chunks, pack_flags, through_frames
 
 __all__ = [
     "fit_ramps_likely",
@@ -437,6 +437,7 @@ def _fit_likely(resultants, dq, read_noise, flux_estimate, thresholds, *, patter
     ramps = resultants.reshape(n, -1)
     # dq None: the zero flags are made here, inside the jit
     flat_dq = jnp.zeros(ramps.shape, jnp.uint32) if dq is None else dq.reshape(n, -1)
+    ramps, flat_dq = exclude_non_finite(ramps, flat_dq)  # left out like flagged resultants
     thresholds = tuple(jnp.asarray(t, dtype) for t in thresholds)
     prologue = partial(_prologue_kernel, pattern=pattern)
     final = partial(_final_kernel, pattern=pattern, second_pass=flux_estimate is None)

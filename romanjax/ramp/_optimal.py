@@ -33,7 +33,7 @@ from .._read_pattern import ReadPattern
 from .._validate import prepare_inputs
 from ..kernels.linalg import fence, tridiagonal_solve
 from ..kernels.order import masked_median, median_axis0
-from ._common import RampFit, map_pixels, pack_flags, through_frames
+from ._common import RampFit, exclude_non_finite, map_pixels, pack_flags, through_frames
 from ._covariance import covariance_parts, design_matrix
 from ._jumps import barrier
 
@@ -347,6 +347,7 @@ def _optimal_dq_kernel(ramp, dq, read_noise, flux_estimate, *, pattern, x_low, x
 
 @partial(jax.jit, static_argnames=("pattern", "grid"))
 def _fit_optimal_dq(resultants, dq, read_noise, flux_estimate, *, pattern, grid):
+    resultants, dq = exclude_non_finite(resultants, dq)  # left out like flagged resultants
     low, high, _ = grid
     kernel = partial(_optimal_dq_kernel, pattern=pattern, x_low=10.0**low, x_high=10.0**high)
     if flux_estimate is None:

@@ -1,7 +1,10 @@
-"""Resultant flags as romancal reads them: DO_NOT_USE, SATURATED and JUMP_DET resultants are
-left out of every fit (``romanjax.dq.DO_NOT_USE_IN_FIT``)."""
+"""Flags and bad input (docs/errors.md): resultants flagged DO_NOT_USE, SATURATED or JUMP_DET
+(``romanjax.dq.DO_NOT_USE_IN_FIT``, as romancal) and non-finite resultants are left out of
+every fit; invalid host arguments raise errors that name them; integer inputs are exact."""
 
 from __future__ import annotations
+
+import re
 
 import numpy as np
 import pytest
@@ -54,3 +57,175 @@ def test_make_l2_leaves_out_do_not_use_resultants(float_dtype):
         kept = romanjax.make_l2(data, MA4, read_noise=2.5, gain=gain, method=method,
                                 **({"detect_jumps": False} if method == "likely" else {}))
         assert np.all(np.abs(np.asarray(kept.slope) * gain / flux - 1) > 1e-2)
+
+
+# ---------------------------------------------------------------------------------------------
+# non-finite resultants: left out (DO_NOT_USE), the pixel fitted from its other resultants
+# ---------------------------------------------------------------------------------------------
+
+
+def _with_non_finite(float_dtype):
+    flux, resultants = _ramps(float_dtype)
+    resultants[4, 1] = np.nan
+    resultants[-1, 2] = np.inf
+    resultants[0, 0] = -np.inf
+    return flux, resultants
+
+
+@pytest.mark.parametrize("method", sorted(FITTERS))
+def test_non_finite_host_resultants_are_left_out(method, float_dtype):
+    flux, resultants = _with_non_finite(float_dtype)
+    fit = FITTERS[method](resultants, None)
+    np.testing.assert_allclose(np.asarray(fit.slope), flux, rtol=1e-4)
+    for name in ("var_read", "var_poisson", "var_total"):
+        assert np.all(np.isfinite(np.asarray(getattr(fit, name))))
+
+
+def test_non_finite_device_resultants_are_left_out(float_dtype):
+    """On a device (or under jit) the masked fits leave them out: the likelihood fitter
+    always, Casertano with dq or jump detection, the optimal fitter with dq."""
+    import jax
+    import jax.numpy as jnp
+
+    flux, resultants = _with_non_finite(float_dtype)
+    on_device = jnp.asarray(resultants)
+    zeros = jnp.zeros(resultants.shape, jnp.uint32)
+    fits = [
+        romanjax.fit_ramps_likely(on_device, MA4, 5.0),
+        romanjax.fit_ramps_casertano(on_device, MA4, 5.0, dq=zeros),
+        romanjax.fit_ramps_casertano(on_device, MA4, 5.0, detect_jumps=True),
+        romanjax.fit_ramps_optimal(on_device, MA4, 5.0, dq=zeros),
+        jax.jit(lambda r: romanjax.fit_ramps_likely(r, MA4, 5.0))(on_device),
+    ]
+    for fit in fits:
+        np.testing.assert_allclose(np.asarray(fit.slope), flux, rtol=1e-4)
+
+
+@pytest.mark.parametrize("method", ["casertano", "optimal"])
+def test_fit_frame_leaves_out_non_finite_host_resultants(method, float_dtype):
+    flux, resultants = _with_non_finite(float_dtype)
+    frame = np.tile(resultants, (1, 700))  # chunks of 1024 pixels: every chunk has some
+    fit = romanjax.fit_frame(frame, MA4, 5.0, method=method, chunk_pixels=1024)
+    np.testing.assert_allclose(np.asarray(fit.slope), np.tile(flux, 700), rtol=1e-4)
+
+
+def test_make_l2_flags_and_leaves_out_non_finite_resultants(float_dtype):
+    flux, resultants = _with_non_finite(float_dtype)
+    for method in sorted(FITTERS):
+        l2 = romanjax.make_l2(resultants / 2.0, MA4, read_noise=2.5, gain=2.0, method=method)
+        np.testing.assert_allclose(np.asarray(l2.slope), flux / 2.0, rtol=1e-4)
+        # the pixels with a non-finite resultant carry its DO_NOT_USE
+        np.testing.assert_array_equal(np.asarray(l2.dq), [dqflags.DO_NOT_USE] * 3)
+    clean = _ramps(float_dtype)[1]
+    assert not np.any(np.asarray(romanjax.make_l2(clean, MA4, read_noise=2.5, gain=2.0).dq))
+
+
+# ---------------------------------------------------------------------------------------------
+# invalid host arguments: an error naming the argument
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("name", "value", "message"), [
+    ("gain", 0.0, "`gain` must be > 0"),
+    ("gain", -2.0, "`gain` must be > 0"),
+    ("gain", np.nan, "`gain` must be finite"),
+    ("read_noise", -1.0, "`read_noise` must be >= 0"),
+    ("read_noise", np.inf, "`read_noise` must be finite"),
+    ("flat", 0.0, "`flat` must be > 0"),
+    ("flat", np.full((3,), np.nan), "`flat` must be finite"),
+    ("dark_rate", np.nan, "`dark_rate` must be finite"),
+])  # fmt: skip
+def test_make_l2_rejects_invalid_parameters(name, value, message):
+    resultants = _ramps(np.float32)[1]
+    kwargs = {"read_noise": 2.5, "gain": 2.0, name: value}
+    with pytest.raises(ValueError, match=f"make_l2: {message}"):
+        romanjax.make_l2(resultants, MA4, **kwargs)
+
+
+@pytest.mark.parametrize("method", sorted(FITTERS))
+def test_fitters_reject_bad_dtypes_and_dq(method):
+    resultants = _ramps(np.float32)[1]
+    fitter = getattr(romanjax, f"fit_ramps_{method}")
+    with pytest.raises(TypeError, match="`resultants` must be real numbers"):
+        fitter(resultants > 300, MA4, 5.0)
+    with pytest.raises(TypeError, match="`resultants` must be real numbers"):
+        fitter(resultants.astype(np.complex64), MA4, 5.0)
+    with pytest.raises(TypeError, match="`dq` must be an integer array"):
+        fitter(resultants, MA4, 5.0, dq=np.full(resultants.shape, 2.5))
+    with pytest.raises(ValueError, match=r"`dq` values must be 0 to 2\*\*32 - 1"):
+        fitter(resultants, MA4, 5.0, dq=np.full(resultants.shape, 2**32, np.int64))
+    with pytest.raises(ValueError, match=r"`dq` values must be 0 to 2\*\*32 - 1"):
+        fitter(resultants, MA4, 5.0, dq=np.full(resultants.shape, -1, np.int32))
+    with pytest.raises(ValueError, match=f"fit_ramps_{method}: `read_noise` must be >= 0"):
+        fitter(resultants, MA4, np.array([5.0, -1.0, 5.0]))
+    with pytest.raises(ValueError, match=f"fit_ramps_{method}: `read_noise` must be finite"):
+        fitter(resultants, MA4, np.nan)
+    if method != "casertano":
+        with pytest.raises(ValueError, match="`flux_estimate` must be finite"):
+            fitter(resultants, MA4, 5.0, flux_estimate=np.array([1.0, np.inf, 2.0]))
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.int16, np.uint16, np.uint32])
+def test_narrow_integer_counts_are_exact(dtype):
+    """Counts of any integer width are the same electrons as int32 counts (never wrapped)."""
+    import jax
+
+    top = min(np.iinfo(dtype).max, 40000)
+    counts = np.linspace(0, top, 12).astype(dtype).reshape(3, 4)
+    key = jax.random.key(8)
+    wide = counts.astype(np.int32)
+    np.testing.assert_array_equal(np.asarray(romanjax.apportion_counts(key, counts, MA4)),
+                                  np.asarray(romanjax.apportion_counts(key, wide, MA4)))
+    a = romanjax.simulate_l1(key, counts, MA4, read_noise=5.0, gain=2.0)
+    b = romanjax.simulate_l1(key, wide, MA4, read_noise=5.0, gain=2.0)
+    np.testing.assert_array_equal(np.asarray(a.resultants), np.asarray(b.resultants))
+
+
+@pytest.mark.parametrize(("name", "value", "message"), [
+    ("read_noise", np.nan, "`read_noise` must be finite"),
+    ("read_noise", -1.0, "`read_noise` must be >= 0"),
+    ("gain", -2.0, "`gain` must be > 0"),
+    ("gain", np.nan, "`gain` must be finite"),
+    ("pedestal", np.inf, "`pedestal` must be finite"),
+    ("saturation", -1.0, "`saturation` must be > 0"),
+    ("saturation", np.nan, "`saturation` must be finite"),
+    ("ipc", np.full((3, 3), np.nan), "`ipc` must be finite"),
+    ("read_noise", np.ones(5), "`read_noise` of shape (5,) does not broadcast"),
+])  # fmt: skip
+def test_simulate_l1_rejects_invalid_parameters(name, value, message):
+    import jax
+
+    with pytest.raises(ValueError, match=f"simulate_l1: {re.escape(message)}"):
+        romanjax.simulate_l1(jax.random.key(0), np.full((3, 4), 100), MA4, **{name: value})
+
+
+@pytest.mark.parametrize(("counts", "message"), [
+    (np.array([3, -1]), "`counts` must be non-negative"),
+    (np.array([2.5, 1.0]), "`counts` must be integer-valued electrons"),
+    (np.array([np.nan, 1.0]), "`counts` must be integer-valued electrons"),
+    (np.array([3e9, 1.0]), "`counts` must be <= 2e+09 per pixel"),
+    (np.array([True, False]), "`counts` must be numeric"),
+])  # fmt: skip
+def test_counts_are_checked_everywhere(counts, message):
+    import jax
+
+    key = jax.random.key(0)
+    calls = {
+        "apportion_counts": lambda: romanjax.apportion_counts(key, counts, MA4),
+        "apportion_frame": lambda: romanjax.apportion_frame(key, counts, MA4),
+        "simulate_l1": lambda: romanjax.simulate_l1(key, counts, MA4),
+    }
+    for function, call in calls.items():
+        with pytest.raises(ValueError, match=f"{function}: {re.escape(message)}"):
+            call()
+
+
+def test_empty_frames_and_bad_read_indices():
+    """No pixels is a valid (empty) answer everywhere; read indices must be numbers."""
+    empty = np.zeros((MA4.n_resultants, 0, 5), np.float32)
+    for method in sorted(FITTERS):
+        assert romanjax.fit_frame(empty, MA4, 5.0, method=method).slope.shape == (0, 5)
+    fit = romanjax.fit_ramps_casertano(empty, MA4, 5.0, detect_jumps=True)
+    assert fit.slope.shape == (0, 5)
+    with pytest.raises(ValueError, match="read index '1' in resultant 0 is not an integer"):
+        romanjax.ReadPattern([["1"], ["2"]])

@@ -101,7 +101,7 @@ def test_make_l2_romanisim_unit_cases():
 
 @requires_casertano
 def test_gain_conversion_and_flat_clip():
-    """Slope in DN/s = e/s / gain; variances / gain**2; a zero flat is clipped at 1e-9."""
+    """Slope in DN/s = e/s / gain; variances / gain**2; a zero flat (host data) raises."""
     rng = np.random.default_rng(3)
     pattern = romanjax.ReadPattern.from_ma_table(4)
     ramps_e = simulate_ramps(rng, pattern, np.full(50, 200.0), 10.0, 50, pedestal=0.0)
@@ -113,9 +113,32 @@ def test_gain_conversion_and_flat_clip():
         np.testing.assert_allclose(l2.var_rnoise, np.asarray(fit.var_read) / gain**2, rtol=2e-5)
         np.testing.assert_allclose(l2.var_poisson, np.asarray(fit.var_poisson) / gain**2,
                                    rtol=2e-5)  # fmt: skip
-    zero_flat = make_l2(ramps_e, pattern, read_noise=10.0, gain=1.0, flat=0.0)
-    assert np.all(np.isfinite(np.asarray(zero_flat.slope)))
-    np.testing.assert_allclose(zero_flat.slope, np.asarray(fit.slope) / 1e-9, rtol=1e-4)
+    with pytest.raises(ValueError, match="make_l2: `flat` must be > 0"):
+        make_l2(ramps_e, pattern, read_noise=10.0, gain=1.0, flat=0.0)  # host data: raises
+
+
+def test_invalid_device_parameters_flag_their_pixels():
+    """On a device the parameters are not read back: a pixel whose flat, gain, read noise or
+    dark rate is invalid gets DO_NOT_USE and zeros; the other pixels are untouched."""
+    import jax.numpy as jnp
+
+    rng = np.random.default_rng(3)
+    pattern = romanjax.ReadPattern.from_ma_table(4)
+    ramps_e = np.asarray(simulate_ramps(rng, pattern, np.full(6, 200.0), 10.0, 6, pedestal=0.0),
+                         np.float32)  # fmt: skip
+    good = make_l2(ramps_e, pattern, read_noise=10.0, gain=1.0)
+    bad = {"flat": [1, 0, 1, 1, 1, 1], "gain": [1, 1, np.nan, 1, 1, 1],
+           "read_noise": [10, 10, 10, -1, 10, 10], "dark_rate": [0, 0, 0, 0, np.inf, 0]}
+    kwargs = {"read_noise": 10.0, "gain": 1.0}
+    kwargs.update({name: jnp.asarray(values, jnp.float32) for name, values in bad.items()})
+    l2 = make_l2(ramps_e, pattern, **kwargs)
+    flagged = np.array([False, True, True, True, True, False])
+    np.testing.assert_array_equal(np.asarray(l2.dq) & romanjax.dq.DO_NOT_USE, flagged)
+    for name in ("slope", "var_rnoise", "var_poisson"):
+        value = np.asarray(getattr(l2, name))
+        assert np.all(value[flagged] == 0) and np.all(np.isfinite(value))
+        np.testing.assert_allclose(value[~flagged], np.asarray(getattr(good, name))[~flagged],
+                                   rtol=1e-6)  # fmt: skip
 
 
 @pytest.mark.parametrize("method", ["casertano", "optimal", "likely"])

@@ -58,6 +58,23 @@ def test_no_command_and_bad_options(capsys):
     assert "invalid choice" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(("options", "message"), [
+    (["simulate", "--seed", "1180591620717411303424"], "--seed: expected an integer from 0"),
+    (["simulate", "--seed", "-1"], "--seed: expected an integer from 0"),
+    (["simulate", "--gain", "inf"], "--gain: expected a finite number"),
+    (["simulate", "--read-noise", "inf"], "--read-noise: expected a finite number"),
+    (["simulate", "--sky", "nan"], "--sky: expected a finite number"),
+    (["fit", "x.asdf", "--gain", "inf"], "--gain: expected a finite number"),
+    (["fit", "x.asdf", "--read-noise", "-1"], "--read-noise: expected a non-negative number"),
+])  # fmt: skip
+def test_bad_option_values_name_the_option(options, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(options)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
 @pytest.fixture(scope="module")
 def simulated(tmp_path_factory):
     if any(importlib.util.find_spec(m) is None for m in

@@ -107,6 +107,24 @@ def test_wrong_kind_and_corrupt_files(tmp_path, rng):
         read_l2(bad_pattern)
 
 
+def test_flipped_bytes_fail_the_checksum(tmp_path, rng):
+    """A file whose array bytes were damaged is refused (ASDF block checksums are checked),
+    never read as data; the command line says so in one line and exits 1."""
+    from romanjax.cli import main
+
+    path = write_l1(tmp_path / "good_L1.asdf", make_l1_image(rng, shape=(30, 30)))
+    data = bytearray(path.read_bytes())
+    middle = len(data) // 2  # inside the resultants' block
+    data[middle : middle + 8] = bytes(value ^ 0xFF for value in data[middle : middle + 8])
+    damaged = tmp_path / "damaged_L1.asdf"
+    damaged.write_bytes(bytes(data))
+    assert read_l1(path).resultants.shape[1:] == (30, 30)  # the undamaged file reads
+    with pytest.raises(ProductFileError, match="damaged_L1.asdf.*checksum"):
+        read_l1(damaged)
+    assert main(["fit", str(damaged), "-o", str(tmp_path / "out.asdf"), "-q"]) == 1
+    assert not (tmp_path / "out.asdf").exists()
+
+
 def test_atomic_write_keeps_old_file(tmp_path, rng, monkeypatch):
     path = tmp_path / "keep.asdf"
     write_l2(path, make_l2_image(rng))
