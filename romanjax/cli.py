@@ -13,7 +13,8 @@ sees, are dropped unless ``--truth-flags`` is given; the other resultant flags (
 what the pipeline's saturation step flags) are kept.
 
 User errors (missing or wrong files, bad options) print one line on stderr and exit with a
-non-zero status; they never show a traceback.
+non-zero status; they never show a traceback (``--debug`` shows it). Existing output files
+are replaced only with ``--overwrite``.
 """
 
 from __future__ import annotations
@@ -88,6 +89,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    common.add_argument("--overwrite", action="store_true",
+                        help="replace output files that exist (default: refuse)")
+    common.add_argument("--debug", action="store_true",
+                        help="show the Python traceback of an unexpected error")
     fitting = argparse.ArgumentParser(add_help=False)
     fitting.add_argument("--method", choices=METHODS, default="likely",
                          help="ramp fitter (default likely: romancal's default, with jump "
@@ -251,6 +256,9 @@ def _simulate(args):
     output = args.output
     if output.exists() and not output.is_dir():
         raise UserError(f"--output {output} exists and is not a folder")
+    names = {"L1": "romanjax_L1.asdf", "L2": "romanjax_L2.asdf",
+             "catalog": "romanjax_catalog.ecsv", "quick-look": "romanjax_L2.png"}
+    _check_outputs([output / name for name in names.values()], args.overwrite)
     output.mkdir(parents=True, exist_ok=True)
     pattern = romanjax.ReadPattern.from_ma_table(args.ma_table)
     shape = (args.size, args.size)
@@ -288,15 +296,15 @@ def _simulate(args):
     l2_image = L2Image.from_l2(l2, pattern, gain=args.gain, read_noise=args.read_noise,
                                wcs=scene.wcs, meta=dict(meta))  # fmt: skip
     paths = {
-        "L1": write_l1(output / "romanjax_L1.asdf", l1_image),
-        "L2": write_l2(output / "romanjax_L2.asdf", l2_image),
+        "L1": write_l1(output / names["L1"], l1_image),
+        "L2": write_l2(output / names["L2"], l2_image),
     }
-    catalog_path = output / "romanjax_catalog.ecsv"
+    catalog_path = output / names["catalog"]
     with atomic_path(catalog_path) as temporary:
         scene.catalog.write(temporary, format="ascii.ecsv", overwrite=True)
     paths["catalog"] = catalog_path
     if not args.no_png:
-        paths["quick-look"] = output / "romanjax_L2.png"
+        paths["quick-look"] = output / names["quick-look"]
         _quicklook(paths["quick-look"], l2_image,
                    f"romanjax simulate: {args.size}x{args.size} pixels, MA table "
                    f"{args.ma_table}, {args.method} fit, seed {args.seed}")
@@ -308,6 +316,16 @@ def _simulate(args):
     for label, path in paths.items():
         print(f"  {label:<11} {path}")
     return 0
+
+
+def _check_outputs(paths, overwrite: bool) -> None:
+    """Refuse output paths that are folders, or files that exist unless ``--overwrite``."""
+    for path in paths:
+        if path.is_dir():
+            raise UserError(f"output {path} is a folder; give a file name")
+    existing = [str(path) for path in paths if path.exists()]
+    if existing and not overwrite:
+        raise UserError(f"{', '.join(existing)} exists; give --overwrite to replace it")
 
 
 def _default_output(path: Path, suffix: str) -> Path:
@@ -332,6 +350,7 @@ def _fit(args):
     output = args.output or _default_output(args.l1, "_L2")
     if output.resolve() == args.l1.resolve():
         raise UserError(f"--output {output} would overwrite the input L1 file")
+    _check_outputs([output], args.overwrite)
     stages = ["fitting ramps", "writing L2"]
     bar = _stages(stages, args.quiet)
     start = time.perf_counter()
@@ -372,7 +391,33 @@ def _read_catalog(path: Path, fmt):
         raise UserError(
             f"catalog {path} needs `x`, `y` or `ra`, `dec` columns; columns: {table.colnames}"
         )
+    _check_catalog_values(table, path)
     return table
+
+
+def _check_catalog_values(table, path) -> None:
+    """Refuse a catalog whose numeric columns hold text, NaN or inf, or whose fluxes are
+    negative, naming the column and the first rows (0-based) at fault."""
+    import numpy as np
+
+    position = ("x", "y") if {"x", "y"} <= set(table.colnames) else ("ra", "dec")
+    shape_columns = [c for c in ("half_light_radius", "n", "q", "beta") if c in table.colnames]
+    for name in ("flux", *position, *shape_columns):
+        column = table[name]
+        try:
+            values = np.asarray(column, dtype=float)
+        except (TypeError, ValueError):
+            raise UserError(f"catalog {path}: column `{name}` must be numbers, got "
+                            f"{column.dtype}") from None  # fmt: skip
+        mask = np.ma.getmaskarray(column) | ~np.isfinite(values)
+        if name == "flux":
+            mask |= values < 0
+        if mask.any():
+            rows = np.flatnonzero(mask)
+            what = "missing, NaN, inf or negative" if name == "flux" else "missing, NaN or inf"
+            listed = ", ".join(str(row) for row in rows[:5]) + (", ..." if len(rows) > 5 else "")
+            raise UserError(f"catalog {path}: {len(rows)} rows with a {what} `{name}` "
+                            f"(rows {listed})")  # fmt: skip
 
 
 def _inject(args):
@@ -386,6 +431,9 @@ def _inject(args):
         raise UserError(f"{args.l2} is an {kind} file; `romanjax inject` needs an L2 file")
     catalog = _read_catalog(args.catalog, args.format)
     output = args.output or _default_output(args.l2, "_injected")
+    if output.resolve() == args.l2.resolve():
+        raise UserError(f"--output {output} would overwrite the input L2 file")
+    _check_outputs([output], args.overwrite)
     stages = ["injecting sources", "writing L2"]
     bar = _stages(stages, args.quiet)
     start = time.perf_counter()
@@ -458,7 +506,15 @@ def main(argv=None) -> int:
         print(f"romanjax {args.command}: interrupted", file=sys.stderr)
         return 130
     except (UserError, ValueError, OSError, ImportError) as error:
+        if args.debug:
+            raise
         print(f"romanjax {args.command}: error: {error}", file=sys.stderr)
+        return EXIT_ERROR
+    except Exception as error:  # noqa: BLE001 - one line, never a traceback (--debug: raise)
+        if args.debug:
+            raise
+        print(f"romanjax {args.command}: unexpected error ({type(error).__name__}): {error} "
+              f"(--debug shows the traceback)", file=sys.stderr)  # fmt: skip
         return EXIT_ERROR
 
 

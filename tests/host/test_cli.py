@@ -212,6 +212,60 @@ def test_wrong_kind_and_bad_catalog(simulated, tmp_path, capsys):
     assert "flux" in capsys.readouterr().err
 
 
+@needs_pipeline
+def test_outputs_are_not_replaced_without_overwrite(simulated, tmp_path, capsys):
+    l1 = simulated / "romanjax_L1.asdf"
+    out = tmp_path / "fit_L2.asdf"
+    assert main(["fit", str(l1), "-o", str(out), "-q"]) == 0
+    first = out.read_bytes()
+    out.write_bytes(b"keep me")
+    assert main(["fit", str(l1), "-o", str(out), "-q"]) == 1
+    assert "exists; give --overwrite" in capsys.readouterr().err
+    assert out.read_bytes() == b"keep me"  # untouched
+    assert main(["fit", str(l1), "-o", str(out), "-q", "--overwrite"]) == 0
+    assert read_l2(out).data.shape == (SIZE, SIZE) and len(out.read_bytes()) == len(first)
+    folder = tmp_path / "a_folder"
+    folder.mkdir()
+    assert main(["fit", str(l1), "-o", str(folder), "-q"]) == 1
+    assert "is a folder" in capsys.readouterr().err
+    # simulate refuses a folder that holds its products already
+    assert main(["simulate", "--size", "8", "--output", str(simulated), "-q"]) == 1
+    assert "romanjax_L1.asdf" in capsys.readouterr().err
+
+
+@needs_pipeline
+@pytest.mark.parametrize(("table", "message"), [
+    ({"x": [1.0, 2.0], "y": [2.0, 3.0], "flux": [100.0, np.nan]}, "1 rows with a missing, NaN, "
+     "inf or negative `flux` (rows 1)"),
+    ({"x": [1.0, 2.0], "y": [2.0, 3.0], "flux": [-5.0, 10.0]}, "negative `flux` (rows 0)"),
+    ({"x": [1.0, np.inf], "y": [2.0, 3.0], "flux": [5.0, 10.0]}, "NaN or inf `x` (rows 1)"),
+    ({"x": [1.0, 2.0], "y": [2.0, 3.0], "flux": ["bright", "faint"]}, "column `flux` must be "
+     "numbers"),
+])  # fmt: skip
+def test_inject_refuses_bad_catalog_rows(simulated, tmp_path, capsys, table, message):
+    path = tmp_path / "catalog.ecsv"
+    Table(table).write(path)
+    assert main(["inject", str(simulated / "romanjax_L2.asdf"), str(path), "-o",
+                 str(tmp_path / "out.asdf"), "-q"]) == 1  # fmt: skip
+    err = capsys.readouterr().err
+    assert message in err and "catalog.ecsv" in err
+    assert not (tmp_path / "out.asdf").exists()
+
+
+def test_unexpected_errors_are_one_line_unless_debug(tmp_path, capsys, monkeypatch):
+    from romanjax import cli
+
+    def broken(args):
+        raise RuntimeError("something broke")
+
+    monkeypatch.setattr(cli, "_fit", broken)
+    assert main(["fit", str(tmp_path / "x.asdf")]) == 1
+    err = capsys.readouterr().err
+    assert "unexpected error (RuntimeError): something broke" in err and "Traceback" not in err
+    with pytest.raises(RuntimeError, match="something broke"):
+        main(["fit", str(tmp_path / "x.asdf"), "--debug"])
+
+
 @requires_romanisim
 @needs_pipeline
 def test_fit_and_inject_romanisim_files(tmp_path):
