@@ -134,7 +134,8 @@ def build_parser() -> argparse.ArgumentParser:
         "fit", parents=[common, fitting],
         help="fit an L1 file (romanjax's or romanisim's) into an L2 file",
         description="Fit the ramps of an L1 ASDF file written by romanjax or romanisim and "
-        "write an L2 ASDF file (slope [DN/s], variances, dq). romanisim files get the default "
+        "write an L2 ASDF file (slope [DN/s], variances, dq). Roman files give the read pattern "
+        "and the read time (meta.exposure.frame_time); romanisim files get the default "
         "gain 2 e/DN and read noise 5 DN unless given.",
     )  # fmt: skip
     fit.add_argument("l1", type=Path, metavar="L1.asdf", help="input L1 file")

@@ -302,10 +302,31 @@ def _roman_get(node, name, default=None):
 
 
 def _roman_pattern(node, path):
+    """The read pattern of a Roman file: ``meta.exposure.read_pattern``, with the time of one
+    read from ``meta.exposure.frame_time`` [s] (romanisim simulates with it too), else the
+    default :data:`DEFAULT_READ_TIME`."""
     try:
         reads = node.meta.exposure.read_pattern
-        return ReadPattern([list(r) for r in reads], read_time=DEFAULT_READ_TIME)
-    except (AttributeError, KeyError, TypeError, ValueError) as error:
+    except (AttributeError, KeyError) as error:
+        raise ProductFileError(f"{path}: no meta.exposure.read_pattern ({error})") from error
+    try:
+        frame_time = node.meta.exposure.frame_time
+    except (AttributeError, KeyError):
+        frame_time = None
+    read_time = DEFAULT_READ_TIME
+    if frame_time is not None:
+        try:
+            read_time = float(getattr(frame_time, "value", frame_time))  # a Quantity or a float
+        except (TypeError, ValueError):
+            read_time = float("nan")
+        if not (np.isfinite(read_time) and read_time > 0):
+            raise ProductFileError(
+                f"{path}: meta.exposure.frame_time must be a positive number of seconds, got "
+                f"{frame_time!r}"
+            )
+    try:
+        return ReadPattern([list(r) for r in reads], read_time=read_time)
+    except (TypeError, ValueError) as error:
         raise ProductFileError(
             f"{path}: no usable meta.exposure.read_pattern ({error})"
         ) from error

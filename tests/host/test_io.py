@@ -202,6 +202,25 @@ def test_read_romanisim_l1(romanisim_files):
 
 
 @requires_romanisim
+def test_roman_frame_time_is_honoured(romanisim_files, tmp_path):
+    """The read time comes from meta.exposure.frame_time: doubling it halves the slopes."""
+    import roman_datamodels as rdm
+
+    doubled = tmp_path / "doubled_L1.asdf"
+    with rdm.open(romanisim_files["l1"]) as model:
+        frame_time = float(model.meta.exposure.frame_time)
+        model.meta.exposure.frame_time = 2 * frame_time
+        model.save(doubled)
+    original, slow = read_l1(romanisim_files["l1"]), read_l1(doubled)
+    assert original.pattern.read_time == pytest.approx(frame_time)
+    assert slow.pattern.read_time == pytest.approx(2 * frame_time)
+    fits = [romanjax.make_l2(l1.resultants, l1.pattern, read_noise=5.0, gain=2.0,
+                             method="casertano") for l1 in (original, slow)]  # fmt: skip
+    np.testing.assert_allclose(np.asarray(fits[1].slope), np.asarray(fits[0].slope) / 2,
+                               rtol=1e-5, atol=1e-6)  # fmt: skip
+
+
+@requires_romanisim
 def test_read_romanisim_l2(romanisim_files):
     l2 = read_l2(romanisim_files["l2"])
     assert file_kind(romanisim_files["l2"]) == ("roman", "L2")
