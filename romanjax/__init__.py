@@ -24,6 +24,8 @@ _EXPORTS = {
     "make_l2": "romanjax.l2",
     "L2": "romanjax.l2",
     "inject_sources_into_l2": "romanjax.inject",
+    "inject_sources_into_l1": "romanjax.inject",
+    "inject_counts_into_l1": "romanjax.l1._inject",
     "expected_resultants": "romanjax.forward",
     "ramp_log_likelihood": "romanjax.forward",
     "fisher_slope_variance": "romanjax.forward",

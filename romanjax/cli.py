@@ -4,7 +4,7 @@
 
     romanjax simulate [--size 512] [--ma-table 4] [--seed 0] [--method likely] [--output DIR]
     romanjax fit L1.asdf [--output L2.asdf] [--method likely] [--no-jumps] [--truth-flags]
-    romanjax inject L2.asdf CATALOG [--output OUT.asdf] [--seed 0] [--psf airy]
+    romanjax inject L2_OR_L1.asdf CATALOG [--output OUT.asdf] [--seed 0] [--psf airy]
 
 Fits find jumps as romancal's default ramp fit does: the likelihood fitter with jump
 detection, from the resultants alone. A simulator's true cosmic-ray flags (``JUMP_DET`` in
@@ -147,13 +147,15 @@ def build_parser() -> argparse.ArgumentParser:
                      help="gain [e/DN] (default: from the file, else 2)")
 
     inject = sub.add_parser(
-        "inject", parents=[common], help="inject catalog sources into an L2 file",
+        "inject", parents=[common], help="inject catalog sources into an L2 or L1 file",
         description="Inject the sources of CATALOG (any astropy-readable table with x, y "
         "[0-based pixels] or ra, dec [deg], and flux [e/s]; optional half_light_radius "
-        "[arcsec], n, q, beta for galaxies) into an L2 file written by romanjax or romanisim, "
-        "and write a new L2 file of the same kind.",
+        "[arcsec], n, q, beta for galaxies) into an L2 file written by romanjax or romanisim "
+        "(refitting the touched pixels; a new L2 file of the same kind), or into the "
+        "resultants of an L1 file (romanjax.inject_sources_into_l1; a romanjax L1 file, to be "
+        "fitted with `romanjax fit`).",
     )  # fmt: skip
-    inject.add_argument("l2", type=Path, metavar="L2.asdf", help="input L2 file")
+    inject.add_argument("l2", type=Path, metavar="FILE.asdf", help="input L2 or L1 file")
     inject.add_argument("catalog", type=Path, metavar="CATALOG", help="source table")
     inject.add_argument("--output", "-o", type=Path, default=None,
                         help="output file (default: next to the input, *_injected.asdf)")
@@ -424,32 +426,35 @@ def _check_catalog_values(table, path) -> None:
 def _inject(args):
     import jax
 
-    from .inject import inject_sources_into_l2
-    from .io import file_kind, open_datamodel, read_l2, write_datamodel, write_l2
+    from .inject import inject_sources_into_l1, inject_sources_into_l2
+    from .io import file_kind, open_datamodel, read_l1, read_l2, write_datamodel, write_l1, write_l2
 
     source, kind = file_kind(args.l2)
-    if kind != "L2":
-        raise UserError(f"{args.l2} is an {kind} file; `romanjax inject` needs an L2 file")
     catalog = _read_catalog(args.catalog, args.format)
     output = args.output or _default_output(args.l2, "_injected")
     if output.resolve() == args.l2.resolve():
-        raise UserError(f"--output {output} would overwrite the input L2 file")
+        raise UserError(f"--output {output} would overwrite the input file")
     _check_outputs([output], args.overwrite)
-    stages = ["injecting sources", "writing L2"]
+    stages = ["injecting sources", f"writing {kind}"]
     bar = _stages(stages, args.quiet)
     start = time.perf_counter()
-    if source == "romanjax":
-        image = read_l2(args.l2)
-    else:
-        image = open_datamodel(args.l2)
-    new = inject_sources_into_l2(image, catalog, key=jax.random.key(args.seed), psf=args.psf,
-                                 method=args.method, progress=not args.quiet)  # fmt: skip
-    _advance(bar, stages[1])
-    if source == "romanjax":
+    key = jax.random.key(args.seed)
+    if kind == "L1":  # into the resultants; written as a romanjax L1 file
+        new = inject_sources_into_l1(read_l1(args.l2), catalog, key=key, psf=args.psf,
+                                     progress=not args.quiet)  # fmt: skip
+        _advance(bar, stages[1])
         new.meta.update(injected_from=str(args.catalog), injected_sources=len(catalog))
-        write_l2(output, new)
+        write_l1(output, new)
     else:
-        write_datamodel(new, output)
+        image = read_l2(args.l2) if source == "romanjax" else open_datamodel(args.l2)
+        new = inject_sources_into_l2(image, catalog, key=key, psf=args.psf,
+                                     method=args.method, progress=not args.quiet)  # fmt: skip
+        _advance(bar, stages[1])
+        if source == "romanjax":
+            new.meta.update(injected_from=str(args.catalog), injected_sources=len(catalog))
+            write_l2(output, new)
+        else:
+            write_datamodel(new, output)
     bar.update(1)
     bar.close()
     print(f"romanjax inject: {len(catalog)} sources from {args.catalog} into {args.l2} -> "

@@ -1,8 +1,10 @@
-"""Inject sources into an existing L2 image (romanisim ``image.inject_sources_into_l2``).
+"""Inject sources into an existing L2 image (romanisim ``image.inject_sources_into_l2``) or
+L1 exposure.
 
 Host-side: galsim renders the sources; the Poisson draw, the apportioning of the new counts
-over the reads (:func:`romanjax.apportion_counts`) and the refit of the touched pixels
-(:func:`romanjax.make_l2`) run in JAX.
+over the reads (:func:`romanjax.apportion_counts`), the refit of the touched L2 pixels
+(:func:`romanjax.make_l2`) and the addition to L1 resultants
+(:func:`romanjax.inject_counts_into_l1`) run in JAX.
 """
 
 from __future__ import annotations
@@ -11,9 +13,9 @@ import copy
 
 import numpy as np
 
-from .io._products import DEFAULT_GAIN, DEFAULT_READ_NOISE, L2Image
+from .io._products import DEFAULT_GAIN, DEFAULT_READ_NOISE, L1Image, L2Image
 
-__all__ = ["inject_sources_into_l2"]
+__all__ = ["inject_sources_into_l2", "inject_sources_into_l1"]
 
 _MIN_BUCKET = 1024
 
@@ -53,6 +55,84 @@ def _optional_column(table, *names):
 def _per_pixel_values(value, mask):
     array = np.asarray(value, np.float64)
     return array[mask] if array.ndim else np.full(int(mask.sum()), float(array))
+
+
+def _source_counts(function, catalog, wcs, shape, pattern, key, psf, stamp_size, progress):
+    """Poisson electrons ``[*shape]`` (int64) of the catalog's sources over the exposure,
+    and the key left for apportioning them."""
+    import jax
+    import jax.numpy as jnp
+
+    from .scene import pixel_positions, render_sources
+
+    table = _as_table(catalog)
+    if "flux" not in table.colnames:
+        raise ValueError(
+            f"{function}: `catalog` needs a `flux` column [e/s]; it has {table.colnames}"
+        )
+    try:
+        x, y = pixel_positions(table, wcs, shape)
+    except ValueError as error:
+        raise ValueError(f"{function}: {error}") from None
+    flux = np.asarray(table["flux"], float)
+    expected = render_sources(
+        shape, x, y, flux * pattern.exposure_time, wcs=wcs, psf=psf,
+        half_light_radius=_optional_column(table, "half_light_radius"),
+        sersic_n=_optional_column(table, "n", "sersic_n"),
+        axis_ratio=_optional_column(table, "q", "axis_ratio"),
+        position_angle=_optional_column(table, "beta", "position_angle"),
+        stamp_size=stamp_size, progress=progress,
+    )  # fmt: skip
+    candidates = expected != 0
+    key_counts, key_reads = jax.random.split(key)
+    lam = np.clip(expected[candidates], 0, None)
+    counts = np.zeros(shape, np.int64)
+    counts[candidates] = np.asarray(jax.random.poisson(key_counts, jnp.asarray(lam)))
+    return counts, key_reads
+
+
+def inject_sources_into_l1(image: L1Image, catalog, *, key, psf=None, gain=None,
+                           saturation=55000.0, stamp_size=None, progress=False) -> L1Image:
+    """Add sources to an L1 exposure as if they had been in it; returns a new L1Image.
+
+    The sources are rendered and drawn as :func:`inject_sources_into_l2` draws them
+    (expected electrons ``flux * exposure_time`` drawn with galsim, Poisson counts), then
+    apportioned over the reads and added to the resultants by
+    :func:`romanjax.inject_counts_into_l1`: new cosmic rays are not added, existing flags
+    are kept, saturation is applied and flagged again, and pixels that receive no electrons
+    are unchanged bit for bit. The result is an L1 like any other: fit it with
+    :func:`romanjax.make_l2` (jump detection then treats the pixels with cosmic rays as the
+    pipeline would, which L2 injection cannot).
+
+    Parameters
+    ----------
+    image : romanjax.io.L1Image
+        The L1 exposure (e.g. :func:`romanjax.io.read_l1` of a romanjax or romanisim file);
+        not modified. Its response must be linear in charge (see
+        :func:`romanjax.inject_counts_into_l1`).
+    catalog, key, psf, stamp_size, progress
+        As :func:`inject_sources_into_l2`.
+    gain : float or array ``[ny, nx]``, optional
+        [e/DN]; default the image's gain.
+    saturation : float or array ``[ny, nx]``
+        [DN] (default 55000, :func:`romanjax.simulate_l1`'s).
+    """
+    from .l1._inject import inject_counts_into_l1
+
+    if not isinstance(image, L1Image):
+        raise ValueError("inject_sources_into_l1: `image` must be a romanjax.io.L1Image, got "
+                         f"{type(image).__name__}")  # fmt: skip
+    gain = image.gain if gain is None else gain
+    shape = tuple(image.resultants.shape[1:])
+    counts, key_reads = _source_counts("inject_sources_into_l1", catalog, image.wcs, shape,
+                                       image.pattern, key, psf, stamp_size, progress)  # fmt: skip
+    new = inject_counts_into_l1(key_reads, image.resultants, counts, image.pattern,
+                                dq=image.dq, gain=gain, saturation=saturation)  # fmt: skip
+    out = copy.copy(image)
+    out.resultants = np.asarray(new.resultants).astype(image.resultants.dtype, copy=False)
+    out.dq = np.asarray(new.dq, np.uint32)
+    out.meta = dict(image.meta)
+    return out
 
 
 def inject_sources_into_l2(image, catalog, *, key, psf=None, gain=None, read_noise=None,
@@ -113,13 +193,10 @@ def inject_sources_into_l2(image, catalog, *, key, psf=None, gain=None, read_noi
         If ``image`` is not an L2 image, the catalog lacks ``flux`` or positions, or
         positions are given as ``ra``, ``dec`` for an image without WCS.
     """
-    import jax
-    import jax.numpy as jnp
 
     import romanjax
 
     from .l2 import make_l2
-    from .scene import pixel_positions, render_sources
 
     if isinstance(image, L2Image):
         out = image.copy()
@@ -149,33 +226,10 @@ def inject_sources_into_l2(image, catalog, *, key, psf=None, gain=None, read_noi
     gain = image_gain if gain is None else gain
     read_noise = image_read_noise if read_noise is None else read_noise
 
-    table = _as_table(catalog)
-    if "flux" not in table.colnames:
-        raise ValueError(
-            f"inject_sources_into_l2: `catalog` needs a `flux` column [e/s]; it has "
-            f"{table.colnames}"
-        )
-    try:
-        x, y = pixel_positions(table, wcs, np.shape(out.data))
-    except ValueError as error:
-        raise ValueError(f"inject_sources_into_l2: {error}") from None
-    flux = np.asarray(table["flux"], float)
     data = np.asarray(out.data)
     shape = data.shape
-    exposure_time = pattern.exposure_time
-    expected = render_sources(
-        shape, x, y, flux * exposure_time, wcs=wcs, psf=psf,
-        half_light_radius=_optional_column(table, "half_light_radius"),
-        sersic_n=_optional_column(table, "n", "sersic_n"),
-        axis_ratio=_optional_column(table, "q", "axis_ratio"),
-        position_angle=_optional_column(table, "beta", "position_angle"),
-        stamp_size=stamp_size, progress=progress,
-    )  # fmt: skip
-    candidates = expected != 0
-    key_counts, key_reads = jax.random.split(key)
-    lam = np.clip(expected[candidates], 0, None)
-    counts = np.zeros(shape, np.int64)
-    counts[candidates] = np.asarray(jax.random.poisson(key_counts, jnp.asarray(lam)))
+    counts, key_reads = _source_counts("inject_sources_into_l2", catalog, wcs, shape, pattern,
+                                       key, psf, stamp_size, progress)  # fmt: skip
     mask = counts != 0
     n_pixels = int(mask.sum())
     if n_pixels == 0:

@@ -2,6 +2,8 @@
 
 from ._apportion import apportion_counts
 from ._effects import IPC_KERNEL, CosmicRayParams
+from ._inject import inject_counts_into_l1
 from ._simulate import L1, simulate_l1
 
-__all__ = ["apportion_counts", "simulate_l1", "L1", "IPC_KERNEL", "CosmicRayParams"]
+__all__ = ["apportion_counts", "simulate_l1", "L1", "IPC_KERNEL", "CosmicRayParams",
+           "inject_counts_into_l1"]

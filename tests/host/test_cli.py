@@ -205,11 +205,31 @@ def test_wrong_kind_and_bad_catalog(simulated, tmp_path, capsys):
     assert main(["fit", str(simulated / "romanjax_L2.asdf"), "-o", str(tmp_path / "x")]) == 1
     assert "expected an L1" in capsys.readouterr().err
     assert main(["inject", str(simulated / "romanjax_L1.asdf"), "c.csv"]) == 1
-    assert "needs an L2" in capsys.readouterr().err
+    assert "no such file: c.csv" in capsys.readouterr().err
     bad = tmp_path / "bad.csv"
     Table({"x": [1.0], "y": [2.0]}).write(bad)
     assert main(["inject", str(simulated / "romanjax_L2.asdf"), str(bad)]) == 1
     assert "flux" in capsys.readouterr().err
+
+
+@needs_pipeline
+def test_inject_into_an_l1_file(simulated, tmp_path):
+    """`romanjax inject` on an L1 adds the sources to its resultants; `romanjax fit` of the
+    result shows them."""
+    catalog = tmp_path / "stars.csv"
+    Table({"x": [20.0], "y": [24.0], "flux": [3000.0]}).write(catalog)
+    l1_path = simulated / "romanjax_L1.asdf"
+    out = tmp_path / "injected_L1.asdf"
+    assert main(["inject", str(l1_path), str(catalog), "-o", str(out), "-q"]) == 0
+    before, after = read_l1(l1_path), read_l1(out)
+    assert after.meta["injected_sources"] == 1 and after.pattern == before.pattern
+    delta = after.resultants[-1].astype(np.float64) - before.resultants[-1]
+    assert delta[24, 20] > 1000  # [DN] at the star's centre
+    assert np.abs(delta[:, 40:]).max() <= 5  # the Airy wings only, far from the star
+    fitted = tmp_path / "injected_L2.asdf"
+    assert main(["fit", str(out), "-o", str(fitted), "-q"]) == 0
+    rate = read_l2(fitted).data.astype(np.float64) - read_l2(simulated / "romanjax_L2.asdf").data
+    assert abs(rate[12:37, 8:33].sum() * 2.0 / 3000.0 - 1) < 0.1  # the stamp holds ~97%
 
 
 @needs_pipeline
