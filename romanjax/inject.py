@@ -13,6 +13,7 @@ import copy
 
 import numpy as np
 
+from . import dq as dqflags
 from .io._products import DEFAULT_GAIN, DEFAULT_READ_NOISE, L1Image, L2Image
 
 __all__ = ["inject_sources_into_l2", "inject_sources_into_l1"]
@@ -50,6 +51,22 @@ def _optional_column(table, *names):
         if name in table.colnames:
             return np.asarray(table[name], float)
     return None
+
+
+def _pixel_flags(image, shape):
+    try:
+        dq = image.dq
+    except (AttributeError, KeyError):
+        dq = None
+    return np.zeros(shape, np.uint32) if dq is None else np.asarray(dq).astype(np.uint32)
+
+
+def _old_values(image, name, mask):
+    try:
+        values = getattr(image, name)
+    except (AttributeError, KeyError):
+        return None
+    return None if values is None else np.asarray(values, np.float64)[mask]
 
 
 def _per_pixel_values(value, mask):
@@ -150,6 +167,15 @@ def inject_sources_into_l2(image, catalog, *, key, psf=None, gain=None, read_noi
     ``dq`` is unchanged. Because the fitted slope is linear in the ramp, the new slope is
     the old slope plus the fitted injected slope; weights and Poisson variance follow the
     total signal, and the read variance is recomputed from the read noise.
+
+    Pixels whose dq carries ``JUMP_DET``, ``SATURATED`` or ``DO_NOT_USE`` were fitted from
+    split ramps, whose read-noise variance the unsplit virtual ramp would understate: they
+    keep their ``var_rnoise`` (never smaller) and get their old ``var_poisson`` plus the
+    Poisson variance of the new electrons (the refit's, times the new share of the rate).
+    Arrays of a fit that the refit cannot recompute (romancal's ``chisq`` and ``dumo``) keep
+    their values: the injected electrons follow a straight ramp in expectation, so they
+    change neither beyond their own noise. For cosmic-ray pixels treated as the pipeline
+    would, inject into the L1 instead (:func:`inject_sources_into_l1`).
 
     Parameters
     ----------
@@ -254,6 +280,21 @@ def inject_sources_into_l2(image, catalog, *, key, psf=None, gain=None, read_noi
     slope = np.asarray(fitted.slope)[:n_pixels]
     var_rnoise = np.asarray(fitted.var_rnoise)[:n_pixels]
     var_poisson = np.asarray(fitted.var_poisson)[:n_pixels]
+    # Pixels whose ramp was split (a jump, saturation) or flagged: the noiseless virtual ramp
+    # is one unsplit ramp, whose read-noise variance is smaller than the split ramp's. They
+    # keep their read-noise variance and add the Poisson variance of the new electrons
+    # (the refit's Poisson variance, proportional to the rate, times the new share of it).
+    flags = _pixel_flags(out, shape)[mask]
+    split = (flags & (dqflags.DO_NOT_USE_IN_FIT | dqflags.DO_NOT_USE)) != 0
+    if split.any():
+        old_rnoise = _old_values(out, "var_rnoise", mask)
+        old_poisson = _old_values(out, "var_poisson", mask)
+        new_share = np.clip(1 - old_slope[:n_pixels] / np.where(slope > 0, slope, np.inf),
+                            0, 1)  # fmt: skip
+        if old_rnoise is not None:
+            var_rnoise = np.where(split, np.maximum(old_rnoise, var_rnoise), var_rnoise)
+        if old_poisson is not None:
+            var_poisson = np.where(split, old_poisson + var_poisson * new_share, var_poisson)
 
     def replace(name, values):
         try:

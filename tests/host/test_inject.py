@@ -259,3 +259,36 @@ def test_injection_into_l1_recovers_the_flux():
     delta = fit(new) - fit(image)
     recovered = delta[box].sum() * 2.0  # [e/s]
     assert abs(recovered / rendered[box].sum() - 1) < 0.02
+
+
+def test_flagged_pixels_keep_their_read_noise_variance():
+    """A pixel whose ramp was split (JUMP_DET) keeps its larger read-noise variance and adds
+    the new electrons' Poisson variance; unflagged pixels are refitted as before."""
+    image = flat_l2((48, 48))
+    flagged = (slice(20, 29), slice(20, 29))
+    dq = image.dq.copy()
+    dq[flagged] = romanjax.dq.JUMP_DET
+    image.dq = dq
+    var_r = image.var_rnoise.copy()
+    var_r[flagged] *= 4.0  # as a split ramp's read-noise variance is larger
+    image.var_rnoise, image.err = var_r, np.sqrt(var_r + image.var_poisson)
+    cat = Table({"x": [24.0], "y": [24.0], "flux": [2000.0]})
+    new = inject_sources_into_l2(image, cat, key=jax.random.key(2), stamp_size=STAMP)
+    changed = new.data != image.data
+    split = changed & (dq != 0)
+    unsplit = changed & (dq == 0)
+    assert split.sum() > 50 and unsplit.sum() > 50
+    np.testing.assert_array_equal(new.var_rnoise[split], image.var_rnoise[split])
+    assert np.all(new.var_poisson[split] >= image.var_poisson[split])
+    assert np.all(new.var_poisson[24, 24] > 10 * image.var_poisson[24, 24])
+    # the same injection into the image without flags: the same slopes everywhere, the same
+    # variances on the unflagged pixels, and a smaller read-noise variance on the others
+    plain = inject_sources_into_l2(flat_l2((48, 48)), cat, key=jax.random.key(2),
+                                   stamp_size=STAMP)  # fmt: skip
+    np.testing.assert_array_equal(new.data, plain.data)
+    for name in ("var_rnoise", "var_poisson"):
+        np.testing.assert_array_equal(getattr(new, name)[unsplit], getattr(plain, name)[unsplit])
+    assert np.all(plain.var_rnoise[split] < new.var_rnoise[split])
+    np.testing.assert_allclose(new.err[changed] ** 2,
+                               new.var_rnoise[changed] + new.var_poisson[changed], rtol=1e-5)
+    assert np.array_equal(new.dq, image.dq)
