@@ -229,3 +229,17 @@ def test_empty_frames_and_bad_read_indices():
     assert fit.slope.shape == (0, 5)
     with pytest.raises(ValueError, match="read index '1' in resultant 0 is not an integer"):
         romanjax.ReadPattern([["1"], ["2"]])
+
+
+def test_integer_resultants_are_fitted_as_floats(float_dtype):
+    """uint16 resultants (as L1 files hold them) fit as the same values in floats."""
+    flux, resultants = _ramps(np.float64)
+    whole = np.round(resultants / 2.0)  # [DN], whole numbers below 2**16
+    as_uint16 = whole.astype(np.uint16)
+    for method in sorted(FITTERS):
+        a = romanjax.make_l2(as_uint16, MA4, read_noise=2.5, gain=2.0, method=method)
+        b = romanjax.make_l2(whole.astype(float_dtype), MA4, read_noise=2.5, gain=2.0,
+                             method=method)  # fmt: skip
+        assert np.asarray(a.slope).dtype == float_dtype
+        np.testing.assert_allclose(np.asarray(a.slope), np.asarray(b.slope), rtol=1e-6)
+        np.testing.assert_allclose(np.asarray(a.slope), flux / 2.0, rtol=2e-2)
