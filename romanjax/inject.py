@@ -133,6 +133,17 @@ def inject_sources_into_l1(image: L1Image, catalog, *, key, psf=None, gain=None,
         [e/DN]; default the image's gain.
     saturation : float or array ``[ny, nx]``
         [DN] (default 55000, :func:`romanjax.simulate_l1`'s).
+
+    Returns
+    -------
+    romanjax.io.L1Image
+        A new L1 image: the resultants with the sources' electrons, the flags with any new
+        ``SATURATED``; pattern, gain, read noise and WCS as the input's.
+
+    Raises
+    ------
+    ValueError
+        If ``image`` is not an L1Image, or the catalog lacks ``flux`` or positions.
     """
     from .l1._inject import inject_counts_into_l1
 
