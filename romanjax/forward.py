@@ -107,8 +107,8 @@ def _tridiagonal_parts(pattern: ReadPattern):
     return np.diagonal(read_part).copy(), read_off, np.diagonal(poisson_part).copy(), poisson_off
 
 
-@partial(jax.jit, static_argnames=("pattern",))
-def _log_likelihood(resultants, flux, read_noise, pedestal, *, pattern):
+@partial(jax.jit, static_argnames=("pattern", "free_pedestal"))
+def _log_likelihood(resultants, flux, read_noise, pedestal, *, pattern, free_pedestal=False):
     n = pattern.n_resultants
     dtype = resultants.dtype
     shape = jnp.broadcast_shapes(resultants.shape[1:], flux.shape, read_noise.shape,
@@ -124,6 +124,12 @@ def _log_likelihood(resultants, flux, read_noise, pedestal, *, pattern):
     sigma2 = jnp.square(read_noise)
     diag = jnp.broadcast_to(sigma2 * read_diag + flux * poisson_diag, (n,) + shape)
     off = jnp.broadcast_to(sigma2 * read_off + flux * poisson_off, (n,) + shape)
+    if free_pedestal:
+        # only d_0 = R_0 depends on the pedestal: the likelihood of d_1..d_{n-1} (their
+        # covariance is the trailing block of the tridiagonal matrix, so the coupling
+        # C_{0,1} goes) is free of it
+        e, diag, off = e[1:], diag[1:], off[1:].at[0].set(0)
+        n = n - 1
 
     def step(carry, inputs):
         # L D L^T of a symmetric tridiagonal matrix: D_i = C_ii - C_{i-1,i}**2 / D_{i-1},
@@ -155,7 +161,8 @@ def _log_likelihood(resultants, flux, read_noise, pedestal, *, pattern):
 
 
 def ramp_log_likelihood(resultants: ArrayLike, pattern: ReadPattern, flux: ArrayLike,
-                        read_noise: ArrayLike, *, pedestal: ArrayLike = 0.0) -> jax.Array:
+                        read_noise: ArrayLike, *,
+                        pedestal: ArrayLike | None = 0.0) -> jax.Array:  # fmt: skip
     """Gaussian log-likelihood of observed resultants under the exact ramp covariance.
 
     ``log N(R | p + f tbar, C)`` with ``C_ii = sigma**2 / N_i + f tau_i`` and
@@ -175,8 +182,13 @@ def ramp_log_likelihood(resultants: ArrayLike, pattern: ReadPattern, flux: Array
         Count rate [e/s] of the model (mean and Poisson covariance).
     read_noise : float or array broadcasting against ``[*pixels]``
         Read noise of ONE read [e] (not CDS).
-    pedestal : float or array broadcasting against ``[*pixels]``, optional
-        Charge at reset [e] (the mean of the resultants at t = 0). Default 0.
+    pedestal : float or array broadcasting against ``[*pixels]``, or None, optional
+        Charge at reset [e] (the mean of the resultants at t = 0). Default 0. ``None``: the
+        pedestal is unknown, and the function returns the log-likelihood of the resultant
+        differences ``R_i - R_{i-1}`` (i >= 1), which do not depend on it (the marginal
+        likelihood of the flux under a flat prior on the pedestal, up to a constant; its
+        Fisher information about the flux is the free-pedestal information of
+        :func:`fisher_slope_variance`). Needs at least two resultants.
 
     Returns
     -------
@@ -217,6 +229,14 @@ def ramp_log_likelihood(resultants: ArrayLike, pattern: ReadPattern, flux: Array
             f"ramp_log_likelihood: `resultants` has {resultants.shape[0]} resultants on axis 0 "
             f"but the read pattern has {pattern.n_resultants}"
         )
+    free_pedestal = pedestal is None
+    if free_pedestal:
+        if pattern.n_resultants < 2:
+            raise ValueError(
+                "ramp_log_likelihood: `pedestal=None` (unknown pedestal) needs at least two "
+                "resultants"
+            )
+        pedestal = 0.0
     _broadcast_shape(
         "ramp_log_likelihood", pixels=resultants.shape[1:], flux=flux,
         read_noise=read_noise, pedestal=pedestal,
@@ -225,6 +245,7 @@ def ramp_log_likelihood(resultants: ArrayLike, pattern: ReadPattern, flux: Array
     return _log_likelihood(
         jnp.asarray(resultants, dtype), jnp.asarray(flux, dtype),
         jnp.asarray(read_noise, dtype), jnp.asarray(pedestal, dtype), pattern=pattern,
+        free_pedestal=free_pedestal,
     )  # fmt: skip
 
 
