@@ -33,7 +33,7 @@ _EXPORTS = {
     "simulate_frame": "romanjax._batch",
     "apportion_frame": "romanjax._batch",
 }
-_SUBMODULES = {"dq", "testing", "ramp", "l1", "io"}
+_SUBMODULES = {"dq", "testing", "ramp", "l1", "io", "jax_scene"}
 
 __all__ = sorted(_EXPORTS) + ["dq", "__version__"]
 

@@ -72,7 +72,8 @@ def test_nav_lists_every_page():
                 walk(value)
 
     walk(config["nav"])
-    pages = {str(p.relative_to(DOCS)) for p in DOCS.rglob("*.md")}
+    pages = {str(p.relative_to(DOCS)) for pattern in ("*.md", "*.ipynb")
+             for p in DOCS.rglob(pattern) if ".ipynb_checkpoints" not in p.parts}
     assert pages == listed
 
 
@@ -105,3 +106,9 @@ def test_mkdocs_build_strict(tmp_path):
     assert (tmp_path / "api" / "forward" / "index.html").exists()
     html = (tmp_path / "api" / "ramp" / "index.html").read_text()
     assert "fit_ramps_likely" in html and "fit_ramps_casertano" in html
+    # every notebook has a page that shows its stored figures
+    notebooks = sorted((DOCS / "notebooks").glob("*.ipynb"))
+    assert notebooks
+    for notebook in notebooks:
+        page = (tmp_path / "notebooks" / notebook.stem / "index.html").read_text()
+        assert page.count("data:image/png;base64,") >= 1, notebook.name
