@@ -93,6 +93,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="replace output files that exist (default: refuse)")
     common.add_argument("--debug", action="store_true",
                         help="show the Python traceback of an unexpected error")
+    common.add_argument("--product-format", choices=("roman", "romanjax"), default="roman",
+                        help="L1/L2 file format (default roman: roman_datamodels "
+                             "ScienceRawModel / ImageModel files, as romanisim writes; "
+                             "romanjax: romanjax's own ASDF layout)")
     fitting = argparse.ArgumentParser(add_help=False)
     fitting.add_argument("--method", choices=METHODS, default="likely",
                          help="ramp fitter (default likely: romancal's default, with jump "
@@ -247,8 +251,10 @@ def _simulate(args):
 
     import romanjax
 
-    from .io import L1Image, L2Image, atomic_path, write_l1, write_l2
+    from .io import L1Image, L2Image, atomic_path
     from .scene import make_scene
+
+    write_l1, write_l2 = _writers(args)
 
     if args.ma_table not in romanjax.MA_TABLES:
         raise UserError(
@@ -345,8 +351,9 @@ def _fit(args):
 
     import romanjax
 
-    from .io import L2Image, read_l1, write_l2
+    from .io import L2Image, read_l1
 
+    _, write_l2 = _writers(args)
     l1 = read_l1(args.l1)
     gain = l1.gain if args.gain is None else args.gain
     read_noise = l1.read_noise if args.read_noise is None else args.read_noise
@@ -423,12 +430,36 @@ def _check_catalog_values(table, path) -> None:
                             f"(rows {listed})")  # fmt: skip
 
 
+def _writers(args):
+    """The L1 and L2 writers of ``--product-format``."""
+    from . import io
+
+    if args.product_format == "romanjax":
+        return io.write_l1, io.write_l2
+    try:
+        import roman_datamodels  # noqa: F401
+    except ImportError:
+        raise UserError(
+            "--product-format roman needs roman_datamodels (pip install 'romanjax[datamodels]'); "
+            "or pass --product-format romanjax"
+        ) from None
+    return io.write_roman_l1, io.write_roman_l2
+
+
 def _inject(args):
     import jax
 
     from .inject import inject_sources_into_l1, inject_sources_into_l2
-    from .io import file_kind, open_datamodel, read_l1, read_l2, write_datamodel, write_l1, write_l2
+    from .io import (
+        file_kind,
+        has_romanjax_extras,
+        open_datamodel,
+        read_l1,
+        read_l2,
+        write_datamodel,
+    )
 
+    write_l1, write_l2 = _writers(args)
     source, kind = file_kind(args.l2)
     catalog = _read_catalog(args.catalog, args.format)
     output = args.output or _default_output(args.l2, "_injected")
@@ -439,18 +470,21 @@ def _inject(args):
     bar = _stages(stages, args.quiet)
     start = time.perf_counter()
     key = jax.random.key(args.seed)
-    if kind == "L1":  # into the resultants; written as a romanjax L1 file
+    if kind == "L1":  # into the resultants; written in --product-format
         new = inject_sources_into_l1(read_l1(args.l2), catalog, key=key, psf=args.psf,
                                      progress=not args.quiet)  # fmt: skip
         _advance(bar, stages[1])
         new.meta.update(injected_from=str(args.catalog), injected_sources=len(catalog))
         write_l1(output, new)
     else:
-        image = read_l2(args.l2) if source == "romanjax" else open_datamodel(args.l2)
+        # romanjax's files (either format) are read whole; other Roman files are injected
+        # into as datamodels and written back as such
+        ours = source == "romanjax" or has_romanjax_extras(args.l2)
+        image = read_l2(args.l2) if ours else open_datamodel(args.l2)
         new = inject_sources_into_l2(image, catalog, key=key, psf=args.psf,
                                      method=args.method, progress=not args.quiet)  # fmt: skip
         _advance(bar, stages[1])
-        if source == "romanjax":
+        if ours:
             new.meta.update(injected_from=str(args.catalog), injected_sources=len(catalog))
             write_l2(output, new)
         else:

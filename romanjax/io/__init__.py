@@ -9,6 +9,7 @@ from ._asdf import (
     ProductFileError,
     atomic_path,
     file_kind,
+    has_romanjax_extras,
     open_datamodel,
     read_l1,
     read_l2,
@@ -18,6 +19,7 @@ from ._asdf import (
     write_l2,
 )
 from ._products import DEFAULT_GAIN, DEFAULT_READ_NOISE, L1Image, L2Image
+from ._roman import gwcs_from_fits, to_roman_l1, to_roman_l2, write_roman_l1, write_roman_l2
 
 __all__ = [
     "L1Image",
@@ -28,6 +30,7 @@ __all__ = [
     "ProductFileError",
     "atomic_path",
     "file_kind",
+    "has_romanjax_extras",
     "open_datamodel",
     "read_l1",
     "read_l2",
@@ -35,4 +38,9 @@ __all__ = [
     "write_datamodel",
     "write_l1",
     "write_l2",
+    "gwcs_from_fits",
+    "to_roman_l1",
+    "to_roman_l2",
+    "write_roman_l1",
+    "write_roman_l2",
 ]

@@ -228,6 +228,12 @@ def _roman_node_kind(node):
     return None
 
 
+def has_romanjax_extras(path) -> bool:
+    """Whether ``path`` is a Roman datamodel file romanjax wrote (it carries romanjax's
+    ``romanjax_extras`` node beside ``roman``)."""
+    return isinstance(_open_tree(path).get("romanjax_extras"), dict)
+
+
 def file_kind(path) -> tuple[str, str]:
     """``(source, kind)`` of an ASDF product file: source ``"romanjax"`` or ``"roman"``
     (roman_datamodels / romanisim), kind ``"L1"`` or ``"L2"``."""
@@ -339,7 +345,46 @@ def _roman_wcs(node):
         return None
 
 
+def _extras(tree, kind, path):
+    """romanjax's ``romanjax_extras`` node of a Roman datamodel file it wrote (see
+    :mod:`romanjax.io._roman`), or an empty dict."""
+    extras = tree.get("romanjax_extras")
+    if not isinstance(extras, dict):
+        return {}
+    if extras.get("kind") != kind:
+        raise ProductFileError(
+            f"{path}: a Roman {kind} file whose romanjax extras are for {extras.get('kind')!r}"
+        )
+    return extras
+
+
+def _extras_wcs(extras):
+    header = extras.get("fits_wcs")
+    if not header:
+        return None
+    from astropy.wcs import WCS
+
+    return WCS(header)
+
+
+def _with_extras(product, extras, path):
+    """Gain, read noise, provenance and an astropy WCS from the extras, where present."""
+    for name in ("gain", "read_noise"):
+        if name in extras:
+            setattr(product, name, _scalar_or_array(extras[name]))
+    if isinstance(extras.get("meta"), dict):
+        product.meta = {**product.meta, **extras["meta"]}  # as written, as romanjax files
+    if extras.get("fits_wcs"):  # the exact astropy WCS the file was written from
+        product.wcs = _extras_wcs(extras)
+    return product
+
+
 def _from_roman(node, kind, tree, path):
+    extras = _extras(tree, kind, path)
+    return _with_extras(_from_roman_node(node, kind, tree, path, extras), extras, path)
+
+
+def _from_roman_node(node, kind, tree, path, extras):
     pattern = _roman_pattern(node, path)
     meta = {"source_file": str(path), "source_format": type(node).__name__}
     if kind == "L1":
@@ -357,8 +402,10 @@ def _from_roman(node, kind, tree, path):
             resultants = resultants + np.asarray(reference, np.float32)[None] - np.float32(offset)
         b = NBORDER
         resultants = resultants[:, b:-b, b:-b]
-        extras = tree.get("romanisim") or {}
-        dq = extras.get("dq") if isinstance(extras, dict) else None
+        romanisim = tree.get("romanisim") or {}
+        dq = romanisim.get("dq") if isinstance(romanisim, dict) else None
+        if "dq" in extras:
+            dq = extras["dq"]
         if dq is None:
             dq = np.zeros(resultants.shape, np.uint32)
         else:
@@ -374,9 +421,10 @@ def _from_roman(node, kind, tree, path):
         return L1Image(resultants=resultants, dq=dq, pattern=pattern, wcs=_roman_wcs(node),
                        meta=meta)  # fmt: skip
     data = np.asarray(node.data)
-    var_poisson = np.asarray(_roman_get(node, "var_poisson", np.zeros_like(data)))
-    err = _roman_get(node, "err")
-    var_rnoise = _roman_get(node, "var_rnoise")
+    var_poisson = np.asarray(extras.get("var_poisson",
+                                        _roman_get(node, "var_poisson", np.zeros_like(data))))
+    err = extras.get("err", _roman_get(node, "err"))
+    var_rnoise = extras.get("var_rnoise", _roman_get(node, "var_rnoise"))
     if var_rnoise is None:
         var_rnoise = (
             np.clip(np.square(np.asarray(err)) - var_poisson, 0, None).astype(data.dtype)

@@ -113,6 +113,24 @@ def test_simulate_writes_readable_files(simulated):
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_simulate_writes_roman_datamodels_by_default_and_romanjax_files_on_request(
+        simulated, tmp_path):  # fmt: skip
+    rdm = pytest.importorskip("roman_datamodels")
+    from romanjax.io import file_kind
+
+    for name, model_type in (("romanjax_L1.asdf", "ScienceRawModel"),
+                             ("romanjax_L2.asdf", "ImageModel")):  # fmt: skip
+        assert file_kind(simulated / name)[0] == "roman"
+        with rdm.open(simulated / name) as model:
+            model.validate()
+            assert type(model).__name__ == model_type
+    out = tmp_path / "own"
+    assert main(["simulate", "--size", "16", "--output", str(out), "-q", "--no-png",
+                 "--product-format", "romanjax"]) == 0  # fmt: skip
+    assert file_kind(out / "romanjax_L1.asdf") == ("romanjax", "L1")
+    assert file_kind(out / "romanjax_L2.asdf") == ("romanjax", "L2")
+
+
 @needs_pipeline
 def test_fit_command_matches_simulate(simulated, tmp_path, capsys):
     out = tmp_path / "refit_L2.asdf"

@@ -244,3 +244,82 @@ def test_romanisim_l2_round_trips_as_romanjax_file_with_gwcs(romanisim_files, tm
     x, y = np.array([1.0, 20.0]), np.array([3.0, 30.0])
     np.testing.assert_allclose(np.array(back.wcs(x, y)), np.array(l2.wcs(x, y)), atol=1e-12)
     assert np.array_equal(back.data, l2.data) and np.array_equal(back.dq, l2.dq)
+
+
+# -- Roman datamodel files written by romanjax (romanjax.io.write_roman_l1 / write_roman_l2) --
+
+def _integer_l1(rng):
+    l1 = make_l1_image(rng)
+    l1.resultants = np.rint(l1.resultants)
+    return l1
+
+
+def test_roman_l1_opens_and_validates_in_roman_datamodels_and_round_trips(tmp_path, rng):
+    rdm = pytest.importorskip("roman_datamodels")
+    from romanjax.io import write_roman_l1
+
+    l1 = _integer_l1(rng)
+    path = write_roman_l1(tmp_path / "r_L1.asdf", l1)
+    with rdm.open(path) as model:
+        model.validate()
+        assert type(model).__name__ == "ScienceRawModel"
+        b = NBORDER
+        assert model.data.dtype == np.uint16
+        assert model.data.shape == (l1.pattern.n_resultants, 6 + 2 * b, 7 + 2 * b)
+        np.testing.assert_array_equal(model.data[:, b:-b, b:-b], l1.resultants)
+        assert not model.data[:, :b].any()  # the reference-pixel border carries no signal
+        assert model.meta.exposure.read_pattern == [list(r) for r in l1.pattern.reads]
+        assert model.meta.exposure.nresultants == l1.pattern.n_resultants
+        assert model.meta.exposure.frame_time == pytest.approx(l1.pattern.read_time)
+    back = read_l1(path)
+    assert file_kind(path) == ("roman", "L1")
+    assert np.array_equal(back.resultants, l1.resultants)
+    assert np.array_equal(back.dq, l1.dq) and back.pattern == l1.pattern
+    assert np.array_equal(back.gain, l1.gain) and back.read_noise == 5.0
+    assert_same_wcs(back.wcs, l1.wcs, l1.shape)
+    assert back.meta["seed"] == 3
+
+
+def test_roman_l2_opens_and_validates_with_an_equal_gwcs(tmp_path, rng):
+    rdm = pytest.importorskip("roman_datamodels")
+    from romanjax.io import write_roman_l2
+
+    l2 = make_l2_image(rng)
+    path = write_roman_l2(tmp_path / "r_L2.asdf", l2)
+    with rdm.open(path) as model:
+        model.validate()
+        assert type(model).__name__ == "ImageModel"
+        np.testing.assert_array_equal(model.data, l2.data)
+        np.testing.assert_array_equal(model.dq, l2.dq)
+        # the schema's float16 variances hold about three significant digits
+        np.testing.assert_allclose(np.asarray(model.var_poisson, np.float32), l2.var_poisson,
+                                   rtol=1e-3)  # fmt: skip
+        np.testing.assert_allclose(np.asarray(model.err, np.float32), l2.err, rtol=1e-3)
+        # meta.wcs: a gwcs equal to the astropy TAN WCS the image was made with
+        y, x = np.indices(l2.shape)
+        np.testing.assert_allclose(np.array(model.meta.wcs(x, y)),
+                                   np.array(l2.wcs.pixel_to_world_values(x, y)),
+                                   rtol=0, atol=1e-9)  # fmt: skip
+    back = read_l2(path)
+    for name in ("data", "var_rnoise", "var_poisson", "err", "dq"):
+        assert np.array_equal(getattr(back, name), getattr(l2, name)), name  # full precision
+    assert back.pattern == l2.pattern and back.meta["note"] == "test"
+    # without a WCS, meta.wcs is None (romancal's ramp-fit output before assign_wcs)
+    l2.wcs = None
+    with rdm.open(write_roman_l2(tmp_path / "nowcs_L2.asdf", l2)) as model:
+        model.validate()
+        assert model.meta.wcs is None
+
+
+def test_roman_l1_refuses_values_uint16_cannot_hold(tmp_path, rng):
+    pytest.importorskip("roman_datamodels")
+    from romanjax.io import write_roman_l1
+
+    l1 = make_l1_image(rng)  # fractional DN
+    with pytest.raises(ValueError, match="`resultants`"):
+        write_roman_l1(tmp_path / "x_L1.asdf", l1)
+    l1 = _integer_l1(rng)
+    l1.resultants[0, 0, 0] = 70000.0
+    with pytest.raises(ValueError, match="uint16"):
+        write_roman_l1(tmp_path / "x_L1.asdf", l1)
+    assert not (tmp_path / "x_L1.asdf").exists()

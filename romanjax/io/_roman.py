@@ -1,0 +1,205 @@
+"""Writing romanjax products as Roman datamodel files (roman_datamodels ``ScienceRawModel`` for
+L1, ``ImageModel`` for L2) that ``roman_datamodels.open`` reads and validates.
+
+Layout, as romanisim writes them:
+
+* L1: ``data`` [DN] uint16 ``[n_resultant, ny + 8, nx + 8]``: the science pixels surrounded
+  by the 4-pixel reference-pixel border (zeros here: the simulation has no reference-pixel
+  signal); ``meta.exposure`` carries the read pattern (``read_pattern``, ``nresultants``,
+  ``frame_time`` = the time of one read [s], ``exposure_time``).
+* L2: ``data`` [DN/s] float32, ``dq`` uint32, and the schema's float16 ``err``,
+  ``var_poisson`` and ``var_rnoise`` [(DN/s)**2] (float16 is what the schema asks for: about
+  three significant digits).
+
+What the schema has no place for (the L1 resultant flags, the full-precision variances, the
+gain and read noise, romanjax's provenance and an astropy WCS) goes to a ``romanjax_extras``
+node beside ``roman`` in the same file, so :func:`romanjax.io.read_product` gets back exactly
+what was written while any Roman tool sees a valid datamodel. A gwcs WCS is stored as
+``meta.wcs``; an astropy (FITS) TAN WCS exactly in the extras and as an equal gwcs in
+``meta.wcs`` (:func:`gwcs_from_fits`); no WCS is ``meta.wcs = None``, as romancal's ramp fit
+writes before ``assign_wcs``.
+"""
+
+from __future__ import annotations
+
+import datetime
+from pathlib import Path
+
+import numpy as np
+
+from ._products import L1Image, L2Image
+
+NBORDER = 4
+
+
+def _require_datamodels(function):
+    try:
+        import roman_datamodels.datamodels as datamodels
+    except ImportError as error:
+        raise ImportError(
+            f"{function}: Roman datamodel files need roman_datamodels "
+            "(pip install 'romanjax[datamodels]'), or write romanjax files (format='romanjax')"
+        ) from error
+    return datamodels
+
+
+def _exposure(model, pattern, start_time):
+    from astropy.time import Time, TimeDelta
+
+    exposure = model.meta.exposure
+    exposure.read_pattern = [list(map(int, reads)) for reads in pattern.reads]
+    exposure.nresultants = int(pattern.n_resultants)
+    exposure.frame_time = float(pattern.read_time)
+    exposure.exposure_time = float(pattern.exposure_time)
+    exposure.effective_exposure_time = float(pattern.tbar[-1] - pattern.tbar[0])
+    if start_time is None:
+        start_time = datetime.datetime.now(datetime.timezone.utc).replace(tzinfo=None)
+    start = Time(start_time, scale="utc")
+    exposure.start_time = start
+    exposure.end_time = start + TimeDelta(float(pattern.exposure_time), format="sec")
+    exposure.truncated = False
+
+
+def gwcs_from_fits(wcs):
+    """A gwcs equal to a celestial TAN (gnomonic) astropy WCS without distortion.
+
+    ``pixel (0-based) -> Shift(-(CRPIX - 1)) -> CD matrix [deg] -> Pix2Sky_TAN ->
+    RotateNative2Celestial(CRVAL, lon_pole=180)``: FITS' definition of a TAN projection
+    (Calabretta & Greisen 2002), in gwcs's 0-based pixel convention.
+    """
+    from astropy import coordinates
+    from astropy import units as u
+    from astropy.modeling import models
+    from gwcs import coordinate_frames as cf
+    from gwcs import wcs as gwcs_wcs
+
+    ctype = list(wcs.wcs.ctype)
+    if wcs.naxis != 2 or not (ctype[0].startswith("RA---TAN") and ctype[1].startswith("DEC--TAN")) \
+            or wcs.sip is not None or wcs.has_distortion:  # fmt: skip
+        raise ValueError(
+            f"gwcs_from_fits: only a 2-d RA---TAN/DEC--TAN WCS without distortion converts, "
+            f"got {ctype}"
+        )
+    crpix = wcs.wcs.crpix
+    crval = wcs.wcs.crval
+    matrix = wcs.pixel_scale_matrix  # [deg/pixel]
+    transform = (
+        (models.Shift(-(crpix[0] - 1)) & models.Shift(-(crpix[1] - 1)))
+        | models.AffineTransformation2D(matrix=matrix, translation=[0.0, 0.0])
+        | models.Pix2Sky_TAN()
+        | models.RotateNative2Celestial(crval[0], crval[1], 180.0)
+    )
+    detector = cf.Frame2D(name="detector", axes_names=("x", "y"), unit=(u.pix, u.pix))
+    sky = cf.CelestialFrame(reference_frame=coordinates.ICRS(), name="world",
+                            unit=(u.deg, u.deg))  # fmt: skip
+    return gwcs_wcs.WCS([(detector, transform), (sky, None)])
+
+
+def _wcs(model, wcs, extras):
+    import gwcs
+
+    if wcs is None:
+        # no WCS (as romancal's ramp fit writes before assign_wcs); never the maker's
+        # placeholder, which would place the image elsewhere on the sky
+        model.meta.wcs = None
+        return
+    if isinstance(wcs, gwcs.WCS):
+        model.meta.wcs = wcs
+        return
+    # an astropy WCS: kept exactly in the extras, and as an equal gwcs for Roman tools
+    extras["fits_wcs"] = dict(wcs.to_header(relax=True))
+    model.meta.wcs = gwcs_from_fits(wcs)
+
+
+def _meta(product):
+    meta = {}
+    for key, value in dict(product.meta).items():
+        meta[str(key)] = value if isinstance(value, (str, int, float, bool, list, dict)) or \
+            value is None else str(value)  # fmt: skip
+    return meta
+
+
+def _save(model, extras, path):
+    import asdf
+
+    from ._asdf import atomic_path
+
+    path = Path(path)
+    model.meta.filename = path.name
+    model.validate()  # a schema error raises here, before any file is touched
+    af = asdf.AsdfFile({"roman": model._instance, "romanjax_extras": extras})
+    for value in extras.values():
+        if isinstance(value, np.ndarray) and value.dtype == np.uint32:
+            af.set_array_compression(value, "zlib")  # flags: mostly zeros
+    with atomic_path(path) as temporary:
+        af.write_to(temporary)
+    return path
+
+
+def _scalar_or_array(value):
+    array = np.asarray(value)
+    return float(array) if array.ndim == 0 else array
+
+
+def to_roman_l1(l1: L1Image):
+    """The ``ScienceRawModel`` of an :class:`L1Image` and its extras node (see the module
+    notes)."""
+    datamodels = _require_datamodels("to_roman_l1")
+    resultants = np.asarray(l1.resultants)
+    n, ny, nx = resultants.shape
+    b = NBORDER
+    model = datamodels.ScienceRawModel.create_fake_data(shape=(n, ny + 2 * b, nx + 2 * b))
+    finite = np.isfinite(resultants)
+    if not finite.all() or np.any(resultants != np.rint(resultants)) or \
+            resultants.min(initial=0) < 0 or resultants.max(initial=0) > np.iinfo(np.uint16).max:
+        raise ValueError(
+            "to_roman_l1: Roman L1 files store whole DN in 0..65535 (uint16), and `resultants` "
+            "holds other values; write a romanjax file instead (format 'romanjax')"
+        )  # fmt: skip
+    data = np.zeros((n, ny + 2 * b, nx + 2 * b), np.uint16)
+    data[:, b:-b, b:-b] = resultants
+    model.data = data
+    model.amp33 = np.zeros(model.amp33.shape, np.uint16)
+    _exposure(model, l1.pattern, l1.meta.get("start_time"))
+    extras = {"kind": "L1", "dq": np.asarray(l1.dq, np.uint32),
+              "gain": _scalar_or_array(l1.gain), "read_noise": _scalar_or_array(l1.read_noise),
+              "meta": _meta(l1)}  # fmt: skip
+    _wcs(model, l1.wcs, extras)
+    return model, extras
+
+
+def to_roman_l2(l2: L2Image):
+    """The ``ImageModel`` of an :class:`L2Image` and its extras node (see the module notes)."""
+    datamodels = _require_datamodels("to_roman_l2")
+    data = np.asarray(l2.data, np.float32)
+    model = datamodels.ImageModel.create_fake_data(shape=data.shape)
+    model.data = data
+    model.dq = np.asarray(l2.dq, np.uint32)
+    model.err = np.asarray(l2.err).astype(np.float16)
+    model.var_poisson = np.asarray(l2.var_poisson).astype(np.float16)
+    model.var_rnoise = np.asarray(l2.var_rnoise).astype(np.float16)
+    for name in ("chisq", "dumo"):  # not computed by the slope fit: zeros, not placeholders
+        if name in model:
+            setattr(model, name, np.zeros(data.shape, np.float16))
+    _exposure(model, l2.pattern, l2.meta.get("start_time"))
+    extras = {"kind": "L2", "var_rnoise": np.asarray(l2.var_rnoise, np.float32),
+              "var_poisson": np.asarray(l2.var_poisson, np.float32),
+              "err": np.asarray(l2.err, np.float32),
+              "gain": _scalar_or_array(l2.gain), "read_noise": _scalar_or_array(l2.read_noise),
+              "meta": _meta(l2)}  # fmt: skip
+    _wcs(model, l2.wcs, extras)
+    return model, extras
+
+
+def write_roman_l1(path, l1: L1Image):
+    """Write an :class:`L1Image` as a Roman ``ScienceRawModel`` file (atomically).
+
+    Returns the path. Raises ImportError without roman_datamodels."""
+    return _save(*to_roman_l1(l1), path)
+
+
+def write_roman_l2(path, l2: L2Image):
+    """Write an :class:`L2Image` as a Roman ``ImageModel`` file (atomically).
+
+    Returns the path. Raises ImportError without roman_datamodels."""
+    return _save(*to_roman_l2(l2), path)
