@@ -231,7 +231,8 @@ def _fit_keywords(args) -> dict:
 
 def _fit_meta(args) -> dict:
     detects = _fit_keywords(args).get("detect_jumps", False)
-    return {"method": args.method, "jump_detection": detects, "truth_flags": args.truth_flags}
+    return {"method": args.method, "jump_detection": detects, "truth_flags": args.truth_flags,
+            "pixel_flags": "romancal"}
 
 
 def _flags_for_fit(dq, truth_flags: bool):
@@ -287,7 +288,7 @@ def _simulate(args):
     _advance(bar, stages[2])
     l2 = romanjax.make_l2(resultants, pattern, read_noise=args.read_noise, gain=args.gain,
                           dq=_flags_for_fit(l1_dq, args.truth_flags), method=args.method,
-                          **_fit_keywords(args))  # fmt: skip
+                          pixel_flags="romancal", **_fit_keywords(args))  # fmt: skip
     l2 = jax.block_until_ready(l2)
     _advance(bar, stages[3])
     meta = {
@@ -366,7 +367,7 @@ def _fit(args):
     start = time.perf_counter()
     l2 = romanjax.make_l2(l1.resultants, l1.pattern, read_noise=read_noise, gain=gain,
                           dq=_flags_for_fit(l1.dq, args.truth_flags), method=args.method,
-                          **_fit_keywords(args))  # fmt: skip
+                          pixel_flags="romancal", **_fit_keywords(args))  # fmt: skip
     l2 = jax.block_until_ready(l2)
     _advance(bar, stages[1])
     meta = dict(l1.meta)
@@ -526,7 +527,9 @@ def _use_compilation_cache() -> None:
     import jax
 
     jax.config.update("jax_compilation_cache_dir", str(directory))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.1)
+    # every program, however quick to compile: a time threshold would make which programs
+    # are kept depend on the machine's load, and a second run recompile some of them
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 

@@ -30,7 +30,7 @@ from ._read_pattern import ReadPattern
 from ._validate import check_pixel_shape, check_real, check_values, float_dtype, prepare_dq
 from .ramp._common import exclude_non_finite
 
-__all__ = ["L2", "make_l2", "METHODS", "apply_linearity"]
+__all__ = ["L2", "make_l2", "METHODS", "PIXEL_FLAGS", "apply_linearity", "pixel_flags_romancal"]
 
 #: Ramp-fitting methods of :func:`make_l2` and the romanjax fitter each one uses.
 METHODS = {
@@ -111,9 +111,40 @@ def apply_linearity(resultants, coefficients):
     return corrected, flags
 
 
-@partial(jax.jit, static_argnames=("pattern", "method", "has_dq", "fit_kwargs"))
+#: ``make_l2(pixel_flags=...)``: how the L2 pixel flags are made from the resultant flags.
+PIXEL_FLAGS = ("romanisim", "romancal")
+
+
+def pixel_flags_romancal(resultant_dq, unfitted):
+    """romancal's L2 pixel flags from the resultant flags (stcal's ``dq_compress_final``).
+
+    ``SATURATED | DO_NOT_USE`` where no usable sub-ramp remained and a resultant saturated,
+    ``DO_NOT_USE`` where none remained otherwise; ``JUMP_DET`` (and every bit other than
+    SATURATED and DO_NOT_USE) where any resultant carries it. A pixel whose later resultants
+    saturated but whose ramp was fitted carries no SATURATED, and a single DO_NOT_USE
+    resultant (left out of the fit) leaves no DO_NOT_USE on the pixel.
+
+    Parameters
+    ----------
+    resultant_dq : Array ``[n_resultant, *pixels]`` uint32
+        Input flags OR the fitter's (found jumps).
+    unfitted : Array ``[*pixels]`` bool
+
+    Returns
+    -------
+    Array ``[*pixels]`` uint32
+    """
+    sat, dnu = jnp.uint32(dqbits.SATURATED), jnp.uint32(dqbits.DO_NOT_USE)
+    combined = jnp.bitwise_or.reduce(resultant_dq, axis=0)
+    saturated = (combined & sat) != 0
+    out = combined & ~(sat | dnu)
+    out = out | jnp.where(unfitted, dnu, jnp.uint32(0))
+    return out | jnp.where(unfitted & saturated, sat, jnp.uint32(0))
+
+
+@partial(jax.jit, static_argnames=("pattern", "method", "has_dq", "fit_kwargs", "pixel_flags"))
 def _make_l2(resultants, dq, read_noise, gain, dark_rate, flat, linearity, *, pattern, method,
-             has_dq, fit_kwargs):  # fmt: skip
+             has_dq, fit_kwargs, pixel_flags="romanisim"):  # fmt: skip
     dtype = resultants.dtype
     if has_dq:  # non-finite resultants: DO_NOT_USE, left out of the fit
         resultants, dq = exclude_non_finite(resultants, dq)
@@ -148,8 +179,12 @@ def _make_l2(resultants, dq, read_noise, gain, dark_rate, flat, linearity, *, pa
     zero = jnp.zeros((), dtype)
     slope, var_rnoise, var_poisson = (jnp.where(invalid, zero, value)
                                       for value in (slope, var_rnoise, var_poisson))
-    out_dq = jnp.bitwise_or.reduce(dq | fit.dq.astype(jnp.uint32), axis=0)
-    out_dq = out_dq | jnp.where(invalid, jnp.uint32(dqbits.DO_NOT_USE), jnp.uint32(0))
+    resultant_dq = dq | fit.dq.astype(jnp.uint32)
+    if pixel_flags == "romancal":
+        out_dq = pixel_flags_romancal(resultant_dq, fit.unfitted | invalid)
+    else:
+        out_dq = jnp.bitwise_or.reduce(resultant_dq, axis=0)
+        out_dq = out_dq | jnp.where(invalid, jnp.uint32(dqbits.DO_NOT_USE), jnp.uint32(0))
     return L2(slope=slope, var_rnoise=var_rnoise, var_poisson=var_poisson, dq=out_dq)
 
 
@@ -163,7 +198,8 @@ def _per_pixel(name, value, pixels, dtype):
 def make_l2(resultants: ArrayLike, pattern: ReadPattern, *, read_noise: ArrayLike,
             gain: ArrayLike, dq: ArrayLike | None = None, dark_rate: ArrayLike | None = None,
             flat: ArrayLike | None = None, method: str = "casertano",
-            linearity: ArrayLike | None = None, **fit_kwargs) -> L2:  # fmt: skip
+            linearity: ArrayLike | None = None, pixel_flags: str = "romanisim",
+            **fit_kwargs) -> L2:  # fmt: skip
     """Fit L1 resultants [DN] into an L2 count-rate image [DN/s], as romanisim's ``make_l2``.
 
     The resultants are converted to electrons with ``gain``, fitted with the chosen ramp
@@ -200,6 +236,13 @@ def make_l2(resultants: ArrayLike, pattern: ReadPattern, *, read_noise: ArrayLik
     linearity : array ``[n_coeff]`` or ``[n_coeff, *pixels]``, optional
         Classical non-linearity correction polynomial in DN, constant term first, applied to
         the resultants before fitting (see :func:`apply_linearity`).
+    pixel_flags : {"romanisim", "romancal"}, optional
+        How the L2 pixel flags are made. ``"romanisim"`` (default, as romanisim's
+        ``make_l2``): the OR over resultants of the input, non-linearity and fitter flags,
+        plus DO_NOT_USE where nothing was fitted. ``"romancal"`` (as romancal's ramp fit):
+        ``SATURATED | DO_NOT_USE`` only where no usable sub-ramp remained (``DO_NOT_USE``
+        alone when no resultant saturated), ``JUMP_DET`` where a jump was flagged or found,
+        other bits OR-ed (see :func:`pixel_flags_romancal`).
     **fit_kwargs
         Passed on to the fitter (e.g. ``detect_jumps=True`` for Casertano); must be hashable.
 
@@ -207,8 +250,7 @@ def make_l2(resultants: ArrayLike, pattern: ReadPattern, *, read_noise: ArrayLik
     -------
     L2
         ``slope`` [DN/s], ``var_rnoise`` and ``var_poisson`` [(DN/s)**2], all ``[*pixels]``
-        in the resultants' float dtype, and ``dq [*pixels]`` uint32 (OR over resultants of
-        the input flags, non-linearity flags and fitter flags).
+        in the resultants' float dtype, and ``dq [*pixels]`` uint32 (see ``pixel_flags``).
 
     Raises
     ------
@@ -218,6 +260,10 @@ def make_l2(resultants: ArrayLike, pattern: ReadPattern, *, read_noise: ArrayLik
     if method not in METHODS:
         raise ValueError(
             f"make_l2: unknown `method` {method!r}; choose one of {sorted(METHODS)}"
+        )
+    if pixel_flags not in PIXEL_FLAGS:
+        raise ValueError(
+            f"make_l2: unknown `pixel_flags` {pixel_flags!r}; choose one of {PIXEL_FLAGS}"
         )
     if not isinstance(pattern, ReadPattern):
         raise TypeError(
@@ -269,5 +315,5 @@ def make_l2(resultants: ArrayLike, pattern: ReadPattern, *, read_noise: ArrayLik
     return _make_l2(
         resultants, dq, read_noise, gain, dark_rate, flat, linearity,
         pattern=pattern, method=method, has_dq=has_dq,
-        fit_kwargs=tuple(sorted(fit_kwargs.items())),
+        fit_kwargs=tuple(sorted(fit_kwargs.items())), pixel_flags=pixel_flags,
     )  # fmt: skip

@@ -18,6 +18,7 @@ from ._asdf import (
     write_l1,
     write_l2,
 )
+from ._pipeline import ramp_fit_datamodel
 from ._products import DEFAULT_GAIN, DEFAULT_READ_NOISE, L1Image, L2Image
 from ._roman import gwcs_from_fits, to_roman_l1, to_roman_l2, write_roman_l1, write_roman_l2
 
@@ -39,6 +40,7 @@ __all__ = [
     "write_l1",
     "write_l2",
     "gwcs_from_fits",
+    "ramp_fit_datamodel",
     "to_roman_l1",
     "to_roman_l2",
     "write_roman_l1",

@@ -218,3 +218,37 @@ def test_linearity_correction():
     corrected, flags = apply_linearity(resultants, np.array([1.0, 1.0, 0.01]))
     np.testing.assert_allclose(corrected, 1 + resultants + 0.01 * resultants**2, rtol=1e-6)
     assert not np.any(np.asarray(flags))
+
+
+def test_pixel_flags_romancal_against_romanisim_semantics():
+    """romancal: SATURATED|DO_NOT_USE only where no usable sub-ramp remains; a fitted ramp
+    with saturated later resultants, or one DO_NOT_USE resultant left out, is not flagged;
+    JUMP_DET where any resultant carries it. romanisim: the OR over resultants."""
+    pattern = romanjax.ReadPattern.from_ma_table(4)
+    n = pattern.n_resultants
+    rate = np.array([50.0, 50.0, 50.0, 50.0, 50.0], np.float32)  # [DN/s]
+    resultants = (rate[None] * pattern.tbar[:, None]).astype(np.float32) + 100.0
+    dq = np.zeros(resultants.shape, np.uint32)
+    dq[5:, 1] = dqbits.SATURATED          # later resultants saturated: still a usable ramp
+    dq[:, 2] = dqbits.SATURATED           # every resultant saturated: nothing to fit
+    dq[3, 3] = dqbits.DO_NOT_USE          # one corrupt resultant, left out
+    dq[4:, 4] = dqbits.JUMP_DET           # a flagged jump
+    romancal = romanjax.make_l2(resultants, pattern, read_noise=5.0, gain=2.0, dq=dq,
+                                method="likely", detect_jumps=False, pixel_flags="romancal")
+    romanisim = romanjax.make_l2(resultants, pattern, read_noise=5.0, gain=2.0, dq=dq,
+                                 method="likely", detect_jumps=False)  # fmt: skip
+    got = np.asarray(romancal.dq)
+    assert got[0] == 0
+    assert got[1] == 0
+    assert got[2] == dqbits.SATURATED | dqbits.DO_NOT_USE
+    assert got[3] == 0
+    assert got[4] == dqbits.JUMP_DET
+    expected = np.bitwise_or.reduce(dq, axis=0)
+    expected[2] |= dqbits.DO_NOT_USE  # nothing fitted
+    np.testing.assert_array_equal(np.asarray(romanisim.dq), expected)
+    # the fits themselves do not depend on the flag convention
+    np.testing.assert_array_equal(np.asarray(romancal.slope), np.asarray(romanisim.slope))
+    np.testing.assert_allclose(np.asarray(romancal.slope)[[0, 1, 3, 4]], 50.0, rtol=1e-4)
+    assert n > 5
+    with pytest.raises(ValueError, match="`pixel_flags`"):
+        romanjax.make_l2(resultants, pattern, read_noise=5.0, gain=2.0, pixel_flags="stcal")

@@ -323,3 +323,44 @@ def test_roman_l1_refuses_values_uint16_cannot_hold(tmp_path, rng):
     with pytest.raises(ValueError, match="uint16"):
         write_roman_l1(tmp_path / "x_L1.asdf", l1)
     assert not (tmp_path / "x_L1.asdf").exists()
+
+
+def test_ramp_fit_datamodel_turns_a_ramp_model_into_romancals_image_model():
+    rdm = pytest.importorskip("roman_datamodels")
+    import jax
+
+    from romanjax.io import ramp_fit_datamodel
+
+    pattern = romanjax.ReadPattern.from_ma_table(4)
+    shape = (10, 12)
+    rng = np.random.default_rng(11)
+    counts = rng.poisson(30.0 * pattern.exposure_time, shape)
+    l1 = romanjax.simulate_l1(jax.random.key(5), counts, pattern, read_noise=5.0, gain=2.0)
+    ramp = rdm.datamodels.RampModel.create_fake_data(shape=(pattern.n_resultants,) + shape)
+    ramp.data = np.asarray(l1.resultants, np.float32)
+    groupdq = np.zeros(ramp.data.shape, np.uint8)
+    groupdq[:, 2, 3] = romanjax.dq.SATURATED  # saturated from the start
+    groupdq[6:, 4, 5] = romanjax.dq.SATURATED  # saturated late: still fitted
+    ramp.groupdq = groupdq
+    pixeldq = np.zeros(shape, np.uint32)
+    pixeldq[7, 7] = 2**20  # a pixel flag from the mask is carried through
+    ramp.pixeldq = pixeldq
+    ramp.meta.exposure.read_pattern = [list(r) for r in pattern.reads]
+    ramp.meta.exposure.frame_time = pattern.read_time
+    gain = rdm.datamodels.GainRefModel.create_fake_data(shape=(shape[0] + 8, shape[1] + 8))
+    gain.data = np.full(gain.data.shape, 2.0, np.float32)  # with the reference border
+    image = ramp_fit_datamodel(ramp, read_noise=np.full(shape, 5.0), gain=gain)
+    assert type(image).__name__ == "ImageModel"
+    image.validate()
+    direct = romanjax.make_l2(ramp.data, pattern, read_noise=5.0, gain=2.0,
+                              dq=groupdq.astype(np.uint32), method="likely",
+                              detect_jumps=True, pixel_flags="romancal")  # fmt: skip
+    np.testing.assert_array_equal(image.data, np.asarray(direct.slope, np.float32))
+    assert image.dq[2, 3] == romanjax.dq.SATURATED | romanjax.dq.DO_NOT_USE
+    assert image.dq[4, 5] == 0 and image.dq[7, 7] == 2**20
+    assert image.meta.exposure.read_pattern == [list(r) for r in pattern.reads]
+    assert image.meta.cal_step.ramp_fit == "COMPLETE" and image.meta.wcs is None
+    # the sky rate comes back: 30 e/s = 15 DN/s
+    assert abs(np.median(image.data) - 15.0) < 0.5
+    with pytest.raises(ValueError, match="`gain`"):
+        ramp_fit_datamodel(ramp, read_noise=5.0, gain=np.ones((3, 3)))
