@@ -149,6 +149,23 @@ def build_parser() -> argparse.ArgumentParser:
                      help="read noise of one read [DN] (default: from the file, else 5)")
     fit.add_argument("--gain", type=_positive_float, default=None,
                      help="gain [e/DN] (default: from the file, else 2)")
+    references = fit.add_argument_group(
+        "reference files", "Roman reference files (roman_datamodels reference models, the "
+        "whole detector with or without the 4-pixel reference border)")
+    for kind, model, what in (
+            ("gain", "GainRefModel", "gain [e/DN] per pixel (instead of --gain)"),
+            ("read-noise", "ReadnoiseRefModel",
+             "read noise of one read [DN] per pixel (instead of --read-noise)"),
+            ("dark", "DarkRefModel", "dark rate (dark_slope [DN/s]), subtracted"),
+            ("flat", "FlatRefModel", "flat field; the slopes are divided by it"),
+            ("saturation", "SaturationRefModel",
+             "saturation level [DN]: resultants at or above it, and all later ones, are "
+             "flagged SATURATED"),
+            ("mask", "MaskRefModel",
+             "bad-pixel mask: its flags are set on every resultant (DO_NOT_USE pixels are not "
+             "fitted)")):  # fmt: skip
+        references.add_argument(f"--{kind}-file", type=Path, default=None, metavar=model,
+                                help=what)  # fmt: skip
 
     inject = sub.add_parser(
         "inject", parents=[common], help="inject catalog sources into an L2 or L1 file",
@@ -349,6 +366,7 @@ def _default_output(path: Path, suffix: str) -> Path:
 
 def _fit(args):
     import jax
+    import numpy as np
 
     import romanjax
 
@@ -358,6 +376,24 @@ def _fit(args):
     l1 = read_l1(args.l1)
     gain = l1.gain if args.gain is None else args.gain
     read_noise = l1.read_noise if args.read_noise is None else args.read_noise
+    refs = _reference_files(args, l1.shape)
+    gain = refs.get("gain", gain)
+    read_noise = refs.get("read_noise", read_noise)
+    dq = _flags_for_fit(l1.dq, args.truth_flags)
+    if "saturation" in refs:
+        from .io import saturation_flags
+
+        dq = dq | saturation_flags(l1.resultants, refs["saturation"])
+    if "mask" in refs:
+        dq = dq | refs["mask"][None]
+    if "flat" in refs:  # unusable flat values: not flat-fielded, flagged (romancal's flat step)
+        from .dq import NO_FLAT_FIELD
+
+        no_flat = ~(np.isfinite(refs["flat"]) & (refs["flat"] > 0))
+        refs["flat"] = np.where(no_flat, 1.0, refs["flat"])
+        dq = dq | np.where(no_flat, np.uint32(NO_FLAT_FIELD), np.uint32(0))[None]
+    # DarkRefModel's dark_slope is in DN/s; make_l2 subtracts electrons per second
+    dark_rate = refs["dark"] * gain if "dark" in refs else None
     output = args.output or _default_output(args.l1, "_L2")
     if output.resolve() == args.l1.resolve():
         raise UserError(f"--output {output} would overwrite the input L1 file")
@@ -366,12 +402,15 @@ def _fit(args):
     bar = _stages(stages, args.quiet)
     start = time.perf_counter()
     l2 = romanjax.make_l2(l1.resultants, l1.pattern, read_noise=read_noise, gain=gain,
-                          dq=_flags_for_fit(l1.dq, args.truth_flags), method=args.method,
-                          pixel_flags="romancal", **_fit_keywords(args))  # fmt: skip
+                          dq=dq, dark_rate=dark_rate, flat=refs.get("flat"),
+                          method=args.method, pixel_flags="romancal",
+                          **_fit_keywords(args))  # fmt: skip
     l2 = jax.block_until_ready(l2)
     _advance(bar, stages[1])
     meta = dict(l1.meta)
     meta.update(command="romanjax fit", source_l1=str(args.l1), **_fit_meta(args))
+    meta.update({f"reference_{kind}": str(getattr(args, f"{kind}_file"))
+                 for kind in refs})  # fmt: skip
     image = L2Image.from_l2(l2, l1.pattern, gain=gain, read_noise=read_noise, wcs=l1.wcs,
                             meta=meta)  # fmt: skip
     write_l2(output, image)
@@ -380,6 +419,30 @@ def _fit(args):
     print(f"romanjax fit: {args.l1} -> {output} ({l1.shape[0]}x{l1.shape[1]} pixels, "
           f"{args.method}, {time.perf_counter() - start:.1f} s)")  # fmt: skip
     return 0
+
+
+def _reference_files(args, shape) -> dict:
+    """The arrays of the ``--*-file`` options that were given, by kind."""
+    from .io import ProductFileError, read_reference
+
+    for kind, scalar in (("gain", args.gain), ("read_noise", args.read_noise)):
+        if scalar is not None and getattr(args, f"{kind}_file") is not None:
+            option = kind.replace("_", "-")
+            raise UserError(f"give --{option} or --{option}-file, not both")
+    arrays = {}
+    for kind in ("gain", "read_noise", "dark", "flat", "saturation", "mask"):
+        path = getattr(args, f"{kind}_file")
+        if path is None:
+            continue
+        try:
+            arrays[kind] = read_reference(path, kind, shape)
+        except (ValueError, FileNotFoundError, ProductFileError) as error:
+            raise UserError(f"--{kind.replace('_', '-')}-file: {error}") from None
+    if "gain" in arrays and not (arrays["gain"] > 0).all():
+        raise UserError(f"--gain-file {args.gain_file}: the gain must be > 0 everywhere")
+    if "read_noise" in arrays and not (arrays["read_noise"] >= 0).all():
+        raise UserError(f"--read-noise-file {args.read_noise_file}: negative read noise")
+    return arrays
 
 
 def _read_catalog(path: Path, fmt):

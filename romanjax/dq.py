@@ -12,6 +12,7 @@ __all__ = [
     "JUMP_DET",
     "NONLINEAR",
     "NO_LIN_CORR",
+    "NO_FLAT_FIELD",
     "DO_NOT_USE_IN_FIT",
 ]
 
@@ -26,6 +27,9 @@ JUMP_DET = 4
 NONLINEAR = 2**16
 #: Non-linearity correction not available for this pixel.
 NO_LIN_CORR = 2**20
+#: Flat field not available for this pixel (a flat reference value that is not finite or
+#: not positive; the pixel is then not flat-fielded).
+NO_FLAT_FIELD = 2**18
 #: ``DO_NOT_USE | SATURATED | JUMP_DET``: the bits that exclude a resultant from fits, as
 #: romancal's ramp fitting skips them (romanisim's own fits skip only its 6, SATURATED |
 #: JUMP_DET; its resultant flags never carry DO_NOT_USE).

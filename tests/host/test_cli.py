@@ -379,3 +379,62 @@ def test_fit_keeps_compiled_programs_in_its_cache(simulated, tmp_path):
                            capture_output=True, text=True, timeout=600)  # fmt: skip
     assert third.returncode == 0, third.stderr
     assert not off.exists()
+
+
+@needs_pipeline
+def test_fit_reads_roman_reference_files(simulated, tmp_path):
+    """--gain-file, --read-noise-file, --dark-file, --flat-file, --saturation-file and
+    --mask-file (roman_datamodels reference models, with the reference border) give the
+    same L2 as make_l2 with the arrays, plus romancal's saturation and mask flags."""
+    rdm = pytest.importorskip("roman_datamodels")
+    from romanjax import dq as dqbits
+
+    full = (SIZE + 8, SIZE + 8)
+    rng = np.random.default_rng(2)
+    arrays = {
+        "gain": rng.uniform(1.8, 2.2, full), "read_noise": rng.uniform(4.5, 5.5, full),
+        "dark": rng.uniform(0.0, 0.02, full), "flat": rng.uniform(0.9, 1.1, full),
+        "saturation": np.full(full, 55000.0),
+    }  # fmt: skip
+    l1 = read_l1(simulated / "romanjax_L1.asdf")
+    science = (slice(4, -4), slice(4, -4))
+    arrays["saturation"][science][10, 11] = float(l1.resultants[3, 10, 11])  # saturates there
+    arrays["flat"][science][5, 6] = 0.0  # no flat value
+    mask = np.zeros(full, np.uint32)
+    mask[science][20, 21] = dqbits.DO_NOT_USE
+    files = {}
+    for kind, (model, attribute) in romanjax.io.REFERENCE_KINDS.items():
+        ref = getattr(rdm.datamodels, model).create_fake_data(shape=full)
+        value = mask if kind == "mask" else arrays[kind].astype(np.float32)
+        setattr(ref, attribute, value)
+        files[kind] = tmp_path / f"{kind}.asdf"
+        ref.save(files[kind])
+    out = tmp_path / "ref_L2.asdf"
+    options = [f"--{kind.replace('_', '-')}-file={path}" for kind, path in files.items()]
+    assert main(["fit", str(simulated / "romanjax_L1.asdf"), "-o", str(out), "-q",
+                 *options]) == 0  # fmt: skip
+    got = read_l2(out)
+    a = {kind: value[science].astype(np.float32).astype(np.float64)
+         for kind, value in arrays.items()}  # fmt: skip
+    dq = np.asarray(l1.dq, np.uint32) & ~np.uint32(dqbits.JUMP_DET)  # truth flags dropped
+    dq |= romanjax.io.saturation_flags(l1.resultants, a["saturation"])
+    dq[:, 20, 21] |= dqbits.DO_NOT_USE
+    flat = a["flat"].copy()
+    flat[5, 6] = 1.0
+    dq[:, 5, 6] |= dqbits.NO_FLAT_FIELD
+    expected = romanjax.make_l2(l1.resultants, l1.pattern, read_noise=a["read_noise"],
+                                gain=a["gain"], dq=dq, dark_rate=a["dark"] * a["gain"],
+                                flat=flat, method="likely", detect_jumps=True,
+                                pixel_flags="romancal")  # fmt: skip
+    np.testing.assert_array_equal(got.data, np.asarray(expected.slope))
+    np.testing.assert_array_equal(got.dq, np.asarray(expected.dq))
+    assert got.dq[20, 21] & dqbits.DO_NOT_USE and got.dq[5, 6] & dqbits.NO_FLAT_FIELD
+    assert got.meta["reference_gain"] == str(files["gain"])
+    # the saturated pixel was fitted from its first resultants, or flagged if it could not be
+    assert got.data[10, 11] != 0 or got.dq[10, 11] & dqbits.SATURATED
+    # a reference of the wrong kind, and scalar and file given together, are refused by name
+    assert main(["fit", str(simulated / "romanjax_L1.asdf"), "-o", str(tmp_path / "x.asdf"),
+                 "-q", f"--gain-file={files['flat']}"]) == 1  # fmt: skip
+    assert main(["fit", str(simulated / "romanjax_L1.asdf"), "-o", str(tmp_path / "x.asdf"),
+                 "-q", "--gain=2", f"--gain-file={files['gain']}"]) == 1  # fmt: skip
+    assert not (tmp_path / "x.asdf").exists()

@@ -364,3 +364,23 @@ def test_ramp_fit_datamodel_turns_a_ramp_model_into_romancals_image_model():
     assert abs(np.median(image.data) - 15.0) < 0.5
     with pytest.raises(ValueError, match="`gain`"):
         ramp_fit_datamodel(ramp, read_noise=5.0, gain=np.ones((3, 3)))
+
+
+def test_read_reference_trims_the_border_and_names_bad_shapes():
+    from romanjax.io import read_reference, saturation_flags
+
+    full = np.arange(14 * 16, dtype=float).reshape(14, 16)
+    np.testing.assert_array_equal(read_reference(full, "gain", (6, 8)), full[4:-4, 4:-4])
+    np.testing.assert_array_equal(read_reference(full[4:-4, 4:-4], "flat", (6, 8)),
+                                  full[4:-4, 4:-4])  # fmt: skip
+    with pytest.raises(ValueError, match="`read_noise`.*shape"):
+        read_reference(np.ones((5, 5)), "read_noise", (6, 8))
+    with pytest.raises(ValueError, match="non-finite"):
+        read_reference(np.full((6, 8), np.nan), "gain", (6, 8))
+    with pytest.raises(ValueError, match="`kind`"):
+        read_reference(full, "bias", (6, 8))
+    # saturation: the first resultant at or above the level and every later one
+    resultants = np.array([[1.0, 5.0], [6.0, 5.0], [4.0, 5.0]])  # [3 resultants, 2 pixels]
+    flags = saturation_flags(resultants, np.array([5.5, 9.0]))
+    np.testing.assert_array_equal(flags[:, 0], [0, 2, 2])
+    np.testing.assert_array_equal(flags[:, 1], [0, 0, 0])
