@@ -269,7 +269,7 @@ def _simulate(args):
 
     import romanjax
 
-    from .io import L1Image, L2Image, atomic_path
+    from .io import L1Image, L2Image, atomic_paths
     from .scene import make_scene
 
     write_l1, write_l2 = _writers(args)
@@ -322,19 +322,19 @@ def _simulate(args):
                        read_noise=args.read_noise, wcs=scene.wcs, meta=dict(meta))  # fmt: skip
     l2_image = L2Image.from_l2(l2, pattern, gain=args.gain, read_noise=args.read_noise,
                                wcs=scene.wcs, meta=dict(meta))  # fmt: skip
-    paths = {
-        "L1": write_l1(output / names["L1"], l1_image),
-        "L2": write_l2(output / names["L2"], l2_image),
-    }
-    catalog_path = output / names["catalog"]
-    with atomic_path(catalog_path) as temporary:
-        scene.catalog.write(temporary, format="ascii.ecsv", overwrite=True)
-    paths["catalog"] = catalog_path
-    if not args.no_png:
-        paths["quick-look"] = output / names["quick-look"]
-        _quicklook(paths["quick-look"], l2_image,
-                   f"romanjax simulate: {args.size}x{args.size} pixels, MA table "
-                   f"{args.ma_table}, {args.method} fit, seed {args.seed}")
+    keys = ["L1", "L2", "catalog"] + ([] if args.no_png else ["quick-look"])
+    paths = {key: output / names[key] for key in keys}
+    # one set: written into a staging folder and moved into place together, so a failure
+    # never leaves a new L1 beside an old L2
+    with atomic_paths(list(paths.values())) as temporaries:
+        staged = dict(zip(keys, temporaries, strict=True))
+        write_l1(staged["L1"], l1_image)
+        write_l2(staged["L2"], l2_image)
+        scene.catalog.write(staged["catalog"], format="ascii.ecsv", overwrite=True)
+        if not args.no_png:
+            _quicklook(staged["quick-look"], l2_image,
+                       f"romanjax simulate: {args.size}x{args.size} pixels, MA table "
+                       f"{args.ma_table}, {args.method} fit, seed {args.seed}")
     bar.update(1)
     bar.close()
     elapsed = time.perf_counter() - start
@@ -512,6 +512,7 @@ def _writers(args):
 
 def _inject(args):
     import jax
+    import numpy as np
 
     from .inject import inject_sources_into_l1, inject_sources_into_l2
     from .io import (
@@ -535,7 +536,9 @@ def _inject(args):
     start = time.perf_counter()
     key = jax.random.key(args.seed)
     if kind == "L1":  # into the resultants; written in --product-format
-        new = inject_sources_into_l1(read_l1(args.l2), catalog, key=key, psf=args.psf,
+        l1 = read_l1(args.l2)
+        off = _sources_off_image(catalog, l1.wcs, l1.shape)
+        new = inject_sources_into_l1(l1, catalog, key=key, psf=args.psf,
                                      progress=not args.quiet)  # fmt: skip
         _advance(bar, stages[1])
         new.meta.update(injected_from=str(args.catalog), injected_sources=len(catalog))
@@ -545,6 +548,8 @@ def _inject(args):
         # into as datamodels and written back as such
         ours = source == "romanjax" or has_romanjax_extras(args.l2)
         image = read_l2(args.l2) if ours else open_datamodel(args.l2)
+        wcs = image.wcs if ours else getattr(image.meta, "wcs", None)
+        off = _sources_off_image(catalog, wcs, tuple(np.shape(image.data)))
         new = inject_sources_into_l2(image, catalog, key=key, psf=args.psf,
                                      method=args.method, progress=not args.quiet)  # fmt: skip
         _advance(bar, stages[1])
@@ -557,7 +562,28 @@ def _inject(args):
     bar.close()
     print(f"romanjax inject: {len(catalog)} sources from {args.catalog} into {args.l2} -> "
           f"{output} ({time.perf_counter() - start:.1f} s)")  # fmt: skip
+    if len(off):
+        rows = ", ".join(str(row) for row in off[:10]) + (", ..." if len(off) > 10 else "")
+        print(f"romanjax inject: {len(off)} of {len(catalog)} sources are centred off the "
+              f"image (catalog rows {rows}); only the part of their light that falls on it "
+              "was added")  # fmt: skip
     return 0
+
+
+def _sources_off_image(catalog, wcs, shape):
+    """Catalog rows (0-based) whose centre lies outside the image's pixels."""
+    import numpy as np
+
+    from .scene import pixel_positions
+
+    try:
+        x, y = pixel_positions(catalog, wcs, shape)
+    except ValueError as error:
+        raise UserError(f"catalog: {error}") from None
+    ny, nx = shape[-2:]
+    outside = (x < -0.5) | (x > nx - 0.5) | (y < -0.5) | (y > ny - 0.5) | \
+        ~np.isfinite(x) | ~np.isfinite(y)  # fmt: skip
+    return np.flatnonzero(outside).tolist()
 
 
 #: Environment variables of the persistent compilation cache: ``ROMANJAX_COMPILATION_CACHE=0``

@@ -57,32 +57,70 @@ class ProductFileError(ValueError):
     """A file is missing, corrupt, or not the kind of product that was asked for."""
 
 
-@contextlib.contextmanager
-def atomic_path(path):
-    """Yield a temporary path for ``path``; on success rename it over ``path``.
+#: Staging folders older than this [s] are left over from a killed writer and are removed
+#: by the next write into the same folder.
+STALE_STAGING_SECONDS = 3600.0
 
-    The temporary file has the same name as ``path`` (writers such as roman_datamodels record
-    the file name inside the file) in a hidden temporary folder next to it, so the final
-    ``os.replace`` is atomic on the same file system. If the body raises, the temporary file
-    is removed and ``path`` is left untouched.
-    """
-    path = Path(path)
-    directory = path.parent if str(path.parent) else Path(".")
-    if not directory.is_dir():
-        raise ProductFileError(f"cannot write {path}: folder {directory} does not exist")
-    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".part", dir=directory))
-    temporary = staging / path.name
-    try:
-        yield temporary
-        with open(temporary, "rb+") as stream:
-            os.fsync(stream.fileno())
-        os.chmod(temporary, 0o666 & ~_umask())
-        os.replace(temporary, path)
-    finally:
+
+def _remove_stale_staging(directory: Path) -> None:
+    """Remove the hidden staging folders (``.NAME.*.part``) a killed writer left behind."""
+    import shutil
+    import time
+
+    now = time.time()
+    for folder in directory.glob(".*.part"):
         with contextlib.suppress(OSError):
-            os.unlink(temporary)
+            if folder.is_dir() and now - folder.stat().st_mtime > STALE_STAGING_SECONDS:
+                shutil.rmtree(folder)
+
+
+@contextlib.contextmanager
+def atomic_paths(paths):
+    """Yield temporary paths for several files written as one set; on success rename them
+    all into place, on failure leave every final path untouched.
+
+    The temporary files keep their final names (writers such as roman_datamodels record the
+    file name inside the file) in one hidden staging folder next to the first path; each
+    final ``os.replace`` is atomic on the same file system, and they follow each other only
+    after every file of the set was written and synced, so a failure while writing never
+    leaves a new file beside an old one. Staging folders left by a killed writer more than
+    :data:`STALE_STAGING_SECONDS` ago are removed.
+    """
+    paths = [Path(path) for path in paths]
+    directory = paths[0].parent if str(paths[0].parent) else Path(".")
+    if not directory.is_dir():
+        raise ProductFileError(f"cannot write {paths[0]}: folder {directory} does not exist")
+    if any(path.parent.resolve() != directory.resolve() for path in paths) or \
+            len({path.name for path in paths}) != len(paths):  # fmt: skip
+        raise ValueError("atomic_paths: the files of a set must have distinct names in one folder")
+    _remove_stale_staging(directory)
+    staging = Path(tempfile.mkdtemp(prefix=f".{paths[0].name}.", suffix=".part", dir=directory))
+    temporaries = [staging / path.name for path in paths]
+    try:
+        yield temporaries
+        for temporary in temporaries:
+            if not temporary.exists():
+                raise ProductFileError(f"{temporary.name} of the set was not written")
+            with open(temporary, "rb+") as stream:
+                os.fsync(stream.fileno())
+            os.chmod(temporary, 0o666 & ~_umask())
+        for temporary, path in zip(temporaries, paths, strict=True):
+            os.replace(temporary, path)
+    finally:
+        for temporary in temporaries:
+            with contextlib.suppress(OSError):
+                os.unlink(temporary)
         with contextlib.suppress(OSError):
             os.rmdir(staging)
+
+
+@contextlib.contextmanager
+def atomic_path(path):
+    """Yield a temporary path for ``path``; on success rename it over ``path`` (see
+    :func:`atomic_paths`). If the body raises, the temporary file is removed and ``path`` is
+    left untouched."""
+    with atomic_paths([path]) as (temporary,):
+        yield temporary
 
 
 def _umask() -> int:

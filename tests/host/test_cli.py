@@ -204,6 +204,23 @@ def test_inject_command(simulated, tmp_path):
     assert np.array_equal(after.dq, before.dq)
 
 
+@needs_pipeline
+def test_inject_reports_sources_centred_off_the_image(simulated, tmp_path, capsys):
+    catalog = tmp_path / "edge.csv"
+    # row 1 just off the right edge (its wings fall on the image), row 2 far away
+    Table({"x": [20.0, SIZE + 1.0, 500.0], "y": [20.0, 10.0, 20.0],
+           "flux": [800.0, 5000.0, 800.0]}).write(catalog)  # fmt: skip
+    out = tmp_path / "edge_injected.asdf"
+    capsys.readouterr()
+    assert main(["inject", str(simulated / "romanjax_L2.asdf"), str(catalog), "-o", str(out),
+                 "-q"]) == 0  # fmt: skip
+    printed = capsys.readouterr().out
+    assert "2 of 3 sources are centred off the image (catalog rows 1, 2)" in printed
+    before, after = read_l2(simulated / "romanjax_L2.asdf"), read_l2(out)
+    delta = after.data.astype(np.float64) - before.data
+    assert delta[5:16, SIZE - 3:].sum() > 0  # the wings of the source just off the edge
+
+
 def test_user_errors_exit_nonzero_without_traceback(tmp_path, capsys):
     missing = tmp_path / "missing.asdf"
     assert main(["fit", str(missing)]) == 1

@@ -144,6 +144,41 @@ def test_atomic_write_keeps_old_file(tmp_path, rng, monkeypatch):
     read_l2(path)  # still a valid file
 
 
+def test_a_file_set_is_written_as_a_unit_and_stale_staging_is_removed(tmp_path, rng):
+    from romanjax.io import atomic_paths
+    from romanjax.io._asdf import STALE_STAGING_SECONDS
+
+    a, b = tmp_path / "set_L1.asdf", tmp_path / "set_L2.asdf"
+    write_l2(a, make_l2_image(rng))
+    write_l2(b, make_l2_image(rng))
+    old = a.read_bytes(), b.read_bytes()
+    # the second file fails: neither final file changes, although the first was written
+    with pytest.raises(OSError, match="simulated"):
+        with atomic_paths([a, b]) as (ta, tb):
+            write_l2(ta, make_l2_image(rng))
+            raise OSError("simulated failure while writing the second file")
+    assert (a.read_bytes(), b.read_bytes()) == old
+    assert sorted(os.listdir(tmp_path)) == ["set_L1.asdf", "set_L2.asdf"]
+    # a file of the set that was never written fails the set too
+    with pytest.raises(ProductFileError, match="not written"):
+        with atomic_paths([a, b]) as (ta, tb):
+            write_l2(ta, make_l2_image(rng))
+    assert (a.read_bytes(), b.read_bytes()) == old
+    # a staging folder a killed writer left an hour ago is removed by the next write
+    stale = tmp_path / ".set_L1.asdf.abc123.part"
+    stale.mkdir()
+    (stale / "set_L1.asdf").write_bytes(b"partial")
+    young = tmp_path / ".set_L2.asdf.def456.part"
+    young.mkdir()  # a writer still at work: kept
+    past = stale.stat().st_mtime - STALE_STAGING_SECONDS - 60
+    os.utime(stale, (past, past))
+    with atomic_paths([a, b]) as (ta, tb):
+        write_l2(ta, make_l2_image(rng))
+        write_l2(tb, make_l2_image(rng))
+    assert not stale.exists() and young.exists()
+    assert a.read_bytes() != old[0] and b.read_bytes() != old[1]
+
+
 def test_write_into_missing_folder_is_clear(tmp_path, rng):
     with pytest.raises(ProductFileError, match="does not exist"):
         write_l2(tmp_path / "nope" / "x.asdf", make_l2_image(rng))
