@@ -411,6 +411,10 @@ def fit_frame(resultants: ArrayLike, pattern: ReadPattern, read_noise: ArrayLike
         stop = min(start + chunk, n_pixels)
         ramps = _pad_last(_flat_slice(resultants, 1, start, stop), chunk)
         kwargs = dict(static_kwargs)
+        if not on_device and method in ("optimal", "casertano"):
+            # host data, checked here chunk by chunk: the fitter skips its in-program check
+            # (as a direct call on host data does)
+            kwargs["checked_on_host"] = True
         if dq is not None:
             kwargs["dq"] = jax.device_put(
                 _pad_last(_flat_slice(dq, 1, start, stop), chunk), ramp_sharding

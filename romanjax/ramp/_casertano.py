@@ -441,13 +441,22 @@ def _coefficients(resultants, dq, words, read_noise, pattern):
 
 @partial(
     jax.jit,
-    static_argnames=("pattern", "has_dq", "detect_jumps", "intercept", "constant"),
+    static_argnames=("pattern", "has_dq", "detect_jumps", "intercept", "constant",
+                     "flag_non_finite"),
 )
 def _fit_casertano(resultants, dq, read_noise, *, pattern, has_dq, detect_jumps, intercept,
-                   constant):  # fmt: skip
+                   constant, flag_non_finite=False):  # fmt: skip
     n = resultants.shape[0]
     pixels = resultants.shape[1:]
     flat = resultants.reshape(n, -1)
+    # device data on the whole-ramp path (no dq, no jump detection): a pixel with a
+    # non-finite resultant is not fitted (zeros, DO_NOT_USE) rather than NaN; refitting it
+    # from its other resultants is the masked path's work (pass a dq)
+    unusable = None
+    if flag_non_finite and not (has_dq or detect_jumps):
+        finite = jnp.isfinite(flat)
+        unusable = ~jnp.all(finite, axis=0)
+        flat = jnp.where(finite, flat, jnp.zeros((), flat.dtype))
     # dq None: the zero flags are made here, inside the jit (fused, never read from memory)
     flat_dq = jnp.zeros(flat.shape, jnp.uint32) if dq is None else dq.reshape(n, -1)
     if has_dq or detect_jumps:  # non-finite resultants are left out like flagged ones
@@ -479,6 +488,14 @@ def _fit_casertano(resultants, dq, read_noise, *, pattern, has_dq, detect_jumps,
 
     slope, var_read, var_poisson, words = core(flat, flat_dq, flat_rn)
     flags = words.reshape(words.shape[:1] + pixels) if has_dq or detect_jumps or n < 2 else None
+    if unusable is not None:
+        zero = jnp.zeros((), slope.dtype)
+        slope, var_read, var_poisson = (jnp.where(unusable, zero, value)
+                                        for value in (slope, var_read, var_poisson))
+        no_jumps = [jnp.zeros(unusable.shape, bool)] * n
+        unfitted = unusable if flags is None else unusable | (
+            ((words[n // 32] >> (n % 32)) & 1) != 0)  # fmt: skip
+        flags = pack_flags(no_jumps, unfitted).reshape((-1,) + pixels)
     return RampFit(
         slope=slope.reshape(pixels), var_read=var_read.reshape(pixels),
         var_poisson=var_poisson.reshape(pixels),
@@ -555,7 +572,12 @@ def fit_ramps_casertano(resultants: ArrayLike, pattern: ReadPattern, read_noise:
 
 
 def _fit_ramps_casertano(resultants, pattern, read_noise, *, dq=None, detect_jumps=False,
-                         threshold_intercept=5.5, threshold_constant=1 / 3):  # fmt: skip
+                         threshold_intercept=5.5, threshold_constant=1 / 3,
+                         checked_on_host=False):  # fmt: skip
+    # host data was checked for NaN/inf on the host (and sent to the masked path if it has
+    # any; the frame driver checks its chunks); device data and traced values are checked
+    # inside the program
+    on_device = isinstance(resultants, jax.Array) and not checked_on_host
     resultants, dq_array, per_pixel = prepare_inputs(
         "fit_ramps_casertano", resultants, pattern, dq, make_dq=False, read_noise=read_noise
     )
@@ -563,5 +585,5 @@ def _fit_ramps_casertano(resultants, pattern, read_noise, *, dq=None, detect_jum
     return _fit_casertano(
         resultants, dq_array, rn, pattern=pattern, has_dq=dq_array is not None,
         detect_jumps=bool(detect_jumps), intercept=float(threshold_intercept),
-        constant=float(threshold_constant),
+        constant=float(threshold_constant), flag_non_finite=on_device,
     )  # fmt: skip

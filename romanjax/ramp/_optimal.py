@@ -234,12 +234,21 @@ def _optimal_rows(differences, read_noise, flux_estimate, *, pattern, grid):
     return pedestal, slope, var_read, var_poisson
 
 
-@partial(jax.jit, static_argnames=("pattern", "grid"))
-def _fit_optimal(resultants, read_noise, flux_estimate, *, pattern, grid):
-    """The dq=None fit: the interpolated GLS of :func:`_optimal_rows` as ``[*pixels]`` rows."""
+@partial(jax.jit, static_argnames=("pattern", "grid", "flag_non_finite"))
+def _fit_optimal(resultants, read_noise, flux_estimate, *, pattern, grid, flag_non_finite=False):
+    """The dq=None fit: the interpolated GLS of :func:`_optimal_rows` as ``[*pixels]`` rows.
+
+    ``flag_non_finite`` (device data): a pixel with a non-finite resultant is not fitted
+    (zeros, the unfitted flag) rather than NaN; refitting it from its other resultants is the
+    masked path's work (pass a dq)."""
     n = pattern.n_resultants
     pixels = resultants.shape[1:]
     flat = resultants.reshape(n, -1)
+    unusable = None
+    if flag_non_finite:
+        finite = jnp.isfinite(flat)
+        unusable = ~jnp.all(finite, axis=0)
+        flat = jnp.where(finite, flat, jnp.zeros((), flat.dtype))
     differences = [flat[0]] + [flat[i] - flat[i - 1] for i in range(1, n)]
     if flux_estimate is not None:
         flux_estimate = flux_estimate.reshape(-1)
@@ -247,6 +256,17 @@ def _fit_optimal(resultants, read_noise, flux_estimate, *, pattern, grid):
         differences, read_noise.reshape(-1), flux_estimate, pattern=pattern, grid=grid
     )
     var_total = [a + b for a, b in zip(var_read, var_poisson, strict=True)]
+    flags = None
+    if unusable is not None:
+        zero = jnp.zeros((), slope.dtype)
+
+        def clear(values):
+            return [jnp.where(unusable, zero, value) for value in values]
+
+        pedestal, slope = clear([pedestal, slope])
+        var_read, var_poisson, var_total = clear(var_read), clear(var_poisson), clear(var_total)
+        no_jumps = [jnp.zeros(unusable.shape, bool)] * n
+        flags = pack_flags(no_jumps, unusable).reshape((-1,) + pixels)
 
     def rows(values):
         return jnp.stack(values).reshape((len(values),) + pixels)
@@ -254,7 +274,7 @@ def _fit_optimal(resultants, read_noise, flux_estimate, *, pattern, grid):
     return RampFit(
         slope=slope.reshape(pixels), var_read=var_read[2].reshape(pixels),
         var_poisson=var_poisson[2].reshape(pixels), var_total=var_total[2].reshape(pixels),
-        pedestal=pedestal.reshape(pixels),
+        flags=flags, pedestal=pedestal.reshape(pixels),
         var_pedestal=rows([var_read[0], var_poisson[0], var_total[0]]),
         cov_pedestal_slope=rows([var_read[1], var_poisson[1], var_total[1]]),
         n_resultants=n,
@@ -428,7 +448,11 @@ def fit_ramps_optimal(resultants: ArrayLike, pattern: ReadPattern, read_noise: A
 
 
 def _fit_ramps_optimal(resultants, pattern, read_noise, *, flux_estimate=None, dq=None,
-                       grid=DEFAULT_GRID):  # fmt: skip
+                       grid=DEFAULT_GRID, checked_on_host=False):  # fmt: skip
+    # host data was checked for NaN/inf on the host (and sent to the masked path if it has
+    # any; the frame driver checks its chunks); device data and traced values are checked
+    # inside the program
+    on_device = isinstance(resultants, jax.Array) and not checked_on_host
     resultants, dq, per_pixel = prepare_inputs(
         "fit_ramps_optimal", resultants, pattern, dq, make_dq=False,
         read_noise=read_noise, flux_estimate=flux_estimate,
@@ -442,4 +466,5 @@ def _fit_ramps_optimal(resultants, pattern, read_noise, *, flux_estimate=None, d
     if dq is not None:
         return _fit_optimal_dq(resultants, dq, read_noise, flux_estimate, pattern=pattern,
                                grid=tuple(grid))  # fmt: skip
-    return _fit_optimal(resultants, read_noise, flux_estimate, pattern=pattern, grid=tuple(grid))
+    return _fit_optimal(resultants, read_noise, flux_estimate, pattern=pattern, grid=tuple(grid),
+                        flag_non_finite=on_device)

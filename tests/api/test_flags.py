@@ -102,6 +102,33 @@ def test_non_finite_device_resultants_are_left_out(float_dtype):
 
 
 @pytest.mark.parametrize("method", ["casertano", "optimal"])
+def test_non_finite_device_resultants_on_the_whole_ramp_path_flag_their_pixel(method,
+                                                                             float_dtype):
+    """Device data without dq (and Casertano without jump detection) take the whole-ramp
+    path: a pixel with a non-finite resultant is not fitted (slope and variances 0,
+    DO_NOT_USE on its resultants); never NaN with dq 0, and the other pixels are fitted."""
+    import jax
+    import jax.numpy as jnp
+
+    flux, resultants = _with_non_finite(float_dtype)
+    clean_flux, clean = _ramps(float_dtype)
+    flux = np.concatenate([flux, clean_flux])
+    resultants = np.concatenate([resultants, clean], axis=1)
+    fitter = getattr(romanjax, f"fit_ramps_{method}")
+    bad = ~np.all(np.isfinite(resultants), axis=0)
+    assert bad.any() and not bad.all()
+    for fit in (fitter(jnp.asarray(resultants), MA4, 5.0),
+                jax.jit(lambda r: fitter(r, MA4, 5.0))(jnp.asarray(resultants))):
+        slope = np.asarray(fit.slope)
+        for name in ("slope", "var_read", "var_poisson", "var_total"):
+            value = np.asarray(getattr(fit, name))
+            assert np.all(np.isfinite(value)) and not value[bad].any(), name
+        np.testing.assert_allclose(slope[~bad], flux[~bad], rtol=1e-4)
+        dq = np.asarray(fit.dq)
+        assert np.all(dq[:, bad] & romanjax.dq.DO_NOT_USE) and not dq[:, ~bad].any()
+
+
+@pytest.mark.parametrize("method", ["casertano", "optimal"])
 def test_fit_frame_leaves_out_non_finite_host_resultants(method, float_dtype):
     flux, resultants = _with_non_finite(float_dtype)
     frame = np.tile(resultants, (1, 700))  # chunks of 1024 pixels: every chunk has some

@@ -729,6 +729,11 @@ def test_array_api_runs_large_host_frames_through_the_driver(monkeypatch, method
     assert calls == [True, False]
     for leaf in jax.tree_util.tree_leaves(routed):
         assert isinstance(leaf, jax.Array)
+    if method == "optimal":
+        # a device array on the whole-ramp path is checked for non-finite values inside the
+        # program, so it carries flags (all zero here); the host frame was checked on the host
+        assert routed.flags is None and not np.asarray(one_pass.flags).any()
+        one_pass = dataclasses.replace(one_pass, flags=None)
     assert_fits_equal(jax.tree_util.tree_map(np.asarray, one_pass),
                       jax.tree_util.tree_map(np.asarray, routed))  # fmt: skip
     if method != "optimal":
