@@ -47,6 +47,7 @@ from ._common import (
     flag_words,
     pack_flags,
     through_frames,
+    unfitted_flags,
     unpack_jumps,
 )
 from ._jumps import barrier, segment_jumps, whole_ramp_trigger
@@ -451,12 +452,10 @@ def _fit_casertano(resultants, dq, read_noise, *, pattern, has_dq, detect_jumps,
     flat = resultants.reshape(n, -1)
     # device data on the whole-ramp path (no dq, no jump detection): a pixel with a
     # non-finite resultant is not fitted (zeros, DO_NOT_USE) rather than NaN; refitting it
-    # from its other resultants is the masked path's work (pass a dq)
-    unusable = None
-    if flag_non_finite and not (has_dq or detect_jumps):
-        finite = jnp.isfinite(flat)
-        unusable = ~jnp.all(finite, axis=0)
-        flat = jnp.where(finite, flat, jnp.zeros((), flat.dtype))
+    # from its other resultants is the masked path's work (pass a dq). The test reads the
+    # resultants (a reduction fused with the fit's own reads); testing the outputs instead
+    # makes each output depend on the others, which XLA answers with recomputation.
+    check_outputs = flag_non_finite and not (has_dq or detect_jumps)
     # dq None: the zero flags are made here, inside the jit (fused, never read from memory)
     flat_dq = jnp.zeros(flat.shape, jnp.uint32) if dq is None else dq.reshape(n, -1)
     if has_dq or detect_jumps:  # non-finite resultants are left out like flagged ones
@@ -488,14 +487,13 @@ def _fit_casertano(resultants, dq, read_noise, *, pattern, has_dq, detect_jumps,
 
     slope, var_read, var_poisson, words = core(flat, flat_dq, flat_rn)
     flags = words.reshape(words.shape[:1] + pixels) if has_dq or detect_jumps or n < 2 else None
-    if unusable is not None:
+    if check_outputs:
+        unusable = ~jnp.all(jnp.isfinite(flat), axis=0)
         zero = jnp.zeros((), slope.dtype)
         slope, var_read, var_poisson = (jnp.where(unusable, zero, value)
                                         for value in (slope, var_read, var_poisson))
-        no_jumps = [jnp.zeros(unusable.shape, bool)] * n
-        unfitted = unusable if flags is None else unusable | (
-            ((words[n // 32] >> (n % 32)) & 1) != 0)  # fmt: skip
-        flags = pack_flags(no_jumps, unfitted).reshape((-1,) + pixels)
+        flags = unfitted_flags(unusable, n, words if flags is not None else None)
+        flags = flags.reshape((-1,) + pixels)
     return RampFit(
         slope=slope.reshape(pixels), var_read=var_read.reshape(pixels),
         var_poisson=var_poisson.reshape(pixels),

@@ -57,6 +57,17 @@ def pack_flags(jumps, unfitted):
     return jnp.stack(words)
 
 
+def unfitted_flags(unfitted, n_resultants: int, words=None):
+    """:attr:`RampFit.flags` words ``[n // 32 + 1, *pixels]`` with no jumps and the unfitted
+    bit set where ``unfitted`` (OR-ed into ``words`` when given): one shift, no packing of
+    ``n`` all-false jump rows."""
+    n = n_resultants
+    bit = unfitted.astype(jnp.uint32) << jnp.uint32(n % 32)
+    if words is None:
+        words = jnp.zeros((flag_words(n),) + unfitted.shape, jnp.uint32)
+    return words.at[n // 32].set(words[n // 32] | bit)
+
+
 def unpack_jumps(flags, n_resultants: int):
     """The jump bits of packed ``flags [w, *pixels]`` as a list of n bool arrays ``[*pixels]``
     (inverse of :func:`pack_flags`)."""

@@ -33,7 +33,14 @@ from .._read_pattern import ReadPattern
 from .._validate import prepare_inputs
 from ..kernels.linalg import fence, tridiagonal_solve
 from ..kernels.order import masked_median, median_axis0
-from ._common import RampFit, exclude_non_finite, map_pixels, pack_flags, through_frames
+from ._common import (
+    RampFit,
+    exclude_non_finite,
+    map_pixels,
+    pack_flags,
+    through_frames,
+    unfitted_flags,
+)
 from ._covariance import covariance_parts, design_matrix
 from ._jumps import barrier
 
@@ -239,16 +246,13 @@ def _fit_optimal(resultants, read_noise, flux_estimate, *, pattern, grid, flag_n
     """The dq=None fit: the interpolated GLS of :func:`_optimal_rows` as ``[*pixels]`` rows.
 
     ``flag_non_finite`` (device data): a pixel with a non-finite resultant is not fitted
-    (zeros, the unfitted flag) rather than NaN; refitting it from its other resultants is the
-    masked path's work (pass a dq)."""
+    (zeros, the unfitted flag) rather than NaN; refitting it from its other resultants is
+    the masked path's work (pass a dq). The test reads the resultants (a reduction XLA
+    fuses with the differences); testing the outputs instead would make every output
+    depend on all the others, which XLA answers by recomputing the weights per output."""
     n = pattern.n_resultants
     pixels = resultants.shape[1:]
     flat = resultants.reshape(n, -1)
-    unusable = None
-    if flag_non_finite:
-        finite = jnp.isfinite(flat)
-        unusable = ~jnp.all(finite, axis=0)
-        flat = jnp.where(finite, flat, jnp.zeros((), flat.dtype))
     differences = [flat[0]] + [flat[i] - flat[i - 1] for i in range(1, n)]
     if flux_estimate is not None:
         flux_estimate = flux_estimate.reshape(-1)
@@ -257,7 +261,8 @@ def _fit_optimal(resultants, read_noise, flux_estimate, *, pattern, grid, flag_n
     )
     var_total = [a + b for a, b in zip(var_read, var_poisson, strict=True)]
     flags = None
-    if unusable is not None:
+    if flag_non_finite:
+        unusable = ~jnp.all(jnp.isfinite(flat), axis=0)
         zero = jnp.zeros((), slope.dtype)
 
         def clear(values):
@@ -265,8 +270,7 @@ def _fit_optimal(resultants, read_noise, flux_estimate, *, pattern, grid, flag_n
 
         pedestal, slope = clear([pedestal, slope])
         var_read, var_poisson, var_total = clear(var_read), clear(var_poisson), clear(var_total)
-        no_jumps = [jnp.zeros(unusable.shape, bool)] * n
-        flags = pack_flags(no_jumps, unusable).reshape((-1,) + pixels)
+        flags = unfitted_flags(unusable, n).reshape((-1,) + pixels)
 
     def rows(values):
         return jnp.stack(values).reshape((len(values),) + pixels)
