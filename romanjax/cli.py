@@ -133,6 +133,11 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--no-cosmic-rays", action="store_true",
                      help="simulate no cosmic rays (default: romanisim's cosmic-ray model)")
     sim.add_argument("--no-png", action="store_true", help="do not write the quick-look PNG")
+    sim.add_argument("--detector", type=int, default=7, choices=range(1, 19), metavar="1..18",
+                     help="WFI detector (SCA) recorded in the files, and whose PSF --psf roman "
+                          "uses (default 7)")
+    sim.add_argument("--start-time", default=None, metavar="ISO",
+                     help="exposure start time, UTC (ISO 8601; default: now)")
 
     fit = sub.add_parser(
         "fit", parents=[common, fitting],
@@ -270,7 +275,7 @@ def _simulate(args):
     import romanjax
 
     from .io import L1Image, L2Image, atomic_paths
-    from .scene import make_scene
+    from .scene import make_psf, make_scene
 
     write_l1, write_l2 = _writers(args)
 
@@ -280,6 +285,7 @@ def _simulate(args):
         )
     if args.size > 4088:
         raise UserError(f"--size {args.size} is larger than a WFI detector (4088)")
+    start_time = _start_time(args.start_time)
     output = args.output
     if output.exists() and not output.is_dir():
         raise UserError(f"--output {output} exists and is not a folder")
@@ -292,7 +298,8 @@ def _simulate(args):
     stages = ["rendering scene", "simulating L1 ramps", "fitting ramps", "writing files"]
     start = time.perf_counter()
     bar = _stages(stages, args.quiet)
-    scene = make_scene(shape, seed=args.seed, sky=args.sky, psf=args.psf)
+    psf = make_psf("roman", sca=args.detector) if args.psf == "roman" else args.psf
+    scene = make_scene(shape, seed=args.seed, sky=args.sky, psf=psf)
     _advance(bar, stages[1])
     key = jax.random.key(args.seed)
     key_photons, key_l1 = jax.random.split(key)
@@ -316,6 +323,9 @@ def _simulate(args):
         "cosmic_rays": not args.no_cosmic_rays,
         "sky": args.sky,
         "psf": args.psf,
+        "detector": f"WFI{args.detector:02d}",
+        "optical_element": "F158",
+        "start_time": start_time,
         "n_sources": len(scene.catalog),
     }
     l1_image = L1Image(resultants=resultants, dq=l1_dq, pattern=pattern, gain=args.gain,
@@ -492,6 +502,21 @@ def _check_catalog_values(table, path) -> None:
             listed = ", ".join(str(row) for row in rows[:5]) + (", ..." if len(rows) > 5 else "")
             raise UserError(f"catalog {path}: {len(rows)} rows with a {what} `{name}` "
                             f"(rows {listed})")  # fmt: skip
+
+
+def _start_time(text):
+    """``--start-time`` as an ISO 8601 UTC string (default: now)."""
+    import datetime
+
+    if text is None:
+        now = datetime.datetime.now(datetime.timezone.utc).replace(tzinfo=None)
+        return now.isoformat(timespec="milliseconds")
+    try:
+        from astropy.time import Time
+
+        return Time(text, scale="utc").isot
+    except ValueError:
+        raise UserError(f"--start-time {text!r} is not an ISO 8601 time") from None
 
 
 def _writers(args):

@@ -422,9 +422,24 @@ def _from_roman(node, kind, tree, path):
     return _with_extras(_from_roman_node(node, kind, tree, path, extras), extras, path)
 
 
+def _roman_meta(node, path):
+    """Provenance, and the detector, optical element and start time a Roman file names."""
+    meta = {"source_file": str(path), "source_format": type(node).__name__}
+    for key, get in (("detector", lambda: node.meta.instrument.detector),
+                     ("optical_element", lambda: node.meta.instrument.optical_element),
+                     ("start_time", lambda: node.meta.exposure.start_time.isot)):  # fmt: skip
+        try:
+            value = get()
+        except (AttributeError, KeyError, TypeError):
+            continue
+        if isinstance(value, str) and value not in ("", "?"):
+            meta[key] = value
+    return meta
+
+
 def _from_roman_node(node, kind, tree, path, extras):
     pattern = _roman_pattern(node, path)
-    meta = {"source_file": str(path), "source_format": type(node).__name__}
+    meta = _roman_meta(node, path)
     if kind == "L1":
         data = np.asarray(node.data)
         if data.ndim != 3 or min(data.shape[1:]) <= 2 * NBORDER:

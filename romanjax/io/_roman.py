@@ -3,6 +3,9 @@ L1, ``ImageModel`` for L2) that ``roman_datamodels.open`` reads and validates.
 
 Layout, as romanisim writes them:
 
+* both: ``meta.instrument.detector`` / ``optical_element`` and ``meta.exposure.start_time``
+  from the product's meta (``detector``, ``optical_element``, ``start_time``), else
+  romanjax's simulation defaults (WFI07, F158) and the time of writing.
 * L1: ``data`` [DN] uint16 ``[n_resultant, ny + 8, nx + 8]``: the science pixels surrounded
   by the 4-pixel reference-pixel border (zeros here: the simulation has no reference-pixel
   signal); ``meta.exposure`` carries the read pattern (``read_pattern``, ``nresultants``,
@@ -111,6 +114,22 @@ def _wcs(model, wcs, extras):
     model.meta.wcs = gwcs_from_fits(wcs)
 
 
+#: Detector and optical element written when a product's meta does not name them: those of
+#: romanjax's simulations (``make_psf``'s defaults: SCA 7, F158).
+DEFAULT_DETECTOR, DEFAULT_OPTICAL_ELEMENT = "WFI07", "F158"
+
+
+def _instrument(model, meta):
+    """``meta.instrument``: the detector and optical element the product names (``detector``
+    as ``"WFI07"`` or 7, ``optical_element``), else romanjax's simulation defaults."""
+    detector = meta.get("detector", DEFAULT_DETECTOR)
+    if isinstance(detector, (int, np.integer)) or str(detector).isdigit():
+        detector = f"WFI{int(detector):02d}"
+    model.meta.instrument.detector = str(detector)
+    model.meta.instrument.optical_element = str(meta.get("optical_element",
+                                                         DEFAULT_OPTICAL_ELEMENT))
+
+
 def _meta(product):
     meta = {}
     for key, value in dict(product.meta).items():
@@ -161,6 +180,7 @@ def to_roman_l1(l1: L1Image):
     model.data = data
     model.amp33 = np.zeros(model.amp33.shape, np.uint16)
     _exposure(model, l1.pattern, l1.meta.get("start_time"))
+    _instrument(model, l1.meta)
     extras = {"kind": "L1", "dq": np.asarray(l1.dq, np.uint32),
               "gain": _scalar_or_array(l1.gain), "read_noise": _scalar_or_array(l1.read_noise),
               "meta": _meta(l1)}  # fmt: skip
@@ -182,6 +202,7 @@ def to_roman_l2(l2: L2Image):
         if name in model:
             setattr(model, name, np.zeros(data.shape, np.float16))
     _exposure(model, l2.pattern, l2.meta.get("start_time"))
+    _instrument(model, l2.meta)
     extras = {"kind": "L2", "var_rnoise": np.asarray(l2.var_rnoise, np.float32),
               "var_poisson": np.asarray(l2.var_poisson, np.float32),
               "err": np.asarray(l2.err, np.float32),

@@ -129,6 +129,21 @@ def test_simulate_writes_roman_datamodels_by_default_and_romanjax_files_on_reque
                  "--product-format", "romanjax"]) == 0  # fmt: skip
     assert file_kind(out / "romanjax_L1.asdf") == ("romanjax", "L1")
     assert file_kind(out / "romanjax_L2.asdf") == ("romanjax", "L2")
+    # detector and start time: given, recorded in the Roman meta, carried through `fit`
+    with rdm.open(simulated / "romanjax_L1.asdf") as model:
+        assert model.meta.instrument.detector == "WFI07"
+        assert model.meta.instrument.optical_element == "F158"
+    sca3 = tmp_path / "sca3"
+    assert main(["simulate", "--size", "16", "--output", str(sca3), "-q", "--no-png",
+                 "--detector", "3", "--start-time", "2027-03-01T12:00:00"]) == 0  # fmt: skip
+    assert main(["fit", str(sca3 / "romanjax_L1.asdf"), "-o", str(sca3 / "refit.asdf"),
+                 "-q"]) == 0  # fmt: skip
+    for name in ("romanjax_L1.asdf", "romanjax_L2.asdf", "refit.asdf"):
+        with rdm.open(sca3 / name) as model:
+            assert model.meta.instrument.detector == "WFI03", name
+            assert model.meta.exposure.start_time.isot.startswith("2027-03-01T12:00:00"), name
+    assert main(["simulate", "--size", "16", "--output", str(tmp_path / "bad"), "-q",
+                 "--start-time", "yesterday"]) == 1  # fmt: skip
 
 
 @needs_pipeline
