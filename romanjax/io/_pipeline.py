@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._roman import NBORDER, _require_datamodels
+from ._roman import NBORDER, _require_datamodels, zero_reference_arrays
 
 #: Metadata nodes of the ramp copied to the image, where the image schema has them.
 _META_NODES = ("exposure", "instrument", "observation", "pointing", "program", "visit",
@@ -95,6 +95,7 @@ def ramp_fit_datamodel(ramp, *, read_noise, gain, method: str = "likely",
                  gain=_reference_array(gain, "gain", shape), dq=groupdq, method=method,
                  pixel_flags="romancal", **keywords)  # fmt: skip
     image = datamodels.ImageModel.create_fake_data(shape=shape)
+    zero_reference_arrays(image, pattern.n_resultants, shape)
     for node in _META_NODES:
         if node in ramp.meta:
             image.meta[node] = ramp.meta[node]

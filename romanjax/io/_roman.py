@@ -130,6 +130,34 @@ def _instrument(model, meta):
                                                          DEFAULT_OPTICAL_ELEMENT))
 
 
+#: Width of the 33rd amplifier's (reference) output per row [pixels], as in Roman L1 files.
+AMP33_WIDTH = 128
+
+
+def zero_reference_arrays(model, n_resultants, shape):
+    """Replace the maker's stand-in reference-pixel arrays by zeros of Roman's shapes: a
+    simulation has no reference-pixel signal, and a fit none to report. ``shape`` is the
+    science ``(ny, nx)`` (L2) or the full ``(ny + 8, nx + 8)`` (L1, which holds its border in
+    ``data``)."""
+    ny, nx = shape
+    n, b = n_resultants, NBORDER
+    arrays = {
+        "amp33": np.zeros((n, ny, AMP33_WIDTH), np.uint16),
+        "dq2": np.zeros((ny, nx), np.uint32),
+        "border_ref_pix_left": np.zeros((n, ny, b), np.float32),
+        "border_ref_pix_right": np.zeros((n, ny, b), np.float32),
+        "border_ref_pix_top": np.zeros((n, b, nx), np.float32),
+        "border_ref_pix_bottom": np.zeros((n, b, nx), np.float32),
+        "dq_border_ref_pix_left": np.zeros((ny, b), np.uint32),
+        "dq_border_ref_pix_right": np.zeros((ny, b), np.uint32),
+        "dq_border_ref_pix_top": np.zeros((b, nx), np.uint32),
+        "dq_border_ref_pix_bottom": np.zeros((b, nx), np.uint32),
+    }
+    for name, value in arrays.items():
+        if name in model:
+            setattr(model, name, value)
+
+
 def _meta(product):
     meta = {}
     for key, value in dict(product.meta).items():
@@ -147,9 +175,12 @@ def _save(model, extras, path):
     model.meta.filename = path.name
     model.validate()  # a schema error raises here, before any file is touched
     af = asdf.AsdfFile({"roman": model._instance, "romanjax_extras": extras})
-    for value in extras.values():
-        if isinstance(value, np.ndarray) and value.dtype == np.uint32:
-            af.set_array_compression(value, "zlib")  # flags: mostly zeros
+    arrays = [value for value in extras.values() if isinstance(value, np.ndarray)]
+    arrays += [getattr(model, name) for name in model if isinstance(getattr(model, name, None),
+                                                                    np.ndarray)]  # fmt: skip
+    for value in arrays:
+        if value.dtype.kind in "ui" or not value.any():
+            af.set_array_compression(value, "zlib")  # flags and empty arrays: mostly zeros
     with atomic_path(path) as temporary:
         af.write_to(temporary)
     return path
@@ -178,7 +209,7 @@ def to_roman_l1(l1: L1Image):
     data = np.zeros((n, ny + 2 * b, nx + 2 * b), np.uint16)
     data[:, b:-b, b:-b] = resultants
     model.data = data
-    model.amp33 = np.zeros(model.amp33.shape, np.uint16)
+    zero_reference_arrays(model, n, (ny + 2 * b, nx + 2 * b))
     _exposure(model, l1.pattern, l1.meta.get("start_time"))
     _instrument(model, l1.meta)
     extras = {"kind": "L1", "dq": np.asarray(l1.dq, np.uint32),
@@ -193,6 +224,7 @@ def to_roman_l2(l2: L2Image):
     datamodels = _require_datamodels("to_roman_l2")
     data = np.asarray(l2.data, np.float32)
     model = datamodels.ImageModel.create_fake_data(shape=data.shape)
+    zero_reference_arrays(model, l2.pattern.n_resultants, data.shape)
     model.data = data
     model.dq = np.asarray(l2.dq, np.uint32)
     model.err = np.asarray(l2.err).astype(np.float16)

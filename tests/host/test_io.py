@@ -330,6 +330,13 @@ def test_roman_l2_opens_and_validates_with_an_equal_gwcs(tmp_path, rng):
         np.testing.assert_allclose(np.asarray(model.var_poisson, np.float32), l2.var_poisson,
                                    rtol=1e-3)  # fmt: skip
         np.testing.assert_allclose(np.asarray(model.err, np.float32), l2.err, rtol=1e-3)
+        # reference-pixel arrays: Roman's shapes, no stand-in values
+        n = l2.pattern.n_resultants
+        assert model.border_ref_pix_left.shape == (n, 6, NBORDER)
+        assert model.border_ref_pix_top.shape == (n, NBORDER, 7)
+        assert model.amp33.shape[:2] == (n, 6)
+        for name in ("border_ref_pix_left", "border_ref_pix_top", "amp33", "dq2"):
+            assert not np.asarray(getattr(model, name)).any(), name
         # meta.wcs: a gwcs equal to the astropy TAN WCS the image was made with
         y, x = np.indices(l2.shape)
         np.testing.assert_allclose(np.array(model.meta.wcs(x, y)),
