@@ -4,6 +4,8 @@ matrices against dense float64 oracles."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -272,3 +274,18 @@ def test_fit_scene_reaches_the_same_maximum_from_a_displaced_start_by_both_metho
         js.fit_scene(resultants, PATTERN, 5.0, model, start, free=("size",))
     with pytest.raises(ValueError, match="`method`"):
         js.fit_scene(resultants, PATTERN, 5.0, model, start, method="adam")
+
+
+def test_a_galsim_roman_psf_made_once_renders_inside_jit():
+    pytest.importorskip("galsim.roman")
+    model = js.stamp_model(16, psf="roman", fft_size=128)  # galsim.roman.getPSF, drawn once
+    assert type(model.psf).__name__ == "InterpolatedImage"
+    star = PARAMS._replace(x=0.5, y=0.5, sky=0.0)  # centred on pixel (8, 8)
+    model = dataclasses.replace(model, profile="point")
+    rate = np.asarray(jax.jit(js.render_rate)(star, model))
+    assert np.all(np.isfinite(rate))
+    assert np.unravel_index(np.argmax(rate), rate.shape) == (8, 8)
+    # Roman's PSF at 1.58 micron on 0.11" pixels: a fraction of the light in the peak pixel,
+    # most of it within the stamp
+    assert 0.15 < rate.max() / star.flux < 0.6
+    assert 0.85 < rate.sum() / star.flux <= 1.0001
