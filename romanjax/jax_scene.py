@@ -39,6 +39,7 @@ This module needs the optional ``jax-galsim`` package (``pip install romanjax[sc
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import warnings
 from functools import partial
@@ -265,13 +266,14 @@ def roman_psf(kind="roman", *, scale=0.11 / 4, size=128, fft_size=256, **psf_opt
     )  # fmt: skip
 
 
+@contextlib.contextmanager
 def _quiet():
     """JAX-GalSim asks for complex128 buffers whatever the precision; in float32 (JAX's
     default) JAX narrows them to complex64 and warns. The narrowing is what float32 means."""
-    context = warnings.catch_warnings()
-    context.__enter__()
-    warnings.filterwarnings("ignore", message="Explicitly requested dtype", category=UserWarning)
-    return context
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Explicitly requested dtype",
+                                category=UserWarning)  # fmt: skip
+        yield
 
 
 def _galaxy(params: GalaxyParams, model: StampModel, gsparams):
@@ -319,14 +321,11 @@ def render_rate(params: GalaxyParams, model: StampModel) -> jax.Array:
     ny, nx = model.shape
     # the fine grid's pixel edges fall on the coarse grid's, and both images share their
     # centre, so the offset scales with the grid
-    context = _quiet()
-    try:
+    with _quiet():
         image = profile.drawImage(
             nx=nx * ov, ny=ny * ov, wcs=jgs.JacobianWCS(*jacobian.ravel().tolist()),
             offset=(params.x * ov, params.y * ov), dtype=dtype,
         )  # fmt: skip
-    finally:
-        context.__exit__(None, None, None)
     rate = image.array.reshape(ny, ov, nx, ov).sum(axis=(1, 3))
     return rate + params.sky
 
@@ -383,9 +382,11 @@ def _rate_jacobian(params: GalaxyParams, model: StampModel):
     vector = jnp.stack([jnp.asarray(value, dtype) for value in params])
 
     def rates(theta):
-        return render_rate(GalaxyParams(*theta), model).ravel()
+        value = render_rate(GalaxyParams(*theta), model).ravel()
+        return value, value  # the rates ride along as aux: the stamp is rendered once
 
-    return rates(vector), jax.jacfwd(rates)(vector)
+    jacobian, value = jax.jacfwd(rates, has_aux=True)(vector)
+    return value, jacobian
 
 
 def _scene_fisher(function, pattern, params, read_noise, model, slope_variance, **bound):
@@ -556,10 +557,11 @@ def fit_scene(resultants: ArrayLike, pattern: ReadPattern, read_noise: ArrayLike
 
     if method == "scoring":
         optimiser = optax.sgd(learning_rate=1.0)
+        value_and_grad = jax.value_and_grad(objective)
     else:
         optimiser = optax.lbfgs()
-    value_and_grad = jax.value_and_grad(objective)
-    lbfgs_value_and_grad = optax.value_and_grad_from_state(objective)
+        # the value and gradient the line search already computed at the accepted point
+        value_and_grad = optax.value_and_grad_from_state(objective)
 
     def step(carry, _):
         z, state = carry
@@ -567,7 +569,7 @@ def fit_scene(resultants: ArrayLike, pattern: ReadPattern, read_noise: ArrayLike
             value, gradient = value_and_grad(z)
             updates, state = optimiser.update(gradient, state, z)
         else:
-            value, gradient = lbfgs_value_and_grad(z, state=state)
+            value, gradient = value_and_grad(z, state=state)
             updates, state = optimiser.update(gradient, state, z, value=value, grad=gradient,
                                               value_fn=objective)  # fmt: skip
         return (optax.apply_updates(z, updates), state), value
