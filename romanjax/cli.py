@@ -540,17 +540,12 @@ def _inject(args):
     import numpy as np
 
     from .inject import inject_sources_into_l1, inject_sources_into_l2
-    from .io import (
-        file_kind,
-        has_romanjax_extras,
-        open_datamodel,
-        read_l1,
-        read_l2,
-        write_datamodel,
-    )
+    from .io import L2Image, open_product, write_datamodel
 
     write_l1, write_l2 = _writers(args)
-    source, kind = file_kind(args.l2)
+    # the input is read once: romanjax's files (either format) and every L1 as romanjax
+    # images, other Roman L2 files as the datamodel, injected into and written back as such
+    _, kind, image = open_product(args.l2)
     catalog = _read_catalog(args.catalog, args.format)
     output = args.output or _default_output(args.l2, "_injected")
     if output.resolve() == args.l2.resolve():
@@ -561,7 +556,7 @@ def _inject(args):
     start = time.perf_counter()
     key = jax.random.key(args.seed)
     if kind == "L1":  # into the resultants; written in --product-format
-        l1 = read_l1(args.l2)
+        l1 = image
         off = _sources_off_image(catalog, l1.wcs, l1.shape)
         new = inject_sources_into_l1(l1, catalog, key=key, psf=args.psf,
                                      progress=not args.quiet)  # fmt: skip
@@ -569,10 +564,7 @@ def _inject(args):
         new.meta.update(injected_from=str(args.catalog), injected_sources=len(catalog))
         write_l1(output, new)
     else:
-        # romanjax's files (either format) are read whole; other Roman files are injected
-        # into as datamodels and written back as such
-        ours = source == "romanjax" or has_romanjax_extras(args.l2)
-        image = read_l2(args.l2) if ours else open_datamodel(args.l2)
+        ours = isinstance(image, L2Image)
         wcs = image.wcs if ours else getattr(image.meta, "wcs", None)
         off = _sources_off_image(catalog, wcs, tuple(np.shape(image.data)))
         new = inject_sources_into_l2(image, catalog, key=key, psf=args.psf,

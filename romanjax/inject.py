@@ -241,8 +241,10 @@ def inject_sources_into_l2(image, catalog, *, key, psf=None, gain=None, read_noi
         wcs = out.wcs
         image_gain, image_read_noise = out.gain, out.read_noise
     elif _is_datamodel(image):
+        from roman_datamodels import DataModel
+
         # DataModel.copy() is a deep copy; bare stnodes (romanisim's WfiImage) are deep-copied
-        out = image.copy() if hasattr(image, "_instance") else copy.deepcopy(image)
+        out = image.copy() if isinstance(image, DataModel) else copy.deepcopy(image)
         try:
             pattern = romanjax.ReadPattern([list(r) for r in out.meta.exposure.read_pattern])
         except Exception as error:

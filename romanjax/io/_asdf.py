@@ -44,6 +44,7 @@ __all__ = [
     "read_l1",
     "read_l2",
     "file_kind",
+    "open_product",
     "open_datamodel",
     "write_datamodel",
     "NBORDER",
@@ -507,11 +508,59 @@ def read_product(path):
     ProductFileError (a ValueError)
         If the file is not ASDF, is corrupt, or is not an L1/L2 product.
     """
-    tree = _open_tree(path)
+    return _product(_open_tree(path), path)
+
+
+def _product(tree, path):
+    """The L1Image or L2Image of an opened tree (see :func:`read_product`)."""
     source, kind, node = _classify(tree, path)
     if source == "romanjax":
         return _from_romanjax(node, kind, path)
     return _from_roman(node, kind, tree, path)
+
+
+def open_product(path):
+    """Open an L1 or L2 file once and give its kind and the image to work on.
+
+    One read of the file serves the classification (:func:`file_kind`,
+    :func:`has_romanjax_extras`) and the image, which is
+
+    * an :class:`L1Image` or :class:`L2Image` (:func:`read_product`) for romanjax's files in
+      either format (its own layout, or a Roman datamodel with the ``romanjax_extras``
+      node) and for every L1 file;
+    * the roman_datamodels ``ImageModel`` (as :func:`open_datamodel` gives it) for any other
+      Roman L2 file, such as romanisim writes: working on the datamodel and saving it keeps
+      every array and metadata the file has, which an :class:`L2Image` has no place for.
+
+    Returns
+    -------
+    source : {"romanjax", "roman"}
+        As :func:`file_kind`.
+    kind : {"L1", "L2"}
+    image : L1Image, L2Image or roman_datamodels DataModel
+
+    Raises
+    ------
+    FileNotFoundError
+        If ``path`` does not exist.
+    ProductFileError (a ValueError)
+        If the file is not ASDF, is corrupt, or is not an L1/L2 product.
+    """
+    tree = _open_tree(path)
+    source, kind, node = _classify(tree, path)
+    if kind == "L2" and source == "roman" and not isinstance(tree.get("romanjax_extras"), dict):
+        import asdf
+        import roman_datamodels as rdm
+
+        # the node read above is the whole model (arrays loaded, file closed): wrap it
+        # rather than open the file again
+        try:
+            return source, kind, rdm.open(asdf.AsdfFile({"roman": node}))
+        except Exception as error:
+            raise ProductFileError(
+                f"{path} is not a readable Roman datamodel file: {error}"
+            ) from error
+    return source, kind, _product(tree, path)
 
 
 def read_l1(path) -> L1Image:

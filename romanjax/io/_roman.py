@@ -5,19 +5,27 @@ Layout, as romanisim writes them:
 
 * both: ``meta.instrument.detector`` / ``optical_element`` and ``meta.exposure.start_time``
   from the product's meta (``detector``, ``optical_element``, ``start_time``), else
-  romanjax's simulation defaults (WFI07, F158) and the time of writing.
+  romanjax's simulation defaults (WFI07, F158) and the time of writing; ``meta.exposure``
+  carries the read pattern (``read_pattern``, ``nresultants``, ``frame_time`` = the time of
+  one read [s], ``exposure_time``) and, when its reads are those of an MA table
+  (:data:`romanjax.MA_TABLES`), the table's ``ma_table_number`` (else the datamodel's
+  default, which means unknown).
 * L1: ``data`` [DN] uint16 ``[n_resultant, ny + 8, nx + 8]``: the science pixels surrounded
   by the 4-pixel reference-pixel border (zeros here: the simulation has no reference-pixel
-  signal); ``meta.exposure`` carries the read pattern (``read_pattern``, ``nresultants``,
-  ``frame_time`` = the time of one read [s], ``exposure_time``).
-* L2: ``data`` [DN/s] float32, ``dq`` uint32, and the schema's float16 ``err``,
-  ``var_poisson`` and ``var_rnoise`` [(DN/s)**2] (float16 is what the schema asks for: about
-  three significant digits).
+  signal). No ``resultantdq``: see the flags below.
+* L2: ``data`` [DN/s] float32, ``dq`` uint32 (the pixel flags, all 32 bits), and the
+  schema's float16 ``err``, ``var_poisson`` and ``var_rnoise`` [(DN/s)**2] (float16 is what
+  the schema asks for: about three significant digits).
 
 What the schema has no place for (the L1 resultant flags, the full-precision variances, the
 gain and read noise, romanjax's provenance and an astropy WCS) goes to a ``romanjax_extras``
 node beside ``roman`` in the same file, so :func:`romanjax.io.read_product` gets back exactly
-what was written while any Roman tool sees a valid datamodel. A gwcs WCS is stored as
+what was written while any Roman tool sees a valid datamodel. Roman's per-resultant flags
+are uint8 (a ``ScienceRawModel``'s optional ``resultantdq``, which becomes a ``RampModel``'s
+``groupdq``), so only the low 8 bits of romanjax's uint32 resultant flags would survive
+there (``NONLINEAR``, ``NO_FLAT_FIELD`` and the other high bits would not): the L1 is
+written without ``resultantdq`` and its full uint32 flags are kept as ``dq`` in the extras,
+where :func:`romanjax.io.read_product` takes them from. A gwcs WCS is stored as
 ``meta.wcs``; an astropy (FITS) TAN WCS exactly in the extras and as an equal gwcs in
 ``meta.wcs`` (:func:`gwcs_from_fits`); no WCS is ``meta.wcs = None``, as romancal's ramp fit
 writes before ``assign_wcs``.
@@ -30,9 +38,9 @@ from pathlib import Path
 
 import numpy as np
 
+from .._read_pattern import MA_TABLES
+from ._asdf import NBORDER, _scalar_or_array, atomic_path
 from ._products import L1Image, L2Image
-
-NBORDER = 4
 
 
 def _require_datamodels(function):
@@ -46,10 +54,22 @@ def _require_datamodels(function):
     return datamodels
 
 
+def _ma_table_number(pattern):
+    """The number of the MA table (:data:`romanjax.MA_TABLES`) whose reads ``pattern`` has,
+    else None. The read time plays no part: a table fixes which reads make each resultant."""
+    for number, reads in MA_TABLES.items():
+        if reads == pattern.reads:
+            return number
+    return None
+
+
 def _exposure(model, pattern, start_time):
     from astropy.time import Time, TimeDelta
 
     exposure = model.meta.exposure
+    number = _ma_table_number(pattern)
+    if number is not None:  # else the datamodel's "unknown" default
+        exposure.ma_table_number = number
     exposure.read_pattern = [list(map(int, reads)) for reads in pattern.reads]
     exposure.nresultants = int(pattern.n_resultants)
     exposure.frame_time = float(pattern.read_time)
@@ -166,15 +186,43 @@ def _meta(product):
     return meta
 
 
+def _datamodel_node(model):
+    """The tagged node (``WfiImage``, ``WfiScienceRaw``, ...) a roman_datamodels model wraps:
+    what the model's own ``save`` writes as the file's ``roman`` node.
+
+    romanjax writes its ``romanjax_extras`` node beside ``roman`` in the same ASDF tree, and
+    roman_datamodels has no public way to do that: ``DataModel.save`` / ``to_asdf`` build an
+    ``AsdfFile`` holding ``roman`` alone, no public attribute or method returns the node,
+    and the node classes live in the private ``roman_datamodels._stnode``. So this reads the
+    model's private ``_instance``, the attribute ``to_asdf`` itself writes, here and nowhere
+    else; ``tests/host/test_io.py`` checks that it is still the model's node, so a
+    roman_datamodels release that changes it fails there, and a write fails with this
+    message rather than with a corrupt file.
+    """
+    from roman_datamodels.datamodels import DataModel, TaggedObjectNode
+
+    try:
+        node = model._instance if isinstance(model, DataModel) else None
+    except (AttributeError, RecursionError):  # DataModel.__getattr__ looks in _instance too
+        node = None
+    if not isinstance(node, TaggedObjectNode):
+        import roman_datamodels
+
+        raise RuntimeError(
+            f"romanjax cannot get the node of a {type(model).__name__} from roman_datamodels "
+            f"{roman_datamodels.__version__} to write a Roman file; write a romanjax file "
+            "(format 'romanjax') or use a roman_datamodels release romanjax supports"
+        )
+    return node
+
+
 def _save(model, extras, path):
     import asdf
-
-    from ._asdf import atomic_path
 
     path = Path(path)
     model.meta.filename = path.name
     model.validate()  # a schema error raises here, before any file is touched
-    af = asdf.AsdfFile({"roman": model._instance, "romanjax_extras": extras})
+    af = asdf.AsdfFile({"roman": _datamodel_node(model), "romanjax_extras": extras})
     arrays = [value for value in extras.values() if isinstance(value, np.ndarray)]
     arrays += [getattr(model, name) for name in model if isinstance(getattr(model, name, None),
                                                                     np.ndarray)]  # fmt: skip
@@ -184,11 +232,6 @@ def _save(model, extras, path):
     with atomic_path(path) as temporary:
         af.write_to(temporary)
     return path
-
-
-def _scalar_or_array(value):
-    array = np.asarray(value)
-    return float(array) if array.ndim == 0 else array
 
 
 def to_roman_l1(l1: L1Image):
@@ -247,12 +290,19 @@ def to_roman_l2(l2: L2Image):
 def write_roman_l1(path, l1: L1Image):
     """Write an :class:`L1Image` as a Roman ``ScienceRawModel`` file (atomically).
 
+    The resultant flags ``l1.dq`` (uint32) are written whole to the ``romanjax_extras`` node
+    and not to the model: Roman's per-resultant flags (``resultantdq``, a ``RampModel``'s
+    ``groupdq``) are uint8 and would keep only their low 8 bits. :func:`romanjax.io.read_l1`
+    reads them back exactly; other Roman tools see an L1 without resultant flags.
+
     Returns the path. Raises ImportError without roman_datamodels."""
     return _save(*to_roman_l1(l1), path)
 
 
 def write_roman_l2(path, l2: L2Image):
     """Write an :class:`L2Image` as a Roman ``ImageModel`` file (atomically).
+
+    The pixel flags ``l2.dq`` go whole to the model's ``dq``, which is uint32 as they are.
 
     Returns the path. Raises ImportError without roman_datamodels."""
     return _save(*to_roman_l2(l2), path)

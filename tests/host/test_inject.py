@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib.util
+import os
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -292,3 +294,54 @@ def test_flagged_pixels_keep_their_read_noise_variance():
     np.testing.assert_allclose(new.err[changed] ** 2,
                                new.var_rnoise[changed] + new.var_poisson[changed], rtol=1e-5)
     assert np.array_equal(new.dq, image.dq)
+
+
+@pytest.mark.parametrize("layout", ["romanjax L2", "Roman L2", "other Roman L2", "romanjax L1"])
+def test_inject_command_reads_its_input_once(layout, tmp_path, monkeypatch):
+    """`romanjax inject` classifies its input and builds the image from one read of the
+    file, whatever the file is (romanjax's own layout or a Roman datamodel, with or without
+    romanjax's extras; L2 or L1)."""
+    import asdf
+
+    from romanjax.cli import main
+    from romanjax.io import L1Image, read_product, to_roman_l2, write_datamodel, write_l1
+
+    if "Roman" in layout:
+        pytest.importorskip("roman_datamodels")
+    if layout.endswith("L1") and importlib.util.find_spec("romanjax.l1._inject") is None:
+        pytest.skip("needs romanjax.inject_counts_into_l1")
+    shape = (32, 32)
+    image = flat_l2(shape)
+    source = tmp_path / "input.asdf"
+    if layout == "romanjax L2":
+        romanjax.io.write_l2(source, image)
+    elif layout == "Roman L2":
+        romanjax.io.write_roman_l2(source, image)
+    elif layout == "other Roman L2":  # a plain ImageModel, without romanjax_extras
+        write_datamodel(to_roman_l2(image)[0], source)
+    else:
+        ramp = np.rint(500.0 + image.data[None] * image.pattern.tbar[:, None, None])
+        write_l1(source, L1Image(resultants=ramp.astype(np.float32),
+                                 dq=np.zeros(ramp.shape, np.uint32), pattern=image.pattern,
+                                 wcs=image.wcs))  # fmt: skip
+    catalog = tmp_path / "cat.csv"
+    Table({"x": [16.0], "y": [15.0], "flux": [1000.0]}).write(catalog)
+
+    opened = []
+    real_open = asdf.open
+
+    def counting_open(target, *args, **kwargs):
+        if isinstance(target, (str, os.PathLike)) and Path(target).resolve() == source.resolve():
+            opened.append(target)
+        return real_open(target, *args, **kwargs)
+
+    monkeypatch.setattr(asdf, "open", counting_open)
+    out = tmp_path / "out.asdf"
+    assert main(["inject", str(source), str(catalog), "-o", str(out), "-q",
+                 "--product-format", "romanjax" if layout.startswith("romanjax") else "roman"]) == 0
+    assert len(opened) == 1, f"{layout}: the input was opened {len(opened)} times"
+    monkeypatch.undo()
+    before, after = read_product(source), read_product(out)
+    assert type(after) is type(before) and after.kind == layout[-2:]
+    if layout.endswith("L2"):
+        assert after.data.sum() > before.data.sum()

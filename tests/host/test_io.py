@@ -353,6 +353,71 @@ def test_roman_l2_opens_and_validates_with_an_equal_gwcs(tmp_path, rng):
         assert model.meta.wcs is None
 
 
+def test_roman_files_name_the_ma_table_of_their_read_pattern(tmp_path, rng):
+    """meta.exposure.ma_table_number is the MA table whose reads the pattern has (whatever
+    the read time), and the datamodel's default for any other pattern."""
+    rdm = pytest.importorskip("roman_datamodels")
+    from romanjax.io import write_roman_l1, write_roman_l2
+
+    default = rdm.datamodels.ImageModel.create_fake_data(shape=(2, 2))
+    unknown = default.meta.exposure.ma_table_number
+    assert unknown not in romanjax.MA_TABLES
+    l1 = _integer_l1(rng)
+    l1.pattern = romanjax.ReadPattern.from_ma_table(4, read_time=2.0)
+    l2 = make_l2_image(rng)  # not an MA table
+    for write, product, expected, name in ((write_roman_l1, l1, 4, "a_L1.asdf"),
+                                           (write_roman_l2, l2, unknown, "a_L2.asdf")):
+        path = write(tmp_path / name, product)
+        with rdm.open(path) as model:
+            model.validate()
+            assert model.meta.exposure.ma_table_number == expected
+        assert read_product(path).pattern == product.pattern
+    l2.pattern = romanjax.ReadPattern.from_ma_table(109)  # skips reads
+    with rdm.open(write_roman_l2(tmp_path / "b_L2.asdf", l2)) as model:
+        assert model.meta.exposure.ma_table_number == 109
+    assert read_l2(tmp_path / "b_L2.asdf").pattern == romanjax.ReadPattern.from_ma_table(109)
+
+
+def test_roman_l1_keeps_its_uint32_resultant_flags_in_the_extras(tmp_path, rng):
+    """Roman's per-resultant flags are uint8: the L1 has none, and the extras hold every bit."""
+    rdm = pytest.importorskip("roman_datamodels")
+    from romanjax.io import write_roman_l1
+
+    l1 = _integer_l1(rng)
+    l1.dq = l1.dq | np.where(rng.random(l1.dq.shape) < 0.3, romanjax.dq.NONLINEAR,
+                             0).astype(np.uint32)  # fmt: skip
+    path = write_roman_l1(tmp_path / "flags_L1.asdf", l1)
+    with rdm.open(path) as model:
+        assert "resultantdq" not in model and "groupdq" not in model
+    with asdf.open(path) as af:
+        extras = np.asarray(af["romanjax_extras"]["dq"])
+    assert extras.dtype == np.uint32 and np.array_equal(extras, l1.dq)
+    back = read_l1(path)
+    assert back.dq.dtype == np.uint32 and np.array_equal(back.dq, l1.dq)
+    assert (back.dq & romanjax.dq.NONLINEAR).any()
+
+
+def test_roman_writer_gets_the_models_node_from_roman_datamodels(rng):
+    """The Roman writers put romanjax_extras beside the model's node, which roman_datamodels
+    offers only as the private ``DataModel._instance``: if a release drops or changes it,
+    this fails here (and the writers raise a clear error instead of writing a bad file)."""
+    pytest.importorskip("roman_datamodels")
+    from roman_datamodels.datamodels import TaggedObjectNode
+
+    from romanjax.io import to_roman_l1, to_roman_l2
+    from romanjax.io._roman import _datamodel_node
+
+    for model, _ in (to_roman_l1(_integer_l1(rng)), to_roman_l2(make_l2_image(rng))):
+        node = _datamodel_node(model)
+        assert isinstance(node, TaggedObjectNode)
+        assert type(node).__name__ in ("WfiScienceRaw", "WfiImage")
+        model.meta.filename = "changed.asdf"  # the model's node, not a copy
+        assert node.meta.filename == "changed.asdf"
+        assert node.data is model.data
+    with pytest.raises(RuntimeError, match="cannot get the node"):
+        _datamodel_node({"meta": {}})
+
+
 def test_roman_l1_refuses_values_uint16_cannot_hold(tmp_path, rng):
     pytest.importorskip("roman_datamodels")
     from romanjax.io import write_roman_l1
