@@ -26,6 +26,8 @@ _EXPORTS = {
     "inject_sources_into_l2": "romanjax.inject",
     "inject_sources_into_l1": "romanjax.inject",
     "inject_counts_into_l1": "romanjax.l1._inject",
+    "frame_read_times": "romanjax.l1._readout",
+    "dark_decay_signal": "romanjax.l1._readout",
     "expected_resultants": "romanjax.forward",
     "ramp_log_likelihood": "romanjax.forward",
     "fisher_slope_variance": "romanjax.forward",

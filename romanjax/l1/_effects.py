@@ -1,4 +1,5 @@
-"""Detector effects of the L1 simulation: cosmic rays, IPC, inverse non-linearity.
+"""Detector effects of the L1 simulation: cosmic rays, IPC, inverse non-linearity, readout
+timing within a frame and dark decay.
 
 Pure ``jax.numpy`` functions on flat or 2-D pixel arrays; :func:`romanjax.simulate_l1`
 strings them together in romanisim's ``make_l1`` order.
@@ -21,6 +22,11 @@ __all__ = [
     "cosmic_ray_deposit",
     "apply_ipc",
     "apply_inverse_linearity",
+    "DETECTOR_PIXELS",
+    "REFERENCE_BORDER",
+    "readout_index",
+    "pixel_read_times",
+    "dark_decay_resultants",
 ]
 
 #: romanisim's default IPC kernel (``romanisim.models.ipc``), normalised to sum 1, in the
@@ -155,3 +161,69 @@ def apply_inverse_linearity(electrons, coefficients, gain):
     for c in coefficients[::-1]:
         result = result * dn + c
     return result * gain
+
+
+#: Pixels on a side of a whole WFI detector, reference border included (romanisim ``n_pix_tot``).
+DETECTOR_PIXELS = 4096
+#: Reference pixels on each edge around the 4088 x 4088 science array (romanisim ``nborder``).
+REFERENCE_BORDER = 4
+#: A detector is read by 32 output channels, each 128 columns wide, all at once: each channel
+#: reads its 4096 x 128 pixels row by row, so one frame is 4096 * 128 pixel reads long.
+CHANNEL_COLUMNS = 128
+READS_PER_FRAME = DETECTOR_PIXELS * CHANNEL_COLUMNS
+
+
+def readout_index(rows, columns, detector: int):
+    """Position ``k`` (0 to 4096 * 128 - 1) of pixels in their channel's readout sequence,
+    as romanisim ``frame_read_times`` orders them (that pixel is read at ``k / (4096 * 128)``
+    of the frame time).
+
+    ``rows`` and ``columns`` are integer arrays (broadcasting) of positions in the whole
+    4096 x 4096 detector, reference border included. Before orientation, channel ``c``
+    (columns ``128 c`` to ``128 c + 127``) reads row 0 first and, within a row, left to right
+    when ``c`` is even and right to left when ``c`` is odd. Detectors ``detector % 3 == 0``
+    are then mirrored left-right, the others top-bottom.
+    """
+    last = DETECTOR_PIXELS - 1
+    if detector % 3 == 0:
+        columns = last - columns
+    else:
+        rows = last - rows
+    within = columns % CHANNEL_COLUMNS
+    odd = (columns // CHANNEL_COLUMNS) % 2 == 1
+    within = jnp.where(odd, CHANNEL_COLUMNS - 1 - within, within)
+    return rows * CHANNEL_COLUMNS + within
+
+
+def pixel_read_times(rows, columns, detector: int, frame_time, dtype):
+    """Read time of pixels after the start of a frame [s]: ``readout_index * frame_time /
+    (4096 * 128)``; ``rows``, ``columns`` as :func:`readout_index`.
+
+    The index (below 2**19) and the power-of-two division are exact in float32, so the only
+    rounding is that of one product.
+    """
+    index = readout_index(rows, columns, detector).astype(dtype)
+    return index * (jnp.asarray(frame_time, dtype) / READS_PER_FRAME)
+
+
+def dark_decay_resultants(read_times, amplitude, time_constant, pattern, dtype):
+    """Dark decay of every resultant, ``[n_resultant, *read_times.shape]`` [DN].
+
+    romanisim ``apply_dark_decay``: read ``k`` (1-based) of a pixel read ``t_pix`` [s] into
+    its frame (``read_times``) happens at ``t = (k - 1.5) T + t_pix`` (``T`` the frame time
+    ``pattern.read_time``; the frame of read 1 then runs from ``-T/2`` to ``T/2``), its
+    signal is ``amplitude * exp(-t / time_constant)``, and a resultant gets the mean over its
+    reads. Written as ``exp(-((k_0 - 1.5) T + t_pix) / tau) * mean_k exp(-(k - k_0) T / tau)``
+    with ``k_0`` the resultant's first read: one exponential per pixel and resultant, and the
+    second factor lies in (0, 1], so nothing overflows unless the signal itself does.
+    """
+    frame = pattern.read_time
+    tau = jnp.asarray(time_constant, dtype)
+    first = np.array([reads[0] for reads in pattern.reads], np.float64)
+    offset = jnp.asarray((first - 1.5) * frame, dtype)  # [n] [s]
+    spread = [jnp.mean(jnp.exp(-jnp.asarray([(k - reads[0]) * frame for k in reads], dtype)
+                               / tau)) for reads in pattern.reads]  # fmt: skip
+    weight = jnp.asarray(amplitude, dtype) * jnp.stack(spread)
+    pixels = (1,) * jnp.ndim(read_times)
+    times = jnp.asarray(read_times, dtype)[None] + offset.reshape((-1,) + pixels)
+    return weight.reshape((-1,) + pixels) * jnp.exp(-times / tau)

@@ -22,7 +22,9 @@ from ._effects import (
     cosmic_ray_cap,
     cosmic_ray_deposit,
     cosmic_ray_params,
+    dark_decay_resultants,
 )
+from ._readout import dark_decay_params, science_read_times, simulation_read_times
 
 __all__ = ["L1", "simulate_l1"]
 
@@ -39,9 +41,11 @@ class L1(NamedTuple):
     dq: jax.Array
 
 
-@partial(jax.jit, static_argnames=("pattern", "dtype", "image_shape", "crparams", "cr_cap"))
+@partial(jax.jit, static_argnames=("pattern", "dtype", "image_shape", "crparams", "cr_cap",
+                                   "readout"))  # fmt: skip
 def _simulate(key, counts, read_noise, gain, pedestal, pedestal_noise, saturation,
-              ipc_kernel, inv_lin, *, pattern, dtype, image_shape, crparams, cr_cap):  # fmt: skip
+              ipc_kernel, inv_lin, decay, read_times, *, pattern, dtype, image_shape, crparams,
+              cr_cap, readout):  # fmt: skip
     shape = counts.shape
     npix = counts.size
     flat = counts_as_int32(counts)
@@ -90,6 +94,12 @@ def _simulate(key, counts, read_noise, gain, pedestal, pedestal_noise, saturatio
         resultants = apply_ipc(resultants.reshape((n,) + image_shape), ipc_kernel).reshape(
             resultants.shape)
     resultants = resultants / gain
+    if decay is not None:  # [DN], after the gain and before read noise, as romanisim
+        if readout is not None:
+            read_times = science_read_times(shape, readout, pattern.read_time, dtype)
+        read_times = jnp.broadcast_to(jnp.asarray(read_times, dtype), shape)
+        resultants = resultants + dark_decay_resultants(read_times, decay[0], decay[1],
+                                                        pattern, dtype)  # fmt: skip
     sigma = jnp.asarray(read_noise, dtype) / jnp.sqrt(
         jnp.asarray(pattern.n_reads, dtype)).reshape((n,) + (1,) * len(shape))
     read_key = key_words(jax.random.fold_in(key, _READ_NOISE))
@@ -108,15 +118,17 @@ def simulate_l1(key: jax.Array, counts: ArrayLike, pattern: ReadPattern, *,
                 read_noise: ArrayLike = 5.0, gain: ArrayLike = 2.0, pedestal: ArrayLike = 1e4,
                 pedestal_noise: ArrayLike = 8.0, saturation: ArrayLike = 55000.0,
                 cosmic_rays=None, ipc: ArrayLike | None = None,
-                inverse_linearity: ArrayLike | None = None) -> L1:  # fmt: skip
+                inverse_linearity: ArrayLike | None = None, dark_decay: dict | None = None,
+                read_time_offsets: ArrayLike | None = None) -> L1:  # fmt: skip
     """Simulate an L1 ramp from total electrons, as romanisim's ``make_l1``.
 
     Order: apportion the photons read by read (:func:`romanjax.apportion_counts`), add the
     pedestal plus one N(0, pedestal_noise) draw per pixel (identical in every resultant),
     add cosmic-ray charge per read to the same non-photon buffer (so later reads keep it),
     apply the inverse non-linearity per read, average reads into resultants, apply IPC,
-    divide by the gain, add read noise sigma/sqrt(N_i) per resultant, round, clip to
-    [0, 1.1 saturation] and flag SATURATED where >= saturation.
+    divide by the gain, add the dark decay [DN] when asked, add read noise sigma/sqrt(N_i)
+    per resultant, round, clip to [0, 1.1 saturation] and flag SATURATED where
+    >= saturation.
 
     Parameters
     ----------
@@ -151,6 +163,25 @@ def simulate_l1(key: jax.Array, counts: ArrayLike, pattern: ReadPattern, *,
         Polynomial coefficients in DN (constant first) applied to every read (romanisim
         ``NL.apply(electrons=True)``); NaN or all-zero coefficients are replaced by the
         identity and flagged NO_LIN_CORR.
+    dark_decay : None or dict
+        romanisim's ``darkdecaysignal`` (off by default, as in romanisim's ``make_l1``; it has
+        no default values): ``amplitude`` [DN] and ``time_constant`` [s] (> 0), scalars, and
+        the detector as ``sca`` or ``detector`` (1 to 18), so romanisim's dict can be passed
+        as is. Each resultant gets the mean over its reads of
+        ``amplitude * exp(-((k - 1.5) T + t_pix) / time_constant)`` [DN], with ``k`` the
+        1-based read index, ``T = pattern.read_time`` and ``t_pix`` the pixel's read time
+        within the frame (:func:`romanjax.frame_read_times`; see
+        :func:`romanjax.dark_decay_signal`). It is added after the gain, before read noise,
+        so it is neither non-linear nor spread by IPC, as in romanisim. With a detector,
+        2-D ``counts`` are the 4088 x 4088 science array, or the part of it whose first
+        pixel is at ``origin = (row, column)`` (an optional key).
+    read_time_offsets : None or array ``[*pixels]``
+        Each pixel's read time within a frame [s], from the frame start, instead of the
+        detector in ``dark_decay`` (only used with ``dark_decay``); e.g.
+        ``frame_read_times(pattern.read_time, detector, nborder=4)`` for ``simulate_frame``,
+        which passes per-pixel arrays block by block. romanisim uses per-pixel read times
+        only for the dark decay, and so does romanjax: photons, cosmic rays and read noise
+        are not shifted within a frame.
 
     Returns
     -------
@@ -200,12 +231,23 @@ def simulate_l1(key: jax.Array, counts: ArrayLike, pattern: ReadPattern, *,
         if not fits:
             raise ValueError(f"simulate_l1: `{name}` of shape {np.shape(value)} does not "
                              f"broadcast against `counts` of shape {shape}")  # fmt: skip
+    decay = dark_decay_params(dark_decay, "simulate_l1")
+    readout = read_times = decay_values = None
+    if decay is not None:
+        readout, read_times = simulation_read_times("simulate_l1", decay, shape,
+                                                    read_time_offsets)  # fmt: skip
+        decay_values = (jnp.asarray(decay.amplitude, dtype),
+                        jnp.asarray(decay.time_constant, dtype))  # fmt: skip
+        if read_times is not None:
+            read_times = jnp.asarray(read_times, dtype)
+    elif read_time_offsets is not None:
+        raise ValueError("simulate_l1: `read_time_offsets` is only used with `dark_decay`")
     check_values("simulate_l1", "ipc", kernel)
     check_values("simulate_l1", "inverse_linearity", inverse_linearity)
     as_float = partial(jnp.asarray, dtype=dtype)
     inv_lin = None if inverse_linearity is None else as_float(inverse_linearity)
     return _simulate(key, counts, as_float(read_noise), as_float(gain), as_float(pedestal),
                      as_float(pedestal_noise), as_float(saturation),
-                     None if kernel is None else as_float(kernel), inv_lin,
-                     pattern=pattern, dtype=dtype, image_shape=image_shape,
-                     crparams=crparams, cr_cap=cr_cap)  # fmt: skip
+                     None if kernel is None else as_float(kernel), inv_lin, decay_values,
+                     read_times, pattern=pattern, dtype=dtype, image_shape=image_shape,
+                     crparams=crparams, cr_cap=cr_cap, readout=readout)  # fmt: skip
