@@ -12,7 +12,15 @@ from functools import cache
 
 import jax.numpy as jnp
 
-__all__ = ["sorting_network", "sort_axis0", "median_axis0", "select_index", "masked_median"]
+from .linalg import as_rows, sum_rows, take_rows
+
+__all__ = [
+    "NETWORK_LIMIT", "sorting_network", "sort_axis0", "median_axis0", "select_index",
+    "masked_median",
+]
+
+#: Longest axis sorted by a network in :func:`masked_median` (static).
+NETWORK_LIMIT = 16
 
 
 @cache
@@ -83,8 +91,8 @@ def median_axis0(values, valid=None):
 
 
 def select_index(values, index):
-    """``values[index]`` for a list of scalars and a traced index, as a one-hot sum (cheap
-    elementwise code under ``vmap``, unlike a gather)."""
+    """``values[index]`` for a list of pixel rows and a per-pixel index, as a one-hot sum
+    (elementwise code, unlike a gather)."""
     out = jnp.zeros_like(values[0])
     for i, value in enumerate(values):
         out = jnp.where(index == i, value, out)
@@ -92,10 +100,23 @@ def select_index(values, index):
 
 
 def masked_median(values, mask):
-    """Median of the usable entries of a list of scalars (0 if none), by a sorting network."""
-    dtype = values[0].dtype
-    ordered = sort_axis0(values, mask)
-    count = sum(mk.astype(jnp.int32) for mk in mask)
-    lo = select_index(ordered, (count - 1) // 2)
-    hi = select_index(ordered, count // 2)
-    return jnp.where(count > 0, 0.5 * (lo + hi), jnp.zeros((), dtype))
+    """Median along axis 0 of the usable entries (``mask``) of ``values [n, *pixels]``;
+    0 where none is usable.
+
+    Up to :data:`NETWORK_LIMIT` values by a sorting network (whose size grows as
+    n log**2 n), beyond that by ``jnp.sort``, whose program does not grow with n.
+    """
+    values = jnp.asarray(values)
+    mask = jnp.asarray(mask)
+    n = values.shape[0]
+    # n differences: the row form of a pattern of n + 1 resultants
+    count = sum_rows(as_rows(mask.astype(jnp.int32), n + 1))
+    if n <= NETWORK_LIMIT:
+        ordered = sort_axis0(values, mask)
+        lo = select_index(ordered, (count - 1) // 2)
+        hi = select_index(ordered, count // 2)
+    else:
+        ordered = jnp.sort(jnp.where(mask, values, jnp.inf), axis=0)
+        lo = take_rows(ordered, (count - 1) // 2)
+        hi = take_rows(ordered, count // 2)
+    return jnp.where(count > 0, 0.5 * (lo + hi), jnp.zeros_like(lo))

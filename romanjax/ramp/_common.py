@@ -204,20 +204,15 @@ class RampFit:
 
 
 def map_pixels(kernel, resultants, dq, *per_pixel):
-    """Apply a one-pixel ``kernel(ramp[n], dq[n], *scalars)`` to every pixel with ``vmap``.
-
-    ``resultants`` and ``dq`` are ``[n, *pixels]``, each of ``per_pixel`` is ``[*pixels]``.
-    The kernel returns a pytree of per-pixel arrays; each leaf of the result has the pixel
-    axes last (``[*leaf_shape, *pixels]``, pixel-minor like every kernel output).
+    """Apply a kernel on pixel-minor rows, ``kernel(ramps [n, P], dq [n, P], *[P])``, to
+    ``resultants`` and ``dq`` ``[n, *pixels]`` and ``per_pixel`` arrays ``[*pixels]`` (or
+    None, passed through): the pixels are flattened to P and every leaf of the kernel's
+    result ``[*leaf_shape, P]`` is given back its pixel axes, ``[*leaf_shape, *pixels]``.
     """
     n = resultants.shape[0]
     pixels = resultants.shape[1:]
-    flat_ramps = resultants.reshape(n, -1)
-    flat_dq = dq.reshape(n, -1)
-    flat_extra = [value.reshape(-1) for value in per_pixel]
-    fit = jax.vmap(kernel, in_axes=(1, 1) + (0,) * len(flat_extra), out_axes=-1)(
-        flat_ramps, flat_dq, *flat_extra
-    )
+    flat_extra = [None if value is None else value.reshape(-1) for value in per_pixel]
+    fit = kernel(resultants.reshape(n, -1), dq.reshape(n, -1), *flat_extra)
     return jax.tree_util.tree_map(lambda leaf: leaf.reshape(leaf.shape[:-1] + pixels), fit)
 
 

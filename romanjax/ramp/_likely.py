@@ -42,9 +42,9 @@ while more than three differences remain (a ``lax.while_loop`` of at most n-1 tr
 Debiasing (Brandt 2024a Sec. 5): the first pass uses the median difference (clipped at 0)
 as the rate guess; the final fit is redone with the first-pass estimate clipped at 0.
 
-Layout: one-pixel kernels (prologue: differences, mask, median; one jump-search iteration;
-final fits) are vmapped over the flattened pixels. Only the scheduling of the jump search is
-array-level: a chi-square screen (no omission can gain more than the full fit's chi-square)
+Layout: the kernels (prologue: differences, mask, median; one jump-search iteration;
+final fits) work on pixel-minor rows ``[m, P]`` of the flattened pixels. The scheduling of the
+jump search: a chi-square screen (no omission can gain more than the full fit's chi-square)
 selects the pixels that can drop anything, and the pixels still searching are compacted into
 fixed-size batches (``jnp.nonzero(..., size=...)``) inside a ``lax.while_loop``, so the
 search costs in proportion to the pixels with jumps; the result is the same as iterating
@@ -63,9 +63,19 @@ import numpy as np
 from jax.typing import ArrayLike
 
 from .. import dq as dqflags
+from .._platform import materialise
 from .._read_pattern import ReadPattern
 from .._validate import prepare_inputs
-from ..kernels.linalg import fence, tridiagonal_solve
+from ..kernels.linalg import (
+    argmax_rows,
+    as_rows,
+    fence,
+    rmap,
+    stack_rows,
+    sum_rows,
+    take_rows,
+    tridiagonal_solve,
+)
 from ..kernels.order import masked_median
 from ._common import RampFit, exclude_non_finite, map_pixel_chunks, pack_flags, through_frames
 
@@ -134,7 +144,7 @@ def difference_covariance_parts(pattern: ReadPattern):
 
 
 # --------------------------------------------------------------------------------------------
-# one-pixel building blocks (lists of scalars; the loops are over the static pattern length)
+# building blocks on pixel-minor rows: ``[m, P]`` per difference, ``[P]`` per pixel
 
 
 class _Pass(NamedTuple):
@@ -143,153 +153,143 @@ class _Pass(NamedTuple):
     var_read: jax.Array
     var_poisson: jax.Array
     usable: jax.Array  # bool: at least one usable difference
-    # jump-search pieces (None unless asked), lists over the differences
-    x: list | None = None  # C^-1 1
-    resid: list | None = None  # r = P d
-    v: list | None = None  # P_ii
-    v01: list | None = None  # P_{i,i+1}
+    # jump-search pieces (None unless asked), rows over the m differences
+    x: list | jax.Array | None = None  # C^-1 1
+    resid: list | jax.Array | None = None  # r = P d
+    v: list | jax.Array | None = None  # P_ii
+    v01: list | jax.Array | None = None  # P_{i,i+1}
     inv_c: jax.Array | None = None  # 1 / 1^T C^-1 1
-    dchisq_one: list | None = None
-    dchisq_two: list | None = None
+    dchisq_one: list | jax.Array | None = None
+    dchisq_two: list | jax.Array | None = None
 
 
 def _gls_pass(d, mask, read_var, guess, center, parts, two_ok=None, *, jumps):
-    """One GLS fit of the scaled differences at a fixed rate guess (one pixel).
+    """One GLS fit of the scaled differences at a fixed rate guess, per pixel.
 
-    ``d``: list of m scaled differences [e/s]; ``mask``: list of m bools (usable);
-    ``read_var``: sigma**2 [e**2]; ``guess``: rate for the covariance [e/s], >= 0;
-    ``center``: value subtracted from ``d`` before the solve [e/s]; ``two_ok``: static list of
-    m-1 bools, the pairs for which the two-omit statistic is wanted.
+    ``d``: rows ``[m]`` of scaled differences [e/s]; ``mask``: rows ``[m]`` of bools
+    (usable); ``read_var``: sigma**2 [e**2]; ``guess``: rate for the covariance [e/s], >= 0;
+    ``center``: value subtracted from ``d`` before the solve [e/s] (each ``[P]``);
+    ``parts``: the covariance parts as rows (:func:`_pattern_parts`); ``two_ok``: rows
+    ``[m-1]`` of bools, the pairs for which the two-omit statistic is wanted.
     """
     _, ar, ap, br, bp, _ = parts
-    m = len(d)
     dtype = d[0].dtype
     tiny = jnp.asarray(100 * jnp.finfo(dtype).eps, dtype)
+    zero = jnp.zeros((), dtype)
     # a covariance that is identically zero (no read noise, zero rate) is replaced by the
     # read-noise shape; the reported variances below still use the true read_var
     degenerate = (read_var <= 0) & (guess <= 0)
     solve_var = jnp.where(degenerate, jnp.ones_like(read_var), read_var)
-    mf = [mk.astype(dtype) for mk in mask]
-    diag = [jnp.where(mask[i], solve_var * ar[i] + guess * ap[i], 1) for i in range(m)]
-    off = [(solve_var * br[i] + guess * bp[i]) * (mf[i] * mf[i + 1]) for i in range(m - 1)]
-    dm = [jnp.where(mask[i], d[i] - center, 0) for i in range(m)]
+    mf = rmap(lambda mk: mk.astype(dtype), mask)
+    diag = rmap(lambda mk, a_r, a_p: jnp.where(mk, solve_var * a_r + guess * a_p, 1),
+                mask, ar, ap)  # fmt: skip
+    off = rmap(lambda b_r, b_p, m0, m1: (solve_var * b_r + guess * b_p) * (m0 * m1),
+               br, bp, mf[:-1], mf[1:])  # fmt: skip
+    dm = rmap(lambda mk, di: jnp.where(mk, di - center, 0), mask, d)
     if jumps:
         (x, y), inv_diag, inv_off = tridiagonal_solve(diag, off, [mf, dm], inverse=True)
     else:
         x, y = tridiagonal_solve(diag, off, [mf, dm])
-    c_total = sum(mf[i] * x[i] for i in range(m))
-    b_total = sum(dm[i] * x[i] for i in range(m))
+    c_total = sum_rows(rmap(jnp.multiply, mf, x))
+    b_total = sum_rows(rmap(jnp.multiply, dm, x))
     usable = c_total > 0
-    c_safe = jnp.where(usable, c_total, 1)
-    inv_c = 1 / c_safe
+    inv_c = 1 / jnp.where(usable, c_total, 1)
     a = b_total * inv_c
-    resid = [y[i] - a * x[i] for i in range(m)]  # (P d)_i
-    zero = jnp.zeros((), dtype)
+    resid = rmap(lambda yi, xi: yi - a * xi, y, x)  # (P d)_i
     rate = jnp.where(usable, a + center, zero)
     if jumps:
         # one omitted difference: chi-square improvement r_i**2 / P_ii (Brandt 2024b Sec. 3.1)
-        v = [inv_diag[i] - x[i] * x[i] * inv_c for i in range(m)]
-        ok1 = [mask[i] & (v[i] > tiny * inv_diag[i]) for i in range(m)]
-        dchisq1 = [
-            jnp.where(ok1[i], resid[i] * resid[i] / jnp.where(ok1[i], v[i], 1), 0)
-            for i in range(m)
-        ]
+        v = rmap(lambda idg, xi: idg - xi * xi * inv_c, inv_diag, x)
+
+        def one_omit(mk, vi, idg, ri):
+            ok = mk & (vi > tiny * idg)
+            return jnp.where(ok, ri * ri / jnp.where(ok, vi, 1), 0)
+
+        dchisq1 = rmap(one_omit, mask, v, inv_diag, resid)
         # two omitted neighbours i, i+1: r^T V^-1 r with V the 2x2 block of P (Sec. 3.2)
-        dchisq2, v01s = [], []
-        for i in range(m - 1):
-            v01 = inv_off[i] - x[i] * x[i + 1] * inv_c
-            v01s.append(v01)
-            if two_ok is not None and not two_ok[i]:
-                dchisq2.append(zero)
-                continue
-            det = v[i] * v[i + 1] - v01 * v01
-            ok2 = mask[i] & mask[i + 1] & (det > tiny * jnp.abs(v[i] * v[i + 1]))
-            quad = v[i + 1] * resid[i] ** 2 - 2 * v01 * resid[i] * resid[i + 1]
-            quad = quad + v[i] * resid[i + 1] ** 2
-            both = quad / jnp.where(ok2, det, 1)
+        v01 = rmap(lambda io, xa, xb: io - xa * xb * inv_c, inv_off, x[:-1], x[1:])
+
+        def two_omit(ok_pair, ma, mb, va, vb, vab, ra, rb, one_a, one_b):
+            det = va * vb - vab * vab
+            ok = ma & mb & (det > tiny * jnp.abs(va * vb))
+            quad = vb * ra * ra - 2 * vab * ra * rb + va * rb * rb
+            both = quad / jnp.where(ok, det, 1)
             # stcal's fill_masked_reads: with one of the pair already masked, the two-omit
             # model is the one-omit model of the other difference
-            other = jnp.where(mask[i], dchisq1[i], dchisq1[i + 1])
-            dchisq2.append(jnp.where(ok2, both, other))
+            other = jnp.where(ma, one_a, one_b)
+            return jnp.where(ok_pair, jnp.where(ok, both, other), zero)
+
+        dchisq2 = rmap(two_omit, two_ok, mask[:-1], mask[1:], v[:-1], v[1:], v01, resid[:-1],
+                       resid[1:], dchisq1[:-1], dchisq1[1:])  # fmt: skip
         return _Pass(rate=rate, chisq=zero, var_read=zero, var_poisson=zero, usable=usable,
-                     x=x, resid=resid, v=v, v01=v01s, inv_c=inv_c, dchisq_one=dchisq1,
+                     x=x, resid=resid, v=v, v01=v01, inv_c=inv_c, dchisq_one=dchisq1,
                      dchisq_two=dchisq2)  # fmt: skip
-    chisq = sum((dm[i] - a * mf[i]) * resid[i] for i in range(m))
-    w = [x[i] * inv_c for i in range(m)]
-    var_read = sum(w[i] * w[i] * ar[i] for i in range(m)) + 2 * sum(
-        w[i] * w[i + 1] * br[i] for i in range(m - 1)
-    )
-    var_poisson = sum(w[i] * w[i] * ap[i] for i in range(m)) + 2 * sum(
-        w[i] * w[i + 1] * bp[i] for i in range(m - 1)
-    )
+    chisq = sum_rows(rmap(lambda dmi, mfi, ri: (dmi - a * mfi) * ri, dm, mf, resid))
+    w = rmap(lambda xi: xi * inv_c, x)
+
+    def quadratic(c_diag, c_off):  # w^T C w for the tridiagonal C (c_diag, c_off)
+        inner = sum_rows(rmap(lambda wi, ci: wi * wi * ci, w, c_diag))
+        cross = sum_rows(rmap(lambda wa, wb, ci: wa * wb * ci, w[:-1], w[1:], c_off))
+        return inner + 2 * cross
+
     return _Pass(
         rate=rate,
         chisq=jnp.where(usable, jnp.maximum(chisq, 0), zero),
-        var_read=jnp.where(usable, read_var * var_read, zero),
-        var_poisson=jnp.where(usable, guess * var_poisson, zero),
+        var_read=jnp.where(usable, read_var * quadratic(ar, br), zero),
+        var_poisson=jnp.where(usable, guess * quadratic(ap, bp), zero),
         usable=usable,
     )
 
 
-def _argmax(values):
-    """First index of the maximum of a list of scalars, and the maximum."""
-    best = values[0]
-    for value in values[1:]:
-        best = jnp.maximum(best, value)
-    index = jnp.asarray(len(values) - 1)
-    for i in range(len(values) - 2, -1, -1):
-        index = jnp.where(values[i] == best, i, index)
-    return index, best
-
-
 def _jump_search_step(d, mask, active, amp, *, read_var, guess, center, parts, two_ok,
                       thresholds):  # fmt: skip
-    """One iteration of stcal's ``mask_jumps`` for one pixel (Brandt 2024b Sec. 4).
+    """One iteration of stcal's ``mask_jumps`` on every pixel (Brandt 2024b Sec. 4).
 
-    ``d``: list over the m differences; ``mask`` ``[m]`` bool; ``amp`` None or ``[2, m]``
-    (jump amplitude and sigma per difference, in units of ``d``). The best single and the best
-    pair omission are compared after subtracting their thresholds; the better one is masked
-    if it passes its threshold. Returns the updated ``(mask, active, amp)``; a pixel that is
-    not ``active`` is unchanged, and it stays active only if it dropped something and keeps
-    more than three differences.
+    ``d``, ``mask``: rows ``[m]`` of differences and their usable mask; ``amp`` None or
+    ``[2, m, P]`` (jump amplitude and sigma per difference, in units of ``d``). The best
+    single and the best pair omission are compared after subtracting their thresholds; the
+    better one is masked if it passes its threshold. Returns the updated ``(mask [m, P],
+    active, amp)``; a pixel that is not ``active`` is unchanged, and it stays active only if
+    it dropped something and keeps more than three differences.
     """
     m = len(d)
     dtype = d[0].dtype
     zero = jnp.zeros((), dtype)
     threshold_one, threshold_two = thresholds
-    fit = _gls_pass(d, [mask[i] for i in range(m)], read_var, guess, center, parts, two_ok,
-                    jumps=True)  # fmt: skip
-    dchisq1 = fence(jnp.stack(fit.dchisq_one))
-    i1 = jnp.argmax(dchisq1)
-    best1 = jnp.maximum(jnp.max(dchisq1), 0)
-    use_two = m >= 2 and any(two_ok)
-    positions = jnp.arange(m)
+    fit = _gls_pass(d, mask, read_var, guess, center, parts, two_ok[0], jumps=True)
+    i1, best1 = argmax_rows(fence(fit.dchisq_one))
+    best1 = jnp.maximum(best1, 0)
+    use_two = m >= 2 and any(two_ok[1])
     if use_two:
-        dchisq2 = jnp.stack([fit.dchisq_two[i] if two_ok[i] else zero for i in range(m - 1)])
-        dchisq2 = fence(dchisq2)
-        i2 = jnp.argmax(dchisq2)
-        best2 = jnp.maximum(jnp.max(dchisq2), 0)
+        i2, best2 = argmax_rows(fence(fit.dchisq_two))
+        best2 = jnp.maximum(best2, 0)
     else:
-        i2, best2 = jnp.asarray(0), zero
+        i2, best2 = jnp.zeros((), jnp.int32), zero
     one_better = best1 - threshold_one > best2 - threshold_two
     drop1 = active & one_better & (best1 > threshold_one)
     drop2 = active & ~one_better & (best2 > threshold_two)
-    hit1 = drop1 & (positions == i1)
-    hit2a = drop2 & (positions == i2)
-    hit2b = drop2 & (positions == i2 + 1)
-    new_mask = mask & ~(hit1 | hit2a | hit2b)
-    active = (drop1 | drop2) & (jnp.sum(new_mask) > 3)
+    # materialised: the per-difference rows below are stacked into arrays, and XLA would
+    # otherwise recompute the whole search for every row of the stack
+    never = jnp.sum(read_var.reshape(-1)[:1]) == -jnp.inf  # False, not provably so
+    i1, i2, drop1, drop2 = materialise((i1, i2, drop1, drop2), never)
+    positions = as_rows(np.arange(m), m + 1)
+    hit1 = rmap(lambda i: drop1 & (i == i1), positions)
+    hit2a = rmap(lambda i: drop2 & (i == i2), positions)
+    hit2b = rmap(lambda i: drop2 & (i == i2 + 1), positions)
+    new_mask = rmap(lambda mk, h1, ha, hb: mk & ~(h1 | ha | hb), mask, hit1, hit2a, hit2b)
+    active = (drop1 | drop2) & (sum_rows(rmap(lambda mk: mk.astype(jnp.int32), new_mask)) > 3)
     if amp is None:
-        return new_mask, active, None
+        return stack_rows(new_mask), active, None
     # one omitted: jump b = r_i / P_ii, sigma P_ii**-1/2; pair: (b, c) = V^-1 (r_i, r_{i+1})
-    resid, v = jnp.stack(fit.resid), jnp.stack(fit.v)
-    r1, v1 = resid[i1], v[i1]
+    resid, v = fit.resid, fit.v
+    r1, v1 = take_rows(resid, i1), take_rows(v, i1)
     v1_safe = jnp.where(v1 > 0, v1, 1)
     b1, s1 = r1 / v1_safe, jax.lax.rsqrt(v1_safe)
     if use_two:
         j2 = jnp.minimum(i2 + 1, m - 1)
-        ra, rb, va, vb = resid[i2], resid[j2], v[i2], v[j2]
-        vab = jnp.stack(fit.v01)[i2]
+        ra, rb = take_rows(resid, i2), take_rows(resid, j2)
+        va, vb = take_rows(v, i2), take_rows(v, j2)
+        vab = take_rows(fit.v01, i2)
         det = va * vb - vab * vab
         det_safe = jnp.where(det > 0, det, 1)
         b2 = (vb * ra - vab * rb) / det_safe
@@ -298,65 +298,78 @@ def _jump_search_step(d, mask, active, amp, *, read_var, guess, center, parts, t
         sc2 = jnp.sqrt(jnp.maximum(va / det_safe, 0))
     else:
         b2 = c2 = sb2 = sc2 = zero
-    values = jnp.where(hit1, b1, jnp.where(hit2a, b2, jnp.where(hit2b, c2, amp[0])))
-    sigmas = jnp.where(hit1, s1, jnp.where(hit2a, sb2, jnp.where(hit2b, sc2, amp[1])))
-    return new_mask, active, jnp.stack([values, sigmas])
+    b1, s1, b2, c2, sb2, sc2 = materialise((b1, s1, b2, c2, sb2, sc2), never)
+
+    def amplitude(h1, ha, hb, old_value, old_sigma):
+        value = jnp.where(h1, b1, jnp.where(ha, b2, jnp.where(hb, c2, old_value)))
+        sigma = jnp.where(h1, s1, jnp.where(ha, sb2, jnp.where(hb, sc2, old_sigma)))
+        return value, sigma
+
+    pairs = rmap(amplitude, hit1, hit2a, hit2b, as_rows(amp[0], m + 1), as_rows(amp[1], m + 1))
+    if isinstance(pairs, list):
+        values, sigmas = jnp.stack([p[0] for p in pairs]), jnp.stack([p[1] for p in pairs])
+    else:
+        values, sigmas = pairs
+    return stack_rows(new_mask), active, jnp.stack([values, sigmas])
 
 
 def _pattern_parts(pattern, dtype):
+    """``delta`` (static tuple), the covariance parts as rows of the pattern's form
+    (:func:`romanjax.kernels.linalg.as_rows`) and the two-omit pairs as ``(rows, static
+    tuple)``."""
     host = difference_covariance_parts(pattern)
+    n = pattern.n_resultants
     delta = tuple(float(t) for t in host[0])
     two_ok = tuple(bool(t) for t in host[5])
-    parts = (None,) + tuple(jnp.asarray(p, dtype) for p in host[1:5]) + (None,)
-    return delta, parts, two_ok
+    parts = (None,) + tuple(as_rows(jnp.asarray(p, dtype), n) for p in host[1:5]) + (None,)
+    return delta, parts, (as_rows(jnp.asarray(two_ok, bool), n), two_ok)
 
 
 def _prologue_kernel(ramp, dq, flux_estimate, *, pattern):
-    """Scaled differences ``[m]`` [e/s], their usable mask ``[m]`` and the first rate guess
-    (centre, and covariance guess clipped at 0) [e/s] of one ramp."""
-    m = pattern.n_resultants - 1
+    """Scaled differences ``[m, P]`` [e/s], their usable mask ``[m, P]`` and the first rate
+    guess ``[P]`` (centre, and covariance guess clipped at 0) [e/s] of ramps ``[n, P]``."""
+    n = pattern.n_resultants
     dtype = ramp.dtype
     delta, _, _ = _pattern_parts(pattern, dtype)
-    d = [(ramp[i + 1] - ramp[i]) / jnp.asarray(delta[i], dtype) for i in range(m)]
-    bad = (dq & dqflags.DO_NOT_USE_IN_FIT) != 0
-    mask = [~bad[i] & ~bad[i + 1] for i in range(m)]
+    ramp_rows = as_rows(ramp, n)
+    bad = rmap(lambda q: (q & dqflags.DO_NOT_USE_IN_FIT) != 0, as_rows(dq, n))
+    d = rmap(lambda hi, lo, dt: (hi - lo) / dt, ramp_rows[1:], ramp_rows[:-1],
+             as_rows(jnp.asarray(delta, dtype), n))  # fmt: skip
+    mask = rmap(lambda lo, hi: ~lo & ~hi, bad[:-1], bad[1:])
     if flux_estimate is None:
-        center = masked_median(d, mask)
+        center = masked_median(stack_rows(d), stack_rows(mask))
     else:
         center = flux_estimate.astype(dtype)
-    return jnp.stack(d), jnp.stack(mask), center
+    return stack_rows(d), stack_rows(mask), center
 
 
 def _search_kernel(d, mask, active, amp, read_noise, center, thresholds, *, pattern):
-    """One jump-search iteration for one pixel (arrays ``[m]``; ``amp`` None or ``[2, m]``),
-    see ``_jump_search_step``."""
-    m = pattern.n_resultants - 1
+    """One jump-search iteration (``d``, ``mask`` ``[m, P]``; ``amp`` None or
+    ``[2, m, P]``), see ``_jump_search_step``."""
+    n = pattern.n_resultants
     _, parts, two_ok = _pattern_parts(pattern, d.dtype)
     return _jump_search_step(
-        [d[i] for i in range(m)], mask, active, amp,
+        as_rows(d, n), as_rows(mask, n), active, amp,
         read_var=jnp.square(read_noise), guess=jnp.maximum(center, 0), center=center,
         parts=parts, two_ok=two_ok, thresholds=thresholds,
     )  # fmt: skip
 
 
 def _screen_kernel(d, mask, read_noise, center, *, pattern):
-    """Chi-square of one pixel's fit at its first rate guess (all usable differences)."""
-    m = pattern.n_resultants - 1
+    """Chi-square of each pixel's fit at its first rate guess (all usable differences)."""
+    n = pattern.n_resultants
     _, parts, _ = _pattern_parts(pattern, d.dtype)
-    fit = _gls_pass([d[i] for i in range(m)], [mask[i] for i in range(m)],
-                    jnp.square(read_noise), jnp.maximum(center, 0), center, parts,
-                    jumps=False)  # fmt: skip
+    fit = _gls_pass(as_rows(d, n), as_rows(mask, n), jnp.square(read_noise),
+                    jnp.maximum(center, 0), center, parts, jumps=False)  # fmt: skip
     return fit.chisq
 
 
 def _final_kernel(d, mask0, mask, read_noise, center0, *, pattern, second_pass):
-    """The last fit(s) of one pixel: at the first guess with the final mask, then (if
+    """The last fit(s) of each pixel: at the first guess with the final mask, then (if
     ``second_pass``) again at that rate clipped at 0 (Brandt 2024a debiasing)."""
-    m = pattern.n_resultants - 1
-    dtype = d.dtype
-    _, parts, _ = _pattern_parts(pattern, dtype)
-    dl = [d[i] for i in range(m)]
-    ml = [mask[i] for i in range(m)]
+    n = pattern.n_resultants
+    _, parts, _ = _pattern_parts(pattern, d.dtype)
+    dl, ml = as_rows(d, n), as_rows(mask, n)
     read_var = jnp.square(read_noise)
     guess0 = jnp.maximum(center0, 0)
     if second_pass:
@@ -366,7 +379,8 @@ def _final_kernel(d, mask0, mask, read_noise, center0, *, pattern, second_pass):
         center1, guess1 = center0, guess0
     final = _gls_pass(dl, ml, read_var, guess1, center1, parts, jumps=False)
     # a difference i masked by the search flags resultant i+1 (stcal's likely_ramp_fit)
-    jumps = [jnp.zeros((), bool)] + [mask0[i] & ~mask[i] for i in range(m)]
+    found = rmap(lambda before, after: before & ~after, as_rows(mask0, n), ml)
+    jumps = jnp.concatenate([jnp.zeros_like(mask[:1]), stack_rows(found)])
     flags = pack_flags(jumps, ~final.usable)
     return (final.rate, final.var_read, final.var_poisson, final.var_read + final.var_poisson,
             final.chisq, flags)
@@ -389,19 +403,13 @@ def _jump_search(d, mask0, read_noise, center, thresholds, *, pattern, amplitude
     follows the number of pixels with jumps, not the number of iterations times the frame.
     """
     m, npix = d.shape
-    amp_axis = 2 if amplitudes else None
-    step = jax.vmap(
-        partial(_search_kernel, thresholds=thresholds, pattern=pattern),
-        in_axes=(1, 1, 0, amp_axis, 0, 0), out_axes=(1, 0, amp_axis),
-    )  # fmt: skip
+    step = partial(_search_kernel, thresholds=thresholds, pattern=pattern)
     amp = jnp.zeros((2, m, npix), d.dtype) if amplitudes else None
     # Screen: omitting differences can improve chi-square by at most the chi-square of the
     # full fit, so a pixel whose chi-square is below both thresholds cannot drop anything in
     # the first iteration (and is done). Only the others enter the search (a small margin
     # keeps rounding at the boundary on the safe side).
-    chisq = jax.vmap(partial(_screen_kernel, pattern=pattern), in_axes=(1, 1, 0, 0))(
-        d, mask0, read_noise, center
-    )
+    chisq = _screen_kernel(d, mask0, read_noise, center, pattern=pattern)
     limit = jnp.minimum(thresholds[0], thresholds[1]) * (1 - 1e-3)
     state = (mask0, chisq > limit, amp)
     size = _queue_size(npix)
@@ -444,13 +452,11 @@ def _fit_likely(resultants, dq, read_noise, flux_estimate, thresholds, *, patter
     delta, _, _ = _pattern_parts(pattern, dtype)
 
     def flat_fit(ramps, flat_dq, read_noise, flux_estimate):
-        if flux_estimate is None:
-            d, mask0, center = jax.vmap(lambda r, q: prologue(r, q, None), in_axes=(1, 1),
-                                        out_axes=(1, 1, 0))(ramps, flat_dq)  # fmt: skip
-        else:
-            d, mask0, center = jax.vmap(prologue, in_axes=(1, 1, 0), out_axes=(1, 1, 0))(
-                ramps, flat_dq, flux_estimate
-            )
+        d, mask0, center = prologue(ramps, flat_dq, flux_estimate)
+        # materialised: read by every later stage, which would otherwise each recompute the
+        # median's sorting network
+        never = jnp.sum(read_noise[:1]) == -jnp.inf  # False, not provably so
+        d, mask0, center = materialise((d, mask0, center), never)
         if detect_jumps:
             # the mask is piecewise constant in the data: no gradient through the search
             mask, amp = _jump_search(
@@ -460,9 +466,7 @@ def _fit_likely(resultants, dq, read_noise, flux_estimate, thresholds, *, patter
             )  # fmt: skip
         else:
             mask, amp = mask0, jnp.zeros((2,) + d.shape, dtype)
-        rows = jax.vmap(final, in_axes=(1, 1, 1, 0, 0), out_axes=-1)(
-            d, mask0, mask, read_noise, center
-        )
+        rows = final(d, mask0, mask, read_noise, center)
         if not with_jumps:
             return rows, None
         found = mask0 & ~mask

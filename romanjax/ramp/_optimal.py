@@ -29,9 +29,18 @@ import numpy as np
 from jax.typing import ArrayLike
 
 from .. import dq as dqflags
+from .._platform import materialise
 from .._read_pattern import ReadPattern
 from .._validate import prepare_inputs
-from ..kernels.linalg import fence, tridiagonal_solve
+from ..kernels.linalg import (
+    as_rows,
+    fence,
+    prepend_row,
+    rmap,
+    stack_rows,
+    sum_rows,
+    tridiagonal_solve,
+)
 from ..kernels.order import masked_median, median_axis0
 from ._common import (
     RampFit,
@@ -294,7 +303,9 @@ def _tridiagonal_parts(pattern: ReadPattern):
 
 
 def _optimal_dq_kernel(ramp, dq, read_noise, flux_estimate, *, pattern, x_low, x_high):
-    """Exact GLS of (pedestal, slope) on the usable differences of one ramp.
+    """Exact GLS of (pedestal, slope) on the usable differences of each ramp, on pixel-minor
+    rows: ``ramp``, ``dq`` ``[n, P]``; ``read_noise``, ``flux_estimate`` (or None) ``[P]``.
+    Returns ``par [2, P]``, ``var [3, 2, 2, P]`` and ``fitted [P]``.
 
     Differences ``u_0 = R_0``, ``u_i = R_i - R_{i-1}``; ``u_i`` is usable when neither
     resultant it touches is flagged (``dq & DO_NOT_USE_IN_FIT``). Unusable differences are
@@ -307,17 +318,16 @@ def _optimal_dq_kernel(ramp, dq, read_noise, flux_estimate, *, pattern, x_low, x
     """
     n = pattern.n_resultants
     dtype = ramp.dtype
-    tbar = jnp.asarray(pattern.tbar, dtype)
-    delta = jnp.asarray(np.diff(pattern.tbar), dtype)
-    cr, er, cp, ep = (jnp.asarray(p, dtype) for p in _tridiagonal_parts(pattern))
-    bad = (dq & dqflags.DO_NOT_USE_IN_FIT) != 0
-    mask = [~bad[0]] + [~bad[i - 1] & ~bad[i] for i in range(1, n)]
-    mf = [mk.astype(dtype) for mk in mask]
-    u = [ramp[0]] + [ramp[i] - ramp[i - 1] for i in range(1, n)]
+    tbar = float(pattern.tbar[0])
+    delta = [float(t) for t in np.diff(pattern.tbar)]
+    cr, er, cp, ep = (as_rows(jnp.asarray(p, dtype), n) for p in _tridiagonal_parts(pattern))
+    r = as_rows(ramp, n)
+    bad = rmap(lambda q: (q & dqflags.DO_NOT_USE_IN_FIT) != 0, as_rows(dq, n))
+    mask = prepend_row(~bad[0], rmap(lambda lo, hi: ~lo & ~hi, bad[:-1], bad[1:]))
+    u_rest = rmap(jnp.subtract, r[1:], r[:-1])
     if flux_estimate is None:
-        flux_estimate = masked_median(
-            [u[i] / delta[i - 1] for i in range(1, n)], mask[1:]
-        )
+        slopes = rmap(jnp.divide, u_rest, as_rows(jnp.asarray(delta, dtype), n))
+        flux_estimate = masked_median(stack_rows(slopes), stack_rows(mask[1:]))
     flux_estimate = flux_estimate.astype(dtype)
     # weights at x = flux / read_noise**2 clipped to the interpolation grid, as dq=None
     read_var = jnp.square(read_noise)
@@ -325,40 +335,48 @@ def _optimal_dq_kernel(ramp, dq, read_noise, flux_estimate, *, pattern, x_low, x
     x = jnp.where(has_read_noise, flux_estimate / jnp.where(has_read_noise, read_var, 1), x_high)
     x = jnp.where(jnp.isnan(x), x_low, jnp.clip(x, x_low, x_high))
     poisson_flux = jnp.where(has_read_noise, x * read_var, jnp.maximum(flux_estimate, 0))
-    diag = [jnp.where(mask[i], cr[i] + x * cp[i], 1) for i in range(n)]
-    off = [(er[i] + x * ep[i]) * (mf[i] * mf[i + 1]) for i in range(n - 1)]
+    # materialised: every row below reads them, and XLA would otherwise recompute the
+    # median's sorting network in each
+    never = jnp.sum(read_var[:1]) == -jnp.inf  # False, not provably so
+    flux_estimate, x = materialise((flux_estimate, x), never)
+    mf = rmap(lambda mk: mk.astype(dtype), mask)
+    diag = rmap(lambda mk, c_r, c_p: jnp.where(mk, c_r + x * c_p, 1), mask, cr, cp)
+    off = rmap(lambda e_r, e_p, m0, m1: (e_r + x * e_p) * (m0 * m1), er, ep, mf[:-1], mf[1:])
     # design columns (pedestal, slope) of the usable differences; centre the data on the
-    # model at the flux estimate so float32 keeps its precision
-    a0 = [mf[0]] + [jnp.zeros((), dtype)] * (n - 1)
-    a1 = [mf[0] * tbar[0]] + [mf[i] * delta[i - 1] for i in range(1, n)]
-    ped_ref = jnp.where(mask[0], ramp[0] - flux_estimate * tbar[0], 0)
-    u_c = [jnp.where(mask[i], u[i] - ped_ref * a0[i] - flux_estimate * a1[i], 0)
-           for i in range(n)]  # fmt: skip
+    # model at the flux estimate so float32 keeps its precision: the pedestal column is
+    # nonzero only in row 0, the slope column is tbar_0 there and Delta_i below
+    a1_rest = rmap(jnp.multiply, mf[1:], as_rows(jnp.asarray(delta, dtype), n))
+    ped_ref = jnp.where(mask[0], r[0] - flux_estimate * tbar, 0)
+    u_first = jnp.where(mask[0], r[0] - ped_ref - flux_estimate * mf[0] * tbar, 0)
+    u_c = prepend_row(u_first, rmap(lambda mk, ui, ai: jnp.where(mk, ui - flux_estimate * ai, 0),
+                                    mask[1:], u_rest, a1_rest))  # fmt: skip
+    a0 = prepend_row(mf[0], rmap(jnp.zeros_like, mf[1:]))
+    a1 = prepend_row(mf[0] * tbar, a1_rest)
     x0, x1, y = fence(tridiagonal_solve(diag, off, [a0, a1, u_c]))
-    n00 = sum(a0[i] * x0[i] for i in range(n))
-    n01 = sum(a0[i] * x1[i] for i in range(n))
-    n11 = sum(a1[i] * x1[i] for i in range(n))
-    b0 = sum(a0[i] * y[i] for i in range(n))
-    b1 = sum(a1[i] * y[i] for i in range(n))
-    slope_ok = jnp.any(jnp.stack(mask[1:]))
+    # a0 is zero below row 0
+    n00, n01, b0 = mf[0] * x0[0], mf[0] * x1[0], mf[0] * y[0]
+    n11 = sum_rows(rmap(jnp.multiply, a1, x1))
+    b1 = sum_rows(rmap(jnp.multiply, a1, y))
+    slope_ok = sum_rows(rmap(lambda mk: mk.astype(jnp.int32), mask[1:])) > 0
     n00 = jnp.where(mask[0], n00, 1)  # no pedestal information: fix it (its row is zero)
     det = n00 * n11 - n01 * n01
     det = jnp.where(slope_ok & (det > 0), det, 1)
     i00, i01, i11 = n11 / det, -n01 / det, n00 / det
     par = jnp.stack([ped_ref + i00 * b0 + i01 * b1, flux_estimate + i01 * b0 + i11 * b1])
-    k0 = [i00 * x0[i] + i01 * x1[i] for i in range(n)]
-    k1 = [i01 * x0[i] + i11 * x1[i] for i in range(n)]
-    k = (k0, k1)
+    # rows of K = N^-1 A^T C^-1
+    k = (rmap(lambda p, q: i00 * p + i01 * q, x0, x1), rmap(lambda p, q: i01 * p + i11 * q, x0, x1))
 
     def quadratic(c_diag, c_off):
-        out = [[None, None], [None, None]]
-        for a in range(2):
-            for b in range(2):
-                q = sum(k[a][i] * k[b][i] * c_diag[i] for i in range(n))
-                q = q + sum(c_off[i] * (k[a][i] * k[b][i + 1] + k[a][i + 1] * k[b][i])
-                            for i in range(n - 1))  # fmt: skip
-                out[a][b] = q
-        return jnp.stack([jnp.stack(row) for row in out])
+        """``K C K^T`` ``[2, 2, P]`` for the tridiagonal C (diagonals ``c_diag``, ``c_off``)."""
+        def entry(ka, kb):
+            inner = sum_rows(rmap(lambda p, q, c: p * q * c, ka, kb, c_diag))
+            cross = rmap(lambda c, pa, pb, qa, qb: c * (pa * qb + pb * qa),
+                         c_off, ka[:-1], ka[1:], kb[:-1], kb[1:])  # fmt: skip
+            return inner + sum_rows(cross)
+
+        q01 = entry(k[0], k[1])
+        return jnp.stack([jnp.stack([entry(k[0], k[0]), q01]),
+                          jnp.stack([q01, entry(k[1], k[1])])])  # fmt: skip
 
     var_read = read_var * quadratic(cr, er)
     var_poisson = poisson_flux * quadratic(cp, ep)
@@ -374,11 +392,7 @@ def _fit_optimal_dq(resultants, dq, read_noise, flux_estimate, *, pattern, grid)
     resultants, dq = exclude_non_finite(resultants, dq)  # left out like flagged resultants
     low, high, _ = grid
     kernel = partial(_optimal_dq_kernel, pattern=pattern, x_low=10.0**low, x_high=10.0**high)
-    if flux_estimate is None:
-        par, var, fitted = map_pixels(lambda r, q, s: kernel(r, q, s, None), resultants, dq,
-                                      read_noise)  # fmt: skip
-    else:
-        par, var, fitted = map_pixels(kernel, resultants, dq, read_noise, flux_estimate)
+    par, var, fitted = map_pixels(kernel, resultants, dq, read_noise, flux_estimate)
     n = pattern.n_resultants
     no_jumps = [jnp.zeros(fitted.shape, bool)] * n
     return RampFit(
