@@ -21,11 +21,12 @@ import jax
 import jax.numpy as jnp
 
 __all__ = ["UNROLL_LIMIT", "as_rows", "rmap", "prepend_row", "append_row", "stack_rows",
-           "sum_rows", "argmax_rows", "take_rows", "fence", "tridiagonal_solve"]  # fmt: skip
+           "sum_rows", "argmax_rows", "take_rows", "row_count", "recurrence", "fence",
+           "tridiagonal_solve"]  # fmt: skip
 
 #: Most resultants of a pattern whose rows are lists (straight-line code); longer patterns
 #: use arrays and loops.
-UNROLL_LIMIT = 12
+UNROLL_LIMIT = 16
 
 
 def _is_list(rows) -> bool:
@@ -43,6 +44,11 @@ def as_rows(values, n_resultants: int):
         return jnp.stack(values)
     values = jnp.asarray(values)
     return values if values.ndim > 1 else values[:, None]
+
+
+def row_count(rows) -> int:
+    """The number of rows (either form)."""
+    return len(rows) if _is_list(rows) else rows.shape[0]
 
 
 def rmap(function, *rows):
@@ -125,15 +131,17 @@ def fence(tree):
     return jax.lax.optimization_barrier(tree)
 
 
-def _recurrence(step, init, rows, *, reverse=False):
-    """``lax.scan(step, init, rows)`` for rows in either form (lists: written out, giving a
-    list; arrays: a scan, giving an array)."""
+def recurrence(step, init, rows, *, reverse=False):
+    """``lax.scan(step, init, rows, reverse=reverse)`` for a tuple of rows in either form
+    (lists: written out, the outputs a list; arrays: a scan, the outputs arrays)."""
     if not _is_list(rows[0]):
         return jax.lax.scan(step, init, rows, reverse=reverse, unroll=4)
     n = len(rows[0])
     carry, outputs = init, [None] * n
     for i in (range(n - 1, -1, -1) if reverse else range(n)):
         carry, outputs[i] = step(carry, tuple(r[i] for r in rows))
+    if outputs and isinstance(outputs[0], tuple):  # a tuple of lists, as scan's arrays
+        return carry, tuple(list(column) for column in zip(*outputs))
     return carry, outputs
 
 
@@ -179,9 +187,9 @@ def tridiagonal_solve(diag, off, rhs, *, inverse=False):
         return (inv_p, z), (inv_p,) + z
 
     first = (1 / diag[0], tuple(b[0] for b in rhs))
-    _, rest = _recurrence(forward, first, (diag[1:], off, *(b[1:] for b in rhs)))
-    if listed:
-        rest = [list(column) for column in zip(*rest)] if rest else [[]] * (k + 1)
+    _, rest = recurrence(forward, first, (diag[1:], off, *(b[1:] for b in rhs)))
+    if listed and not rest:
+        rest = [[]] * (k + 1)
     inv_p = prepend_row(first[0], rest[0])
     z = [prepend_row(first[1][j], rest[1 + j]) for j in range(k)]
     inv_p, z = fence((inv_p, z))
@@ -193,10 +201,10 @@ def tridiagonal_solve(diag, off, rhs, *, inverse=False):
 
     n_last = (len(diag) if listed else diag.shape[0]) - 1
     last = tuple(zk[n_last] * inv_p[n_last] for zk in z)
-    _, rest = _recurrence(backward, last, (inv_p[:-1], off, *(zk[:-1] for zk in z)),
+    _, rest = recurrence(backward, last, (inv_p[:-1], off, *(zk[:-1] for zk in z)),
                           reverse=True)  # fmt: skip
-    if listed:
-        rest = [list(column) for column in zip(*rest)] if rest else [[]] * k
+    if listed and not rest:
+        rest = [[]] * k
     solutions = fence([append_row(rest[j], last[j]) for j in range(k)])
     if not inverse:
         return solutions
@@ -207,7 +215,7 @@ def tridiagonal_solve(diag, off, rhs, *, inverse=False):
         return inv_q, inv_q
 
     inv_q_last = 1 / diag[n_last]
-    _, inv_q_rest = _recurrence(backward_pivot, inv_q_last, (diag[:-1], off), reverse=True)
+    _, inv_q_rest = recurrence(backward_pivot, inv_q_last, (diag[:-1], off), reverse=True)
     inv_q = fence(append_row(list(inv_q_rest) if listed else inv_q_rest, inv_q_last))
     # (C^-1)_ii from both pivots; the first and last rows lack one neighbour
     from_left = rmap(lambda o, ip: o * o * ip, off, inv_p[:-1])

@@ -40,6 +40,15 @@ from jax.typing import ArrayLike
 from .. import dq as dqflags
 from .._read_pattern import ReadPattern
 from .._validate import prepare_inputs
+from ..kernels.linalg import (
+    append_row,
+    as_rows,
+    prepend_row,
+    recurrence,
+    rmap,
+    stack_rows,
+    sum_rows,
+)
 from ..kernels.queue import compact as _compact
 from ._common import (
     RampFit,
@@ -145,14 +154,18 @@ def _by_bin(masks, values):
 
 def _whole_ramp(rows, read_var, pattern):
     """Whole-ramp Casertano fit of every pixel (no flags): slope [e/s], V_R [(e/s)**2],
-    V_S [e/s]. ``rows``: n ``[m]`` resultants [e]; ``read_var``: ``[m]`` [e**2]."""
+    V_S [e/s]. ``rows``: rows ``[n]`` of resultants ``[m]`` [e]; ``read_var``: ``[m]``
+    [e**2]."""
+    n = pattern.n_resultants
     dtype = rows[0].dtype
     const = _constants(pattern)
     masks = _power_masks(jnp.maximum(rows[-1] - rows[0], 0), read_var)
-    slope = jnp.zeros_like(rows[0])
-    for i in range(1, len(rows)):
-        k_i = _by_bin(masks, [jnp.asarray(v, dtype) for v in const["k"][:, i]])
-        slope = slope + k_i * (rows[i] - rows[0])
+    k_rows = [as_rows(jnp.asarray(const["k"][j, 1:], dtype), n) for j in range(len(P_VALUES))]
+
+    def term(row, *k_by_bin):
+        return _by_bin(masks, k_by_bin) * (row - rows[0])
+
+    slope = sum_rows(rmap(term, rows[1:], *k_rows))
     read = _by_bin(masks, [jnp.asarray(v, dtype) for v in const["read"]])
     poisson = _by_bin(masks, [jnp.asarray(v, dtype) for v in const["poisson"]])
     return slope, read_var * read, poisson
@@ -174,9 +187,9 @@ def _segments(rows, good, read_var, pattern, *, want_coefficients=False):
 
     Parameters
     ----------
-    rows : list of n ``[m]``
-        Resultants [e].
-    good : list of n ``[m]`` bool
+    rows : rows ``[n]`` of ``[m]``
+        Resultants [e] (:func:`romanjax.kernels.linalg.as_rows`).
+    good : rows ``[n]`` of ``[m]`` bool
         Resultant is used.
     read_var : ``[m]``
         Read noise squared [e**2].
@@ -188,123 +201,126 @@ def _segments(rows, good, read_var, pattern, *, want_coefficients=False):
     -------
     dict with the combined ``slope`` [e/s], ``var_read`` [(e/s)**2], ``coeff`` (V_S of the
     combination) and ``fitted`` (a usable sub-ramp exists), all ``[m]``; the per-resultant
-    structure ``next_in``, ``first``, ``alpha`` (slope of the resultant's sub-ramp) and
-    ``span`` (its tbar_e - tbar_s) for the jump statistics; and ``coefficients`` (n ``[m]``)
-    if asked.
+    rows ``next_in``, ``first``, ``alpha`` (slope of the resultant's sub-ramp) and ``span``
+    (its tbar_e - tbar_s) for the jump statistics; and ``coefficients`` (rows ``[n]``) if
+    asked.
     """
-    n = len(rows)
+    n = pattern.n_resultants
     dtype = rows[0].dtype
     const = _constants(pattern)
-    tbar = [jnp.asarray(t, dtype) for t in pattern.tbar]
-    tau = [jnp.asarray(t, dtype) for t in pattern.tau]
-    nreads = pattern.n_reads
+    tbar = as_rows(jnp.asarray(pattern.tbar, dtype), n)
+    tau = as_rows(jnp.asarray(pattern.tau, dtype), n)
+    nreads = as_rows(jnp.asarray(pattern.n_reads, dtype), n)
+    prefactor = [as_rows(jnp.asarray(const["prefactor"][j], dtype), n)
+                 for j in range(len(P_VALUES))]  # fmt: skip
+    no = jnp.zeros_like(good[0])
+    zero = jnp.zeros_like(rows[0])
     # runtime False: a sub-ramp's (finite or NaN) read variance is never -inf
     flag = read_var[0] == -jnp.inf
-    cont = [jnp.zeros_like(good[0])] + [good[i] & good[i - 1] for i in range(1, n)]
-    next_in = cont[1:] + [jnp.zeros_like(good[0])]
-    first = [good[i] & ~cont[i] for i in range(n)]
+    cont = prepend_row(no, rmap(jnp.logical_and, good[1:], good[:-1]))
+    next_in = append_row(cont[1:], no)
+    first = rmap(lambda g, c: g & ~c, good, cont)
     cont, next_in, first = barrier((cont, next_in, first), flag)
+
     # start time/value forward, end time/value backward, within each run
-    t_start, r_start = [None] * n, [None] * n
-    for i in range(n):
-        if i == 0:
-            t_start[i] = jnp.full_like(rows[0], tbar[0])
-            r_start[i] = rows[0]
-        else:
-            t_start[i] = jnp.where(cont[i], t_start[i - 1], tbar[i])
-            r_start[i] = jnp.where(cont[i], r_start[i - 1], rows[i])
-    t_end, r_end = [None] * n, [None] * n
-    for i in range(n - 1, -1, -1):
-        if i == n - 1:
-            t_end[i] = jnp.full_like(rows[0], tbar[i])
-            r_end[i] = rows[i]
-        else:
-            t_end[i] = jnp.where(next_in[i], t_end[i + 1], tbar[i])
-            r_end[i] = jnp.where(next_in[i], r_end[i + 1], rows[i])
+    def run_start(carry, row):
+        c, t, r = row
+        carry = (jnp.where(c, carry[0], t), jnp.where(c, carry[1], r))
+        return carry, carry
+
+    def run_end(carry, row):
+        nxt, t, r = row
+        carry = (jnp.where(nxt, carry[0], t), jnp.where(nxt, carry[1], r))
+        return carry, carry
+
+    _, (t_start, r_start) = recurrence(run_start, (zero, zero), (cont, tbar, rows))
+    _, (t_end, r_end) = recurrence(run_end, (zero, zero), (next_in, tbar, rows), reverse=True)
     t_start, r_start, t_end, r_end = barrier((t_start, r_start, t_end, r_end), flag)
+
     # weights (Eq. 45) in centred, scaled time v in [-1, 1]
-    w, v, half = [], [], []
-    for i in range(n):
-        span = t_end[i] - t_start[i]
+    def weights(g, t, ts, te, rs, re, *pre):
+        span = te - ts
         h = jnp.where(span > 0, span / 2, 1)
-        vi = (tbar[i] - (t_start[i] + t_end[i]) / 2) / h
+        vi = (t - (ts + te) / 2) / h
         # a resultant at the midpoint to rounding gets |v| = 0 exactly (0**0.4 = 0, not the
         # ~1e-3 that float32 rounding of tbar_mid would give)
         u = jnp.abs(vi)
         u = jnp.where(u < 64 * jnp.finfo(dtype).eps, 0, u)
-        masks = _power_masks(jnp.maximum(r_end[i] - r_start[i], 0), read_var)
+        masks = _power_masks(jnp.maximum(re - rs, 0), read_var)
         u2 = u * u
         u3 = u2 * u
         u6 = u3 * u3
         upow = _by_bin(
             masks, [jnp.ones_like(u), jnp.exp(0.4 * jnp.log(u)), u, u3, u6, u6 * u3 * u]
         )
-        pre = _by_bin(masks, [jnp.asarray(p, dtype) for p in const["prefactor"][:, i]])
-        w.append(jnp.where(good[i] & (span > 0), pre * upow, 0))
-        v.append(vi)
-        half.append(h)
+        return jnp.where(g & (span > 0), _by_bin(masks, pre) * upow, 0), vi, h
+
+    wvh = rmap(weights, good, tbar, t_start, t_end, r_start, r_end, *prefactor)
+    w, v, half = _unzip(wvh, 3)
     w, v, half = barrier((w, v, half), flag)
+
     # segment sums F0, F1, F2: forward accumulation, backward broadcast from the run's end
-    sums = [None] * n
-    for i in range(n):
-        term = (w[i], w[i] * v[i], w[i] * v[i] * v[i])
-        if i == 0:
-            sums[i] = term
-        else:
-            sums[i] = tuple(t + jnp.where(cont[i], s, 0) for t, s in zip(term, sums[i - 1]))
+    def accumulate(carry, row):
+        c, wi, vi = row
+        carry = tuple(t + jnp.where(c, a, 0) for t, a in zip((wi, wi * vi, wi * vi * vi),
+                                                              carry))  # fmt: skip
+        return carry, carry
+
+    def broadcast(carry, row):
+        nxt, *own = row
+        carry = tuple(jnp.where(nxt, b, a) for a, b in zip(own, carry))
+        return carry, carry
+
+    _, sums = recurrence(accumulate, (zero, zero, zero), (cont, w, v))
     sums = barrier(sums, flag)
-    for i in range(n - 2, -1, -1):
-        sums[i] = tuple(jnp.where(next_in[i], b, a) for a, b in zip(sums[i], sums[i + 1]))
+    _, sums = recurrence(broadcast, (zero, zero, zero), (next_in, *sums), reverse=True)
     sums = barrier(sums, flag)
+
     # K (Eq. 37)
-    k, ok = [], []
-    for i in range(n):
-        f0, f1, f2 = sums[i]
+    def coefficient(f0, f1, f2, vi, wi, h):
         det = f2 * f0 - f1 * f1
-        ok_i = det != 0
-        k.append(jnp.where(ok_i, (f0 * v[i] - f1) * w[i] / (jnp.where(ok_i, det, 1) * half[i]),
-                           0))  # fmt: skip
-        ok.append(ok_i)
+        ok = det != 0
+        return jnp.where(ok, (f0 * vi - f1) * wi / (jnp.where(ok, det, 1) * h), 0), ok
+
+    k, ok = _unzip(rmap(coefficient, *sums, v, w, half), 2)
     k, ok = barrier((k, ok), flag)
+
     # per-run accumulations of slope, read and Poisson coefficients
-    slope_acc, read_acc, poisson_acc = [], [], []
-    for i in range(n):
-        k_i = k[i]
-        dt = tbar[i] - t_start[i]
-        slope_t = k_i * (rows[i] - r_start[i])
-        read_t = k_i * k_i / float(nreads[i])
-        if i == 0:
-            slope_acc.append(slope_t)
-            read_acc.append(read_t)
-            poisson_acc.append(k_i * k_i * (tau[i] - t_start[i]))
-            cross = k_i * dt
-        else:
-            slope_acc.append(slope_t + jnp.where(cont[i], slope_acc[i - 1], 0))
-            read_acc.append(read_t + jnp.where(cont[i], read_acc[i - 1], 0))
-            prev_cross = jnp.where(cont[i], cross, 0)
-            poisson_acc.append(k_i * k_i * (tau[i] - t_start[i]) + 2 * k_i * prev_cross
-                               + jnp.where(cont[i], poisson_acc[i - 1], 0))  # fmt: skip
-            cross = prev_cross + k_i * dt
-    slope_acc, read_acc, poisson_acc = barrier((slope_acc, read_acc, poisson_acc), flag)
+    def per_run(carry, row):
+        slope_acc, read_acc, poisson_acc, cross = carry
+        c, ki, t, ta, ts, ri, rs, n_i = row
+        prev_cross = jnp.where(c, cross, 0)
+        slope_acc = ki * (ri - rs) + jnp.where(c, slope_acc, 0)
+        read_acc = ki * ki / n_i + jnp.where(c, read_acc, 0)
+        poisson_acc = (ki * ki * (ta - ts) + 2 * ki * prev_cross
+                       + jnp.where(c, poisson_acc, 0))  # fmt: skip
+        cross = prev_cross + ki * (t - ts)
+        return (slope_acc, read_acc, poisson_acc, cross), (slope_acc, read_acc, poisson_acc)
+
+    _, accumulated = recurrence(per_run, (zero, zero, zero, zero),
+                                (cont, k, tbar, tau, t_start, rows, r_start, nreads))
+    slope_acc, read_acc, poisson_acc = barrier(accumulated, flag)
+
     # combine at the last resultant of each run (segments of >= 2 resultants, D != 0)
-    seg_slopes = slope_acc
-    seg_weights = []
-    total = None
-    for i in range(n):
-        last = good[i] & ~next_in[i] & ok[i] & (t_end[i] > t_start[i])
-        seg_read = read_var * read_acc[i]
+    def segment(g, nxt, oki, ts, te, s_acc, r_acc, p_acc):
+        last = g & ~nxt & oki & (te > ts)
+        seg_read = read_var * r_acc
         weight = jnp.where(last, 1 / jnp.maximum(seg_read, 1 / MAX_WEIGHT), 0)
-        terms = (weight, weight * slope_acc[i], weight * weight * seg_read,
-                 weight * weight * poisson_acc[i])  # fmt: skip
-        total = terms if total is None else tuple(a + b for a, b in zip(total, terms))
-        seg_weights.append(weight)
+        return weight, weight * s_acc, weight * weight * seg_read, weight * weight * p_acc
+
+    terms = _unzip(rmap(segment, good, next_in, ok, t_start, t_end, slope_acc, read_acc,
+                        poisson_acc), 4)  # fmt: skip
+    total = tuple(sum_rows(t) for t in terms)
     slope, var_read, coeff, fitted = _combine(*total)
+
     # slope of each resultant's sub-ramp, broadcast backwards from the run's end
-    alpha = [None] * n
-    for i in range(n - 1, -1, -1):
-        alpha[i] = seg_slopes[i] if i == n - 1 else jnp.where(
-            next_in[i], alpha[i + 1], seg_slopes[i])  # fmt: skip
-    span = [t_end[i] - t_start[i] for i in range(n)]
+    def from_end(carry, row):
+        nxt, own = row
+        carry = jnp.where(nxt, carry, own)
+        return carry, carry
+
+    _, alpha = recurrence(from_end, zero, (next_in, slope_acc), reverse=True)
+    span = rmap(jnp.subtract, t_end, t_start)
     alpha, span = barrier((alpha, span), flag)
     out = {
         "slope": slope, "var_read": var_read, "coeff": coeff, "fitted": fitted,
@@ -313,19 +329,19 @@ def _segments(rows, good, read_var, pattern, *, want_coefficients=False):
     }  # fmt: skip
     if want_coefficients:
         safe_total = jnp.where(fitted, total[0], 1)
-        seg_weight = [None] * n
-        for i in range(n - 1, -1, -1):
-            seg_weight[i] = seg_weights[i] if i == n - 1 else jnp.where(
-                next_in[i], seg_weight[i + 1], seg_weights[i])  # fmt: skip
+        _, seg_weight = recurrence(from_end, zero, (next_in, terms[0]), reverse=True)
         # slope = sum_runs W_run sum_i K_i (R_i - R_s) / sum W = sum_i c_i R_i (sum K = 0)
-        out["coefficients"] = [
-            jnp.where(fitted & good[i], seg_weight[i] * k[i] / safe_total, 0) for i in range(n)
-        ]
+        out["coefficients"] = rmap(
+            lambda g, sw, ki: jnp.where(fitted & g, sw * ki / safe_total, 0),
+            good, seg_weight, k)  # fmt: skip
     return out
 
 
-def _rows(array):
-    return [array[i] for i in range(array.shape[0])]
+def _unzip(pairs, width):
+    """Rows of ``width``-tuples (from :func:`rmap`) as ``width`` rows."""
+    if isinstance(pairs, list):
+        return tuple([p[j] for p in pairs] for j in range(width))
+    return tuple(pairs)
 
 
 def _general(resultants, good, read_var, pattern, detect_jumps, intercept, constant):
@@ -333,25 +349,25 @@ def _general(resultants, good, read_var, pattern, detect_jumps, intercept, const
 
     Returns slope, V_R, V_S coefficient, fitted ``[b]`` and the jump flags ``[n, b]``.
     """
-    rows = _rows(resultants)
-    n = len(rows)
-    base = _rows(good)
+    n = pattern.n_resultants
+    rows = as_rows(resultants, n)
+    base = as_rows(good, n)
 
     def fit(jumps):
-        use = [b & ~j for b, j in zip(base, jumps)]
+        use = rmap(lambda b, j: b & ~j, base, jumps)
         return use, _segments(rows, use, read_var, pattern)
 
-    no_jumps = [jnp.zeros_like(b) for b in base]
+    no_jumps = jnp.zeros_like(good)
     if not detect_jumps:
-        _, seg = fit(no_jumps)
-        return seg["slope"], seg["var_read"], seg["coeff"], seg["fitted"], jnp.stack(no_jumps)
+        _, seg = fit(as_rows(no_jumps, n))
+        return seg["slope"], seg["var_read"], seg["coeff"], seg["fitted"], no_jumps
 
     def body(state):
         jumps, _, trips, _ = state
-        use, seg = fit(_rows(jumps))
+        use, seg = fit(as_rows(jumps, n))
         new = segment_jumps(rows, use, seg["next_in"], seg["first"], seg["alpha"], seg["span"],
                             read_var, pattern, intercept, constant)  # fmt: skip
-        new = jnp.stack(new)
+        new = stack_rows(new)
         result = (seg["slope"], seg["var_read"], seg["coeff"], seg["fitted"])
         return jumps | new, jnp.any(new), trips + 1, result
 
@@ -360,7 +376,7 @@ def _general(resultants, good, read_var, pattern, detect_jumps, intercept, const
         return changed & (trips <= n)
 
     zeros = jnp.zeros_like(rows[0])
-    init = (jnp.stack(no_jumps), jnp.array(True), jnp.array(0, jnp.int32),
+    init = (no_jumps, jnp.array(True), jnp.array(0, jnp.int32),
             (zeros, zeros, zeros, jnp.zeros(zeros.shape, bool)))  # fmt: skip
     jumps, _, _, result = jax.lax.while_loop(cond, body, init)
     return (*result, jumps)
@@ -388,7 +404,7 @@ def _fit_flat(resultants, dq, read_noise, pattern, has_dq, detect_jumps, interce
     """
     n, m = resultants.shape
     read_var = read_noise * read_noise
-    rows = _rows(resultants)
+    rows = as_rows(resultants, n)
     words = jnp.zeros((flag_words(n), m), jnp.uint32)
     if n >= 2:
         slope, var_read, coeff = _whole_ramp(rows, read_var, pattern)
@@ -435,9 +451,10 @@ def _coefficients(resultants, dq, words, read_noise, pattern):
     combined V_S, from the input flags and the jumps found (derivative pass)."""
     jumps = jnp.stack(unpack_jumps(words, resultants.shape[0]))
     good = ((dq & dqflags.DO_NOT_USE_IN_FIT) == 0) & ~jumps
-    seg = _segments(_rows(resultants), _rows(good), read_noise * read_noise, pattern,
+    n = resultants.shape[0]
+    seg = _segments(as_rows(resultants, n), as_rows(good, n), read_noise * read_noise, pattern,
                     want_coefficients=True)  # fmt: skip
-    return jnp.stack(seg["coefficients"]), seg["coeff"]
+    return stack_rows(seg["coefficients"]), seg["coeff"]
 
 
 @partial(

@@ -29,6 +29,7 @@ import numpy as np
 
 from .._platform import materialise
 from .._read_pattern import ReadPattern
+from ..kernels.linalg import append_row, as_rows, recurrence, rmap, sum_rows
 
 __all__ = ["jump_constants", "threshold", "whole_ramp_trigger", "segment_jumps"]
 
@@ -105,25 +106,27 @@ def whole_ramp_trigger(rows, alpha, read_var, pattern, intercept, constant):
     -------
     ``[m]`` bool: the pixels to test exactly.
     """
-    n = len(rows)
+    n = pattern.n_resultants
     dtype = rows[0].dtype
-    c = {key: value.astype(dtype) for key, value in jump_constants(pattern).items()}
+    c = {key: as_rows(jnp.asarray(value, dtype), n)
+         for key, value in jump_constants(pattern).items()}  # fmt: skip
     span = float(pattern.tbar[-1] - pattern.tbar[0])
     corr = -alpha / jnp.asarray(span, dtype)
     limit = threshold(alpha, intercept, constant)
     limit2 = limit * limit * (1 - 1e-5)
-    hit = limit <= 0
 
-    def exceeds(difference, inv_dt, read, poisson):
-        delta = difference * inv_dt - alpha
+    def exceeds(upper, lower, inv_dt, read, poisson):
+        delta = (upper - lower) * inv_dt - alpha
         var = read_var * read + alpha * poisson + corr
-        return (delta > 0) & (delta * delta > limit2 * var)
+        return ((delta > 0) & (delta * delta > limit2 * var)).astype(jnp.int32)
 
+    hits = limit <= 0
     for k in (1, 2):
-        for i in range(n - k):
-            hit = hit | exceeds(rows[i + k] - rows[i], c[f"inv_dt{k}"][i], c[f"read{k}"][i],
-                                c[f"poisson{k}"][i])  # fmt: skip
-    return hit
+        if n > k:
+            over = rmap(exceeds, rows[k:], rows[:-k], c[f"inv_dt{k}"], c[f"read{k}"],
+                        c[f"poisson{k}"])  # fmt: skip
+            hits = hits | (sum_rows(over) > 0)
+    return hits
 
 
 def segment_jumps(rows, good, next_in, first, alpha, span, read_var, pattern, intercept,
@@ -154,63 +157,79 @@ def segment_jumps(rows, good, next_in, first, alpha, span, read_var, pattern, in
     list of n ``[m]`` bool: resultants newly flagged as jumps (``i*`` and ``i* + 1`` of every
     sub-ramp whose maximum statistic exceeds its threshold).
     """
-    n = len(rows)
+    n = pattern.n_resultants
     dtype = rows[0].dtype
-    c = {key: value.astype(dtype) for key, value in jump_constants(pattern).items()}
+    c = {key: as_rows(jnp.asarray(value, dtype), n)
+         for key, value in jump_constants(pattern).items()}  # fmt: skip
     nan = jnp.asarray(jnp.nan, dtype)
-    safe_span = [jnp.where(s > 0, s, 1) for s in span]
-    corr = [-a / s for a, s in zip(alpha, safe_span)]
-    z1 = [
-        _z(rows[i + 1] - rows[i], c["inv_dt1"][i], c["read1"][i], c["poisson1"][i], alpha[i],
-           read_var, corr[i])
-        for i in range(n - 1)
-    ]  # fmt: skip
-    stat = []
-    double_ok = []
-    for i in range(n - 2):
-        z2 = _z(rows[i + 2] - rows[i], c["inv_dt2"][i], c["read2"][i], c["poisson2"][i],
-                alpha[i], read_var, corr[i])  # fmt: skip
-        stat.append(jnp.fmax(z1[i], z2))
-        double_ok.append(next_in[i] & next_in[i + 1])
+    corr = rmap(lambda a, s: -a / jnp.where(s > 0, s, 1), alpha, span)
+    z1 = rmap(lambda hi, lo, inv_dt, read, poisson, a, cr: _z(hi - lo, inv_dt, read, poisson, a,
+                                                              read_var, cr),
+              rows[1:], rows[:-1], c["inv_dt1"], c["read1"], c["poisson1"], alpha[:-1],
+              corr[:-1])  # fmt: skip
+
+    def statistic(hi, lo, inv_dt, read, poisson, a, cr, single, nxt, nxt2):
+        z2 = _z(hi - lo, inv_dt, read, poisson, a, read_var, cr)
+        return jnp.fmax(single, z2), nxt & nxt2
+
+    stat, double_ok = _unzip(rmap(statistic, rows[2:], rows[:-2], c["inv_dt2"], c["read2"],
+                                  c["poisson2"], alpha[:-2], corr[:-2], z1[:-1], next_in[:-2],
+                                  next_in[1:-1]), 2)  # fmt: skip
     flag = read_var[0] == -jnp.inf  # runtime False for barrier()
     z1, stat, double_ok = barrier((z1, stat, double_ok), flag)
+    positions = as_rows(np.arange(n, dtype=np.int32), n)
+    no_start = (jnp.full_like(rows[0], nan), jnp.full(rows[0].shape, -1, jnp.int32))
+
     # starting value z1[e-1] and index e-1, broadcast backwards over the sub-ramp
-    start = [None] * n
-    start_index = [None] * n
-    for i in range(n - 1, -1, -1):
-        if i == n - 1:
-            start[i] = jnp.full_like(rows[i], nan)
-            start_index[i] = jnp.full(rows[i].shape, -1, jnp.int32)
-            continue
-        is_second_last = next_in[i] & ~next_in[i + 1]
-        start[i] = jnp.where(is_second_last, z1[i], jnp.where(next_in[i], start[i + 1], nan))
-        start_index[i] = jnp.where(
-            is_second_last, i, jnp.where(next_in[i], start_index[i + 1], -1)
-        )
+    def to_start(carry, row):
+        nxt, nxt_next, single, i = row
+        is_second_last = nxt & ~nxt_next
+        carry = (jnp.where(is_second_last, single, jnp.where(nxt, carry[0], nan)),
+                 jnp.where(is_second_last, i, jnp.where(nxt, carry[1], -1)))  # fmt: skip
+        return carry, carry
+
+    _, (start, start_index) = recurrence(to_start, no_start,
+                                         (next_in[:-1], next_in[1:], z1, positions[:-1]),
+                                         reverse=True)  # fmt: skip
+    start = append_row(start, no_start[0])
+    start_index = append_row(start_index, no_start[1])
     start, start_index = barrier((start, start_index), flag)
-    # forward running max (strict '>', visiting s..e-2 in order) within each sub-ramp
-    best = best_index = None
-    bests, best_indices = [], []
-    for i in range(n):
-        if i == 0:
-            best, best_index = start[0], start_index[0]
-        else:
-            best = jnp.where(first[i], start[i], best)
-            best_index = jnp.where(first[i], start_index[i], best_index)
-        if i < n - 2:
-            update = double_ok[i] & (stat[i] > best)
-            best = jnp.where(update, stat[i], best)
-            best_index = jnp.where(update, i, best_index)
-        bests.append(best)
-        best_indices.append(best_index)
+
+    # forward running max (strict '>', visiting s..e-2 in order) within each sub-ramp; the
+    # statistics stop two resultants before the end
+    nan_row = jnp.full_like(rows[0], nan)
+    stat = append_row(append_row(stat, nan_row), nan_row)
+    no = jnp.zeros_like(rows[0], bool)
+    double_ok = append_row(append_row(double_ok, no), no)
+
+    def running_max(carry, row):
+        fst, s0, s0_index, ok, st, i = row
+        best = jnp.where(fst, s0, carry[0])
+        best_index = jnp.where(fst, s0_index, carry[1])
+        update = ok & (st > best)
+        carry = (jnp.where(update, st, best), jnp.where(update, i, best_index))
+        return carry, carry
+
+    _, (bests, best_indices) = recurrence(
+        running_max, (start[0], start_index[0]),
+        (first, start, start_index, double_ok, stat, positions))  # fmt: skip
     bests, best_indices = barrier((bests, best_indices), flag)
+
     # decide at the last resultant of each sub-ramp, broadcast the jump index backwards
-    flags = [None] * n
-    jump_index = None
-    for i in range(n - 1, -1, -1):
-        last = good[i] & ~next_in[i]
-        jump = last & (bests[i] > threshold(alpha[i], intercept, constant))
-        here = jnp.where(jump, best_indices[i], -2)
-        jump_index = here if i == n - 1 else jnp.where(next_in[i], jump_index, here)
-        flags[i] = good[i] & ((jump_index == i) | (jump_index == i - 1))
-    return flags
+    def decide(jump_index, row):
+        g, nxt, best, best_i, a = row
+        jump = g & ~nxt & (best > threshold(a, intercept, constant))
+        here = jnp.where(jump, best_i, -2)
+        jump_index = jnp.where(nxt, jump_index, here)
+        return jump_index, jump_index
+
+    _, jump_index = recurrence(decide, jnp.full(rows[0].shape, -2, jnp.int32),
+                               (good, next_in, bests, best_indices, alpha), reverse=True)
+    return rmap(lambda g, ji, i: g & ((ji == i) | (ji == i - 1)), good, jump_index, positions)
+
+
+def _unzip(pairs, width):
+    """Rows of ``width``-tuples (from :func:`rmap`) as ``width`` rows."""
+    if isinstance(pairs, list):
+        return tuple([p[j] for p in pairs] for j in range(width))
+    return tuple(pairs)

@@ -82,7 +82,7 @@ def _long_pattern_data(rng, n):
     return pattern, resultants.astype(np.float32), dq
 
 
-@pytest.mark.parametrize("method", ["likely", "optimal"])
+@pytest.mark.parametrize("method", ["likely", "optimal", "casertano"])
 def test_long_pattern_array_form_equals_the_list_form(method, rng, monkeypatch):
     """A 20-resultant pattern fitted in the array form (loops) and, with the unroll limit
     raised, in the list form (straight-line code): the same slopes, variances and jumps."""
@@ -92,6 +92,9 @@ def test_long_pattern_array_form_equals_the_list_form(method, rng, monkeypatch):
     def fit():
         if method == "likely":
             return romanjax.fit_ramps_likely(resultants, pattern, 8.0, dq=dq)
+        if method == "casertano":
+            return romanjax.fit_ramps_casertano(resultants, pattern, 8.0, dq=dq,
+                                                detect_jumps=True)  # fmt: skip
         return romanjax.fit_ramps_optimal(resultants, pattern, 8.0, dq=dq)
 
     jax.clear_caches()
@@ -104,6 +107,6 @@ def test_long_pattern_array_form_equals_the_list_form(method, rng, monkeypatch):
         np.testing.assert_allclose(getattr(array_form, name), getattr(list_form, name),
                                    rtol=2e-5, atol=1e-6, err_msg=name)  # fmt: skip
     np.testing.assert_array_equal(array_form.dq, list_form.dq)
-    if method == "likely":
+    if method != "optimal":
         assert np.asarray(array_form.jump_map).any()  # the search ran and found the jumps
         np.testing.assert_array_equal(array_form.jump_map, list_form.jump_map)
