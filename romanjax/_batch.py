@@ -495,9 +495,13 @@ def _simulator(name):
 
 
 def _block_simulator(simulator, pattern, static_items, pixel_names, block_shape, shardings):
-    """A jitted ``(key, block_ids[m], counts[m, B], *per_pixel[m, B]) -> leaves [n, m*B]``
-    that runs ``simulator`` on each block, reshaped to ``block_shape``, with key
-    ``fold_in(key, block_id)`` (cached when the static keywords are hashable)."""
+    """A jitted ``(key, block_ids[m], counts[m, B], *per_pixel[m, B], stacked, shared) ->
+    leaves [n, m*B]`` that runs ``simulator`` on each block, reshaped to ``block_shape``,
+    with key ``fold_in(key, block_id)`` (cached when the static keywords are hashable).
+    ``stacked``: a dict of keyword pytrees whose leaves are ``[m, k, B]`` (a leading axis
+    before the pixels, such as a persistence state), passed block by block as
+    ``[k, *block_shape]``; ``shared``: a dict of traced keywords passed to every block
+    as they are (a start time)."""
     try:
         return _cached_block_simulator(
             simulator, pattern, static_items, pixel_names, block_shape, shardings
@@ -513,21 +517,25 @@ def _cached_block_simulator(simulator, pattern, static_items, pixel_names, block
                             shardings):  # fmt: skip
     static = dict(static_items)
 
-    def one_block(key, block_id, counts, *per_pixel):
+    def one_block(key, shared, block_id, counts, stacked, *per_pixel):
         per_pixel = [value.reshape(block_shape) for value in per_pixel]
-        kwargs = dict(static, **dict(zip(pixel_names, per_pixel, strict=True)))
+        stacked = jax.tree_util.tree_map(
+            lambda leaf: leaf.reshape(leaf.shape[:1] + block_shape), stacked)
+        kwargs = dict(static, **dict(zip(pixel_names, per_pixel, strict=True)), **stacked,
+                      **shared)  # fmt: skip
         out = simulator(
             jax.random.fold_in(key, block_id), counts.reshape(block_shape), pattern, **kwargs
         )
         return jax.tree_util.tree_map(lambda leaf: leaf.reshape(leaf.shape[:1] + (-1,)), out)
 
-    def run(key, block_ids, counts, *per_pixel):
+    def run(key, block_ids, counts, stacked, shared, *per_pixel):
         # blocks one after the other (lax.map, not vmap): under vmap the binomial sampler's
         # runtime branches (all means small / mixed / all large) and its rejection loops
         # would become selects that evaluate every branch for every block
-        out = jax.lax.map(lambda args: one_block(key, *args), (block_ids, counts, *per_pixel))
+        out = jax.lax.map(lambda args: one_block(key, shared, *args),
+                          (block_ids, counts, stacked, *per_pixel))  # fmt: skip
 
-        def merge(leaf):  # [m, n, B] -> [n, m * B]
+        def merge(leaf):  # [m, k, B] -> [k, m * B]
             leaf = jnp.moveaxis(leaf, 0, 1)
             return leaf.reshape(leaf.shape[:1] + (-1,))
 
@@ -541,7 +549,8 @@ def _simulate_frame(simulator, function, key, counts, pattern, *, chunk_pixels, 
                     rng_block, kwargs, workers=None):  # fmt: skip
     """The block-keyed chunk driver behind :func:`simulate_frame`:
     ``simulator(key, counts[*pixels], pattern, **kwargs)`` returns a pytree of
-    ``[n_resultant, *pixels]`` arrays; ``function`` names the caller in errors."""
+    ``[k, *pixels]`` arrays (``[n_resultant, *pixels]`` resultants, a ``[n_events, *pixels]``
+    persistence state); ``function`` names the caller in errors."""
     name = getattr(simulator, "__name__", "the simulator")
     if not isinstance(pattern, ReadPattern):
         raise TypeError(
@@ -560,6 +569,8 @@ def _simulate_frame(simulator, function, key, counts, pattern, *, chunk_pixels, 
     pixels = counts.shape
     n_pixels = math.prod(pixels)
     n = pattern.n_resultants
+    all_kwargs = kwargs
+    stacked, shared, kwargs = _split_carried(function, kwargs, pixels)
     pixel_names = tuple(k for k, v in kwargs.items() if _is_pixel_array(v))
     per_pixel = [_per_pixel(k, kwargs[k], pixels, function).reshape(-1) for k in pixel_names]
     static_items = tuple(sorted((k, v) for k, v in kwargs.items() if k not in pixel_names))
@@ -596,7 +607,9 @@ def _simulate_frame(simulator, function, key, counts, pattern, *, chunk_pixels, 
     ids_sharding = jax.sharding.NamedSharding(mesh, spec(axes))
     replicated = jax.sharding.NamedSharding(mesh, spec())
     out_sharding = jax.sharding.NamedSharding(mesh, spec(None, axes))
-    in_shardings = (replicated, ids_sharding, block_sharding) + (block_sharding,) * len(per_pixel)
+    stacked_sharding = jax.sharding.NamedSharding(mesh, spec(axes, None, None))
+    in_shardings = ((replicated, ids_sharding, block_sharding, stacked_sharding, replicated)
+                    + (block_sharding,) * len(per_pixel))  # fmt: skip
     run = _block_simulator(
         simulator, pattern, static_items, pixel_names, block_shape, (in_shardings, out_sharding)
     )
@@ -604,11 +617,16 @@ def _simulate_frame(simulator, function, key, counts, pattern, *, chunk_pixels, 
     def blocks(array, start, stop):
         return _pad_last(array[start:stop], chunk).reshape(blocks_per_chunk, rng_block)
 
+    def stacked_blocks(array, start, stop):  # [k, n_pixels] -> [m, k, B]
+        part = _pad_last(array[:, start:stop], chunk)
+        return np.moveaxis(part.reshape(part.shape[0], blocks_per_chunk, rng_block), 1, 0)
+
     def submit(start):
         stop = min(start + chunk, n_pixels)
         first = start // rng_block
         ids = np.arange(first, first + blocks_per_chunk, dtype=np.uint32)
-        out = run(key, ids, blocks(flat_counts, start, stop),
+        chunk_stacked = jax.tree_util.tree_map(lambda a: stacked_blocks(a, start, stop), stacked)
+        out = run(key, ids, blocks(flat_counts, start, stop), chunk_stacked, shared,
                   *[blocks(value, start, stop) for value in per_pixel])  # fmt: skip
         return start, stop, out
 
@@ -620,7 +638,7 @@ def _simulate_frame(simulator, function, key, counts, pattern, *, chunk_pixels, 
         leaves = [np.asarray(leaf) for leaf in leaves]
         if not outputs:
             outputs.append(treedef)
-            outputs.extend(np.zeros((n, n_pixels), leaf.dtype) for leaf in leaves)
+            outputs.extend(np.zeros((leaf.shape[0], n_pixels), leaf.dtype) for leaf in leaves)
         for target, leaf in zip(outputs[1:], leaves, strict=True):
             part = leaf[:, : stop - start]
             if part.any():
@@ -638,10 +656,50 @@ def _simulate_frame(simulator, function, key, counts, pattern, *, chunk_pixels, 
         if bar is not None:
             bar.close()
     if not outputs:  # empty frame: nothing to chunk
-        out = simulator(key, counts, pattern, **kwargs)
+        out = simulator(key, counts, pattern, **all_kwargs)
         return jax.tree_util.tree_map(np.asarray, out)
     treedef, leaves = outputs[0], outputs[1:]
-    return jax.tree_util.tree_unflatten(treedef, [leaf.reshape((n,) + pixels) for leaf in leaves])
+    return jax.tree_util.tree_unflatten(
+        treedef, [leaf.reshape(leaf.shape[:1] + pixels) for leaf in leaves])
+
+
+#: simulate_l1 keywords with a leading axis before the pixels (``[k, *pixels]`` leaves),
+#: cut into blocks along the pixels like the per-pixel arrays.
+_STACKED = ("persistence",)
+#: simulate_l1 keywords passed to every block as traced values (not static: a new value,
+#: e.g. the next exposure's start time, does not recompile).
+_SHARED = ("start_time",)
+
+
+def _split_carried(function, kwargs, pixels):
+    """``(stacked, shared, rest)`` of the simulator keywords: ``stacked`` holds the
+    :data:`_STACKED` ones as host arrays with the pixels flattened (``[k, n_pixels]``
+    leaves), ``shared`` the :data:`_SHARED` ones as arrays, ``rest`` everything else.
+    A persistence state must be a ``PersistenceState`` over ``pixels``; the simulator checks
+    the rest."""
+    stacked, shared, rest = {}, {}, {}
+    for name, value in kwargs.items():
+        if name in _STACKED and value is not None:
+            from .l1._persistence import PersistenceState
+
+            if not isinstance(value, PersistenceState):
+                raise TypeError(f"{function}: `{name}` must be a PersistenceState, got "
+                                f"{type(value).__name__}")  # fmt: skip
+            leaves = [np.asarray(leaf) for leaf in value]
+            if any(leaf.ndim < 1 or leaf.shape[1:] != pixels for leaf in leaves):
+                raise ValueError(f"{function}: `{name}` holds arrays of shapes "
+                                 f"{[leaf.shape for leaf in leaves]}, not [n_events, *pixels] "
+                                 f"with pixels {pixels} of `counts`")  # fmt: skip
+            stacked[name] = PersistenceState(
+                *(leaf.reshape(leaf.shape[:1] + (-1,)) for leaf in leaves))
+        elif name in _SHARED and value is not None:
+            if np.ndim(value) != 0:
+                raise ValueError(f"{function}: `{name}` must be a scalar, got shape "
+                                 f"{np.shape(value)}")  # fmt: skip
+            shared[name] = value if isinstance(value, jax.Array) else np.asarray(value)
+        else:
+            rest[name] = value
+    return stacked, shared, rest
 
 
 def _shard_map(function, **kwargs):
@@ -795,7 +853,7 @@ def apportion_frame(key: jax.Array, counts: ArrayLike, pattern: ReadPattern, *,
 def simulate_frame(key: jax.Array, counts: ArrayLike, pattern: ReadPattern, *,
                    chunk_pixels: int | None = None, mesh: jax.sharding.Mesh | None = None,
                    progress: bool = False, rng_block: int = DEFAULT_RNG_BLOCK,
-                   workers: int | None = None, **kwargs) -> L1:  # fmt: skip
+                   workers: int | None = None, **kwargs) -> L1 | tuple:  # fmt: skip
     """:func:`simulate_l1` over a whole frame in chunks of bounded memory.
 
     Numpy in, numpy out; randomness in blocks of rows: for 2-D (and higher) ``counts`` whole
@@ -824,21 +882,47 @@ def simulate_frame(key: jax.Array, counts: ArrayLike, pattern: ReadPattern, *,
         Passed to :func:`simulate_l1` (``read_noise`` [DN], ``gain`` [e/DN], ``pedestal``
         [e], ...). numpy/JAX arrays with at least one dimension must broadcast to
         ``[*pixels]`` and are chunked with the pixels; other values must be hashable.
-        Effects that couple neighbouring pixels (``ipc``) are refused.
+        Effects that couple neighbouring pixels (``ipc``) are refused. ``persistence`` (a
+        :class:`~romanjax.PersistenceState` over the whole frame, ``[n_events, *pixels]``)
+        is cut into the same blocks as the pixels, and ``start_time`` is passed to every
+        block as a traced value (a new start time does not recompile). Each block draws its
+        persistence electrons under its own key, like every other effect, so they do not
+        depend on ``chunk_pixels`` either.
 
     Returns
     -------
     L1
         ``resultants`` and ``dq``, numpy ``[n_resultant, *pixels]``.
+    tuple
+        With ``reference_read=True`` or ``persistence``: as :func:`simulate_l1`,
+        ``(l1, reference_read, new_state)`` without the items not asked for, all numpy over
+        the whole frame (the reference read ``[*pixels]``, the state of the input state's
+        shape).
 
     Raises
     ------
     ValueError
-        ``ipc`` given; a per-pixel keyword that does not broadcast; bad ``chunk_pixels``,
-        ``rng_block`` or ``workers``.
+        ``ipc`` given; a per-pixel keyword that does not broadcast; a ``persistence`` state
+        whose pixels are not those of ``counts``; bad ``chunk_pixels``, ``rng_block`` or
+        ``workers``.
     """
-    return _simulate_frame(
-        _simulator("simulate_l1"), "simulate_frame", key, counts, pattern,
-        chunk_pixels=chunk_pixels, mesh=mesh, progress=progress, rng_block=rng_block,
-        kwargs=kwargs, workers=workers,
+    reference = bool(kwargs.get("reference_read", False))
+    out = _simulate_frame(
+        _simulate_l1_reference_plane if reference else _simulator("simulate_l1"),
+        "simulate_frame", key, counts, pattern, chunk_pixels=chunk_pixels, mesh=mesh,
+        progress=progress, rng_block=rng_block, kwargs=kwargs, workers=workers,
     )  # fmt: skip
+    if reference:
+        out = (out[0], out[1][0]) + tuple(out[2:])
+    return out
+
+
+def _simulate_l1_reference_plane(key, counts, pattern, **kwargs):
+    """simulate_l1 with its ``[*pixels]`` reference read as a ``[1, *pixels]`` plane, so
+    that every output of a block has one axis before the pixels (the frame driver's
+    layout); :func:`simulate_frame` takes the plane off again."""
+    out = _simulator("simulate_l1")(key, counts, pattern, **kwargs)
+    return (out[0], out[1][None]) + tuple(out[2:])
+
+
+_simulate_l1_reference_plane.__name__ = "simulate_l1"  # the name errors give users

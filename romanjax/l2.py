@@ -3,13 +3,16 @@
 The resultants arrive in DN; the ramp fitters work in electrons, so the chain is (romanisim
 ``image.make_l2``):
 
-1. optional classical non-linearity correction of the DN resultants (a per-pixel polynomial,
+1. optional dark decay subtraction: the mean over each resultant's reads of
+   ``amplitude * exp(-t / time_constant)`` [DN] at every pixel's own read times
+   (:func:`romanjax.dark_decay_signal`), what ``simulate_l1(dark_decay=...)`` adds,
+2. optional classical non-linearity correction of the DN resultants (a per-pixel polynomial,
    constant term first; pixels with NaN or all-zero coefficients are left uncorrected and
    flagged ``NO_LIN_CORR`` on every resultant),
-2. ``fit(resultants * gain, dq & DO_NOT_USE_IN_FIT, read_noise * gain)`` [e, e/s],
-3. ``slope_e -= dark_rate`` (the Poisson variance keeps the dark-inclusive rate),
-4. divide the slope by the gain and the variances by ``gain**2`` [DN/s, (DN/s)**2],
-5. divide the slope by the flat and the variances by ``flat**2``. Pixels whose gain, read noise,
+3. ``fit(resultants * gain, dq & DO_NOT_USE_IN_FIT, read_noise * gain)`` [e, e/s],
+4. ``slope_e -= dark_rate`` (the Poisson variance keeps the dark-inclusive rate),
+5. divide the slope by the gain and the variances by ``gain**2`` [DN/s, (DN/s)**2],
+6. divide the slope by the flat and the variances by ``flat**2``. Pixels whose gain, read noise,
    dark rate or flat is invalid (device data; host data raises) get DO_NOT_USE and zeros.
 
 Unlike romanisim, nothing is modified in place.
@@ -28,6 +31,8 @@ from jax.typing import ArrayLike
 from . import dq as dqbits
 from ._read_pattern import ReadPattern
 from ._validate import check_pixel_shape, check_real, check_values, float_dtype, prepare_dq
+from .l1._effects import dark_decay_resultants
+from .l1._readout import dark_decay_inputs, science_read_times
 from .ramp._common import exclude_non_finite
 
 __all__ = ["L2", "make_l2", "METHODS", "PIXEL_FLAGS", "apply_linearity", "pixel_flags_romancal"]
@@ -142,12 +147,21 @@ def pixel_flags_romancal(resultant_dq, unfitted):
     return out | jnp.where(unfitted & saturated, sat, jnp.uint32(0))
 
 
-@partial(jax.jit, static_argnames=("pattern", "method", "has_dq", "fit_kwargs", "pixel_flags"))
-def _make_l2(resultants, dq, read_noise, gain, dark_rate, flat, linearity, *, pattern, method,
-             has_dq, fit_kwargs, pixel_flags="romanisim"):  # fmt: skip
+@partial(jax.jit, static_argnames=("pattern", "method", "has_dq", "fit_kwargs", "pixel_flags",
+                                   "readout"))  # fmt: skip
+def _make_l2(resultants, dq, read_noise, gain, dark_rate, flat, linearity, decay=None,
+             read_times=None, *, pattern, method, has_dq, fit_kwargs, pixel_flags="romanisim",
+             readout=None):  # fmt: skip
     dtype = resultants.dtype
     if has_dq:  # non-finite resultants: DO_NOT_USE, left out of the fit
         resultants, dq = exclude_non_finite(resultants, dq)
+    if decay is not None:  # [DN], before the non-linearity correction, as romanisim
+        pixels = resultants.shape[1:]
+        if readout is not None:
+            read_times = science_read_times(pixels, readout, pattern.read_time, dtype)
+        read_times = jnp.broadcast_to(jnp.asarray(read_times, dtype), pixels)
+        resultants = resultants - dark_decay_resultants(read_times, decay[0], decay[1],
+                                                        pattern, dtype)  # fmt: skip
     if linearity is not None:
         resultants, lin_flags = apply_linearity(resultants, linearity)
         dq = dq | lin_flags[None]
@@ -199,15 +213,16 @@ def make_l2(resultants: ArrayLike, pattern: ReadPattern, *, read_noise: ArrayLik
             gain: ArrayLike, dq: ArrayLike | None = None, dark_rate: ArrayLike | None = None,
             flat: ArrayLike | None = None, method: str = "casertano",
             linearity: ArrayLike | None = None, pixel_flags: str = "romanisim",
+            dark_decay: dict | None = None, read_time_offsets: ArrayLike | None = None,
             **fit_kwargs) -> L2:  # fmt: skip
     """Fit L1 resultants [DN] into an L2 count-rate image [DN/s], as romanisim's ``make_l2``.
 
-    The resultants are converted to electrons with ``gain``, fitted with the chosen ramp
-    fitter using ``dq & DO_NOT_USE_IN_FIT`` (DO_NOT_USE, saturated and jump-flagged resultants
-    split the ramps, as in romancal), the dark rate is subtracted from the electron slope,
-    and slope and variances are converted back to DN and flat-fielded (romanisim
-    ``image.make_l2``). Pure: the inputs are
-    never modified. Jit-compatible (pattern, method and the fitter keywords are static).
+    The dark decay is subtracted when asked, the resultants are converted to electrons with
+    ``gain``, fitted with the chosen ramp fitter using ``dq & DO_NOT_USE_IN_FIT``
+    (DO_NOT_USE, saturated and jump-flagged resultants split the ramps, as in romancal), the
+    dark rate is subtracted from the electron slope, and slope and variances are converted
+    back to DN and flat-fielded (romanisim ``image.make_l2``). Pure: the inputs are never
+    modified. Jit-compatible (pattern, method and the fitter keywords are static).
 
     Parameters
     ----------
@@ -243,6 +258,19 @@ def make_l2(resultants: ArrayLike, pattern: ReadPattern, *, read_noise: ArrayLik
         ``SATURATED | DO_NOT_USE`` only where no usable sub-ramp remained (``DO_NOT_USE``
         alone when no resultant saturated), ``JUMP_DET`` where a jump was flagged or found,
         other bits OR-ed (see :func:`pixel_flags_romancal`).
+    dark_decay : dict, optional
+        romanisim's ``darkdecaysignal``, as :func:`romanjax.simulate_l1` takes it:
+        ``amplitude`` [DN] and ``time_constant`` [s] (> 0), and the detector as ``sca`` or
+        ``detector`` (1 to 18) with an optional ``origin = (row, column)`` of the first
+        pixel in the 4088 x 4088 science array (2-D resultant images; without ``origin``
+        they must be the whole science array). Each resultant less the mean over its reads
+        of ``amplitude * exp(-((k - 1.5) T + t_pix) / time_constant)``
+        (:func:`romanjax.dark_decay_signal`) is what is fitted, as romanisim's ``make_l2``
+        does before its non-linearity correction; ``make_l2(dark_decay=D)`` undoes
+        ``simulate_l1(dark_decay=D)``.
+    read_time_offsets : array broadcasting to ``[*pixels]``, optional
+        Each pixel's read time within a frame [s], instead of the detector in
+        ``dark_decay`` (only used with ``dark_decay``; see :func:`romanjax.frame_read_times`).
     **fit_kwargs
         Passed on to the fitter (e.g. ``detect_jumps=True`` for Casertano); must be hashable.
 
@@ -255,7 +283,8 @@ def make_l2(resultants: ArrayLike, pattern: ReadPattern, *, read_noise: ArrayLik
     Raises
     ------
     ValueError
-        If ``method`` is unknown or a shape does not match the pattern / pixel shape.
+        If ``method`` is unknown, a shape does not match the pattern / pixel shape, or
+        ``dark_decay`` is invalid or lacks the pixels' read times.
     """
     if method not in METHODS:
         raise ValueError(
@@ -312,8 +341,10 @@ def make_l2(resultants: ArrayLike, pattern: ReadPattern, *, read_noise: ArrayLik
                 f"[n_coeff >= 2] or [n_coeff, *pixels] with pixels {pixels}"
             )
         linearity = jnp.asarray(linearity, dtype)
+    readout, read_times, decay_values = dark_decay_inputs(
+        "make_l2", dark_decay, pixels, read_time_offsets, dtype, data="resultants")
     return _make_l2(
-        resultants, dq, read_noise, gain, dark_rate, flat, linearity,
-        pattern=pattern, method=method, has_dq=has_dq,
-        fit_kwargs=tuple(sorted(fit_kwargs.items())), pixel_flags=pixel_flags,
+        resultants, dq, read_noise, gain, dark_rate, flat, linearity, decay_values,
+        read_times, pattern=pattern, method=method, has_dq=has_dq,
+        fit_kwargs=tuple(sorted(fit_kwargs.items())), pixel_flags=pixel_flags, readout=readout,
     )  # fmt: skip

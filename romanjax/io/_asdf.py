@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from .._read_pattern import DEFAULT_READ_TIME, ReadPattern
-from ._products import DEFAULT_GAIN, DEFAULT_READ_NOISE, L1Image, L2Image
+from ._products import DATA_ENCODING_OFFSET, DEFAULT_GAIN, DEFAULT_READ_NOISE, L1Image, L2Image
 
 __all__ = [
     "ProductFileError",
@@ -210,6 +210,9 @@ def write_l1(path, l1: L1Image):
     tree = _common_tree(l1, "L1")
     tree["resultants"] = np.asarray(l1.resultants)
     tree["dq"] = np.asarray(l1.dq, dtype=np.uint32)
+    if l1.reference_read is not None:  # resultants stay absolute in romanjax files
+        tree["reference_read"] = np.asarray(l1.reference_read)
+        tree["data_encoding_offset"] = int(l1.data_encoding_offset)
     return _write(tree, path)
 
 
@@ -332,6 +335,10 @@ def _from_romanjax(node, kind, path):
                 f"{path}: resultants of shape {resultants.shape} do not match the read pattern "
                 f"({common['pattern'].n_resultants} resultants)"
             )
+        if node.get("reference_read") is not None:
+            common["reference_read"] = np.asarray(node["reference_read"])
+            common["data_encoding_offset"] = int(node.get("data_encoding_offset",
+                                                          DATA_ENCODING_OFFSET))  # fmt: skip
         return L1Image(resultants=resultants, dq=np.asarray(node["dq"], np.uint32), **common)
     _require(node, ["data", "var_rnoise", "var_poisson", "err", "dq"], path)
     arrays = {name: np.asarray(node[name]) for name in ("data", "var_rnoise", "var_poisson", "err")}
@@ -451,10 +458,13 @@ def _from_roman_node(node, kind, tree, path, extras):
             offset = node.meta.instrument.data_encoding_offset
         except (AttributeError, KeyError):
             offset = None
+        b = NBORDER
+        encoding = {}
         if reference is not None and offset is not None:
             # flight-like encoding: stored = resultant - reference read + offset
             resultants = resultants + np.asarray(reference, np.float32)[None] - np.float32(offset)
-        b = NBORDER
+            encoding = dict(reference_read=np.asarray(reference, np.float32)[b:-b, b:-b],
+                            data_encoding_offset=int(offset))  # fmt: skip
         resultants = resultants[:, b:-b, b:-b]
         romanisim = tree.get("romanisim") or {}
         dq = romanisim.get("dq") if isinstance(romanisim, dict) else None
@@ -473,7 +483,7 @@ def _from_roman_node(node, kind, tree, path, extras):
                 f"{pattern.n_resultants}"
             )
         return L1Image(resultants=resultants, dq=dq, pattern=pattern, wcs=_roman_wcs(node),
-                       meta=meta)  # fmt: skip
+                       meta=meta, **encoding)  # fmt: skip
     data = np.asarray(node.data)
     var_poisson = np.asarray(extras.get("var_poisson",
                                         _roman_get(node, "var_poisson", np.zeros_like(data))))

@@ -17,6 +17,9 @@ __all__ = ["L1Image", "L2Image", "DEFAULT_GAIN", "DEFAULT_READ_NOISE"]
 DEFAULT_GAIN = 2.0
 #: romanisim's default read noise of one read [DN] (``parameters.reference_data['readnoise']``).
 DEFAULT_READ_NOISE = 5.0
+#: romanisim's default offset of the reference-read encoding [DN]
+#: (``parameters.data_encoding_offset``; :data:`romanjax.l1._reference.DATA_ENCODING_OFFSET`).
+DATA_ENCODING_OFFSET = 4000
 
 
 @dataclass
@@ -37,6 +40,12 @@ class L1Image:
     wcs : astropy.wcs.WCS, gwcs.WCS or None
     meta : dict
         Free-form metadata (provenance, simulation parameters); plain ASDF-serialisable values.
+    reference_read : numpy.ndarray ``[ny, nx]`` or None
+        The reference read [DN] (``simulate_l1(..., reference_read=True)``), or None. With
+        one, Roman L1 files store the resultants encoded relative to it, as flight data
+        (:func:`romanjax.encode_reference_read`); ``resultants`` always hold absolute DN.
+    data_encoding_offset : int
+        Offset of that encoding [DN] (romanisim's default 4000).
     """
 
     resultants: np.ndarray
@@ -46,6 +55,8 @@ class L1Image:
     read_noise: Any = DEFAULT_READ_NOISE
     wcs: Any = None
     meta: dict = field(default_factory=dict)
+    reference_read: Any = None
+    data_encoding_offset: int = DATA_ENCODING_OFFSET
 
     kind = "L1"
 

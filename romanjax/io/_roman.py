@@ -12,7 +12,12 @@ Layout, as romanisim writes them:
   default, which means unknown).
 * L1: ``data`` [DN] uint16 ``[n_resultant, ny + 8, nx + 8]``: the science pixels surrounded
   by the 4-pixel reference-pixel border (zeros here: the simulation has no reference-pixel
-  signal). No ``resultantdq``: see the flags below.
+  signal). No ``resultantdq``: see the flags below. An L1 with a reference read is written
+  as flight data are, and as romanisim writes it: ``reference_read`` ``[ny + 8, nx + 8]`` (zero
+  border), ``meta.instrument.data_encoding_offset``, ``data`` (border included) and
+  ``amp33`` encoded as ``clip(value - reference + offset, 0, 65535)`` (the ``amp33``
+  relative to a zero ``reference_amp33``), so :func:`romanjax.io.read_product`, romancal
+  and romanisim decode them.
 * L2: ``data`` [DN/s] float32, ``dq`` uint32 (the pixel flags, all 32 bits), and the
   schema's float16 ``err``, ``var_poisson`` and ``var_rnoise`` [(DN/s)**2] (float16 is what
   the schema asks for: about three significant digits).
@@ -234,6 +239,26 @@ def _save(model, extras, path):
     return path
 
 
+def encode_whole_dn(data, reference, offset):
+    """romanisim's ``encode_reference_read`` on host arrays:
+    ``clip(data - reference + offset, 0, 65535)`` as uint16, computed in float64
+    (:func:`romanjax.encode_reference_read` is the same on device)."""
+    encoded = np.asarray(data).astype(np.float64) - np.asarray(reference)[None] + offset
+    return np.clip(encoded, 0, np.iinfo(np.uint16).max).astype(np.uint16)
+
+
+def _whole_dn(name, value, shape):
+    value = np.asarray(value)
+    if value.shape != shape:
+        raise ValueError(f"to_roman_l1: `{name}` of shape {value.shape} is not the science "
+                         f"pixels' shape {shape}")  # fmt: skip
+    if not np.isfinite(value).all() or np.any(value != np.rint(value)) or \
+            value.min(initial=0) < 0 or value.max(initial=0) > np.iinfo(np.uint16).max:
+        raise ValueError(f"to_roman_l1: Roman L1 files store whole DN in 0..65535 (uint16), "
+                         f"and `{name}` holds other values")  # fmt: skip
+    return value
+
+
 def to_roman_l1(l1: L1Image):
     """The ``ScienceRawModel`` of an :class:`L1Image` and its extras node (see the module
     notes)."""
@@ -251,8 +276,22 @@ def to_roman_l1(l1: L1Image):
         )  # fmt: skip
     data = np.zeros((n, ny + 2 * b, nx + 2 * b), np.uint16)
     data[:, b:-b, b:-b] = resultants
+    reference = None
+    if l1.reference_read is not None:
+        reference = np.zeros((ny + 2 * b, nx + 2 * b), np.uint16)
+        reference[b:-b, b:-b] = _whole_dn("reference_read", l1.reference_read, (ny, nx))
+        offset = int(l1.data_encoding_offset)
+        if not 0 <= offset <= np.iinfo(np.uint16).max:
+            raise ValueError(f"to_roman_l1: `data_encoding_offset` {offset} is not 0..65535")
+        data = encode_whole_dn(data, reference, offset)
     model.data = data
     zero_reference_arrays(model, n, (ny + 2 * b, nx + 2 * b))
+    if reference is not None:
+        model.reference_read = reference
+        model.reference_amp33 = np.zeros((ny + 2 * b, AMP33_WIDTH), np.uint16)
+        model.amp33 = encode_whole_dn(np.zeros((n, ny + 2 * b, AMP33_WIDTH), np.uint16),
+                                      model.reference_amp33, offset)  # fmt: skip
+        model.meta.instrument.data_encoding_offset = offset
     _exposure(model, l1.pattern, l1.meta.get("start_time"))
     _instrument(model, l1.meta)
     extras = {"kind": "L1", "dq": np.asarray(l1.dq, np.uint32),

@@ -723,8 +723,31 @@ def expected_persistence_reads(state: PersistenceState, read_times: ArrayLike,
                                start_time: ArrayLike, *, read_time: float = DEFAULT_READ_TIME,
                                params: PersistenceParams | None = None,
                                exact: bool = False) -> jax.Array:  # fmt: skip
-    """The mean of :func:`persistence_reads`: cumulative expected persistence electrons
-    ``[n_read, *pixels]`` [e] (same arguments, no key)."""
+    """The mean of :func:`persistence_reads`: cumulative expected persistence electrons.
+
+    ``sum_{l <= j} mean_l`` with ``mean_l = I(start_time + read_times[l]) * read_time``
+    (``exact=False``, romanisim) or the current integrated since the previous read
+    (``exact=True``), as :func:`persistence_reads` draws them.
+
+    Parameters
+    ----------
+    state : PersistenceState
+        Events from earlier exposures (all before ``start_time``).
+    read_times : array ``[n_read]``
+        Times of the reads after the reset [s] (``ReadPattern.read_times``).
+    start_time : float
+        Time of the exposure's reset [s], on the state's clock.
+    read_time : float
+        Integration time of one read [s] for ``exact=False`` (``ReadPattern.read_time``).
+    params : PersistenceParams, optional
+        Model parameters (default: romanisim's).
+    exact : bool
+
+    Returns
+    -------
+    array ``[n_read, *pixels]``
+        Cumulative expected electrons [e] after each read, in the state's dtype.
+    """
     _check_reads("expected_persistence_reads", state, read_times, start_time)
     return _expected_jit(state, read_times, start_time, read_time, _params(params),
                          exact=bool(exact))  # fmt: skip

@@ -222,11 +222,34 @@ def dark_decay_params(dark_decay, function: str = "simulate_l1") -> DarkDecay | 
     return DarkDecay(amplitude, time_constant, detector, origin)
 
 
-def simulation_read_times(function: str, decay: DarkDecay, shape: tuple, read_time_offsets):
-    """Where ``simulate_l1``'s per-pixel read times come from: ``(readout, read_times)``,
-    exactly one not None. ``readout = (detector, row0, column0)`` (static) has them computed
-    in the jit for a 2-D image at that place of the science array; ``read_times`` are the
-    caller's ``read_time_offsets``, checked to broadcast against ``shape``."""
+def dark_decay_inputs(function: str, dark_decay, shape: tuple, read_time_offsets, dtype,
+                      data: str = "counts"):  # fmt: skip
+    """The checked dark-decay inputs of ``simulate_l1`` or ``make_l2``: ``(readout,
+    read_times, (amplitude, time_constant))`` (see :func:`simulation_read_times`), or three
+    None without ``dark_decay``."""
+    decay = dark_decay_params(dark_decay, function)
+    if decay is None:
+        if read_time_offsets is not None:
+            raise ValueError(f"{function}: `read_time_offsets` is only used with `dark_decay`")
+        return None, None, None
+    readout, read_times = simulation_read_times(function, decay, shape, read_time_offsets,
+                                                data=data)  # fmt: skip
+    values = (jnp.asarray(decay.amplitude, dtype), jnp.asarray(decay.time_constant, dtype))
+    if read_times is not None:
+        read_times = jnp.asarray(read_times, dtype)
+    return readout, read_times, values
+
+
+def simulation_read_times(function: str, decay: DarkDecay, shape: tuple, read_time_offsets,
+                          data: str = "counts"):  # fmt: skip
+    """Where the per-pixel read times of ``simulate_l1`` (or ``make_l2``) come from:
+    ``(readout, read_times)``, exactly one not None. ``readout = (detector, row0, column0)``
+    (static) has them computed in the jit for a 2-D image at that place of the science
+    array; ``read_times`` are the caller's ``read_time_offsets``, checked to broadcast
+    against ``shape``, the pixel shape of the argument named ``data`` in errors."""
+    # simulate_l1's counts are its pixels; make_l2's resultants have a resultant axis first
+    subject = f"`{data}`" if data == "counts" else f"`{data}` pixels"
+    corner = f"{data}[0, 0]" if data == "counts" else f"{data}[:, 0, 0]"
     if read_time_offsets is not None:
         if decay.detector is not None:
             raise ValueError(
@@ -244,23 +267,24 @@ def simulation_read_times(function: str, decay: DarkDecay, shape: tuple, read_ti
         )
     if len(shape) != 2:
         raise ValueError(
-            f"{function}: `dark_decay` with a detector needs 2-D `counts` (rows and columns "
+            f"{function}: `dark_decay` with a detector needs 2-D {subject} (rows and columns "
             f"of the science array), got shape {shape}; give `read_time_offsets` otherwise"
         )
     origin = decay.origin
     if origin is None:
         if shape != (SCIENCE_PIXELS, SCIENCE_PIXELS):
+            frames = (" (simulate_frame cuts frames into blocks of rows, so frames need "
+                      "`read_time_offsets`)") if data == "counts" else ""  # fmt: skip
             raise ValueError(
-                f"{function}: `counts` of shape {shape} is not a whole "
+                f"{function}: {subject} of shape {shape} is not a whole "
                 f"{SCIENCE_PIXELS} x {SCIENCE_PIXELS} science array: give its place as "
-                "`dark_decay['origin'] = (row, column)` of counts[0, 0], or the pixels' "
-                "`read_time_offsets` (simulate_frame cuts frames into blocks of rows, so "
-                "frames need `read_time_offsets`)"
+                f"`dark_decay['origin'] = (row, column)` of {corner}, or the pixels' "
+                f"`read_time_offsets`{frames}"
             )
         origin = (0, 0)
     if origin[0] + shape[0] > SCIENCE_PIXELS or origin[1] + shape[1] > SCIENCE_PIXELS:
         raise ValueError(
-            f"{function}: `counts` of shape {shape} at `dark_decay['origin']` {origin} "
+            f"{function}: {subject} of shape {shape} at `dark_decay['origin']` {origin} "
             f"extends beyond the {SCIENCE_PIXELS} x {SCIENCE_PIXELS} science array"
         )
     return (decay.detector,) + origin, None

@@ -24,12 +24,16 @@ from ._effects import (
     cosmic_ray_params,
     dark_decay_resultants,
 )
-from ._readout import dark_decay_params, science_read_times, simulation_read_times
+from ._persistence import PersistenceParams, PersistenceState, _check_host, _check_state
+from ._persistence import _params as persistence_params_or_default
+from ._persistence import _read as persistence_read_kernel
+from ._persistence import _update as update_persistence_kernel
+from ._readout import dark_decay_inputs, science_read_times
 
 __all__ = ["L1", "simulate_l1"]
 
 # fixed fold_in tags: switching one effect off leaves the others' draws unchanged
-_PHOTONS, _PEDESTAL, _COSMIC_RAYS, _READ_NOISE = 0, 1, 2, 3
+_PHOTONS, _PEDESTAL, _COSMIC_RAYS, _READ_NOISE, _PERSISTENCE = 0, 1, 2, 3, 4
 
 
 class L1(NamedTuple):
@@ -42,10 +46,11 @@ class L1(NamedTuple):
 
 
 @partial(jax.jit, static_argnames=("pattern", "dtype", "image_shape", "crparams", "cr_cap",
-                                   "readout"))  # fmt: skip
+                                   "readout", "persistence_exact", "reference_read"))  # fmt: skip
 def _simulate(key, counts, read_noise, gain, pedestal, pedestal_noise, saturation,
-              ipc_kernel, inv_lin, decay, read_times, *, pattern, dtype, image_shape, crparams,
-              cr_cap, readout):  # fmt: skip
+              ipc_kernel, inv_lin, decay, read_times, persistence=None, start_time=None,
+              persistence_params=None, *, pattern, dtype, image_shape, crparams, cr_cap,
+              readout, persistence_exact=False, reference_read=False):  # fmt: skip
     shape = counts.shape
     npix = counts.size
     flat = counts_as_int32(counts)
@@ -67,6 +72,19 @@ def _simulate(key, counts, read_noise, gain, pedestal, pedestal_noise, saturatio
     times = np.asarray(pattern.read_times)
     dts = np.diff(times, prepend=0.0)
     cr_key = jax.random.fold_in(key, _COSMIC_RAYS)
+    if persistence is not None:
+        # the events as [n_events, npix] rows, in the state's own dtype (its clock may need
+        # more precision than the pixel values)
+        n_events = persistence.fluence.shape[0]
+        events = PersistenceState(persistence.fluence.reshape(n_events, npix),
+                                  persistence.time.reshape(n_events, npix))  # fmt: skip
+        clock = events.time.dtype
+        ps_key = jax.random.fold_in(key, _PERSISTENCE)
+        read_clock = jnp.asarray(start_time, clock) + jnp.asarray(times, clock)  # [n_read]
+        # romanisim: each read collects the current at its time for one frame time;
+        # exact: the current integrated since the previous read of the pattern
+        durations = jnp.asarray(dts if persistence_exact else
+                                np.full_like(dts, pattern.read_time), clock)  # fmt: skip
 
     def per_read(j, cumulative, inst):
         hit = jnp.zeros(npix, bool)
@@ -77,6 +95,11 @@ def _simulate(key, counts, read_noise, gain, pedestal, pedestal_noise, saturatio
                                          image_shape, crparams, dtype)  # fmt: skip
             hit = deposit > 0
             inst = inst + deposit.astype(dtype)
+        if persistence is not None:  # after the cosmic rays, before the non-linearity
+            released = persistence_read_kernel(ps_key, events, j, read_clock[j], durations[j],
+                                               persistence_params, persistence_exact,
+                                               element)  # fmt: skip
+            inst = inst + released.astype(dtype)
         value = cumulative.astype(dtype) + inst
         if inv_lin is not None:
             value = apply_inverse_linearity(value, coeffs, gain_flat)
@@ -86,32 +109,69 @@ def _simulate(key, counts, read_noise, gain, pedestal, pedestal_noise, saturatio
         return read_scan(key, flat, pattern, dtype, per_read=per_read, carry0=instrumental,
                          table=table)
 
-    resultants, hits, _ = with_table_on_cpu(photons, jax.random.fold_in(key, _PHOTONS), flat,
-                                            instrumental)  # fmt: skip
+    resultants, hits, charge = with_table_on_cpu(photons, jax.random.fold_in(key, _PHOTONS),
+                                                 flat, instrumental)  # fmt: skip
+    new_state = None
+    if persistence is not None:
+        # romanisim: every electron the pixel collected (photons, cosmic rays, persistence,
+        # pedestal noise) but not the pedestal, before IPC and the non-linearity; the last
+        # read takes every photon, so the photons collected are ``flat``
+        pedestal_flat = jnp.broadcast_to(pedestal, shape).reshape(-1)
+        fluence = flat.astype(clock) + (charge - pedestal_flat).astype(clock)
+        new_state = update_persistence_kernel(events, fluence, read_clock[-1],
+                                              persistence_params)  # fmt: skip
+        new_state = PersistenceState(new_state.fluence.reshape(persistence.fluence.shape),
+                                     new_state.time.reshape(persistence.time.shape))  # fmt: skip
     n = pattern.n_resultants
     resultants = resultants.reshape((n,) + shape)
+    if reference_read:
+        # romanisim: a zero-time read of the reset level (pedestal and its noise; no photons,
+        # cosmic rays or persistence), through the inverse non-linearity, then the same
+        # chain as a one-read resultant; carried as plane 0 of the resultants until the
+        # read noise
+        reference = instrumental
+        if inv_lin is not None:
+            reference = apply_inverse_linearity(reference, coeffs, gain_flat)
+        resultants = jnp.concatenate([reference.reshape((1,) + shape), resultants])
+    planes = resultants.shape[0]
     if ipc_kernel is not None:
-        resultants = apply_ipc(resultants.reshape((n,) + image_shape), ipc_kernel).reshape(
-            resultants.shape)
+        resultants = apply_ipc(resultants.reshape((planes,) + image_shape),
+                               ipc_kernel).reshape(resultants.shape)  # fmt: skip
     resultants = resultants / gain
     if decay is not None:  # [DN], after the gain and before read noise, as romanisim
         if readout is not None:
             read_times = science_read_times(shape, readout, pattern.read_time, dtype)
         read_times = jnp.broadcast_to(jnp.asarray(read_times, dtype), shape)
-        resultants = resultants + dark_decay_resultants(read_times, decay[0], decay[1],
-                                                        pattern, dtype)  # fmt: skip
-    sigma = jnp.asarray(read_noise, dtype) / jnp.sqrt(
-        jnp.asarray(pattern.n_reads, dtype)).reshape((n,) + (1,) * len(shape))
+        signal = dark_decay_resultants(read_times, decay[0], decay[1], pattern, dtype)
+        if reference_read:  # read "0", at t = -1.5 T + t_pix
+            first = decay[0] * jnp.exp(-(read_times - 1.5 * pattern.read_time) / decay[1])
+            signal = jnp.concatenate([first.astype(dtype)[None], signal])
+        resultants = resultants + signal
+    reads = jnp.asarray(((1,) if reference_read else ()) + tuple(pattern.n_reads), dtype)
+    sigma = jnp.asarray(read_noise, dtype) / jnp.sqrt(reads).reshape((planes,)
+                                                                     + (1,) * len(shape))
     read_key = key_words(jax.random.fold_in(key, _READ_NOISE))
-    read_noise_draws = standard_normal(
-        read_key, element, jnp.arange(n, dtype=jnp.uint32)[:, None], 0, dtype)
+    # resultant i draws counter (pixel, i); the reference read (pixel, n), so the resultants'
+    # draws do not depend on whether it is simulated
+    index = np.arange(n, dtype=np.uint32)
+    if reference_read:
+        index = np.concatenate([[n], index]).astype(np.uint32)
+    read_noise_draws = standard_normal(read_key, element, jnp.asarray(index)[:, None], 0,
+                                       dtype)  # fmt: skip
     resultants = resultants + sigma * read_noise_draws.reshape(resultants.shape)
     resultants = jnp.clip(jnp.round(resultants), 0, 1.1 * saturation)
+    if reference_read:  # (no flags: saturation is flagged in the resultants only)
+        reference, resultants = resultants[0], resultants[1:]
     dq = jnp.where(hits.reshape((n,) + shape), jnp.uint32(dqbits.JUMP_DET), jnp.uint32(0))
     dq = dq | jnp.where(resultants >= saturation, jnp.uint32(dqbits.SATURATED), jnp.uint32(0))
     dq = dq | jnp.where(no_lin_corr.reshape(shape), jnp.uint32(dqbits.NO_LIN_CORR),
                         jnp.uint32(0))  # fmt: skip
-    return L1(resultants.astype(dtype), dq.astype(jnp.uint32))
+    out = [L1(resultants.astype(dtype), dq.astype(jnp.uint32))]
+    if reference_read:
+        out.append(reference.astype(dtype))
+    if new_state is not None:
+        out.append(new_state)
+    return out[0] if len(out) == 1 else tuple(out)
 
 
 def simulate_l1(key: jax.Array, counts: ArrayLike, pattern: ReadPattern, *,
@@ -119,22 +179,28 @@ def simulate_l1(key: jax.Array, counts: ArrayLike, pattern: ReadPattern, *,
                 pedestal_noise: ArrayLike = 8.0, saturation: ArrayLike = 55000.0,
                 cosmic_rays=None, ipc: ArrayLike | None = None,
                 inverse_linearity: ArrayLike | None = None, dark_decay: dict | None = None,
-                read_time_offsets: ArrayLike | None = None) -> L1:  # fmt: skip
+                read_time_offsets: ArrayLike | None = None,
+                persistence: PersistenceState | None = None,
+                start_time: ArrayLike | None = None,
+                persistence_params: PersistenceParams | None = None,
+                persistence_exact: bool = False, reference_read: bool = False,
+                ) -> L1 | tuple:  # fmt: skip
     """Simulate an L1 ramp from total electrons, as romanisim's ``make_l1``.
 
     Order: apportion the photons read by read (:func:`romanjax.apportion_counts`), add the
     pedestal plus one N(0, pedestal_noise) draw per pixel (identical in every resultant),
-    add cosmic-ray charge per read to the same non-photon buffer (so later reads keep it),
-    apply the inverse non-linearity per read, average reads into resultants, apply IPC,
-    divide by the gain, add the dark decay [DN] when asked, add read noise sigma/sqrt(N_i)
-    per resultant, round, clip to [0, 1.1 saturation] and flag SATURATED where
-    >= saturation.
+    add cosmic-ray charge and then persistence charge per read to the same non-photon
+    buffer (so later reads keep it), apply the inverse non-linearity per read, average reads
+    into resultants, apply IPC, divide by the gain, add the dark decay [DN] when asked, add
+    read noise sigma/sqrt(N_i) per resultant, round, clip to [0, 1.1 saturation] and flag
+    SATURATED where >= saturation.
 
     Parameters
     ----------
     key : jax.random key
         Split internally with fixed ``fold_in`` tags (photons 0, pedestal 1, cosmic rays 2,
-        read noise 3): switching one effect off leaves the other draws unchanged.
+        read noise 3, persistence 4): switching one effect off leaves the other draws
+        unchanged.
     counts : array ``[*pixels]``
         Total electrons at the last read [e], non-negative integers.
     pattern : ReadPattern
@@ -182,18 +248,70 @@ def simulate_l1(key: jax.Array, counts: ArrayLike, pattern: ReadPattern, *,
         which passes per-pixel arrays block by block. romanisim uses per-pixel read times
         only for the dark decay, and so does romanjax: photons, cosmic rays and read noise
         are not shifted within a frame.
+    persistence : PersistenceState or None
+        Persistence events of earlier exposures (:class:`romanjax.PersistenceState`, pixel
+        shape that of ``counts``; start with ``PersistenceState.empty(counts.shape)``), as
+        romanisim's ``persistence``. Read ``j`` of the pattern, at ``start_time +
+        pattern.read_times[j]``, gets ``Poisson(sum_k I(x_k, t - t_k) * pattern.read_time)``
+        electrons (:func:`romanjax.persistence_read`, keyed by the pixel and the read), added
+        after that read's cosmic rays and before the non-linearity, so every later read keeps
+        them. The call then also returns the state after this exposure (see Returns).
+    start_time : float, required with ``persistence``
+        Time of this exposure's reset [s], on the clock of ``persistence.time`` (romanisim's
+        ``tstart``, which is an MJD; here seconds: keep the clock near zero in float32, see
+        :class:`romanjax.PersistenceState`). Scalar; may be traced, so a sequence of
+        exposures under ``jit`` or ``lax.scan`` compiles once.
+    persistence_params : PersistenceParams or None
+        Parameters of the persistence model (default: romanisim's).
+    persistence_exact : bool
+        ``False`` (romanisim): each read collects the current at its time for one frame time
+        ``pattern.read_time``, and skipped reads collect nothing. ``True``: each read
+        collects the current integrated since the previous read of the pattern (since the
+        reset for the first), so skipped reads' time counts.
+    reference_read : bool
+        Also simulate the reference read (off by default, as romanisim's ``make_l1``): a
+        zero-time read of the reset level (pedestal and pedestal noise, the same draw as the
+        resultants'; no photons, cosmic rays or persistence) through the inverse
+        non-linearity, IPC and gain, plus the dark decay at read "0" (``t = -1.5 T +
+        t_pix``), plus read noise of ONE read (counter ``(pixel, n_resultant)``, so the
+        resultants' draws do not change), rounded and clipped like the resultants, without
+        flags. :func:`romanjax.encode_reference_read` encodes the resultants relative to
+        it, as flight L1 files store them.
 
     Returns
     -------
     L1
         ``resultants [n_resultant, *pixels]`` [DN], ``dq [n_resultant, *pixels]`` uint32.
+    tuple
+        When ``reference_read`` or ``persistence`` is given: ``(l1, reference_read,
+        new_state)`` with the items not asked for left out, in romanisim's order
+        (``make_l1`` returns the reference read after the resultants and dq). The reference
+        read is ``[*pixels]`` [DN] in the resultants' dtype. The new state is the state after
+        this exposure,
+        ``update_persistence(persistence, fluence, start_time + pattern.exposure_time)``
+        with ``fluence`` every electron the exposure left in each pixel (photons, cosmic
+        rays, persistence and pedestal noise; not the pedestal), before IPC and the
+        non-linearity, as romanisim's ``make_l1`` updates its ``Persistence`` in place; its
+        shapes and dtype are those of ``persistence``. Without either the return value is
+        the L1 alone, so ``resultants, dq = simulate_l1(...)`` keeps working.
 
     Notes
     -----
     Memory: about 10 float/int ``[*pixels]`` buffers plus the two outputs (a 4088x4088 frame
     with MA table 4 needs ~2 GB); split frames into row chunks on the host for less (with
     cosmic rays the rate scales with each chunk's area, so chunking is statistically
-    equivalent).
+    equivalent). Persistence adds the ``[n_events, *pixels]`` state twice (in and out).
+
+    Examples
+    --------
+    A sequence of exposures with persistence, the state carried from one to the next:
+
+    >>> state = romanjax.PersistenceState.empty(counts.shape, n_events=4)
+    >>> t0 = 0.0                                         # reset of the first exposure [s]
+    >>> for i, exposure_counts in enumerate(exposures):
+    ...     l1, state = romanjax.simulate_l1(jax.random.fold_in(key, i), exposure_counts,
+    ...                                      pattern, persistence=state, start_time=t0)
+    ...     t0 = t0 + pattern.exposure_time + 60.0       # the next reset a minute later
     """
     check_pattern(pattern, "simulate_l1")
     counts = check_counts(counts, "simulate_l1")
@@ -231,23 +349,61 @@ def simulate_l1(key: jax.Array, counts: ArrayLike, pattern: ReadPattern, *,
         if not fits:
             raise ValueError(f"simulate_l1: `{name}` of shape {np.shape(value)} does not "
                              f"broadcast against `counts` of shape {shape}")  # fmt: skip
-    decay = dark_decay_params(dark_decay, "simulate_l1")
-    readout = read_times = decay_values = None
-    if decay is not None:
-        readout, read_times = simulation_read_times("simulate_l1", decay, shape,
-                                                    read_time_offsets)  # fmt: skip
-        decay_values = (jnp.asarray(decay.amplitude, dtype),
-                        jnp.asarray(decay.time_constant, dtype))  # fmt: skip
-        if read_times is not None:
-            read_times = jnp.asarray(read_times, dtype)
-    elif read_time_offsets is not None:
-        raise ValueError("simulate_l1: `read_time_offsets` is only used with `dark_decay`")
+    readout, read_times, decay_values = dark_decay_inputs(
+        "simulate_l1", dark_decay, shape, read_time_offsets, dtype)
     check_values("simulate_l1", "ipc", kernel)
     check_values("simulate_l1", "inverse_linearity", inverse_linearity)
+    persistence, start_time, persistence_params = _check_persistence(
+        persistence, start_time, persistence_params, persistence_exact, shape)
+    if not isinstance(reference_read, (bool, np.bool_)):
+        raise ValueError(f"simulate_l1: `reference_read` must be a bool, got "
+                         f"{reference_read!r}")  # fmt: skip
     as_float = partial(jnp.asarray, dtype=dtype)
     inv_lin = None if inverse_linearity is None else as_float(inverse_linearity)
     return _simulate(key, counts, as_float(read_noise), as_float(gain), as_float(pedestal),
                      as_float(pedestal_noise), as_float(saturation),
                      None if kernel is None else as_float(kernel), inv_lin, decay_values,
-                     read_times, pattern=pattern, dtype=dtype, image_shape=image_shape,
-                     crparams=crparams, cr_cap=cr_cap, readout=readout)  # fmt: skip
+                     read_times, persistence, start_time, persistence_params, pattern=pattern,
+                     dtype=dtype, image_shape=image_shape, crparams=crparams, cr_cap=cr_cap,
+                     readout=readout, persistence_exact=bool(persistence_exact),
+                     reference_read=bool(reference_read))  # fmt: skip
+
+
+def _check_persistence(persistence, start_time, params, exact, shape):
+    """Validated ``(state, start_time, params)`` of :func:`simulate_l1` (None, None, None
+    without persistence); host values are checked here, traced ones pass."""
+    function = "simulate_l1"
+    if persistence is None:
+        for name, value in (("start_time", start_time), ("persistence_params", params)):
+            if value is not None:
+                raise ValueError(f"{function}: `{name}` is only used with `persistence`")
+        if exact:
+            raise ValueError(f"{function}: `persistence_exact` is only used with `persistence`")
+        return None, None, None
+    if not isinstance(exact, (bool, np.bool_)):
+        raise ValueError(f"{function}: `persistence_exact` must be a bool, got {exact!r}")
+    _check_state(function, persistence)
+    persistence = PersistenceState(*(leaf if hasattr(leaf, "dtype") else np.asarray(leaf)
+                                     for leaf in persistence))  # fmt: skip
+    pixels = tuple(np.shape(persistence.fluence)[1:])
+    if pixels != tuple(shape):
+        raise ValueError(f"{function}: `persistence` holds pixels of shape {pixels}, not the "
+                         f"shape {tuple(shape)} of `counts`")  # fmt: skip
+    if not jnp.issubdtype(persistence.fluence.dtype, jnp.floating) or \
+            not jnp.issubdtype(persistence.time.dtype, jnp.floating):  # fmt: skip
+        raise ValueError(f"{function}: `persistence` must hold float arrays, got "
+                         f"{persistence.fluence.dtype} and {persistence.time.dtype}")  # fmt: skip
+    if start_time is None:
+        raise ValueError(f"{function}: `start_time` (the exposure's reset time [s], on "
+                         f"the clock of `persistence.time`) is required with "
+                         f"`persistence`")  # fmt: skip
+    if np.ndim(start_time) != 0:
+        raise ValueError(f"{function}: `start_time` must be a scalar, got shape "
+                         f"{np.shape(start_time)}")  # fmt: skip
+    _check_host(function, "start_time", start_time)
+    try:
+        params = persistence_params_or_default(params)
+    except TypeError as error:
+        raise TypeError(f"{function}: `persistence_params` must be a PersistenceParams, got "
+                        f"{type(params).__name__}") from error  # fmt: skip
+    return persistence, start_time, params

@@ -35,6 +35,14 @@ ARRAY_CALLS = {
     "apportion_counts": (
         lambda c: romanjax.apportion_counts(jax.random.key(1), c, PATTERN), _counts),
     "simulate_l1": (lambda c: romanjax.simulate_l1(jax.random.key(2), c, PATTERN), _counts),
+    "simulate_l1(persistence)": (lambda c: romanjax.simulate_l1(
+        jax.random.key(2), c, PATTERN, start_time=100.0, persistence=romanjax.update_persistence(
+            romanjax.PersistenceState.empty(c.shape, n_events=2, dtype=c.dtype), c * 1e3, 0.0)),
+        _counts),
+    "persistence_reads": (lambda c: romanjax.persistence_reads(
+        jax.random.key(3), romanjax.update_persistence(
+            romanjax.PersistenceState.empty(c.shape, n_events=2, dtype=c.dtype), c * 1e3, 0.0),
+        PATTERN.read_times, 100.0), _counts),
     "expected_resultants": (lambda f: romanjax.expected_resultants(f, PATTERN), _counts),
     "ramp_log_likelihood": (
         lambda r: romanjax.ramp_log_likelihood(r, PATTERN, 50.0, 5.0, pedestal=100.0), _ramps),

@@ -205,3 +205,69 @@ def test_dark_decay_signal_rejects_bad_arguments():
         dark_decay_signal(np.zeros(3), PATTERN, amplitude=1.0, time_constant=-1.0)
     with pytest.raises(ValueError, match="read_times"):
         dark_decay_signal(np.array([0.0, np.nan]), PATTERN, amplitude=1.0, time_constant=1.0)
+
+
+# --------------------------------------------------------------------------- make_l2
+
+
+@pytest.mark.parametrize("method", ["casertano", "optimal"])
+def test_make_l2_removes_the_dark_decay_simulate_l1_adds(method, float_dtype):
+    """simulate_l1(dark_decay=D) then make_l2(dark_decay=D) fits the slope of the same
+    simulation without dark decay (same key: same photons and read noise; the two differ
+    only by the rounding of the resultants to whole DN), where fitting without the
+    correction is biased by many standard errors."""
+    pattern = romanjax.ReadPattern.from_ma_table(4)
+    shape, origin = (60, 70), (3000, 40)
+    decay = dict(amplitude=300.0, time_constant=40.0, sca=4, origin=origin)  # [DN], [s]
+    rate = 4.0  # [e/s]
+    counts = np.random.default_rng(8).poisson(rate * pattern.exposure_time, shape)
+    sim = dict(read_noise=5.0, gain=2.0)
+    fit = dict(read_noise=5.0, gain=2.0, method=method)
+    key = jax.random.key(9)
+    plain = simulate_l1(key, counts, pattern, **sim)
+    decayed = simulate_l1(key, counts, pattern, **sim, dark_decay=decay)
+    want = romanjax.make_l2(plain.resultants, pattern, **fit)
+    got = romanjax.make_l2(decayed.resultants, pattern, **fit, dark_decay=decay)
+    biased = romanjax.make_l2(decayed.resultants, pattern, **fit)
+    assert got.slope.dtype == float_dtype
+    err = np.sqrt(np.asarray(want.var_rnoise) + np.asarray(want.var_poisson))
+    difference = np.asarray(got.slope, np.float64) - np.asarray(want.slope, np.float64)
+    # rounding (|d| < 1 DN per resultant, uniform) moves single slopes by a small fraction of
+    # their error and the mean over the image not at all
+    assert np.max(np.abs(difference) / err) < 0.5
+    assert abs(difference.mean()) < 5 * difference.std() / np.sqrt(difference.size)
+    assert np.mean(np.asarray(biased.slope) - np.asarray(want.slope)) < -5 * err.mean()
+    np.testing.assert_array_equal(np.asarray(got.dq), np.asarray(want.dq))
+    # exactly the resultants less dark_decay_signal at the pixels' read times
+    times = _window(frame_read_times(pattern.read_time, 4, nborder=4), origin, shape)
+    signal = dark_decay_signal(times, pattern, amplitude=300.0, time_constant=40.0)
+    by_hand = romanjax.make_l2(decayed.resultants - signal, pattern, **fit)
+    np.testing.assert_allclose(np.asarray(got.slope), np.asarray(by_hand.slope),
+                               rtol=_rtol(float_dtype), atol=_rtol(float_dtype))  # fmt: skip
+    # the same times given as read_time_offsets, and under jit
+    by_offsets = romanjax.make_l2(decayed.resultants, pattern, **fit,
+                                  dark_decay=dict(amplitude=300.0, time_constant=40.0),
+                                  read_time_offsets=times)  # fmt: skip
+    np.testing.assert_allclose(np.asarray(by_offsets.slope), np.asarray(got.slope),
+                               rtol=_rtol(float_dtype), atol=_rtol(float_dtype))  # fmt: skip
+    jitted = jax.jit(lambda r: romanjax.make_l2(r, pattern, **fit, dark_decay=decay))
+    np.testing.assert_allclose(np.asarray(jitted(decayed.resultants).slope),
+                               np.asarray(got.slope), rtol=_rtol(float_dtype),
+                               atol=_rtol(float_dtype))  # fmt: skip
+
+
+@pytest.mark.parametrize(("kwargs", "match"), [
+    (dict(read_time_offsets=np.zeros((4, 5))), "make_l2: `read_time_offsets` is only used"),
+    (dict(dark_decay=dict(amplitude=1.0, time_constant=2.0)), "make_l2: `dark_decay` needs"),
+    (dict(dark_decay=dict(amplitude=1.0, time_constant=0.0), read_time_offsets=0.0),
+     "make_l2: `dark_decay\\['time_constant'\\]`"),
+    (dict(dark_decay=dict(amplitude=1.0, time_constant=2.0, sca=3)),
+     "make_l2: `resultants` pixels of shape \\(4, 5\\) is not a whole"),
+    (dict(dark_decay=dict(amplitude=1.0, time_constant=2.0), read_time_offsets=np.zeros(3)),
+     "make_l2: `read_time_offsets`"),
+    (dict(dark_decay=True), "make_l2: `dark_decay` has no default"),
+])  # fmt: skip
+def test_make_l2_rejects_bad_dark_decay(kwargs, match):
+    resultants = np.zeros((PATTERN.n_resultants, 4, 5), np.float32)
+    with pytest.raises(ValueError, match=match):
+        romanjax.make_l2(resultants, PATTERN, read_noise=5.0, gain=2.0, **kwargs)

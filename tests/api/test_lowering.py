@@ -46,6 +46,11 @@ CALLS = {
         lambda c: romanjax.apportion_counts(jax.random.key(0), c, PATTERN), 3),
     "simulate_l1(counts)": (
         lambda c: romanjax.simulate_l1(jax.random.key(0), c, PATTERN, read_noise=5.0), 4),
+    # persistence adds the Poisson sampler's rejection loop (no trip when every mean < 10)
+    "simulate_l1(counts, persistence)": (
+        lambda c: romanjax.simulate_l1(
+            jax.random.key(0), c, PATTERN, start_time=100.0,
+            persistence=romanjax.PersistenceState.empty(c.shape, dtype=jnp.float32)), 5),
 }  # fmt: skip
 
 

@@ -435,3 +435,211 @@ def test_invalid_inputs_raise():
         persistence_current((np.zeros((1, 3)), np.zeros((1, 3))), 0.0)
     with pytest.raises(ValueError, match="n_events"):
         PersistenceState.empty((3,), n_events=0)
+
+
+# --------------------------------------------------------------------------- in simulate_l1
+
+
+def _resultant_means(cumulative, pattern):
+    """``[n_read, ...]`` cumulative reads -> ``[n_resultant, ...]`` means over each
+    resultant's reads."""
+    sizes = [len(r) for r in pattern.reads]
+    ends = np.cumsum(sizes)
+    return np.stack([cumulative[e - k:e].mean(axis=0) for e, k in zip(ends, sizes)])
+
+
+def test_simulate_l1_with_an_empty_state_is_unchanged():
+    """Persistence has its own key tag: with no events every other draw (photons, pedestal,
+    cosmic rays, read noise) and every flag stays bit for bit the same."""
+    dtype = _dtype()
+    pattern = romanjax.ReadPattern.from_ma_table(4)
+    counts = np.random.default_rng(1).poisson(30.0, (24, 20)).astype(dtype)
+    key = jax.random.key(5)
+    kwargs = dict(cosmic_rays={"flux": 5000.0},  # a few hits per read on this stamp
+                  inverse_linearity=np.array([0.0, 1.0, 1e-7], dtype))
+    plain = romanjax.simulate_l1(key, counts, pattern, **kwargs)
+    empty = PersistenceState.empty(counts.shape, n_events=3, dtype=dtype)
+    l1, state = romanjax.simulate_l1(key, counts, pattern, persistence=empty, start_time=1e3,
+                                     **kwargs)  # fmt: skip
+    assert isinstance(l1, romanjax.L1) and isinstance(state, PersistenceState)
+    assert np.any(np.asarray(plain.dq) & romanjax.dq.JUMP_DET)  # cosmic rays were drawn
+    np.testing.assert_array_equal(np.asarray(l1.resultants), np.asarray(plain.resultants))
+    np.testing.assert_array_equal(np.asarray(l1.dq), np.asarray(plain.dq))
+    assert state.fluence.shape == (3,) + counts.shape and state.fluence.dtype == dtype
+    assert state.time.dtype == dtype
+
+
+@pytest.mark.parametrize("exact", [False, True], ids=["romanisim", "exact"])
+def test_simulate_l1_persistence_has_the_expected_mean(exact):
+    """A bright earlier exposure: the next exposure's resultants (no photons, no noise,
+    fine DN steps so the rounding is negligible) hold, on average, the resultant means of
+    ``expected_persistence_reads``."""
+    dtype = _dtype()
+    pattern = romanjax.ReadPattern.from_ma_table(109)  # skipped reads: exact differs
+    per_group = 4000
+    groups = [2e4, 1e5, 1e7]
+    shape = (len(groups), per_group)
+    earlier = np.repeat(np.asarray(groups, dtype), per_group).reshape(shape)
+    state = update_persistence(PersistenceState.empty(shape, n_events=2, dtype=dtype), earlier,
+                               0.0)  # fmt: skip
+    start = 40.0  # reset 40 s after the bright exposure's last read
+    gain = 0.01  # [e/DN]: 1 e is 100 DN, so rounding to whole DN is below 0.005 e
+    l1, _ = romanjax.simulate_l1(
+        jax.random.key(2), np.zeros(shape, dtype), pattern, read_noise=0.0, gain=gain,
+        pedestal=0.0, pedestal_noise=0.0, saturation=1e9, persistence=state,
+        start_time=start, persistence_exact=exact)  # fmt: skip
+    electrons = np.asarray(l1.resultants, np.float64) * gain
+    expected = np.asarray(expected_persistence_reads(state, pattern.read_times, start,
+                                                     read_time=pattern.read_time,
+                                                     exact=exact), np.float64)  # fmt: skip
+    mean = _resultant_means(expected, pattern)
+    for g in range(len(groups)):
+        got = electrons[:, g]
+        sigma = got.std(axis=1, ddof=1) / np.sqrt(per_group)
+        assert np.all(sigma > 0)
+        np.testing.assert_array_less(np.abs(got.mean(axis=1) - mean[:, g].mean(axis=1)),
+                                     5 * sigma + 0.01, err_msg=f"fluence {groups[g]}")  # fmt: skip
+    # the charge grows from resultant to resultant, and more after brighter exposures
+    assert np.all(np.diff(electrons.mean(axis=2), axis=0) > 0)
+    assert np.all(np.diff(electrons[-1].mean(axis=1)) > 0)
+
+
+def test_simulate_l1_returns_the_updated_state():
+    """The returned state is ``update_persistence`` of the electrons the exposure left:
+    MA table 109 ends with a one-read resultant, so without read noise, pedestal and with
+    gain 1 the last resultant is those electrons exactly (photons + persistence)."""
+    dtype = _dtype()
+    pattern = romanjax.ReadPattern.from_ma_table(109)
+    assert len(pattern.reads[-1]) == 1
+    rng = np.random.default_rng(3)
+    shape = (30, 40)
+    state = PersistenceState.empty(shape, n_events=3, dtype=dtype)
+    state = update_persistence(state, rng.uniform(0, 4e5, shape).astype(dtype), 0.0)
+    counts = np.where(rng.uniform(size=shape) < 0.3, rng.integers(0, 10**6, shape),
+                      rng.integers(0, 3000, shape)).astype(dtype)  # fmt: skip
+    start = 50.0
+    l1, new = romanjax.simulate_l1(jax.random.key(4), counts, pattern, read_noise=0.0, gain=1.0,
+                                   pedestal=0.0, pedestal_noise=0.0, saturation=1e9,
+                                   persistence=state, start_time=start)  # fmt: skip
+    collected = np.asarray(l1.resultants[-1])
+    assert np.all(collected >= counts) and np.any(collected > counts)  # persistence added
+    want = update_persistence(state, collected, start + pattern.exposure_time)
+    _assert_same_events(new, want, rtol_for(dtype, 1e-6, 1e-12))
+    assert new.fluence.dtype == dtype and new.fluence.shape == state.fluence.shape
+    # pixels that keep their old event and gain a new one
+    assert np.count_nonzero(np.asarray(new.fluence), axis=0).max() == 2
+
+
+@requires_romanisim
+def test_simulate_l1_state_equals_romanisims_make_l1(monkeypatch):
+    """romanisim's make_l1 with a Persistence object and romanjax's simulate_l1 with the
+    same state update to the same events. The model's amplitude is made so small that no
+    read receives persistence electrons (expected ~4e-7 electrons over the whole image and
+    exposure), so the electrons left
+    are the counts in both, deterministically, while fluences span the tracking threshold
+    (new events) and the old events' currents span it too (some expire)."""
+    import galsim
+    from astropy.time import Time
+    from romanisim.l1 import make_l1
+
+    dtype = _dtype()
+    pattern = romanjax.ReadPattern.from_ma_table(4)
+    params = PersistenceParams(A=1e-13, ignore_rate=1e-13)
+    rng = np.random.default_rng(5)
+    shape = (20, 30)
+    npix = shape[0] * shape[1]
+    gap, old_dt = 60.0, 1500.0  # exposure start after the last event; age of older events
+    old_rates = np.geomspace(1e3, 1e7, 4 * npix)
+    # fluences whose current (new event, 30 s after) and old events' currents (at the
+    # update + 30 s) are not within 0.1% of the ignore rate: rounding cannot move them
+    judge = (TRACKING_DELAY, gap + pattern.exposure_time + TRACKING_DELAY,
+             gap + old_dt + pattern.exposure_time + TRACKING_DELAY)
+    rate = np.stack([_romanisim_fermi(old_rates, dt, params, monkeypatch) for dt in judge])
+    ok = np.all(np.abs(rate / params.ignore_rate - 1) > 1e-3, axis=0)
+    pool = rng.permutation(old_rates[ok])
+    x_old = np.concatenate([pool[:npix], pool[npix:2 * npix]]).astype(dtype)
+    t_old = np.concatenate([np.full(npix, -old_dt), np.zeros(npix)])
+    index = np.concatenate([np.arange(npix), np.arange(npix)])
+    reference = _romanisim_persistence(params, monkeypatch, dict(
+        x=x_old.astype(np.float64), t=EPOCH_MJD + t_old / DAY, index=index))
+    state = PersistenceState.from_romanisim(reference, shape, epoch_mjd=EPOCH_MJD, n_events=4,
+                                            dtype=dtype)  # fmt: skip
+    counts = np.round(pool[2 * npix:3 * npix]).reshape(shape).astype(dtype)
+
+    make_l1(galsim.Image(counts.astype(np.float64)), pattern.reads, read_noise=0.0,
+            pedestal=1e4, pedestal_extra_noise=0.0, gain=2.0, persistence=reference,
+            tstart=Time(EPOCH_MJD + gap / DAY, format="mjd"), seed=1)  # fmt: skip
+    _, new = romanjax.simulate_l1(jax.random.key(1), counts, pattern, read_noise=0.0, gain=2.0,
+                                  pedestal=1e4, pedestal_noise=0.0, persistence=state,
+                                  start_time=gap, persistence_params=params)  # fmt: skip
+    expected = PersistenceState.from_romanisim(reference, shape, epoch_mjd=EPOCH_MJD,
+                                               n_events=4, dtype=dtype)  # fmt: skip
+    _assert_same_events(new, expected, rtol_for(dtype, 1e-6, 1e-12))
+    live = np.count_nonzero(np.asarray(new.fluence), axis=0)
+    assert live.min() < live.max()  # some events expired, some pixels kept several
+    assert np.count_nonzero(np.asarray(new.time) == np.asarray(new.time).max()) > 0
+
+
+def test_simulate_l1_persistence_under_jit_and_scan():
+    """simulate_l1 with persistence under a user's jit (a new start time or state does not
+    recompile) and as the body of a lax.scan over exposures, equal to the eager calls."""
+    dtype = _dtype()
+    pattern = romanjax.ReadPattern.from_ma_table(4)
+    shape = (6, 7)
+    rng = np.random.default_rng(6)
+    state = update_persistence(PersistenceState.empty(shape, n_events=2, dtype=dtype),
+                               rng.uniform(0, 5e6, shape).astype(dtype), 0.0)  # fmt: skip
+    counts = rng.integers(0, 2000, shape).astype(dtype)
+    key = jax.random.key(7)
+
+    def simulate(key, counts, state, start):
+        return romanjax.simulate_l1(key, counts, pattern, persistence=state, start_time=start)
+
+    eager_l1, eager_state = simulate(key, counts, state, 60.0)
+    jitted = jax.jit(simulate)
+    l1, new = jitted(key, counts, state, 60.0)
+    np.testing.assert_array_equal(np.asarray(l1.resultants), np.asarray(eager_l1.resultants))
+    np.testing.assert_array_equal(np.asarray(l1.dq), np.asarray(eager_l1.dq))
+    _assert_same_events(new, eager_state, rtol_for(dtype, 1e-6, 1e-12))
+    jitted(key, counts, new, 400.0)
+    assert jitted._cache_size() == 1
+
+    # three exposures in a scan, each starting a minute after the previous one's last read
+    def exposure(carry, i):
+        state, start = carry
+        l1, state = simulate(jax.random.fold_in(key, i), counts, state, start)
+        return (state, start + pattern.exposure_time + 60.0), l1.resultants
+
+    (_, _), stack = jax.lax.scan(exposure, (state, jnp.asarray(60.0, dtype)), jnp.arange(3))
+    s, start = state, 60.0
+    for i in range(3):
+        one, s = simulate(jax.random.fold_in(key, i), counts, s, start)
+        np.testing.assert_array_equal(np.asarray(stack[i]), np.asarray(one.resultants))
+        start += pattern.exposure_time + 60.0
+
+
+def test_simulate_l1_persistence_errors():
+    pattern = romanjax.ReadPattern.from_ma_table(4)
+    counts = np.zeros((3, 4))
+    state = PersistenceState.empty((3, 4), n_events=2)
+    key = jax.random.key(0)
+    with pytest.raises(ValueError, match="simulate_l1: `start_time`.*required"):
+        romanjax.simulate_l1(key, counts, pattern, persistence=state)
+    with pytest.raises(ValueError, match="`start_time` is only used with `persistence`"):
+        romanjax.simulate_l1(key, counts, pattern, start_time=0.0)
+    with pytest.raises(ValueError, match="`persistence_params` is only used"):
+        romanjax.simulate_l1(key, counts, pattern, persistence_params=PersistenceParams())
+    with pytest.raises(ValueError, match="`persistence_exact` is only used"):
+        romanjax.simulate_l1(key, counts, pattern, persistence_exact=True)
+    with pytest.raises(ValueError, match="simulate_l1: `persistence` holds pixels"):
+        romanjax.simulate_l1(key, np.zeros((4, 3)), pattern, persistence=state, start_time=0.0)
+    with pytest.raises(ValueError, match="simulate_l1: `start_time` must be a scalar"):
+        romanjax.simulate_l1(key, counts, pattern, persistence=state, start_time=[0.0, 1.0])
+    with pytest.raises(ValueError, match="simulate_l1: `start_time` must be finite"):
+        romanjax.simulate_l1(key, counts, pattern, persistence=state, start_time=np.nan)
+    with pytest.raises(TypeError, match="simulate_l1: `state` must be a PersistenceState"):
+        romanjax.simulate_l1(key, counts, pattern, persistence=(state.fluence, state.time),
+                             start_time=0.0)  # fmt: skip
+    with pytest.raises(TypeError, match="`persistence_params` must be a PersistenceParams"):
+        romanjax.simulate_l1(key, counts, pattern, persistence=state, start_time=0.0,
+                             persistence_params={"A": 1.0})  # fmt: skip

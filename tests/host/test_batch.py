@@ -627,6 +627,50 @@ def test_simulate_frame_chunking(rng):
         np.testing.assert_array_equal(getattr(a, name), getattr(b, name))
 
 
+@needs_simulate
+def test_simulate_frame_persistence(rng):
+    """The state is cut into the frame's blocks: results and new state do not depend on the
+    chunk size, and block ``b`` is simulate_l1 on its rows (with its part of the state) under
+    ``fold_in(key, b)``."""
+    from romanjax.l1._persistence import PersistenceState, update_persistence
+
+    dtype = np.float64 if jax.config.jax_enable_x64 else np.float32
+    shape = (23, 19)  # rng_block 95: blocks of 5 rows, the last one of 3
+    counts = rng.integers(0, 3000, shape).astype(dtype)
+    state = update_persistence(PersistenceState.empty(shape, n_events=2, dtype=dtype),
+                               rng.uniform(0, 5e5, shape).astype(dtype), 0.0)  # fmt: skip
+    key = jax.random.key(13)
+    kwargs = dict(rng_block=95, persistence=state, start_time=45.0, workers=1)
+    runs = [simulate_frame(key, counts, MA4, chunk_pixels=c, **kwargs) for c in (95, 400, None)]
+    for l1, new in runs:
+        assert isinstance(l1.resultants, np.ndarray) and isinstance(new.fluence, np.ndarray)
+        assert l1.resultants.shape == (9,) + shape and new.fluence.shape == (2,) + shape
+        for a, b in ((l1.resultants, runs[0][0].resultants), (l1.dq, runs[0][0].dq),
+                     (new.fluence, runs[0][1].fluence), (new.time, runs[0][1].time)):
+            np.testing.assert_array_equal(a, b)
+    l1, new = runs[0]
+    for b, rows in ((0, slice(0, 5)), (4, slice(20, 23))):
+        part = PersistenceState(state.fluence[:, rows], state.time[:, rows])
+        block_counts = np.zeros((5, shape[1]), dtype)
+        block_counts[: rows.stop - rows.start] = counts[rows]
+        block_state = PersistenceState(*(np.concatenate(
+            [np.asarray(a), np.repeat(np.asarray(a)[:, -1:], 5 - a.shape[1], axis=1)], axis=1)
+            for a in part))  # the last block is padded with copies of its last row
+        want, want_state = romanjax.simulate_l1(jax.random.fold_in(key, b), block_counts, MA4,
+                                                persistence=block_state, start_time=45.0)
+        n = rows.stop - rows.start
+        np.testing.assert_array_equal(l1.resultants[:, rows], np.asarray(want.resultants)[:, :n])
+        np.testing.assert_allclose(new.fluence[:, rows], np.asarray(want_state.fluence)[:, :n],
+                                   rtol=1e-6)  # fmt: skip
+    assert np.any(new.time == 45.0 + MA4.exposure_time)  # new events
+    plain = simulate_frame(key, counts, MA4, chunk_pixels=95, rng_block=95, workers=1)
+    assert np.all(l1.resultants >= plain.resultants) and np.any(l1.resultants > plain.resultants)
+    with pytest.raises(ValueError, match="simulate_frame: `persistence` holds arrays"):
+        simulate_frame(key, counts[:5], MA4, persistence=state, start_time=0.0)
+    with pytest.raises(TypeError, match="simulate_frame: `persistence` must be a Persistence"):
+        simulate_frame(key, counts, MA4, persistence=tuple(state), start_time=0.0)
+
+
 # ---------------------------------------------------------------------------------------------
 # several devices (the device count is fixed when JAX starts: a subprocess)
 # ---------------------------------------------------------------------------------------------
@@ -674,6 +718,16 @@ SHARDED_SCRIPT = textwrap.dedent(
     for run in runs[1:]:
         np.testing.assert_array_equal(run["resultants"], runs[0]["resultants"])
         np.testing.assert_array_equal(run["dq"], runs[0]["dq"])
+    # a persistence state is cut into the same blocks on one device or four
+    from romanjax.l1._persistence import PersistenceState, update_persistence
+    counts = rng.integers(0, 3000, (23, 19)).astype(dtype)
+    state = update_persistence(PersistenceState.empty(counts.shape, n_events=2, dtype=dtype),
+                               rng.uniform(0, 5e5, counts.shape).astype(dtype), 0.0)
+    runs = [romanjax.simulate_frame(jax.random.key(5), counts, t.MA4, chunk_pixels=c, mesh=m,
+                                    rng_block=95, persistence=state, start_time=45.0)
+            for c, m in ((95, one), (400, None))]
+    for a, b in zip(jax.tree_util.tree_leaves(runs[0]), jax.tree_util.tree_leaves(runs[1])):
+        np.testing.assert_array_equal(a, b)
     # pixel-keyed apportionment: one device, four, a 2-D mesh, any chunk: the same draws
     counts = rng.integers(0, 3000, (61, 43))
     whole = np.asarray(romanjax.apportion_counts(jax.random.key(4), counts, t.MA4))

@@ -87,7 +87,8 @@ def test_citation_cff_is_complete():
     text = str(cff["references"])
     for needle in ["Roman-STScI-000394", "10.1088/1538-3873/ad38d9", "10.1088/1538-3873/ad38da",
                    "10.1088/1538-3873/ad4b9e", "10.1080/00949659308811496",
-                   "10.1145/2063384.2063405", "romanisim", "stcal"]:  # fmt: skip
+                   "10.1145/2063384.2063405", "10.1016/0167-6687(93)90997-4", "Sanchez",
+                   "romanisim", "stcal"]:  # fmt: skip
         assert needle in text, needle
 
 
