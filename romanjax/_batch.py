@@ -686,6 +686,8 @@ def _split_carried(function, kwargs, pixels):
                 raise TypeError(f"{function}: `{name}` must be a PersistenceState, got "
                                 f"{type(value).__name__}")  # fmt: skip
             leaves = [np.asarray(leaf) for leaf in value]
+            if not all(np.all(np.isfinite(leaf)) for leaf in leaves):
+                raise ValueError(f"{function}: `{name}` holds non-finite values")
             if any(leaf.ndim < 1 or leaf.shape[1:] != pixels for leaf in leaves):
                 raise ValueError(f"{function}: `{name}` holds arrays of shapes "
                                  f"{[leaf.shape for leaf in leaves]}, not [n_events, *pixels] "
@@ -696,6 +698,8 @@ def _split_carried(function, kwargs, pixels):
             if np.ndim(value) != 0:
                 raise ValueError(f"{function}: `{name}` must be a scalar, got shape "
                                  f"{np.shape(value)}")  # fmt: skip
+            if not isinstance(value, jax.Array) and not np.isfinite(np.asarray(value, float)):
+                raise ValueError(f"{function}: `{name}` must be finite, got {value!r}")
             shared[name] = value if isinstance(value, jax.Array) else np.asarray(value)
         else:
             rest[name] = value
@@ -906,6 +910,13 @@ def simulate_frame(key: jax.Array, counts: ArrayLike, pattern: ReadPattern, *,
         whose pixels are not those of ``counts``; bad ``chunk_pixels``, ``rng_block`` or
         ``workers``.
     """
+    decay = kwargs.get("dark_decay")
+    if isinstance(decay, dict) and ("detector" in decay or "sca" in decay):
+        # blocks of rows do not know where they sit on the detector
+        raise ValueError(
+            "simulate_frame: give the pixels' read times of `dark_decay` as "
+            "`read_time_offsets` (romanjax.frame_read_times), not by its detector"
+        )
     reference = bool(kwargs.get("reference_read", False))
     out = _simulate_frame(
         _simulate_l1_reference_plane if reference else _simulator("simulate_l1"),

@@ -283,6 +283,14 @@ def to_roman_l1(l1: L1Image):
         offset = int(l1.data_encoding_offset)
         if not 0 <= offset <= np.iinfo(np.uint16).max:
             raise ValueError(f"to_roman_l1: `data_encoding_offset` {offset} is not 0..65535")
+        encoded = data.astype(np.float64) - reference[None] + offset
+        if encoded.min(initial=0) < 0 or encoded.max(initial=0) > np.iinfo(np.uint16).max:
+            raise ValueError(
+                "to_roman_l1: `resultants` minus `reference_read` plus the data encoding "
+                f"offset {offset} leaves 0..65535 (it would be clipped in the file, and the "
+                "resultants read back would differ); write a romanjax file instead (format "
+                "'romanjax')"
+            )  # fmt: skip
         data = encode_whole_dn(data, reference, offset)
     model.data = data
     zero_reference_arrays(model, n, (ny + 2 * b, nx + 2 * b))

@@ -20,8 +20,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-__all__ = ["UNROLL_LIMIT", "as_rows", "rmap", "prepend_row", "append_row", "stack_rows",
-           "sum_rows", "argmax_rows", "take_rows", "row_count", "recurrence", "fence",
+__all__ = ["UNROLL_LIMIT", "as_rows", "rmap", "unzip_rows", "prepend_row", "append_row",
+           "stack_rows", "sum_rows", "argmax_rows", "take_rows", "row_count", "recurrence", "fence",
            "tridiagonal_solve"]  # fmt: skip
 
 #: Most resultants of a pattern whose rows are lists (straight-line code); longer patterns
@@ -70,6 +70,15 @@ def append_row(rows, last):
     return list(rows) + [last] if _is_list(rows) else jnp.concatenate([rows, last[None]])
 
 
+def unzip_rows(rows, width: int):
+    """Rows of ``width``-tuples (what :func:`rmap` gives for a function returning tuples) as
+    a tuple of ``width`` rows. (The list form is a list of tuples; the array form is
+    already a tuple of arrays.)"""
+    if isinstance(rows, list):
+        return tuple([entry[j] for entry in rows] for j in range(width))
+    return tuple(rows)
+
+
 def stack_rows(rows):
     """The array ``[n, *pixels]`` of ``rows`` in either form."""
     return jnp.stack(rows) if _is_list(rows) else rows
@@ -88,13 +97,11 @@ def sum_rows(rows):
 
 def argmax_rows(rows):
     """``(index, value)`` of the largest row value per pixel (the first such index)."""
-    if _is_list(rows):
-        best = rows[0]
-        for row in rows[1:]:
-            best = jnp.maximum(best, row)
-        index = jnp.asarray(len(rows) - 1)
-        for i in range(len(rows) - 2, -1, -1):
-            index = jnp.where(rows[i] == best, i, index)
+    if _is_list(rows):  # the same running update as the scan below (NaN never wins)
+        best, index = rows[0], jnp.zeros(jnp.shape(rows[0]), jnp.int32)
+        for i, row in enumerate(rows[1:], start=1):
+            better = row > best
+            best, index = jnp.where(better, row, best), jnp.where(better, i, index)
         return index, best
 
     def step(carry, row):

@@ -446,14 +446,18 @@ def _durations(read_times, read_time, exact):
 # --------------------------------------------------------------------------- array API
 
 
-def _check_state(function, state):
+def _check_state(function, state, name="state"):
     if not isinstance(state, PersistenceState):
-        raise TypeError(f"{function}: `state` must be a PersistenceState, got "
+        raise TypeError(f"{function}: `{name}` must be a PersistenceState, got "
                         f"{type(state).__name__}")  # fmt: skip
     if np.shape(state.fluence) != np.shape(state.time) or np.ndim(state.fluence) < 1:
-        raise ValueError(f"{function}: `state.fluence` {np.shape(state.fluence)} and "
-                         f"`state.time` {np.shape(state.time)} must have one shape "
+        raise ValueError(f"{function}: `{name}.fluence` {np.shape(state.fluence)} and "
+                         f"`{name}.time` {np.shape(state.time)} must have one shape "
                          f"[n_events, *pixels]")  # fmt: skip
+    for field in ("fluence", "time"):
+        value = getattr(state, field)
+        if not isinstance(value, jax.Array) and not np.all(np.isfinite(np.asarray(value))):
+            raise ValueError(f"{function}: `{name}.{field}` holds non-finite values")
 
 
 def _check_host(function, name, value, *, ndim=None):

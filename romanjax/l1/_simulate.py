@@ -382,7 +382,7 @@ def _check_persistence(persistence, start_time, params, exact, shape):
         return None, None, None
     if not isinstance(exact, (bool, np.bool_)):
         raise ValueError(f"{function}: `persistence_exact` must be a bool, got {exact!r}")
-    _check_state(function, persistence)
+    _check_state(function, persistence, "persistence")
     persistence = PersistenceState(*(leaf if hasattr(leaf, "dtype") else np.asarray(leaf)
                                      for leaf in persistence))  # fmt: skip
     pixels = tuple(np.shape(persistence.fluence)[1:])

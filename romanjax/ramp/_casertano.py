@@ -23,9 +23,9 @@ t_scale`` and resultants relative to ``R_s`` (exact rewritings, since ``sum K = 
 whole-ramp fit from six per-pattern weight vectors precomputed on the host (one per ``P``);
 only pixels with flagged resultants, or whose whole ramp fails the jump test, are compacted
 (in pixel order) and refitted ``BLOCK_PIXELS`` at a time with the general sub-ramp kernel
-(sub-ramps as masks over the resultant axis, segment sums as unrolled forward/backward scans,
-materialised between stages by :func:`._jumps.barrier`) and, with jump detection, iterated
-until no sub-ramp splits.
+(sub-ramps as masks over the resultant axis, segment sums as forward/backward recurrences
+over the rows of :mod:`romanjax.kernels.linalg`, materialised between stages by
+:func:`._jumps.barrier`) and, with jump detection, iterated until no sub-ramp splits.
 """
 
 from __future__ import annotations
@@ -48,6 +48,7 @@ from ..kernels.linalg import (
     rmap,
     stack_rows,
     sum_rows,
+    unzip_rows,
 )
 from ..kernels.queue import compact as _compact
 from ._common import (
@@ -55,6 +56,7 @@ from ._common import (
     exclude_non_finite,
     flag_words,
     pack_flags,
+    refit_capacity,
     through_frames,
     unfitted_flags,
     unpack_jumps,
@@ -223,18 +225,14 @@ def _segments(rows, good, read_var, pattern, *, want_coefficients=False):
     cont, next_in, first = barrier((cont, next_in, first), flag)
 
     # start time/value forward, end time/value backward, within each run
-    def run_start(carry, row):
-        c, t, r = row
-        carry = (jnp.where(c, carry[0], t), jnp.where(c, carry[1], r))
+    def carry_over(carry, row):  # keep the run's value while linked, else take this one
+        linked, t, r = row
+        carry = (jnp.where(linked, carry[0], t), jnp.where(linked, carry[1], r))
         return carry, carry
 
-    def run_end(carry, row):
-        nxt, t, r = row
-        carry = (jnp.where(nxt, carry[0], t), jnp.where(nxt, carry[1], r))
-        return carry, carry
-
-    _, (t_start, r_start) = recurrence(run_start, (zero, zero), (cont, tbar, rows))
-    _, (t_end, r_end) = recurrence(run_end, (zero, zero), (next_in, tbar, rows), reverse=True)
+    _, (t_start, r_start) = recurrence(carry_over, (zero, zero), (cont, tbar, rows))
+    _, (t_end, r_end) = recurrence(carry_over, (zero, zero), (next_in, tbar, rows),
+                                   reverse=True)  # fmt: skip
     t_start, r_start, t_end, r_end = barrier((t_start, r_start, t_end, r_end), flag)
 
     # weights (Eq. 45) in centred, scaled time v in [-1, 1]
@@ -256,7 +254,7 @@ def _segments(rows, good, read_var, pattern, *, want_coefficients=False):
         return jnp.where(g & (span > 0), _by_bin(masks, pre) * upow, 0), vi, h
 
     wvh = rmap(weights, good, tbar, t_start, t_end, r_start, r_end, *prefactor)
-    w, v, half = _unzip(wvh, 3)
+    w, v, half = unzip_rows(wvh, 3)
     w, v, half = barrier((w, v, half), flag)
 
     # segment sums F0, F1, F2: forward accumulation, backward broadcast from the run's end
@@ -282,7 +280,7 @@ def _segments(rows, good, read_var, pattern, *, want_coefficients=False):
         ok = det != 0
         return jnp.where(ok, (f0 * vi - f1) * wi / (jnp.where(ok, det, 1) * h), 0), ok
 
-    k, ok = _unzip(rmap(coefficient, *sums, v, w, half), 2)
+    k, ok = unzip_rows(rmap(coefficient, *sums, v, w, half), 2)
     k, ok = barrier((k, ok), flag)
 
     # per-run accumulations of slope, read and Poisson coefficients
@@ -308,7 +306,7 @@ def _segments(rows, good, read_var, pattern, *, want_coefficients=False):
         weight = jnp.where(last, 1 / jnp.maximum(seg_read, 1 / MAX_WEIGHT), 0)
         return weight, weight * s_acc, weight * weight * seg_read, weight * weight * p_acc
 
-    terms = _unzip(rmap(segment, good, next_in, ok, t_start, t_end, slope_acc, read_acc,
+    terms = unzip_rows(rmap(segment, good, next_in, ok, t_start, t_end, slope_acc, read_acc,
                         poisson_acc), 4)  # fmt: skip
     total = tuple(sum_rows(t) for t in terms)
     slope, var_read, coeff, fitted = _combine(*total)
@@ -336,12 +334,6 @@ def _segments(rows, good, read_var, pattern, *, want_coefficients=False):
             good, seg_weight, k)  # fmt: skip
     return out
 
-
-def _unzip(pairs, width):
-    """Rows of ``width``-tuples (from :func:`rmap`) as ``width`` rows."""
-    if isinstance(pairs, list):
-        return tuple([p[j] for p in pairs] for j in range(width))
-    return tuple(pairs)
 
 
 def _general(resultants, good, read_var, pattern, detect_jumps, intercept, constant):
@@ -468,10 +460,11 @@ def _fit_casertano(resultants, dq, read_noise, *, pattern, has_dq, detect_jumps,
     pixels = resultants.shape[1:]
     flat = resultants.reshape(n, -1)
     # device data on the whole-ramp path (no dq, no jump detection): a pixel with a
-    # non-finite resultant is not fitted (zeros, DO_NOT_USE) rather than NaN; refitting it
-    # from its other resultants is the masked path's work (pass a dq). The test reads the
-    # resultants (a reduction fused with the fit's own reads); testing the outputs instead
-    # makes each output depend on the others, which XLA answers with recomputation.
+    # non-finite resultant is refitted from its finite ones in one fixed-size batch
+    # (refit_capacity); any beyond it is not fitted (zeros, DO_NOT_USE), never NaN. The
+    # test reads the resultants (a reduction fused with the fit's own reads); testing the
+    # outputs instead makes each output depend on the others, which XLA answers with
+    # recomputation.
     check_outputs = flag_non_finite and not (has_dq or detect_jumps)
     # dq None: the zero flags are made here, inside the jit (fused, never read from memory)
     flat_dq = jnp.zeros(flat.shape, jnp.uint32) if dq is None else dq.reshape(n, -1)
@@ -509,6 +502,21 @@ def _fit_casertano(resultants, dq, read_noise, *, pattern, has_dq, detect_jumps,
         zero = jnp.zeros((), slope.dtype)
         slope, var_read, var_poisson = (jnp.where(unusable, zero, value)
                                         for value in (slope, var_read, var_poisson))
+        if n >= 2:
+            # refit those pixels from their finite resultants (sub-ramps between them), as
+            # many as fit one fixed-size batch; the rest stay unfitted
+            npix = flat.shape[1]
+            index = _compact(unusable, refit_capacity(npix))
+            take = jnp.minimum(index, npix - 1)
+            sub = flat[:, take]
+            good = jnp.isfinite(sub)
+            sub_rn = flat_rn[take]
+            s, vr, c, fitted, _ = _general(jnp.where(good, sub, 0), good, sub_rn * sub_rn,
+                                           pattern, False, intercept, constant)  # fmt: skip
+            slope = slope.at[index].set(s, mode="drop")
+            var_read = var_read.at[index].set(vr, mode="drop")
+            var_poisson = var_poisson.at[index].set(c * jnp.maximum(s, 0), mode="drop")
+            unusable = unusable.at[index].set(~fitted, mode="drop")
         flags = unfitted_flags(unusable, n, words if flags is not None else None)
         flags = flags.reshape((-1,) + pixels)
     return RampFit(

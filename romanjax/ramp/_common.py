@@ -13,7 +13,7 @@ from .. import _platform
 from .. import dq as dqflags
 from .._read_pattern import ReadPattern
 
-__all__ = ["RampFit", "pack_flags", "unpack_jumps", "flag_words", "map_pixels",
+__all__ = ["RampFit", "pack_flags", "unpack_jumps", "flag_words", "refit_capacity", "map_pixels",
            "map_pixel_chunks", "through_frames", "exclude_non_finite"]
 
 
@@ -24,6 +24,14 @@ def exclude_non_finite(resultants, dq):
     bad = ~jnp.isfinite(resultants)
     resultants = jnp.where(bad, jnp.zeros((), resultants.dtype), resultants)
     return resultants, dq | jnp.where(bad, jnp.uint32(dqflags.DO_NOT_USE), jnp.uint32(0))
+
+
+def refit_capacity(n_pixels: int) -> int:
+    """Pixels with a non-finite resultant that a whole-ramp fit of device data refits from
+    their other resultants in one call (static): 1/64 of the pixels, at least 64. Such
+    pixels are gathered into one fixed-size batch (no data-dependent loop); any beyond it
+    are flagged unfitted."""
+    return int(min(n_pixels, max(64, -(-n_pixels // 64))))
 
 
 def flag_words(n_resultants: int) -> int:

@@ -15,9 +15,9 @@ is ``max(z_1,i, z_2,i)`` (NaN-ignoring) for ``s <= i <= e - 2`` and ``z_1,e-1`` 
 greater than ``intercept - constant * log10(clip(alpha, 1, 1e4))``; resultants ``i*`` and
 ``i* + 1`` are then flagged and the two sides refitted.
 
-All functions work on lists of per-resultant rows (each ``[m]``, the flattened pixels), so the
-loops over the (static, short) resultant axis unroll at trace time and every operation is
-elementwise over pixels.
+All functions work on the rows of :mod:`romanjax.kernels.linalg` (one ``[m]`` row of the
+flattened pixels per resultant: a list for short patterns, whose loops unroll at trace time,
+an array with scans for long ones), so every operation is elementwise over pixels.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ import numpy as np
 
 from .._platform import materialise
 from .._read_pattern import ReadPattern
-from ..kernels.linalg import append_row, as_rows, recurrence, rmap, sum_rows
+from ..kernels.linalg import append_row, as_rows, recurrence, rmap, sum_rows, unzip_rows
 
 __all__ = ["jump_constants", "threshold", "whole_ramp_trigger", "segment_jumps"]
 
@@ -92,8 +92,8 @@ def whole_ramp_trigger(rows, alpha, read_var, pattern, intercept, constant):
 
     Parameters
     ----------
-    rows : list of ``[m]`` arrays
-        The n resultants [e].
+    rows : rows ``[n]`` of ``[m]``
+        The resultants [e] (:func:`romanjax.kernels.linalg.as_rows`).
     alpha : ``[m]``
         Slope fitted to the whole ramp [e/s].
     read_var : ``[m]``
@@ -135,17 +135,17 @@ def segment_jumps(rows, good, next_in, first, alpha, span, read_var, pattern, in
 
     Parameters
     ----------
-    rows : list of n ``[m]`` arrays
+    rows : rows ``[n]`` of ``[m]``
         Resultants [e].
-    good : list of n ``[m]`` bool
+    good : rows ``[n]`` of ``[m]`` bool
         Resultant is used (not flagged).
-    next_in : list of n ``[m]`` bool
+    next_in : rows ``[n]`` of ``[m]`` bool
         Resultants ``i`` and ``i + 1`` are both good (same sub-ramp); False for the last.
-    first : list of n ``[m]`` bool
+    first : rows ``[n]`` of ``[m]`` bool
         Resultant ``i`` is the first of its sub-ramp.
-    alpha : list of n ``[m]``
+    alpha : rows ``[n]`` of ``[m]``
         The slope of the sub-ramp each resultant belongs to [e/s].
-    span : list of n ``[m]``
+    span : rows ``[n]`` of ``[m]``
         ``tbar_e - tbar_s`` of that sub-ramp [s].
     read_var : ``[m]``
         Read noise squared [e**2].
@@ -154,7 +154,7 @@ def segment_jumps(rows, good, next_in, first, alpha, span, read_var, pattern, in
 
     Returns
     -------
-    list of n ``[m]`` bool: resultants newly flagged as jumps (``i*`` and ``i* + 1`` of every
+    rows ``[n]`` of ``[m]`` bool: resultants newly flagged as jumps (``i*`` and ``i* + 1`` of every
     sub-ramp whose maximum statistic exceeds its threshold).
     """
     n = pattern.n_resultants
@@ -172,7 +172,7 @@ def segment_jumps(rows, good, next_in, first, alpha, span, read_var, pattern, in
         z2 = _z(hi - lo, inv_dt, read, poisson, a, read_var, cr)
         return jnp.fmax(single, z2), nxt & nxt2
 
-    stat, double_ok = _unzip(rmap(statistic, rows[2:], rows[:-2], c["inv_dt2"], c["read2"],
+    stat, double_ok = unzip_rows(rmap(statistic, rows[2:], rows[:-2], c["inv_dt2"], c["read2"],
                                   c["poisson2"], alpha[:-2], corr[:-2], z1[:-1], next_in[:-2],
                                   next_in[1:-1]), 2)  # fmt: skip
     flag = read_var[0] == -jnp.inf  # runtime False for barrier()
@@ -227,9 +227,3 @@ def segment_jumps(rows, good, next_in, first, alpha, span, read_var, pattern, in
                                (good, next_in, bests, best_indices, alpha), reverse=True)
     return rmap(lambda g, ji, i: g & ((ji == i) | (ji == i - 1)), good, jump_index, positions)
 
-
-def _unzip(pairs, width):
-    """Rows of ``width``-tuples (from :func:`rmap`) as ``width`` rows."""
-    if isinstance(pairs, list):
-        return tuple([p[j] for p in pairs] for j in range(width))
-    return tuple(pairs)

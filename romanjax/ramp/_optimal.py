@@ -42,11 +42,13 @@ from ..kernels.linalg import (
     tridiagonal_solve,
 )
 from ..kernels.order import masked_median, median_axis0
+from ..kernels.queue import compact
 from ._common import (
     RampFit,
     exclude_non_finite,
     map_pixels,
     pack_flags,
+    refit_capacity,
     through_frames,
     unfitted_flags,
 )
@@ -254,11 +256,12 @@ def _optimal_rows(differences, read_noise, flux_estimate, *, pattern, grid):
 def _fit_optimal(resultants, read_noise, flux_estimate, *, pattern, grid, flag_non_finite=False):
     """The dq=None fit: the interpolated GLS of :func:`_optimal_rows` as ``[*pixels]`` rows.
 
-    ``flag_non_finite`` (device data): a pixel with a non-finite resultant is not fitted
-    (zeros, the unfitted flag) rather than NaN; refitting it from its other resultants is
-    the masked path's work (pass a dq). The test reads the resultants (a reduction XLA
-    fuses with the differences); testing the outputs instead would make every output
-    depend on all the others, which XLA answers by recomputing the weights per output."""
+    ``flag_non_finite`` (device data): a pixel with a non-finite resultant is refitted from
+    its finite resultants by the masked fit, in one fixed-size batch
+    (:func:`~._common.refit_capacity`); pixels beyond the batch are not fitted (zeros, the
+    unfitted flag) rather than NaN. The test reads the resultants (a reduction XLA fuses
+    with the differences); testing the outputs instead would make every output depend on
+    all the others, which XLA answers by recomputing the weights per output."""
     n = pattern.n_resultants
     pixels = resultants.shape[1:]
     flat = resultants.reshape(n, -1)
@@ -279,6 +282,28 @@ def _fit_optimal(resultants, read_noise, flux_estimate, *, pattern, grid, flag_n
 
         pedestal, slope = clear([pedestal, slope])
         var_read, var_poisson, var_total = clear(var_read), clear(var_poisson), clear(var_total)
+        # refit those pixels from their finite resultants (the masked fit), as many as fit
+        # one fixed-size batch; the rest stay unfitted
+        npix = flat.shape[1]
+        index = compact(unusable, refit_capacity(npix))
+        take = jnp.minimum(index, npix - 1)
+        sub = flat[:, take]
+        sub, sub_dq = exclude_non_finite(sub, jnp.zeros(sub.shape, jnp.uint32))
+        low, high, _ = grid
+        par, var, fitted = _optimal_dq_kernel(
+            sub, sub_dq, read_noise.reshape(-1)[take],
+            None if flux_estimate is None else flux_estimate[take], pattern=pattern,
+            x_low=10.0**low, x_high=10.0**high)  # fmt: skip
+
+        def put(values, new):
+            return values.at[index].set(new, mode="drop")
+
+        pedestal, slope = put(pedestal, par[0]), put(slope, par[1])
+        entries = ((0, 0), (0, 1), (1, 1))  # pedestal variance, covariance, slope variance
+        var_read = [put(v, var[0][e]) for v, e in zip(var_read, entries, strict=True)]
+        var_poisson = [put(v, var[1][e]) for v, e in zip(var_poisson, entries, strict=True)]
+        var_total = [put(v, var[2][e]) for v, e in zip(var_total, entries, strict=True)]
+        unusable = unusable.at[index].set(~fitted, mode="drop")
         flags = unfitted_flags(unusable, n).reshape((-1,) + pixels)
 
     def rows(values):

@@ -271,3 +271,13 @@ def test_make_l2_rejects_bad_dark_decay(kwargs, match):
     resultants = np.zeros((PATTERN.n_resultants, 4, 5), np.float32)
     with pytest.raises(ValueError, match=match):
         romanjax.make_l2(resultants, PATTERN, read_noise=5.0, gain=2.0, **kwargs)
+
+
+def test_simulate_frame_refuses_a_detector_for_the_read_times():
+    """Blocks of rows do not know where they sit on the detector: the detector form would
+    give every block the first block's read times, so simulate_frame refuses it."""
+    counts = np.zeros((8, 5), int)
+    with pytest.raises(ValueError, match="simulate_frame: .*read_time_offsets"):
+        romanjax.simulate_frame(jax.random.key(0), counts, PATTERN, **QUIET,
+                                dark_decay=dict(DECAY, detector=7, origin=(0, 0)),
+                                rng_block=10)  # fmt: skip

@@ -102,11 +102,11 @@ def test_non_finite_device_resultants_are_left_out(float_dtype):
 
 
 @pytest.mark.parametrize("method", ["casertano", "optimal"])
-def test_non_finite_device_resultants_on_the_whole_ramp_path_flag_their_pixel(method,
-                                                                             float_dtype):
+def test_non_finite_device_resultants_on_the_whole_ramp_path_are_refitted(method, float_dtype):
     """Device data without dq (and Casertano without jump detection) take the whole-ramp
-    path: a pixel with a non-finite resultant is not fitted (slope and variances 0,
-    DO_NOT_USE on its resultants); never NaN with dq 0, and the other pixels are fitted."""
+    path: a pixel with a non-finite resultant is refitted from its finite ones, as the
+    masked fit does with those resultants flagged; never NaN, and the other pixels are
+    fitted as before."""
     import jax
     import jax.numpy as jnp
 
@@ -117,15 +117,38 @@ def test_non_finite_device_resultants_on_the_whole_ramp_path_flag_their_pixel(me
     fitter = getattr(romanjax, f"fit_ramps_{method}")
     bad = ~np.all(np.isfinite(resultants), axis=0)
     assert bad.any() and not bad.all()
+    flags = np.where(np.isfinite(resultants), 0, romanjax.dq.DO_NOT_USE).astype(np.uint32)
+    masked = fitter(np.where(np.isfinite(resultants), resultants, 0), MA4, 5.0, dq=flags)
     for fit in (fitter(jnp.asarray(resultants), MA4, 5.0),
                 jax.jit(lambda r: fitter(r, MA4, 5.0))(jnp.asarray(resultants))):
-        slope = np.asarray(fit.slope)
         for name in ("slope", "var_read", "var_poisson", "var_total"):
             value = np.asarray(getattr(fit, name))
-            assert np.all(np.isfinite(value)) and not value[bad].any(), name
-        np.testing.assert_allclose(slope[~bad], flux[~bad], rtol=1e-4)
-        dq = np.asarray(fit.dq)
-        assert np.all(dq[:, bad] & romanjax.dq.DO_NOT_USE) and not dq[:, ~bad].any()
+            assert np.all(np.isfinite(value)), name
+            np.testing.assert_allclose(value[bad], np.asarray(getattr(masked, name))[bad],
+                                       rtol=1e-5, err_msg=name)  # fmt: skip
+        np.testing.assert_allclose(np.asarray(fit.slope), flux, rtol=1e-4)
+        assert not np.asarray(fit.dq).any()
+
+
+@pytest.mark.parametrize("method", ["casertano", "optimal"])
+def test_non_finite_device_pixels_beyond_the_refit_batch_are_flagged(method, float_dtype):
+    """More such pixels than one refit batch holds: the first ones (in pixel order) are
+    refitted, the others are not fitted (zeros, DO_NOT_USE), never NaN with dq 0."""
+    import jax.numpy as jnp
+
+    from romanjax.ramp._common import refit_capacity
+
+    flux, resultants = _ramps(float_dtype)
+    resultants = np.tile(resultants, (1, 40))[:, :100]
+    flux = np.tile(flux, 40)[:100]
+    resultants[3] = np.nan  # every pixel
+    capacity = refit_capacity(100)
+    assert capacity < 100
+    fit = getattr(romanjax, f"fit_ramps_{method}")(jnp.asarray(resultants), MA4, 5.0)
+    slope, dq = np.asarray(fit.slope), np.asarray(fit.dq)
+    np.testing.assert_allclose(slope[:capacity], flux[:capacity], rtol=1e-4)
+    assert not dq[:, :capacity].any()
+    assert not slope[capacity:].any() and np.all(dq[:, capacity:] & romanjax.dq.DO_NOT_USE)
 
 
 @pytest.mark.parametrize("method", ["casertano", "optimal"])

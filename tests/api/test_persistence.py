@@ -637,7 +637,15 @@ def test_simulate_l1_persistence_errors():
         romanjax.simulate_l1(key, counts, pattern, persistence=state, start_time=[0.0, 1.0])
     with pytest.raises(ValueError, match="simulate_l1: `start_time` must be finite"):
         romanjax.simulate_l1(key, counts, pattern, persistence=state, start_time=np.nan)
-    with pytest.raises(TypeError, match="simulate_l1: `state` must be a PersistenceState"):
+    with pytest.raises(ValueError, match="simulate_frame: `start_time` must be finite"):
+        romanjax.simulate_frame(key, counts, pattern, persistence=state, start_time=np.nan)
+    bad = PersistenceState(np.asarray(state.fluence).copy(), np.asarray(state.time).copy())
+    bad.time[0] = np.nan
+    with pytest.raises(ValueError, match="simulate_l1: `persistence.time` holds non-finite"):
+        romanjax.simulate_l1(key, counts, pattern, persistence=bad, start_time=0.0)
+    with pytest.raises(ValueError, match="simulate_frame: `persistence` holds non-finite"):
+        romanjax.simulate_frame(key, counts, pattern, persistence=bad, start_time=0.0)
+    with pytest.raises(TypeError, match="simulate_l1: `persistence` must be a PersistenceState"):
         romanjax.simulate_l1(key, counts, pattern, persistence=(state.fluence, state.time),
                              start_time=0.0)  # fmt: skip
     with pytest.raises(TypeError, match="`persistence_params` must be a PersistenceParams"):

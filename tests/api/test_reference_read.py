@@ -239,3 +239,18 @@ def test_offsets_agree():
     from romanjax.io._products import DATA_ENCODING_OFFSET as io_offset
 
     assert io_offset == DATA_ENCODING_OFFSET
+
+
+def test_roman_l1_refuses_resultants_its_encoding_would_clip(tmp_path):
+    """Resultants more than the encoding offset below the reference read (or too far above
+    it) cannot be stored relative to it without clipping: the writer refuses them rather than
+    write a file that reads back differently."""
+    pytest.importorskip("roman_datamodels")
+    from romanjax.io import write_roman_l1
+
+    image = _l1_image(np.random.default_rng(13))
+    image.resultants = np.asarray(image.resultants).copy()
+    image.resultants[0, 0, 0] = float(image.reference_read[0, 0]) - DATA_ENCODING_OFFSET - 1
+    with pytest.raises(ValueError, match="to_roman_l1: `resultants` minus `reference_read`"):
+        write_roman_l1(tmp_path / "clipped_L1.asdf", image)
+    assert not (tmp_path / "clipped_L1.asdf").exists()
