@@ -109,7 +109,8 @@ def _source_counts(function, catalog, wcs, shape, pattern, key, psf, stamp_size,
 
 
 def inject_sources_into_l1(image: L1Image, catalog, *, key, psf=None, gain=None,
-                           saturation=55000.0, stamp_size=None, progress=False) -> L1Image:
+                           saturation=55000.0, stamp_size=None, progress=False,
+                           inverse_linearity=None) -> L1Image:
     """Add sources to an L1 exposure as if they had been in it; returns a new L1Image.
 
     The sources are rendered and drawn as :func:`inject_sources_into_l2` draws them
@@ -125,14 +126,19 @@ def inject_sources_into_l1(image: L1Image, catalog, *, key, psf=None, gain=None,
     ----------
     image : romanjax.io.L1Image
         The L1 exposure (e.g. :func:`romanjax.io.read_l1` of a romanjax or romanisim file);
-        not modified. Its response must be linear in charge (see
-        :func:`romanjax.inject_counts_into_l1`).
+        not modified. Its response must be linear in charge unless ``inverse_linearity``
+        is given (see :func:`romanjax.inject_counts_into_l1`).
     catalog, key, psf, stamp_size, progress
         As :func:`inject_sources_into_l2`.
     gain : float or array ``[ny, nx]``, optional
         [e/DN]; default the image's gain.
     saturation : float or array ``[ny, nx]``
         [DN] (default 55000, :func:`romanjax.simulate_l1`'s).
+    inverse_linearity : array ``[ncoeff]`` or ``[ncoeff, ny, nx]``, optional
+        The inverse non-linearity the L1 was simulated with (romanisim
+        ``inverselinearity``, polynomial in DN, constant term first): the resultants are
+        linearised by its exact inverse, the electrons added and the non-linearity
+        re-applied (:func:`romanjax.inject_counts_into_l1`). The L1 file does not store it.
 
     Returns
     -------
@@ -143,7 +149,9 @@ def inject_sources_into_l1(image: L1Image, catalog, *, key, psf=None, gain=None,
     Raises
     ------
     ValueError
-        If ``image`` is not an L1Image, or the catalog lacks ``flux`` or positions.
+        If ``image`` is not an L1Image, or the catalog lacks ``flux`` or positions, or as
+        :func:`romanjax.inject_counts_into_l1` for ``gain``, ``saturation`` and
+        ``inverse_linearity``.
     """
     from .l1._inject import inject_counts_into_l1
 
@@ -155,7 +163,8 @@ def inject_sources_into_l1(image: L1Image, catalog, *, key, psf=None, gain=None,
     counts, key_reads = _source_counts("inject_sources_into_l1", catalog, image.wcs, shape,
                                        image.pattern, key, psf, stamp_size, progress)  # fmt: skip
     new = inject_counts_into_l1(key_reads, image.resultants, counts, image.pattern,
-                                dq=image.dq, gain=gain, saturation=saturation)  # fmt: skip
+                                dq=image.dq, gain=gain, saturation=saturation,
+                                inverse_linearity=inverse_linearity)  # fmt: skip
     out = copy.copy(image)
     out.resultants = np.asarray(new.resultants).astype(image.resultants.dtype, copy=False)
     out.dq = np.asarray(new.dq, np.uint32)
