@@ -32,10 +32,11 @@ def row_sum(a):
 def read_and_write_fit(a):
     """One read of the resultants plus writing fresh arrays of a ``RampFit``'s outputs: four
     float ``[*pixels]`` rows (slope and its three variances) and the flag words
-    ``[n // 32 + 1, *pixels]`` uint32. The least a fitter returning that layout must do."""
+    ``[(2 n + 1) // 32 + 1, *pixels]`` uint32. The least a fitter returning that layout must
+    do."""
     total = row_sum(a)
     flags = jax.numpy.broadcast_to((total < 0).astype(np.uint32),
-                                   (a.shape[0] // 32 + 1,) + total.shape)  # fmt: skip
+                                   ((2 * a.shape[0] + 1) // 32 + 1,) + total.shape)  # fmt: skip
     return total, 2 * total, 3 * total, 4 * total, flags
 
 

@@ -31,7 +31,7 @@ already on the device (the least any fitter must do: read every resultant once),
 numpy's ``sum`` beside it for scale; the *read+write floor* is one pass that reads the
 resultants and writes fresh arrays of the ``RampFit`` layout (float ``slope``, ``var_read``,
 ``var_poisson``, ``var_total`` ``[*pixels]`` and the uint32 ``flags``
-``[n // 32 + 1, *pixels]``), the least a fitter returning that layout must do.
+``[(2 n + 1) // 32 + 1, *pixels]``), the least a fitter returning that layout must do.
 Peak memory: the resident-set high-water mark of the process sampled during each path of
 each row (psutil, every 10 ms) minus the resident set before it, and the process's overall
 peak.
@@ -177,7 +177,7 @@ def floor_times(resultants, repeat):
     """Floors [s]: one jitted pass reading the resultants (a fused sum of the rows; the
     fastest computation that touches every element once), the numpy sum, and one pass that
     reads the resultants and writes fresh arrays of the RampFit layout (slope, var_read,
-    var_poisson, var_total ``[*pixels]`` float and flags ``[n // 32 + 1, *pixels]`` uint32).
+    var_poisson, var_total ``[*pixels]`` float and flags ``[(2 n + 1) // 32 + 1, *pixels]`` uint32).
     """
     import jax
 

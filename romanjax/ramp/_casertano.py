@@ -55,6 +55,7 @@ from ._common import (
     RampFit,
     exclude_non_finite,
     flag_words,
+    mark_left_out,
     pack_flags,
     refit_capacity,
     through_frames,
@@ -388,7 +389,7 @@ def _block_size(m: int) -> int:
 
 def _fit_flat(resultants, dq, read_noise, pattern, has_dq, detect_jumps, intercept, constant):
     """Fit ``[n, m]`` resultants; returns slope, V_R, V_P (all ``[m]``) and the packed flags
-    ``[n // 32 + 1, m]`` (:func:`~._common.pack_flags`: the jumps found and the unfitted bit).
+    ``[flag_words(n), m]`` (:func:`~._common.pack_flags`: the jumps found and the unfitted bit).
 
     Pixels with a flagged resultant or a whole-ramp jump trigger are the candidates: they are
     compacted to the front and refitted with sub-ramps in blocks, the others keep the
@@ -468,8 +469,9 @@ def _fit_casertano(resultants, dq, read_noise, *, pattern, has_dq, detect_jumps,
     check_outputs = flag_non_finite and not (has_dq or detect_jumps)
     # dq None: the zero flags are made here, inside the jit (fused, never read from memory)
     flat_dq = jnp.zeros(flat.shape, jnp.uint32) if dq is None else dq.reshape(n, -1)
+    left_out = None
     if has_dq or detect_jumps:  # non-finite resultants are left out like flagged ones
-        flat, flat_dq = exclude_non_finite(flat, flat_dq)
+        flat, flat_dq, left_out = exclude_non_finite(flat, flat_dq)
         has_dq = True
     flat_rn = read_noise.reshape(-1)
     config = dict(pattern=pattern, has_dq=has_dq, detect_jumps=detect_jumps,
@@ -496,9 +498,12 @@ def _fit_casertano(resultants, dq, read_noise, *, pattern, has_dq, detect_jumps,
                                                        zero_words)  # fmt: skip
 
     slope, var_read, var_poisson, words = core(flat, flat_dq, flat_rn)
-    flags = words.reshape(words.shape[:1] + pixels) if has_dq or detect_jumps or n < 2 else None
+    flags = None
+    if has_dq or detect_jumps or n < 2:
+        flags = words if left_out is None else mark_left_out(words, left_out)
     if check_outputs:
-        unusable = ~jnp.all(jnp.isfinite(flat), axis=0)
+        left_out = ~jnp.isfinite(flat)
+        unusable = jnp.any(left_out, axis=0)
         zero = jnp.zeros((), slope.dtype)
         slope, var_read, var_poisson = (jnp.where(unusable, zero, value)
                                         for value in (slope, var_read, var_poisson))
@@ -517,8 +522,9 @@ def _fit_casertano(resultants, dq, read_noise, *, pattern, has_dq, detect_jumps,
             var_read = var_read.at[index].set(vr, mode="drop")
             var_poisson = var_poisson.at[index].set(c * jnp.maximum(s, 0), mode="drop")
             unusable = unusable.at[index].set(~fitted, mode="drop")
-        flags = unfitted_flags(unusable, n, words if flags is not None else None)
-        flags = flags.reshape((-1,) + pixels)
+        flags = mark_left_out(unfitted_flags(unusable, n, flags), left_out)
+    if flags is not None:
+        flags = flags.reshape(flags.shape[:1] + pixels)
     return RampFit(
         slope=slope.reshape(pixels), var_read=var_read.reshape(pixels),
         var_poisson=var_poisson.reshape(pixels),

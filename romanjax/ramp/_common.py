@@ -13,17 +13,21 @@ from .. import _platform
 from .. import dq as dqflags
 from .._read_pattern import ReadPattern
 
-__all__ = ["RampFit", "pack_flags", "unpack_jumps", "flag_words", "refit_capacity", "map_pixels",
-           "map_pixel_chunks", "through_frames", "exclude_non_finite"]
+__all__ = ["RampFit", "pack_flags", "mark_left_out", "unpack_jumps", "flag_words",
+           "refit_capacity", "map_pixels", "map_pixel_chunks", "through_frames",
+           "exclude_non_finite"]
 
 
 def exclude_non_finite(resultants, dq):
     """Non-finite resultants (NaN, +-inf) set to 0 and flagged DO_NOT_USE in ``dq``, so the
     masked fits leave them out and fit each pixel from its other resultants (inside the
-    jit: one fused pass, and a NaN never reaches a sum that other values enter)."""
+    jit: one fused pass, and a NaN never reaches a sum that other values enter).
+
+    Returns the cleaned resultants, the flags, and the bool mask of the resultants left out
+    (for :func:`mark_left_out`)."""
     bad = ~jnp.isfinite(resultants)
     resultants = jnp.where(bad, jnp.zeros((), resultants.dtype), resultants)
-    return resultants, dq | jnp.where(bad, jnp.uint32(dqflags.DO_NOT_USE), jnp.uint32(0))
+    return resultants, dq | jnp.where(bad, jnp.uint32(dqflags.DO_NOT_USE), jnp.uint32(0)), bad
 
 
 def refit_capacity(n_pixels: int) -> int:
@@ -35,12 +39,25 @@ def refit_capacity(n_pixels: int) -> int:
 
 
 def flag_words(n_resultants: int) -> int:
-    """Words of :attr:`RampFit.flags` per pixel: one bit per resultant plus the unfitted bit."""
-    return n_resultants // 32 + 1
+    """Words of :attr:`RampFit.flags` per pixel: ``2 n + 1`` bits, one jump bit per
+    resultant, the unfitted bit, one left-out bit per resultant."""
+    return (2 * n_resultants + 1) // 32 + 1
 
 
-def pack_flags(jumps, unfitted):
-    """Pack per-resultant jump flags and the per-pixel unfitted flag into uint32 words.
+def _or_bits(words, flags, first: int):
+    """``words [w, *pixels]`` with bit ``first + i`` set where ``flags[i]`` (one Python-level
+    shift and OR per flag: elementwise, fused)."""
+    words = list(words)
+    for i, flag in enumerate(flags):
+        position = first + i
+        words[position // 32] = words[position // 32] | (
+            flag.astype(jnp.uint32) << jnp.uint32(position % 32))
+    return words
+
+
+def pack_flags(jumps, unfitted, left_out=None):
+    """Pack per-resultant jump flags, the per-pixel unfitted flag and the per-resultant
+    left-out flags into uint32 words.
 
     Parameters
     ----------
@@ -48,25 +65,32 @@ def pack_flags(jumps, unfitted):
         Resultant ``i`` flagged as a jump by the fitter.
     unfitted : bool array ``[*pixels]``
         No usable sub-ramp.
+    left_out : sequence of n bool arrays ``[*pixels]`` (or ``[n, *pixels]``), optional
+        Resultant ``i`` left out because it is not finite (NaN or inf).
 
     Returns
     -------
-    Array ``[n // 32 + 1, *pixels]`` uint32: bit ``i % 32`` of word ``i // 32`` is jump ``i``,
-    bit ``n % 32`` of word ``n // 32`` is ``unfitted``.
+    Array ``[flag_words(n), *pixels]`` uint32: bit ``b`` of the pixel's flags is bit
+    ``b % 32`` of word ``b // 32``; bits ``0 .. n-1`` are the jumps, bit ``n`` is
+    ``unfitted``, bits ``n+1 .. 2n`` the left-out resultants.
     """
     n = len(jumps)
-    bits = list(jumps) + [unfitted]
-    words = []
-    for w in range(flag_words(n)):
-        word = jnp.zeros(jnp.shape(unfitted), jnp.uint32)
-        for b, flag in enumerate(bits[32 * w : 32 * w + 32]):
-            word = word | (flag.astype(jnp.uint32) << b)
-        words.append(word)
+    zero = jnp.zeros(jnp.shape(unfitted), jnp.uint32)
+    words = _or_bits([zero] * flag_words(n), list(jumps) + [unfitted], 0)
+    if left_out is not None:
+        words = _or_bits(words, left_out, n + 1)
     return jnp.stack(words)
 
 
+def mark_left_out(words, left_out):
+    """``words [flag_words(n), *pixels]`` with the left-out bits (``n + 1 + i``) set where
+    ``left_out [n, *pixels]`` (the non-finite resultants a fit left out)."""
+    n = left_out.shape[0]
+    return jnp.stack(_or_bits([words[w] for w in range(words.shape[0])], list(left_out), n + 1))
+
+
 def unfitted_flags(unfitted, n_resultants: int, words=None):
-    """:attr:`RampFit.flags` words ``[n // 32 + 1, *pixels]`` with no jumps and the unfitted
+    """:attr:`RampFit.flags` words ``[flag_words(n), *pixels]`` with no jumps and the unfitted
     bit set where ``unfitted`` (OR-ed into ``words`` when given): one shift, no packing of
     ``n`` all-false jump rows."""
     n = n_resultants
@@ -76,10 +100,16 @@ def unfitted_flags(unfitted, n_resultants: int, words=None):
     return words.at[n // 32].set(words[n // 32] | bit)
 
 
+def unpack_bits(flags, first: int, count: int):
+    """Bits ``first .. first + count - 1`` of packed ``flags [w, *pixels]`` as a list of
+    ``count`` bool arrays ``[*pixels]``."""
+    return [((flags[b // 32] >> (b % 32)) & 1) != 0 for b in range(first, first + count)]
+
+
 def unpack_jumps(flags, n_resultants: int):
     """The jump bits of packed ``flags [w, *pixels]`` as a list of n bool arrays ``[*pixels]``
     (inverse of :func:`pack_flags`)."""
-    return [((flags[i // 32] >> (i % 32)) & 1) != 0 for i in range(n_resultants)]
+    return unpack_bits(flags, 0, n_resultants)
 
 
 @partial(
@@ -100,14 +130,15 @@ class RampFit:
         Fitted count rate [e/s].
     var_read, var_poisson, var_total : Array ``[*pixels]``
         Slope variance from read noise, from Poisson noise, and their sum [(e/s)**2].
-    flags : Array ``[n_resultants // 32 + 1, *pixels]`` uint32, or None
-        What the fitter found, packed per pixel: bit ``i % 32`` of word ``i // 32`` is set
-        when the fitter flagged resultant ``i`` as a jump (``JUMP_DET``), bit
-        ``n_resultants % 32`` of word ``n_resultants // 32`` when the pixel has no usable
-        sub-ramp (``DO_NOT_USE``; slope and variances are then 0). None when nothing can be
-        flagged (no input dq and no jump detection). The input dq is not repeated here;
+    flags : Array ``[(2 n_resultants + 1) // 32 + 1, *pixels]`` uint32, or None
+        What the fitter found, packed per pixel (bit ``b`` is bit ``b % 32`` of word
+        ``b // 32``): bit ``i`` when the fitter flagged resultant ``i`` as a jump
+        (``JUMP_DET``), bit ``n`` when the pixel has no usable sub-ramp (``DO_NOT_USE``;
+        slope and variances are then 0), bit ``n + 1 + i`` when resultant ``i`` was left out
+        because it is not finite (``DO_NOT_USE``). None when nothing can be flagged (finite
+        host data, no input dq and no jump detection). The input dq is not repeated here;
         :meth:`resultant_dq` combines both. Expanded forms: :attr:`dq`, :attr:`jump_map`,
-        :attr:`unfitted`, :attr:`pixel_dq`.
+        :attr:`left_out`, :attr:`unfitted`, :attr:`pixel_dq`.
     pedestal : Array ``[*pixels]`` or None
         Fitted pedestal [e] (optimal fitter); None for fitters that do not estimate it
         (Casertano, likelihood: :attr:`par` then shows 0, as romanisim and stcal do).
@@ -184,19 +215,31 @@ class RampFit:
             xp.zeros((0,) + self.shape, bool))
 
     @property
+    def left_out(self) -> jax.Array:
+        """``[n_resultants, *pixels]`` bool: resultants left out of the fit because they are
+        not finite (NaN or inf)."""
+        xp = self._xp()
+        n = self.n_resultants
+        if self.flags is None or n == 0:
+            return xp.zeros((n,) + self.shape, bool)
+        return xp.stack(unpack_bits(self.flags, n + 1, n))
+
+    @property
     def dq(self) -> jax.Array:
         """``[n_resultants, *pixels]`` uint32: the flags the fitter set, ``JUMP_DET`` on the
-        jumps it found and ``DO_NOT_USE`` on every resultant of an unfitted pixel (OR it with
-        the input dq, or call :meth:`resultant_dq`, for romanisim's combined array)."""
+        jumps it found, ``DO_NOT_USE`` on the non-finite resultants it left out and on every
+        resultant of an unfitted pixel (OR it with the input dq, or call
+        :meth:`resultant_dq`, for romanisim's combined array)."""
         return self.resultant_dq()
 
     def resultant_dq(self, dq=None) -> jax.Array:
         """``[n_resultants, *pixels]`` uint32: ``dq`` (the input flags; default none) OR
-        ``JUMP_DET`` on the jumps found OR ``DO_NOT_USE`` on every resultant of an unfitted
-        pixel."""
+        ``JUMP_DET`` on the jumps found OR ``DO_NOT_USE`` on the non-finite resultants left
+        out and on every resultant of an unfitted pixel."""
         xp = self._xp()
         jump = xp.where(self.jump_map, xp.uint32(dqflags.JUMP_DET), xp.uint32(0))
-        out = jump | xp.where(self.unfitted, xp.uint32(dqflags.DO_NOT_USE), xp.uint32(0))
+        unusable = self.left_out | self.unfitted
+        out = jump | xp.where(unusable, xp.uint32(dqflags.DO_NOT_USE), xp.uint32(0))
         if dq is not None:
             out = out | xp.asarray(dq).astype(xp.uint32)
         return out.astype(xp.uint32)

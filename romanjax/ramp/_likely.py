@@ -77,7 +77,14 @@ from ..kernels.linalg import (
     tridiagonal_solve,
 )
 from ..kernels.order import masked_median
-from ._common import RampFit, exclude_non_finite, map_pixel_chunks, pack_flags, through_frames
+from ._common import (
+    RampFit,
+    exclude_non_finite,
+    map_pixel_chunks,
+    mark_left_out,
+    pack_flags,
+    through_frames,
+)
 
 __all__ = [
     "fit_ramps_likely",
@@ -445,7 +452,7 @@ def _fit_likely(resultants, dq, read_noise, flux_estimate, thresholds, *, patter
     ramps = resultants.reshape(n, -1)
     # dq None: the zero flags are made here, inside the jit
     flat_dq = jnp.zeros(ramps.shape, jnp.uint32) if dq is None else dq.reshape(n, -1)
-    ramps, flat_dq = exclude_non_finite(ramps, flat_dq)  # left out like flagged resultants
+    ramps, flat_dq, left_out = exclude_non_finite(ramps, flat_dq)  # left out like flags
     thresholds = tuple(jnp.asarray(t, dtype) for t in thresholds)
     prologue = partial(_prologue_kernel, pattern=pattern)
     final = partial(_final_kernel, pattern=pattern, second_pass=flux_estimate is None)
@@ -483,6 +490,7 @@ def _fit_likely(resultants, dq, read_noise, flux_estimate, thresholds, *, patter
         None if flux_estimate is None else flux_estimate.reshape(-1),
     )  # fmt: skip
     rate, var_read, var_poisson, var_total, chisq, flags = rows
+    flags = mark_left_out(flags, left_out)
     fit = RampFit(
         slope=rate.reshape(pixels), var_read=var_read.reshape(pixels),
         var_poisson=var_poisson.reshape(pixels), var_total=var_total.reshape(pixels),

@@ -47,6 +47,7 @@ from ._common import (
     RampFit,
     exclude_non_finite,
     map_pixels,
+    mark_left_out,
     pack_flags,
     refit_capacity,
     through_frames,
@@ -288,7 +289,7 @@ def _fit_optimal(resultants, read_noise, flux_estimate, *, pattern, grid, flag_n
         index = compact(unusable, refit_capacity(npix))
         take = jnp.minimum(index, npix - 1)
         sub = flat[:, take]
-        sub, sub_dq = exclude_non_finite(sub, jnp.zeros(sub.shape, jnp.uint32))
+        sub, sub_dq, _ = exclude_non_finite(sub, jnp.zeros(sub.shape, jnp.uint32))
         low, high, _ = grid
         par, var, fitted = _optimal_dq_kernel(
             sub, sub_dq, read_noise.reshape(-1)[take],
@@ -304,7 +305,8 @@ def _fit_optimal(resultants, read_noise, flux_estimate, *, pattern, grid, flag_n
         var_poisson = [put(v, var[1][e]) for v, e in zip(var_poisson, entries, strict=True)]
         var_total = [put(v, var[2][e]) for v, e in zip(var_total, entries, strict=True)]
         unusable = unusable.at[index].set(~fitted, mode="drop")
-        flags = unfitted_flags(unusable, n).reshape((-1,) + pixels)
+        flags = mark_left_out(unfitted_flags(unusable, n), ~jnp.isfinite(flat))
+        flags = flags.reshape(flags.shape[:1] + pixels)
 
     def rows(values):
         return jnp.stack(values).reshape((len(values),) + pixels)
@@ -414,7 +416,7 @@ def _optimal_dq_kernel(ramp, dq, read_noise, flux_estimate, *, pattern, x_low, x
 
 @partial(jax.jit, static_argnames=("pattern", "grid"))
 def _fit_optimal_dq(resultants, dq, read_noise, flux_estimate, *, pattern, grid):
-    resultants, dq = exclude_non_finite(resultants, dq)  # left out like flagged resultants
+    resultants, dq, left_out = exclude_non_finite(resultants, dq)  # left out like flags
     low, high, _ = grid
     kernel = partial(_optimal_dq_kernel, pattern=pattern, x_low=10.0**low, x_high=10.0**high)
     par, var, fitted = map_pixels(kernel, resultants, dq, read_noise, flux_estimate)
@@ -422,7 +424,7 @@ def _fit_optimal_dq(resultants, dq, read_noise, flux_estimate, *, pattern, grid)
     no_jumps = [jnp.zeros(fitted.shape, bool)] * n
     return RampFit(
         slope=par[1], var_read=var[0, 1, 1], var_poisson=var[1, 1, 1], var_total=var[2, 1, 1],
-        flags=pack_flags(no_jumps, ~fitted), pedestal=par[0], var_pedestal=var[:, 0, 0],
+        flags=pack_flags(no_jumps, ~fitted, left_out), pedestal=par[0], var_pedestal=var[:, 0, 0],
         cov_pedestal_slope=var[:, 0, 1], n_resultants=n,
     )  # fmt: skip
 

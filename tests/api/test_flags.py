@@ -79,6 +79,17 @@ def test_non_finite_host_resultants_are_left_out(method, float_dtype):
     np.testing.assert_allclose(np.asarray(fit.slope), flux, rtol=1e-4)
     for name in ("var_read", "var_poisson", "var_total"):
         assert np.all(np.isfinite(np.asarray(getattr(fit, name))))
+    _assert_left_out_flagged(fit, resultants)
+
+
+def _assert_left_out_flagged(fit, resultants, unfitted=None):
+    """``fit.dq``: DO_NOT_USE on exactly the non-finite resultants (and on every resultant
+    of the ``unfitted`` pixels), no other flag; ``fit.left_out`` the non-finite ones."""
+    bad = ~np.isfinite(resultants)
+    np.testing.assert_array_equal(np.asarray(fit.left_out), bad)
+    expected = bad if unfitted is None else bad | unfitted[None]
+    np.testing.assert_array_equal(
+        np.asarray(fit.dq), np.where(expected, dqflags.DO_NOT_USE, 0).astype(np.uint32))
 
 
 def test_non_finite_device_resultants_are_left_out(float_dtype):
@@ -99,6 +110,7 @@ def test_non_finite_device_resultants_are_left_out(float_dtype):
     ]
     for fit in fits:
         np.testing.assert_allclose(np.asarray(fit.slope), flux, rtol=1e-4)
+        _assert_left_out_flagged(fit, resultants)
 
 
 @pytest.mark.parametrize("method", ["casertano", "optimal"])
@@ -127,7 +139,7 @@ def test_non_finite_device_resultants_on_the_whole_ramp_path_are_refitted(method
             np.testing.assert_allclose(value[bad], np.asarray(getattr(masked, name))[bad],
                                        rtol=1e-5, err_msg=name)  # fmt: skip
         np.testing.assert_allclose(np.asarray(fit.slope), flux, rtol=1e-4)
-        assert not np.asarray(fit.dq).any()
+        _assert_left_out_flagged(fit, resultants)
 
 
 @pytest.mark.parametrize("method", ["casertano", "optimal"])
@@ -145,10 +157,10 @@ def test_non_finite_device_pixels_beyond_the_refit_batch_are_flagged(method, flo
     capacity = refit_capacity(100)
     assert capacity < 100
     fit = getattr(romanjax, f"fit_ramps_{method}")(jnp.asarray(resultants), MA4, 5.0)
-    slope, dq = np.asarray(fit.slope), np.asarray(fit.dq)
+    slope = np.asarray(fit.slope)
     np.testing.assert_allclose(slope[:capacity], flux[:capacity], rtol=1e-4)
-    assert not dq[:, :capacity].any()
-    assert not slope[capacity:].any() and np.all(dq[:, capacity:] & romanjax.dq.DO_NOT_USE)
+    assert not slope[capacity:].any()
+    _assert_left_out_flagged(fit, resultants, unfitted=np.arange(100) >= capacity)
 
 
 @pytest.mark.parametrize("method", ["casertano", "optimal"])
@@ -157,6 +169,7 @@ def test_fit_frame_leaves_out_non_finite_host_resultants(method, float_dtype):
     frame = np.tile(resultants, (1, 700))  # chunks of 1024 pixels: every chunk has some
     fit = romanjax.fit_frame(frame, MA4, 5.0, method=method, chunk_pixels=1024)
     np.testing.assert_allclose(np.asarray(fit.slope), np.tile(flux, 700), rtol=1e-4)
+    _assert_left_out_flagged(fit, frame)
 
 
 def test_make_l2_flags_and_leaves_out_non_finite_resultants(float_dtype):
