@@ -154,7 +154,7 @@ def _make_l2(resultants, dq, read_noise, gain, dark_rate, flat, linearity, decay
              readout=None):  # fmt: skip
     dtype = resultants.dtype
     if has_dq:  # non-finite resultants: DO_NOT_USE, left out of the fit
-        resultants, dq = exclude_non_finite(resultants, dq)
+        resultants, dq, _ = exclude_non_finite(resultants, dq)
     if decay is not None:  # [DN], before the non-linearity correction, as romanisim
         pixels = resultants.shape[1:]
         if readout is not None:

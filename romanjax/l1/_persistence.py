@@ -49,6 +49,7 @@ import numpy as np
 from jax.typing import ArrayLike
 
 from .._read_pattern import DEFAULT_READ_TIME
+from .._validate import check_pixel_shape
 from ..kernels.order import sorting_network
 from ..kernels.rng import key_words, philox_4x32
 
@@ -476,13 +477,7 @@ def _check_host(function, name, value, *, ndim=None):
 def _check_element(function, element, pixels):
     if element is None:
         return _default_element(pixels)
-    try:
-        ok = np.broadcast_shapes(np.shape(element), pixels) == pixels
-    except ValueError:
-        ok = False
-    if not ok:
-        raise ValueError(f"{function}: `element` of shape {np.shape(element)} does not "
-                         f"broadcast against the pixel shape {pixels}")  # fmt: skip
+    check_pixel_shape(function, "element", element, pixels)
     return jnp.asarray(element, jnp.uint32)
 
 

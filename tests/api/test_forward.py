@@ -23,6 +23,9 @@ from romanjax.forward import (
 )
 from romanjax.ramp._optimal import fit_ramps_optimal
 
+#: computes in float64 (``jax.enable_x64``) whatever the pass: run once, in the float32 pass
+single_pass = pytest.mark.single_pass
+
 
 def module_exists(name: str) -> bool:
     try:
@@ -69,6 +72,7 @@ def test_expected_resultants_scalar_and_errors(pattern):
 # ramp_log_likelihood against the dense multivariate normal
 
 
+@single_pass
 @pytest.mark.parametrize(
     "flux, read_noise", [(0.0, 5.0), (0.5, 12.0), (30.0, 20.0), (3000.0, 8.0), (30.0, 0.0)]
 )
@@ -152,6 +156,7 @@ def test_log_likelihood_not_positive_definite_is_minus_inf(pattern):
 # gradients of the likelihood
 
 
+@single_pass
 @pytest.mark.parametrize("flux", [0.0, 300.0])
 def test_log_likelihood_check_grads(pattern, rng, flux):
     resultants = oracles.simulate_ramps(rng, pattern, flux + 5.0, 10.0, 3, pedestal=20.0)
@@ -170,6 +175,7 @@ def test_log_likelihood_check_grads(pattern, rng, flux):
         )  # fmt: skip
 
 
+@single_pass
 def test_dlogl_dflux_matches_finite_difference_of_dense_oracle(pattern, rng):
     flux, read_noise, pedestal = 40.0, 12.0, 80.0
     resultants = oracles.simulate_ramps(rng, pattern, flux, read_noise, 5, pedestal)
@@ -232,6 +238,7 @@ def test_jit_vmap_jacfwd_hessian_agree(pattern, rng, float_dtype):
 # Fisher bound
 
 
+@single_pass
 def test_fisher_equals_dense_gls_variance(pattern):
     flux = np.array([0.0, 0.3, 10.0, 500.0, 2e4])
     read_noise = np.array([5.0, 20.0])[:, None]
@@ -244,6 +251,7 @@ def test_fisher_equals_dense_gls_variance(pattern):
         np.testing.assert_allclose(bound[i], var[:, 2, 1, 1], rtol=1e-9)
 
 
+@single_pass
 def test_fisher_poisson_limit_single_reads():
     """No read noise, single reads, free pedestal: the differences are independent Poisson
     increments over t_last - t_first, so the bound is f / (t_last - t_first)."""
@@ -269,6 +277,7 @@ def test_fisher_options_order_and_dtype(pattern, float_dtype):
     assert np.all(np.linalg.eigvalsh(np.asarray(info, np.float64)) > 0)
 
 
+@single_pass
 def test_optimal_fitter_variance_at_true_flux_attains_bound(pattern):
     flux = np.array([0.01, 1.0, 30.0, 1e3, 3e4])
     n = pattern.n_resultants
@@ -327,6 +336,7 @@ def test_optimal_fit_gradient_is_the_gls_weights(pattern, rng, float_dtype):
     np.testing.assert_allclose(grad @ pattern.tbar, 1.0, rtol=1e-5)
 
 
+@single_pass
 @pytest.mark.parametrize("flux_estimate", [None, 25.0])
 def test_optimal_fit_check_grads(pattern, rng, flux_estimate):
     resultants = oracles.simulate_ramps(rng, pattern, 25.0, 9.0, 3)
@@ -347,6 +357,7 @@ likely = pytest.mark.skipif(
 )
 
 
+@single_pass
 @casertano
 def test_casertano_fit_gradients(rng):
     # one pattern, reverse mode only: compiling the fitter's derivatives takes ~10-50 s each
@@ -368,6 +379,7 @@ def test_casertano_fit_gradients(rng):
                     modes=("rev",), eps=1e-3)  # fmt: skip
 
 
+@single_pass
 @likely
 def test_likely_fit_gradients(rng):
     # one pattern only: compiling the likelihood fitter's jump search under jvp/vjp is slow
@@ -389,6 +401,7 @@ def test_likely_fit_gradients(rng):
         check_grads(fixed, (data,), order=1, modes=("rev",), eps=1e-3)
 
 
+@single_pass
 @likely
 @pytest.mark.slow  # ~25 s to compile the VJP of the two-pass fit with the jump search
 def test_likely_fit_gradient_with_jump_detection(rng):

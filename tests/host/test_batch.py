@@ -740,6 +740,7 @@ SHARDED_SCRIPT = textwrap.dedent(
 )
 
 
+@pytest.mark.single_pass  # the sharding mechanics do not depend on the float dtype
 def test_fit_frame_sharded_over_four_cpu_devices(tmp_path):
     script = tmp_path / "sharded.py"
     here = os.path.dirname(os.path.abspath(__file__))

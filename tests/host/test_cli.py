@@ -386,6 +386,7 @@ def test_fit_and_inject_romanisim_files(tmp_path):
 
 
 @needs_pipeline
+@pytest.mark.single_pass  # the cache mechanics do not depend on the float dtype
 def test_fit_keeps_compiled_programs_in_its_cache(simulated, tmp_path):
     """``romanjax fit`` stores its compiled programs in the persistent cache (the folder of
     ROMANJAX_CACHE_DIR) and a second run reuses them; ROMANJAX_COMPILATION_CACHE=0 turns

@@ -31,6 +31,7 @@ def test_notebook_is_stored_with_the_outputs_of_one_run_and_a_figure(path):
     assert figures, f"{path.name} shows no figure"
 
 
+@pytest.mark.single_pass  # the notebooks run as a user runs them, in float32
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
 def test_notebook_executes(path, monkeypatch):
     monkeypatch.setenv("MPLBACKEND", "Agg")
