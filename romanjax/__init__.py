@@ -1,5 +1,10 @@
 """romanjax: Roman WFI detector-level simulation and ramp fitting in JAX.
 
+Three layers: :mod:`romanjax.kernels` (the shared pure ``jax.numpy`` kernels on pixel-minor
+rows), the array API (``ramp`` and ``l1``, each stage's own kernels beside its validated,
+jitted entry points; ``l2``, ``forward``, ``jax_scene``: device arrays in and out) and
+:mod:`romanjax.host` (numpy, files, galsim, the frame drivers, dask, the command line).
+
 Public names are loaded on first use, so ``import romanjax`` imports neither JAX nor the
 host-side libraries (asdf, astropy, galsim) until they are needed.
 """
@@ -23,8 +28,8 @@ _EXPORTS = {
     "L1": "romanjax.l1._simulate",
     "make_l2": "romanjax.l2",
     "L2": "romanjax.l2",
-    "inject_sources_into_l2": "romanjax.inject",
-    "inject_sources_into_l1": "romanjax.inject",
+    "inject_sources_into_l2": "romanjax.host.inject",
+    "inject_sources_into_l1": "romanjax.host.inject",
     "inject_counts_into_l1": "romanjax.l1._inject",
     "frame_read_times": "romanjax.l1._readout",
     "dark_decay_signal": "romanjax.l1._readout",
@@ -41,11 +46,11 @@ _EXPORTS = {
     "expected_resultants": "romanjax.forward",
     "ramp_log_likelihood": "romanjax.forward",
     "fisher_slope_variance": "romanjax.forward",
-    "fit_frame": "romanjax._batch",
-    "simulate_frame": "romanjax._batch",
-    "apportion_frame": "romanjax._batch",
+    "fit_frame": "romanjax.host.frames",
+    "simulate_frame": "romanjax.host.frames",
+    "apportion_frame": "romanjax.host.frames",
 }
-_SUBMODULES = {"dq", "testing", "ramp", "l1", "io", "jax_scene"}
+_SUBMODULES = {"dq", "testing", "ramp", "l1", "host", "jax_scene"}
 
 __all__ = sorted(_EXPORTS) + ["dq", "__version__"]
 

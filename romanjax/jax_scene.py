@@ -237,7 +237,7 @@ def roman_psf(kind="roman", *, scale=0.11 / 4, size=128, fft_size=256, **psf_opt
     Parameters
     ----------
     kind : {"roman", "airy", "gaussian"} or galsim.GSObject
-        As :func:`romanjax.scene.make_psf` (``"roman"``: ``galsim.roman.getPSF``; options
+        As :func:`romanjax.host.scene.make_psf` (``"roman"``: ``galsim.roman.getPSF``; options
         such as ``sca``, ``filter_name``, ``wavelength`` [micron] go in ``psf_options``).
     scale : float
         Sampling of the PSF image [arcsec]; a quarter of Roman's pixel by default, so the

@@ -387,7 +387,7 @@ def apportion_counts(key: jax.Array, counts: ArrayLike, pattern: ReadPattern) ->
                          f"(the random streams are keyed by a 32-bit pixel index), got "
                          f"{math.prod(np.shape(counts))}")
     if _platform.apportions_through_frames(key, counts, pattern.n_resultants):
-        from .._batch import apportion_frame
+        from ..host.frames import apportion_frame
 
         return jax.device_put(apportion_frame(key, counts, pattern))
     dtype = float_dtype(counts)

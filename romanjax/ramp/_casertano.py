@@ -594,7 +594,7 @@ def fit_ramps_casertano(resultants: ArrayLike, pattern: ReadPattern, read_noise:
     kwargs = dict(dq=dq, detect_jumps=detect_jumps, threshold_intercept=threshold_intercept,
                   threshold_constant=threshold_constant)  # fmt: skip
     if through_frames(resultants, pattern, read_noise, dq):
-        from .._batch import fit_on_device
+        from ..host.frames import fit_on_device
 
         return fit_on_device("casertano", resultants, pattern, read_noise, **kwargs)
     return _fit_ramps_casertano(resultants, pattern, read_noise, **kwargs)

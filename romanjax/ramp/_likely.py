@@ -574,7 +574,7 @@ def fit_ramps_likely(resultants: ArrayLike, pattern: ReadPattern, read_noise: Ar
                   threshold_one_omit=threshold_one_omit, threshold_two_omit=threshold_two_omit)
     if not return_jump_amplitudes and through_frames(resultants, pattern, read_noise, dq,
                                                      flux_estimate):  # fmt: skip
-        from .._batch import fit_on_device
+        from ..host.frames import fit_on_device
 
         return fit_on_device("likely", resultants, pattern, read_noise, **kwargs)
     return _fit_ramps_likely(resultants, pattern, read_noise,

@@ -486,7 +486,7 @@ def fit_ramps_optimal(resultants: ArrayLike, pattern: ReadPattern, read_noise: A
     """
     kwargs = dict(flux_estimate=flux_estimate, dq=dq, grid=grid)
     if through_frames(resultants, pattern, read_noise, dq, flux_estimate):
-        from .._batch import fit_on_device
+        from ..host.frames import fit_on_device
 
         return fit_on_device("optimal", resultants, pattern, read_noise, **kwargs)
     return _fit_ramps_optimal(resultants, pattern, read_noise, **kwargs)

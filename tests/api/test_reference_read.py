@@ -175,7 +175,7 @@ def test_reference_read_and_persistence_together():
 
 
 def _l1_image(rng, shape=(6, 7)):
-    from romanjax.io import L1Image
+    from romanjax.host.io import L1Image
 
     l1, reference = romanjax.simulate_l1(jax.random.key(10), rng.integers(0, 10**5, shape),
                                          PATTERN, reference_read=True)  # fmt: skip
@@ -191,7 +191,7 @@ def test_roman_l1_file_stores_the_flight_encoding_and_round_trips(tmp_path):
     rdm = pytest.importorskip("roman_datamodels")
     from romanisim.l1 import encode_reference_read as their_encode
 
-    from romanjax.io import NBORDER, read_l1, write_roman_l1
+    from romanjax.host.io import NBORDER, read_l1, write_roman_l1
 
     image = _l1_image(np.random.default_rng(11))
     path = write_roman_l1(tmp_path / "ref_L1.asdf", image)
@@ -217,7 +217,7 @@ def test_roman_l1_file_stores_the_flight_encoding_and_round_trips(tmp_path):
 
 def test_romanjax_l1_file_keeps_the_reference_read(tmp_path):
     pytest.importorskip("asdf")
-    from romanjax.io import read_l1, write_l1
+    from romanjax.host.io import read_l1, write_l1
 
     image = _l1_image(np.random.default_rng(12))
     image.data_encoding_offset = 1000
@@ -236,7 +236,7 @@ def _l1_image_without_reference(image):
 
 
 def test_offsets_agree():
-    from romanjax.io._products import DATA_ENCODING_OFFSET as io_offset
+    from romanjax.host.io._products import DATA_ENCODING_OFFSET as io_offset
 
     assert io_offset == DATA_ENCODING_OFFSET
 
@@ -246,7 +246,7 @@ def test_roman_l1_refuses_resultants_its_encoding_would_clip(tmp_path):
     it) cannot be stored relative to it without clipping: the writer refuses them rather than
     write a file that reads back differently."""
     pytest.importorskip("roman_datamodels")
-    from romanjax.io import write_roman_l1
+    from romanjax.host.io import write_roman_l1
 
     image = _l1_image(np.random.default_rng(13))
     image.resultants = np.asarray(image.resultants).copy()

@@ -16,7 +16,7 @@ import pytest
 
 import romanjax
 from romanjax import dq as dqflags
-from romanjax._batch import (
+from romanjax.host.frames import (
     _simulate_frame,
     apportion_frame,
     balanced_chunk_pixels,
@@ -323,9 +323,9 @@ def test_fit_frame_packed_jump_flags_equal_direct(chunk_pixels):
 def test_large_frame_memory_measures_keep_results(monkeypatch):
     # the measure fit_frame takes for large frames on CPUs (the C heap trimmed after the
     # first chunk) must not change results: force it on a small one
-    from romanjax import _batch
+    from romanjax.host import frames
 
-    monkeypatch.setattr(_batch, "LARGE_FRAME_BYTES", 0)
+    monkeypatch.setattr(frames, "LARGE_FRAME_BYTES", 0)
     rng = np.random.default_rng(5)
     steps = rng.choice([0.0, 3e3], size=(MA4.n_resultants, 5000), p=[0.9, 0.1])
     resultants = (np.cumsum(steps, axis=0) + rng.normal(0, 3, steps.shape)).astype(np.float32)
@@ -517,11 +517,11 @@ def test_simulate_driver_runs_chunks_at_once(rng, monkeypatch):
     other, the first one times out)."""
     import threading
 
-    from romanjax import _batch
+    from romanjax.host import frames
 
     barrier = threading.Barrier(2, timeout=20)
     threads = set()
-    real = _batch._block_simulator
+    real = frames._block_simulator
 
     def meeting_block_simulator(*args):
         run = real(*args)
@@ -535,18 +535,18 @@ def test_simulate_driver_runs_chunks_at_once(rng, monkeypatch):
 
         return run_and_meet
 
-    monkeypatch.setattr(_batch, "_block_simulator", meeting_block_simulator)
+    monkeypatch.setattr(frames, "_block_simulator", meeting_block_simulator)
     counts = rng.integers(0, 100, (12, 16))  # 192 pixels: three chunks of 64 (4 rows)
     got = simulate_toy(jax.random.key(3), counts, chunk_pixels=64, gain=2.0, workers=2)
     assert len(threads) == 2 and all(name.startswith("romanjax-chunk") for name in threads)
-    monkeypatch.setattr(_batch, "_block_simulator", real)
+    monkeypatch.setattr(frames, "_block_simulator", real)
     want = simulate_toy(jax.random.key(3), counts, chunk_pixels=64, gain=2.0, workers=1)
     np.testing.assert_array_equal(got["resultants"], want["resultants"])
 
 
 def test_simulation_workers_default():
-    from romanjax._batch import _simulation_workers
     from romanjax._platform import usable_cores as _usable_cores
+    from romanjax.host.frames import _simulation_workers
 
     class Device:
         def __init__(self, platform):
@@ -597,15 +597,16 @@ def test_apportion_frame_chunking(rng):
 def test_apportion_counts_of_a_large_host_frame_runs_through_the_frame_driver(rng, monkeypatch):
     """On CPUs a numpy frame larger than one kernel chunk is apportioned by apportion_frame
     (one chunk per core): the same draws as the one-pass program, as a device array."""
-    from romanjax import _batch, _platform
+    from romanjax import _platform
+    from romanjax.host import frames
 
     counts = rng.integers(0, 3000, (600, 600))
     key = jax.random.key(2)
     assert _platform.apportions_through_frames(key, counts, MA4.n_resultants)
     assert not _platform.apportions_through_frames(key, jnp.asarray(counts), MA4.n_resultants)
     calls = []
-    original = _batch.apportion_frame
-    monkeypatch.setattr(_batch, "apportion_frame",
+    original = frames.apportion_frame
+    monkeypatch.setattr(frames, "apportion_frame",
                         lambda *a, **k: calls.append(1) or original(*a, **k))
     routed = romanjax.apportion_counts(key, counts, MA4)
     assert calls and isinstance(routed, jax.Array)
@@ -682,7 +683,7 @@ SHARDED_SCRIPT = textwrap.dedent(
     sys.path[:0] = [{tests!r}, {root!r}]
     import test_batch as t
     import romanjax
-    from romanjax._batch import fit_frame
+    from romanjax.host.frames import fit_frame
     assert jax.device_count() == 4, jax.devices()
     rng = np.random.default_rng(5)
     dtype = np.float64 if jax.config.jax_enable_x64 else np.float32
@@ -710,7 +711,7 @@ SHARDED_SCRIPT = textwrap.dedent(
     # block-keyed simulation does not depend on the number of devices
     counts = rng.integers(0, 100, (23, 29))
     one = jax.sharding.Mesh(np.array(jax.devices()[:1]), ("p",))
-    from romanjax._batch import _simulate_frame
+    from romanjax.host.frames import _simulate_frame
     runs = [_simulate_frame(t.toy_simulator, "simulate_frame", jax.random.key(3), counts, t.MA4,
                             chunk_pixels=c, mesh=m, progress=False, rng_block=64,
                             kwargs={{"gain": 2.0}})
@@ -868,7 +869,7 @@ def test_fit_frame_keeps_device_arrays_on_the_device(rng, method):
 
 @pytest.mark.parametrize("in_flight", [1, 2, 3])
 def test_run_chunks_keeps_chunks_in_flight(in_flight):
-    from romanjax._batch import _run_chunks
+    from romanjax.host.frames import _run_chunks
 
     events = []
     _run_chunks(range(0, 50, 10), lambda start: events.append(("submit", start)) or
@@ -903,7 +904,7 @@ def test_run_chunks_threads_wait_for_the_first_submit():
     import threading
     import time
 
-    from romanjax._batch import _run_chunks
+    from romanjax.host.frames import _run_chunks
 
     lock = threading.Lock()
     active, order = [0], []

@@ -16,9 +16,9 @@ from astropy.table import Table
 from conftest import requires_romanisim
 
 import romanjax
-from romanjax.cli import main
-from romanjax.io import read_l1, read_l2
-from romanjax.scene import make_scene
+from romanjax.host.cli import main
+from romanjax.host.io import read_l1, read_l2
+from romanjax.host.scene import make_scene
 
 needs_pipeline = pytest.mark.skipif(
     any(importlib.util.find_spec(m) is None for m in
@@ -32,7 +32,7 @@ SIZE = 48
 def test_help_subprocess():
     """The installed console script answers --help (falls back to `python -m`)."""
     script = shutil.which("romanjax") or str(Path(sys.executable).with_name("romanjax"))
-    command = [script] if Path(script).exists() else [sys.executable, "-m", "romanjax.cli"]
+    command = [script] if Path(script).exists() else [sys.executable, "-m", "romanjax.host.cli"]
     result = subprocess.run(command + ["--help"], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0
     for word in ("simulate", "fit", "inject"):
@@ -116,7 +116,7 @@ def test_simulate_writes_readable_files(simulated):
 def test_simulate_writes_roman_datamodels_by_default_and_romanjax_files_on_request(
         simulated, tmp_path):  # fmt: skip
     rdm = pytest.importorskip("roman_datamodels")
-    from romanjax.io import file_kind
+    from romanjax.host.io import file_kind
 
     for name, model_type in (("romanjax_L1.asdf", "ScienceRawModel"),
                              ("romanjax_L2.asdf", "ImageModel")):  # fmt: skip
@@ -164,7 +164,7 @@ def test_fit_command_matches_simulate(simulated, tmp_path, capsys):
 def test_fit_finds_jumps_and_ignores_truth_flags_by_default(tmp_path):
     """`romanjax fit` finds a jump in the resultants alone (likely, as romancal's default;
     casertano too), and uses the simulator's true cosmic-ray flags only when asked."""
-    from romanjax.io import L1Image, write_l1
+    from romanjax.host.io import L1Image, write_l1
 
     pattern = romanjax.ReadPattern.from_ma_table(4)
     rng = np.random.default_rng(5)
@@ -323,7 +323,7 @@ def test_inject_refuses_bad_catalog_rows(simulated, tmp_path, capsys, table, mes
 
 
 def test_unexpected_errors_are_one_line_unless_debug(tmp_path, capsys, monkeypatch):
-    from romanjax import cli
+    from romanjax.host import cli
 
     def broken(args):
         raise RuntimeError("something broke")
@@ -392,7 +392,7 @@ def test_fit_keeps_compiled_programs_in_its_cache(simulated, tmp_path):
     ROMANJAX_CACHE_DIR) and a second run reuses them; ROMANJAX_COMPILATION_CACHE=0 turns
     the cache off."""
     l1_path = simulated / "romanjax_L1.asdf"
-    command = [sys.executable, "-m", "romanjax.cli", "fit", str(l1_path), "--quiet"]
+    command = [sys.executable, "-m", "romanjax.host.cli", "fit", str(l1_path), "--quiet"]
     cache = tmp_path / "cache"
     env = dict(os.environ, ROMANJAX_COMPILATION_CACHE="1", ROMANJAX_CACHE_DIR=str(cache))
     first = subprocess.run(command + ["-o", str(tmp_path / "a.asdf")], env=env,
@@ -436,7 +436,7 @@ def test_fit_reads_roman_reference_files(simulated, tmp_path):
     mask = np.zeros(full, np.uint32)
     mask[science][20, 21] = dqbits.DO_NOT_USE
     files = {}
-    for kind, (model, attribute) in romanjax.io.REFERENCE_KINDS.items():
+    for kind, (model, attribute) in romanjax.host.io.REFERENCE_KINDS.items():
         ref = getattr(rdm.datamodels, model).create_fake_data(shape=full)
         value = mask if kind == "mask" else arrays[kind].astype(np.float32)
         setattr(ref, attribute, value)
@@ -450,7 +450,7 @@ def test_fit_reads_roman_reference_files(simulated, tmp_path):
     a = {kind: value[science].astype(np.float32).astype(np.float64)
          for kind, value in arrays.items()}  # fmt: skip
     dq = np.asarray(l1.dq, np.uint32) & ~np.uint32(dqbits.JUMP_DET)  # truth flags dropped
-    dq |= romanjax.io.saturation_flags(l1.resultants, a["saturation"])
+    dq |= romanjax.host.io.saturation_flags(l1.resultants, a["saturation"])
     dq[:, 20, 21] |= dqbits.DO_NOT_USE
     flat = a["flat"].copy()
     flat[5, 6] = 1.0

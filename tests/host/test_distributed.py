@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import romanjax
-from romanjax.distributed import fit_exposures, load_exposure, process_shard
+from romanjax.host.distributed import fit_exposures, load_exposure, process_shard
 
 MA4 = romanjax.ReadPattern.from_ma_table(4)
 

@@ -13,9 +13,9 @@ from astropy.table import Table
 from conftest import requires_romanisim
 
 import romanjax
-from romanjax.inject import inject_sources_into_l2
-from romanjax.io import L2Image
-from romanjax.scene import make_wcs
+from romanjax.host.inject import inject_sources_into_l2
+from romanjax.host.io import L2Image
+from romanjax.host.scene import make_wcs
 
 pytestmark = pytest.mark.skipif(
     importlib.util.find_spec("romanjax.ramp._casertano") is None
@@ -228,8 +228,8 @@ def test_injection_into_l1_recovers_the_flux():
     """inject_sources_into_l1: a 2000 e/s star added to a simulated L1 (sky and cosmic rays)
     and fitted with jump detection gives back its flux within 2% in a 25x25 box; pixels far
     from it are unchanged bit for bit; flags are kept."""
-    from romanjax.inject import inject_sources_into_l1
-    from romanjax.io import L1Image
+    from romanjax.host.inject import inject_sources_into_l1
+    from romanjax.host.io import L1Image
 
     pattern = romanjax.ReadPattern.from_ma_table(4)
     shape = (64, 64)
@@ -250,7 +250,7 @@ def test_injection_into_l1_recovers_the_flux():
         return np.asarray(romanjax.make_l2(img.resultants, pattern, read_noise=5.0, gain=2.0,
                                            method="likely").slope, np.float64)  # fmt: skip
 
-    from romanjax.scene import render_sources
+    from romanjax.host.scene import render_sources
 
     # the light the stamp holds (~97% of the Airy pattern), in the box [e/s]
     rendered = render_sources(shape, np.array([30.0]), np.array([33.0]),
@@ -303,8 +303,8 @@ def test_inject_command_reads_its_input_once(layout, tmp_path, monkeypatch):
     romanjax's extras; L2 or L1)."""
     import asdf
 
-    from romanjax.cli import main
-    from romanjax.io import L1Image, read_product, to_roman_l2, write_datamodel, write_l1
+    from romanjax.host.cli import main
+    from romanjax.host.io import L1Image, read_product, to_roman_l2, write_datamodel, write_l1
 
     if "Roman" in layout:
         pytest.importorskip("roman_datamodels")
@@ -314,9 +314,9 @@ def test_inject_command_reads_its_input_once(layout, tmp_path, monkeypatch):
     image = flat_l2(shape)
     source = tmp_path / "input.asdf"
     if layout == "romanjax L2":
-        romanjax.io.write_l2(source, image)
+        romanjax.host.io.write_l2(source, image)
     elif layout == "Roman L2":
-        romanjax.io.write_roman_l2(source, image)
+        romanjax.host.io.write_roman_l2(source, image)
     elif layout == "other Roman L2":  # a plain ImageModel, without romanjax_extras
         write_datamodel(to_roman_l2(image)[0], source)
     else:

@@ -10,7 +10,7 @@ import pytest
 from conftest import requires_romanisim
 
 import romanjax
-from romanjax.io import (
+from romanjax.host.io import (
     NBORDER,
     L1Image,
     L2Image,
@@ -22,7 +22,7 @@ from romanjax.io import (
     write_l1,
     write_l2,
 )
-from romanjax.scene import make_wcs
+from romanjax.host.scene import make_wcs
 
 
 def make_l1_image(rng, shape=(6, 7)):
@@ -110,7 +110,7 @@ def test_wrong_kind_and_corrupt_files(tmp_path, rng):
 def test_flipped_bytes_fail_the_checksum(tmp_path, rng):
     """A file whose array bytes were damaged is refused (ASDF block checksums are checked),
     never read as data; the command line says so in one line and exits 1."""
-    from romanjax.cli import main
+    from romanjax.host.cli import main
 
     path = write_l1(tmp_path / "good_L1.asdf", make_l1_image(rng, shape=(30, 30)))
     data = bytearray(path.read_bytes())
@@ -145,8 +145,8 @@ def test_atomic_write_keeps_old_file(tmp_path, rng, monkeypatch):
 
 
 def test_a_file_set_is_written_as_a_unit_and_stale_staging_is_removed(tmp_path, rng):
-    from romanjax.io import atomic_paths
-    from romanjax.io._asdf import STALE_STAGING_SECONDS
+    from romanjax.host.io import atomic_paths
+    from romanjax.host.io._asdf import STALE_STAGING_SECONDS
 
     a, b = tmp_path / "set_L1.asdf", tmp_path / "set_L2.asdf"
     write_l2(a, make_l2_image(rng))
@@ -281,7 +281,7 @@ def test_romanisim_l2_round_trips_as_romanjax_file_with_gwcs(romanisim_files, tm
     assert np.array_equal(back.data, l2.data) and np.array_equal(back.dq, l2.dq)
 
 
-# -- Roman datamodel files written by romanjax (romanjax.io.write_roman_l1 / write_roman_l2) --
+# -- Roman datamodel files written by romanjax (romanjax.host.io.write_roman_l1 / write_roman_l2) --
 
 def _integer_l1(rng):
     l1 = make_l1_image(rng)
@@ -291,7 +291,7 @@ def _integer_l1(rng):
 
 def test_roman_l1_opens_and_validates_in_roman_datamodels_and_round_trips(tmp_path, rng):
     rdm = pytest.importorskip("roman_datamodels")
-    from romanjax.io import write_roman_l1
+    from romanjax.host.io import write_roman_l1
 
     l1 = _integer_l1(rng)
     path = write_roman_l1(tmp_path / "r_L1.asdf", l1)
@@ -317,7 +317,7 @@ def test_roman_l1_opens_and_validates_in_roman_datamodels_and_round_trips(tmp_pa
 
 def test_roman_l2_opens_and_validates_with_an_equal_gwcs(tmp_path, rng):
     rdm = pytest.importorskip("roman_datamodels")
-    from romanjax.io import write_roman_l2
+    from romanjax.host.io import write_roman_l2
 
     l2 = make_l2_image(rng)
     path = write_roman_l2(tmp_path / "r_L2.asdf", l2)
@@ -357,7 +357,7 @@ def test_roman_files_name_the_ma_table_of_their_read_pattern(tmp_path, rng):
     """meta.exposure.ma_table_number is the MA table whose reads the pattern has (whatever
     the read time), and the datamodel's default for any other pattern."""
     rdm = pytest.importorskip("roman_datamodels")
-    from romanjax.io import write_roman_l1, write_roman_l2
+    from romanjax.host.io import write_roman_l1, write_roman_l2
 
     default = rdm.datamodels.ImageModel.create_fake_data(shape=(2, 2))
     unknown = default.meta.exposure.ma_table_number
@@ -381,7 +381,7 @@ def test_roman_files_name_the_ma_table_of_their_read_pattern(tmp_path, rng):
 def test_roman_l1_keeps_its_uint32_resultant_flags_in_the_extras(tmp_path, rng):
     """Roman's per-resultant flags are uint8: the L1 has none, and the extras hold every bit."""
     rdm = pytest.importorskip("roman_datamodels")
-    from romanjax.io import write_roman_l1
+    from romanjax.host.io import write_roman_l1
 
     l1 = _integer_l1(rng)
     l1.dq = l1.dq | np.where(rng.random(l1.dq.shape) < 0.3, romanjax.dq.NONLINEAR,
@@ -404,8 +404,8 @@ def test_roman_writer_gets_the_models_node_from_roman_datamodels(rng):
     pytest.importorskip("roman_datamodels")
     from roman_datamodels.datamodels import TaggedObjectNode
 
-    from romanjax.io import to_roman_l1, to_roman_l2
-    from romanjax.io._roman import _datamodel_node
+    from romanjax.host.io import to_roman_l1, to_roman_l2
+    from romanjax.host.io._roman import _datamodel_node
 
     for model, _ in (to_roman_l1(_integer_l1(rng)), to_roman_l2(make_l2_image(rng))):
         node = _datamodel_node(model)
@@ -420,7 +420,7 @@ def test_roman_writer_gets_the_models_node_from_roman_datamodels(rng):
 
 def test_roman_l1_refuses_values_uint16_cannot_hold(tmp_path, rng):
     pytest.importorskip("roman_datamodels")
-    from romanjax.io import write_roman_l1
+    from romanjax.host.io import write_roman_l1
 
     l1 = make_l1_image(rng)  # fractional DN
     with pytest.raises(ValueError, match="`resultants`"):
@@ -436,7 +436,7 @@ def test_ramp_fit_datamodel_turns_a_ramp_model_into_romancals_image_model():
     rdm = pytest.importorskip("roman_datamodels")
     import jax
 
-    from romanjax.io import ramp_fit_datamodel
+    from romanjax.host.io import ramp_fit_datamodel
 
     pattern = romanjax.ReadPattern.from_ma_table(4)
     shape = (10, 12)
@@ -474,7 +474,7 @@ def test_ramp_fit_datamodel_turns_a_ramp_model_into_romancals_image_model():
 
 
 def test_read_reference_trims_the_border_and_names_bad_shapes():
-    from romanjax.io import read_reference, saturation_flags
+    from romanjax.host.io import read_reference, saturation_flags
 
     full = np.arange(14 * 16, dtype=float).reshape(14, 16)
     np.testing.assert_array_equal(read_reference(full, "gain", (6, 8)), full[4:-4, 4:-4])

@@ -16,7 +16,7 @@ Layout, as romanisim writes them:
   as flight data are, and as romanisim writes it: ``reference_read`` ``[ny + 8, nx + 8]`` (zero
   border), ``meta.instrument.data_encoding_offset``, ``data`` (border included) and
   ``amp33`` encoded as ``clip(value - reference + offset, 0, 65535)`` (the ``amp33``
-  relative to a zero ``reference_amp33``), so :func:`romanjax.io.read_product`, romancal
+  relative to a zero ``reference_amp33``), so :func:`romanjax.host.io.read_product`, romancal
   and romanisim decode them.
 * L2: ``data`` [DN/s] float32, ``dq`` uint32 (the pixel flags, all 32 bits), and the
   schema's float16 ``err``, ``var_poisson`` and ``var_rnoise`` [(DN/s)**2] (float16 is what
@@ -24,13 +24,13 @@ Layout, as romanisim writes them:
 
 What the schema has no place for (the L1 resultant flags, the full-precision variances, the
 gain and read noise, romanjax's provenance and an astropy WCS) goes to a ``romanjax_extras``
-node beside ``roman`` in the same file, so :func:`romanjax.io.read_product` gets back exactly
+node beside ``roman`` in the same file, so :func:`romanjax.host.io.read_product` gets back exactly
 what was written while any Roman tool sees a valid datamodel. Roman's per-resultant flags
 are uint8 (a ``ScienceRawModel``'s optional ``resultantdq``, which becomes a ``RampModel``'s
 ``groupdq``), so only the low 8 bits of romanjax's uint32 resultant flags would survive
 there (``NONLINEAR``, ``NO_FLAT_FIELD`` and the other high bits would not): the L1 is
 written without ``resultantdq`` and its full uint32 flags are kept as ``dq`` in the extras,
-where :func:`romanjax.io.read_product` takes them from. A gwcs WCS is stored as
+where :func:`romanjax.host.io.read_product` takes them from. A gwcs WCS is stored as
 ``meta.wcs``; an astropy (FITS) TAN WCS exactly in the extras and as an equal gwcs in
 ``meta.wcs`` (:func:`gwcs_from_fits`); no WCS is ``meta.wcs = None``, as romancal's ramp fit
 writes before ``assign_wcs``.
@@ -43,7 +43,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .._read_pattern import MA_TABLES
+from ..._read_pattern import MA_TABLES
 from ._asdf import NBORDER, _scalar_or_array, atomic_path
 from ._products import L1Image, L2Image
 
@@ -339,7 +339,7 @@ def write_roman_l1(path, l1: L1Image):
 
     The resultant flags ``l1.dq`` (uint32) are written whole to the ``romanjax_extras`` node
     and not to the model: Roman's per-resultant flags (``resultantdq``, a ``RampModel``'s
-    ``groupdq``) are uint8 and would keep only their low 8 bits. :func:`romanjax.io.read_l1`
+    ``groupdq``) are uint8 and would keep only their low 8 bits. :func:`romanjax.host.io.read_l1`
     reads them back exactly; other Roman tools see an L1 without resultant flags.
 
     Returns the path. Raises ImportError without roman_datamodels."""

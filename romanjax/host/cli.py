@@ -77,7 +77,7 @@ def _positive_float(text):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import __version__
+    from .. import __version__
 
     parser = argparse.ArgumentParser(
         prog="romanjax",
@@ -262,7 +262,7 @@ def _flags_for_fit(dq, truth_flags: bool):
     cosmic-ray hits (JUMP_DET) are cleared; the other flags stay."""
     import numpy as np
 
-    from .dq import JUMP_DET
+    from ..dq import JUMP_DET
 
     dq = np.asarray(dq, np.uint32)
     return dq if truth_flags else dq & np.uint32(~JUMP_DET & 0xFFFFFFFF)
@@ -397,7 +397,7 @@ def _fit(args):
     if "mask" in refs:
         dq = dq | refs["mask"][None]
     if "flat" in refs:  # unusable flat values: not flat-fielded, flagged (romancal's flat step)
-        from .dq import NO_FLAT_FIELD
+        from ..dq import NO_FLAT_FIELD
 
         no_flat = ~(np.isfinite(refs["flat"]) & (refs["flat"] > 0))
         refs["flat"] = np.where(no_flat, 1.0, refs["flat"])

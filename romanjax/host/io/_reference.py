@@ -102,7 +102,7 @@ def saturation_flags(resultants, saturation) -> np.ndarray:
     """romancal's saturation step: SATURATED on every resultant at or above ``saturation``
     [DN] and on all later ones (a pixel stays saturated until reset). Returns uint32 flags of
     the resultants' shape."""
-    from ..dq import SATURATED
+    from ...dq import SATURATED
 
     hit = np.asarray(resultants) >= np.asarray(saturation)[None]
     hit = np.logical_or.accumulate(hit, axis=0)

@@ -13,7 +13,7 @@ import copy
 
 import numpy as np
 
-from . import dq as dqflags
+from .. import dq as dqflags
 from .io._products import DEFAULT_GAIN, DEFAULT_READ_NOISE, L1Image, L2Image
 
 __all__ = ["inject_sources_into_l2", "inject_sources_into_l1"]
@@ -124,8 +124,8 @@ def inject_sources_into_l1(image: L1Image, catalog, *, key, psf=None, gain=None,
 
     Parameters
     ----------
-    image : romanjax.io.L1Image
-        The L1 exposure (e.g. :func:`romanjax.io.read_l1` of a romanjax or romanisim file);
+    image : romanjax.host.io.L1Image
+        The L1 exposure (e.g. :func:`romanjax.host.io.read_l1` of a romanjax or romanisim file);
         not modified. Its response must be linear in charge unless ``inverse_linearity``
         is given (see :func:`romanjax.inject_counts_into_l1`).
     catalog, key, psf, stamp_size, progress
@@ -142,7 +142,7 @@ def inject_sources_into_l1(image: L1Image, catalog, *, key, psf=None, gain=None,
 
     Returns
     -------
-    romanjax.io.L1Image
+    romanjax.host.io.L1Image
         A new L1 image: the resultants with the sources' electrons, the flags with any new
         ``SATURATED``; pattern, gain, read noise and WCS as the input's.
 
@@ -153,10 +153,10 @@ def inject_sources_into_l1(image: L1Image, catalog, *, key, psf=None, gain=None,
         :func:`romanjax.inject_counts_into_l1` for ``gain``, ``saturation`` and
         ``inverse_linearity``.
     """
-    from .l1._inject import inject_counts_into_l1
+    from ..l1._inject import inject_counts_into_l1
 
     if not isinstance(image, L1Image):
-        raise ValueError("inject_sources_into_l1: `image` must be a romanjax.io.L1Image, got "
+        raise ValueError("inject_sources_into_l1: `image` must be a romanjax.host.io.L1Image, got "
                          f"{type(image).__name__}")  # fmt: skip
     gain = image.gain if gain is None else gain
     shape = tuple(image.resultants.shape[1:])
@@ -199,8 +199,8 @@ def inject_sources_into_l2(image, catalog, *, key, psf=None, gain=None, read_noi
 
     Parameters
     ----------
-    image : romanjax.io.L2Image or roman_datamodels ImageModel
-        The L2 image (e.g. from :func:`romanjax.io.read_l2`, or a romanisim ``ImageModel``
+    image : romanjax.host.io.L2Image or roman_datamodels ImageModel
+        The L2 image (e.g. from :func:`romanjax.host.io.read_l2`, or a romanisim ``ImageModel``
         from ``roman_datamodels.open``, or the ``WfiImage`` node ``romanisim.image.simulate``
         returns). It is not modified (deep copy). Arrays the image does not have (recent
         roman_datamodels ``ImageModel``s carry no ``var_rnoise``) are not added.
@@ -213,7 +213,7 @@ def inject_sources_into_l2(image, catalog, *, key, psf=None, gain=None, read_noi
         Randomness for the Poisson counts and their apportioning.
     psf : galsim.GSObject or {"airy", "gaussian", "roman"}, optional
         Default: Roman's obscured Airy pattern at 1.58 micron; ``"roman"`` uses
-        ``galsim.roman.getPSF`` (see :func:`romanjax.scene.make_psf`).
+        ``galsim.roman.getPSF`` (see :func:`romanjax.host.scene.make_psf`).
     gain : float or array ``[ny, nx]``, optional
         [e/DN]. Default: the image's ``gain`` when it carries one (romanjax L2 images), else
         romanisim's default 2 e/DN (roman_datamodels images carry no gain).
@@ -242,7 +242,7 @@ def inject_sources_into_l2(image, catalog, *, key, psf=None, gain=None, read_noi
 
     import romanjax
 
-    from .l2 import make_l2
+    from ..l2 import make_l2
 
     if isinstance(image, L2Image):
         out = image.copy()
@@ -268,7 +268,7 @@ def inject_sources_into_l2(image, catalog, *, key, psf=None, gain=None, read_noi
         image_gain, image_read_noise = DEFAULT_GAIN, DEFAULT_READ_NOISE
     else:
         raise ValueError(
-            "inject_sources_into_l2: `image` must be a romanjax.io.L2Image or a "
+            "inject_sources_into_l2: `image` must be a romanjax.host.io.L2Image or a "
             f"roman_datamodels ImageModel, got {type(image).__name__}"
         )
     gain = image_gain if gain is None else gain

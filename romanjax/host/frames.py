@@ -48,13 +48,13 @@ import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
 
-from . import _platform
-from ._read_pattern import ReadPattern
-from ._validate import check_pixel_shape, check_values
+from .. import _platform
+from .._read_pattern import ReadPattern
+from .._validate import check_pixel_shape, check_values
 
 if TYPE_CHECKING:
-    from .l1._simulate import L1
-    from .ramp._common import RampFit
+    from ..l1._simulate import L1
+    from ..ramp._common import RampFit
 
 __all__ = [
     "fit_frame",
@@ -680,7 +680,7 @@ def _split_carried(function, kwargs, pixels):
     stacked, shared, rest = {}, {}, {}
     for name, value in kwargs.items():
         if name in _STACKED and value is not None:
-            from .l1._persistence import PersistenceState
+            from ..l1._persistence import PersistenceState
 
             if not isinstance(value, PersistenceState):
                 raise TypeError(f"{function}: `{name}` must be a PersistenceState, got "
@@ -725,7 +725,7 @@ def _apportion_program(pattern, dtype, mesh):
     """Jitted ``(key, counts [chunk], start) -> resultants [n, chunk]`` over ``mesh``: each
     device apportions its run of the chunk with the global pixel indices of that run, so
     the draws are those of one call on the whole frame."""
-    from .l1._apportion import _apportion
+    from ..l1._apportion import _apportion
 
     axes = tuple(mesh.axis_names)
     spec = jax.sharding.PartitionSpec
@@ -786,8 +786,8 @@ def apportion_frame(key: jax.Array, counts: ArrayLike, pattern: ReadPattern, *,
         Invalid ``counts`` (as :func:`apportion_counts`), 2**32 - 1 pixels or more, bad
         ``chunk_pixels`` or ``workers``.
     """
-    from ._validate import check_pattern, float_dtype
-    from .l1._apportion import check_counts
+    from .._validate import check_pattern, float_dtype
+    from ..l1._apportion import check_counts
 
     if rng_block is not None:
         import warnings

@@ -72,7 +72,7 @@ def ramp_fit_datamodel(ramp, *, read_noise, gain, method: str = "likely",
         If the read pattern, the data or a reference array does not fit the ramp.
     """
     datamodels = _require_datamodels("ramp_fit_datamodel")
-    from ..l2 import make_l2
+    from ...l2 import make_l2
     from ._asdf import _roman_pattern
 
     pattern = _roman_pattern(ramp, "RampModel")

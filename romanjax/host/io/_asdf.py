@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .._read_pattern import DEFAULT_READ_TIME, ReadPattern
+from ..._read_pattern import DEFAULT_READ_TIME, ReadPattern
 from ._products import DATA_ENCODING_OFFSET, DEFAULT_GAIN, DEFAULT_READ_NOISE, L1Image, L2Image
 
 __all__ = [
@@ -131,7 +131,7 @@ def _umask() -> int:
 
 
 def _version() -> str:
-    from .. import __version__
+    from ... import __version__
 
     return __version__
 
@@ -393,7 +393,7 @@ def _roman_wcs(node):
 
 def _extras(tree, kind, path):
     """romanjax's ``romanjax_extras`` node of a Roman datamodel file it wrote (see
-    :mod:`romanjax.io._roman`), or an empty dict."""
+    :mod:`romanjax.host.io._roman`), or an empty dict."""
     extras = tree.get("romanjax_extras")
     if not isinstance(extras, dict):
         return {}

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from .._read_pattern import ReadPattern
+from ..._read_pattern import ReadPattern
 
 __all__ = ["L1Image", "L2Image", "DEFAULT_GAIN", "DEFAULT_READ_NOISE"]
 

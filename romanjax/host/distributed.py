@@ -28,7 +28,7 @@ Open MPI and on Cloud TPU; otherwise pass ``coordinator_address``, ``num_process
 parallel over processes with no cross-host communication at all::
 
     import jax, romanjax
-    from romanjax.distributed import process_shard
+    from romanjax.host.distributed import process_shard
     jax.distributed.initialize()
     for path in process_shard(all_exposure_paths):     # this process's share
         resultants = load(path)                        # numpy, host memory
@@ -88,7 +88,7 @@ def load_exposure(item):
 
 
 def _fit_one(item, pattern, read_noise, method, loader, writer, fit_kwargs):
-    from ._batch import fit_frame
+    from .frames import fit_frame
 
     resultants, dq = loader(item)
     fit = fit_frame(resultants, pattern, read_noise, method=method, dq=dq, **fit_kwargs)
