@@ -680,15 +680,13 @@ def _split_carried(function, kwargs, pixels):
     stacked, shared, rest = {}, {}, {}
     for name, value in kwargs.items():
         if name in _STACKED and value is not None:
-            from ..l1._persistence import PersistenceState
+            from ..l1._persistence import PersistenceState, _check_state
 
-            if not isinstance(value, PersistenceState):
-                raise TypeError(f"{function}: `{name}` must be a PersistenceState, got "
-                                f"{type(value).__name__}")  # fmt: skip
-            leaves = [np.asarray(leaf) for leaf in value]
-            if not all(np.all(np.isfinite(leaf)) for leaf in leaves):
-                raise ValueError(f"{function}: `{name}` holds non-finite values")
-            if any(leaf.ndim < 1 or leaf.shape[1:] != pixels for leaf in leaves):
+            if isinstance(value, PersistenceState):  # on the host from here on
+                value = PersistenceState(*(np.asarray(leaf) for leaf in value))
+            _check_state(function, value, name)  # the type, one shape, finite values
+            leaves = list(value)
+            if any(leaf.shape[1:] != pixels for leaf in leaves):
                 raise ValueError(f"{function}: `{name}` holds arrays of shapes "
                                  f"{[leaf.shape for leaf in leaves]}, not [n_events, *pixels] "
                                  f"with pixels {pixels} of `counts`")  # fmt: skip

@@ -643,7 +643,7 @@ def test_simulate_l1_persistence_errors():
     bad.time[0] = np.nan
     with pytest.raises(ValueError, match="simulate_l1: `persistence.time` holds non-finite"):
         romanjax.simulate_l1(key, counts, pattern, persistence=bad, start_time=0.0)
-    with pytest.raises(ValueError, match="simulate_frame: `persistence` holds non-finite"):
+    with pytest.raises(ValueError, match="simulate_frame: `persistence.time` holds non-finite"):
         romanjax.simulate_frame(key, counts, pattern, persistence=bad, start_time=0.0)
     with pytest.raises(TypeError, match="simulate_l1: `persistence` must be a PersistenceState"):
         romanjax.simulate_l1(key, counts, pattern, persistence=(state.fluence, state.time),
