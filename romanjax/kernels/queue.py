@@ -2,8 +2,10 @@
 
 ``jnp.nonzero(mask, size=...)`` and ``jnp.cumsum`` lower to slow sequential loops on XLA
 CPU; a two-level prefix count (sequential sums within rows of ``width``
-entries, the row totals recursively) and one scatter do the same in a few ms. Used by the
-binomial sampler (rejected draws) and the Casertano jump stage (candidate pixels).
+entries, the row totals recursively) and one scatter do the same in a few ms. It is how every
+data-dependent subset of pixels is gathered: the binomial sampler's rejected draws, the
+Casertano jump stage's candidate pixels, the likelihood fitter's jump-search queue and the
+refit of pixels with non-finite resultants.
 """
 
 from __future__ import annotations

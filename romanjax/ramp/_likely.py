@@ -77,6 +77,7 @@ from ..kernels.linalg import (
     tridiagonal_solve,
 )
 from ..kernels.order import masked_median
+from ..kernels.queue import compact
 from ._common import (
     RampFit,
     exclude_non_finite,
@@ -406,7 +407,8 @@ def _jump_search(d, mask0, read_noise, center, thresholds, *, pattern, amplitude
     A cheap chi-square screen over every pixel decides which pixels can drop anything in
     the first iteration; later iterations run only on the pixels whose mask just changed and
     that keep more than three differences (stcal's ``recheck``). The searching pixels are
-    compacted into batches of a fixed size (a work queue in a ``lax.while_loop``), so the cost
+    compacted (:func:`romanjax.kernels.queue.compact`, as every data-dependent subset in the
+    fitters) into batches of a fixed size (a work queue in a ``lax.while_loop``), so the cost
     follows the number of pixels with jumps, not the number of iterations times the frame.
     """
     m, npix = d.shape
@@ -426,7 +428,7 @@ def _jump_search(d, mask0, read_noise, center, thresholds, *, pattern, amplitude
 
     def body(state):
         mask, active, amp = state
-        (index,) = jnp.nonzero(active, size=size, fill_value=npix)
+        index = compact(active, size)
         take = jnp.minimum(index, npix - 1)
         valid = index < npix
         sub_mask, sub_active, sub_amp = step(
