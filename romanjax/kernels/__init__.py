@@ -5,7 +5,8 @@ numpy on traced values, no I/O. ``queue``: stream compaction of the pixels a dat
 step must revisit; ``order``: sorting networks, medians and selection on short axes;
 ``linalg``: the O(n) symmetric tridiagonal solve; ``rng``: Philox4x32-10 random words keyed
 by global element index;
-``binomial``: the exact vectorised binomial sampler of the apportionment. Where the best
+``binomial``: the exact vectorised binomial sampler of the apportionment; ``jumps``: the
+jump statistics of stcal's ``ols_cas22`` on sub-ramps. Where the best
 kernel differs by platform (materialisation of intermediates, the redraw schedule, the
 64-bit product, the float64 ``log k!`` table) the choice is made when lowering, through
 :mod:`romanjax._platform` (``by_platform``, ``materialise``).

@@ -25,7 +25,7 @@ only pixels with flagged resultants, or whose whole ramp fails the jump test, ar
 (in pixel order) and refitted ``BLOCK_PIXELS`` at a time with the general sub-ramp kernel
 (sub-ramps as masks over the resultant axis, segment sums as forward/backward recurrences
 over the rows of :mod:`romanjax.kernels.linalg`, materialised between stages by
-:func:`._jumps.barrier`) and, with jump detection, iterated until no sub-ramp splits.
+:func:`romanjax._platform.materialise`) and, with jump detection, iterated until no sub-ramp splits.
 """
 
 from __future__ import annotations
@@ -38,8 +38,10 @@ import numpy as np
 from jax.typing import ArrayLike
 
 from .. import dq as dqflags
+from .._platform import materialise
 from .._read_pattern import ReadPattern
 from .._validate import prepare_inputs
+from ..kernels.jumps import segment_jumps, whole_ramp_trigger
 from ..kernels.linalg import (
     append_row,
     as_rows,
@@ -62,7 +64,6 @@ from ._common import (
     unfitted_flags,
     unpack_jumps,
 )
-from ._jumps import barrier, segment_jumps, whole_ramp_trigger
 
 __all__ = ["fit_ramps_casertano", "casertano_weights", "P_EDGES", "P_VALUES"]
 
@@ -223,7 +224,7 @@ def _segments(rows, good, read_var, pattern, *, want_coefficients=False):
     cont = prepend_row(no, rmap(jnp.logical_and, good[1:], good[:-1]))
     next_in = append_row(cont[1:], no)
     first = rmap(lambda g, c: g & ~c, good, cont)
-    cont, next_in, first = barrier((cont, next_in, first), flag)
+    cont, next_in, first = materialise((cont, next_in, first), flag)
 
     # start time/value forward, end time/value backward, within each run
     def carry_over(carry, row):  # keep the run's value while linked, else take this one
@@ -234,7 +235,7 @@ def _segments(rows, good, read_var, pattern, *, want_coefficients=False):
     _, (t_start, r_start) = recurrence(carry_over, (zero, zero), (cont, tbar, rows))
     _, (t_end, r_end) = recurrence(carry_over, (zero, zero), (next_in, tbar, rows),
                                    reverse=True)  # fmt: skip
-    t_start, r_start, t_end, r_end = barrier((t_start, r_start, t_end, r_end), flag)
+    t_start, r_start, t_end, r_end = materialise((t_start, r_start, t_end, r_end), flag)
 
     # weights (Eq. 45) in centred, scaled time v in [-1, 1]
     def weights(g, t, ts, te, rs, re, *pre):
@@ -256,7 +257,7 @@ def _segments(rows, good, read_var, pattern, *, want_coefficients=False):
 
     wvh = rmap(weights, good, tbar, t_start, t_end, r_start, r_end, *prefactor)
     w, v, half = unzip_rows(wvh, 3)
-    w, v, half = barrier((w, v, half), flag)
+    w, v, half = materialise((w, v, half), flag)
 
     # segment sums F0, F1, F2: forward accumulation, backward broadcast from the run's end
     def accumulate(carry, row):
@@ -271,9 +272,9 @@ def _segments(rows, good, read_var, pattern, *, want_coefficients=False):
         return carry, carry
 
     _, sums = recurrence(accumulate, (zero, zero, zero), (cont, w, v))
-    sums = barrier(sums, flag)
+    sums = materialise(sums, flag)
     _, sums = recurrence(broadcast, (zero, zero, zero), (next_in, *sums), reverse=True)
-    sums = barrier(sums, flag)
+    sums = materialise(sums, flag)
 
     # K (Eq. 37)
     def coefficient(f0, f1, f2, vi, wi, h):
@@ -282,7 +283,7 @@ def _segments(rows, good, read_var, pattern, *, want_coefficients=False):
         return jnp.where(ok, (f0 * vi - f1) * wi / (jnp.where(ok, det, 1) * h), 0), ok
 
     k, ok = unzip_rows(rmap(coefficient, *sums, v, w, half), 2)
-    k, ok = barrier((k, ok), flag)
+    k, ok = materialise((k, ok), flag)
 
     # per-run accumulations of slope, read and Poisson coefficients
     def per_run(carry, row):
@@ -298,7 +299,7 @@ def _segments(rows, good, read_var, pattern, *, want_coefficients=False):
 
     _, accumulated = recurrence(per_run, (zero, zero, zero, zero),
                                 (cont, k, tbar, tau, t_start, rows, r_start, nreads))
-    slope_acc, read_acc, poisson_acc = barrier(accumulated, flag)
+    slope_acc, read_acc, poisson_acc = materialise(accumulated, flag)
 
     # combine at the last resultant of each run (segments of >= 2 resultants, D != 0)
     def segment(g, nxt, oki, ts, te, s_acc, r_acc, p_acc):
@@ -320,7 +321,7 @@ def _segments(rows, good, read_var, pattern, *, want_coefficients=False):
 
     _, alpha = recurrence(from_end, zero, (next_in, slope_acc), reverse=True)
     span = rmap(jnp.subtract, t_end, t_start)
-    alpha, span = barrier((alpha, span), flag)
+    alpha, span = materialise((alpha, span), flag)
     out = {
         "slope": slope, "var_read": var_read, "coeff": coeff, "fitted": fitted,
         "next_in": next_in, "first": first, "alpha": alpha,

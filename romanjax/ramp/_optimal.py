@@ -54,7 +54,6 @@ from ._common import (
     unfitted_flags,
 )
 from ._covariance import covariance_parts, design_matrix
-from ._jumps import barrier
 
 __all__ = ["fit_ramps_optimal", "optimal_weight_grid", "DEFAULT_GRID"]
 
@@ -224,7 +223,7 @@ def _optimal_rows(differences, read_noise, flux_estimate, *, pattern, grid):
         )
         # materialise the median: fused into the interval search below, whose gathers make
         # XLA CPU emit a scalar loop, its sorting network would run in that scalar loop too
-        flux_estimate = barrier(flux_estimate, flag)
+        flux_estimate = materialise(flux_estimate, flag)
     has_read_noise = read_var > 0
     safe_read_var = jnp.where(has_read_noise, read_var, 1)
     x = jnp.where(has_read_noise, flux_estimate / safe_read_var, jnp.inf)
@@ -235,7 +234,7 @@ def _optimal_rows(differences, read_noise, flux_estimate, *, pattern, grid):
     # materialise the per-pixel interval and offset: when this is inlined into a larger jit
     # (a user's own jax.jit around the fitter) XLA otherwise recomputes the median and the
     # interval search inside every one of the 2n + 4 gathered quantities (~5x slower)
-    x, interval, t = barrier((x, interval, t), flag)
+    x, interval, t = materialise((x, interval, t), flag)
 
     def value(q):  # quantity q of the table at x (Horner)
         c = [jnp.take(table[p, q], interval, mode="clip") for p in range(4)]

@@ -130,7 +130,7 @@ def test_candidate_compaction(rng, m):
 def _exact_whole_ramp_split(ramps, alpha, read_noise, pattern, intercept=5.5, constant=1 / 3):
     """float64 numpy: stcal's whole-ramp decision (running max of max(z1, z2) over
     i = 0..n-3 started at z1[n-2], NaN start never replaced, strictly above the threshold)."""
-    from romanjax.ramp._jumps import jump_constants
+    from romanjax.kernels.jumps import jump_constants
 
     c = jump_constants(pattern)
     n = pattern.n_resultants
@@ -156,7 +156,7 @@ def test_whole_ramp_screen_is_a_superset(rng, table):
     noise, negative and zero slopes, jumps of all sizes), and few others."""
     import jax.numpy as jnp
 
-    from romanjax.ramp._jumps import whole_ramp_trigger
+    from romanjax.kernels.jumps import whole_ramp_trigger
 
     pattern = ReadPattern(UNEVEN_READS) if table == "uneven" else ReadPattern.from_ma_table(table)
     npix = 40_000

@@ -29,19 +29,9 @@ import numpy as np
 
 from .._platform import materialise
 from .._read_pattern import ReadPattern
-from ..kernels.linalg import append_row, as_rows, recurrence, rmap, sum_rows, unzip_rows
+from .linalg import append_row, as_rows, recurrence, rmap, sum_rows, unzip_rows
 
 __all__ = ["jump_constants", "threshold", "whole_ramp_trigger", "segment_jumps"]
-
-
-def barrier(tree, flag):
-    """Materialise intermediate results (a pytree of arrays): stops XLA from duplicating the
-    unrolled O(n) forward/backward scans over the resultant axis into every consumer fusion
-    (the sub-ramp fit and jump step compile to many times their operations without it).
-    ``flag`` is a scalar bool that is False at run time but not provably so (see
-    :func:`romanjax._platform.materialise`, which chooses the mechanism per platform). The
-    identity for differentiation."""
-    return materialise(tree, flag)
 
 
 @lru_cache(maxsize=64)
@@ -175,8 +165,8 @@ def segment_jumps(rows, good, next_in, first, alpha, span, read_var, pattern, in
     stat, double_ok = unzip_rows(rmap(statistic, rows[2:], rows[:-2], c["inv_dt2"], c["read2"],
                                   c["poisson2"], alpha[:-2], corr[:-2], z1[:-1], next_in[:-2],
                                   next_in[1:-1]), 2)  # fmt: skip
-    flag = read_var[0] == -jnp.inf  # runtime False for barrier()
-    z1, stat, double_ok = barrier((z1, stat, double_ok), flag)
+    flag = read_var[0] == -jnp.inf  # False at run time, not provably so (materialise)
+    z1, stat, double_ok = materialise((z1, stat, double_ok), flag)
     positions = as_rows(np.arange(n, dtype=np.int32), n)
     no_start = (jnp.full_like(rows[0], nan), jnp.full(rows[0].shape, -1, jnp.int32))
 
@@ -193,7 +183,7 @@ def segment_jumps(rows, good, next_in, first, alpha, span, read_var, pattern, in
                                          reverse=True)  # fmt: skip
     start = append_row(start, no_start[0])
     start_index = append_row(start_index, no_start[1])
-    start, start_index = barrier((start, start_index), flag)
+    start, start_index = materialise((start, start_index), flag)
 
     # forward running max (strict '>', visiting s..e-2 in order) within each sub-ramp; the
     # statistics stop two resultants before the end
@@ -213,7 +203,7 @@ def segment_jumps(rows, good, next_in, first, alpha, span, read_var, pattern, in
     _, (bests, best_indices) = recurrence(
         running_max, (start[0], start_index[0]),
         (first, start, start_index, double_ok, stat, positions))  # fmt: skip
-    bests, best_indices = barrier((bests, best_indices), flag)
+    bests, best_indices = materialise((bests, best_indices), flag)
 
     # decide at the last resultant of each sub-ramp, broadcast the jump index backwards
     def decide(jump_index, row):
