@@ -1,7 +1,7 @@
 """L1 simulation: apportion electrons over reads and add the detector effects."""
 
+from ..kernels.effects import IPC_KERNEL, CosmicRayParams
 from ._apportion import apportion_counts
-from ._effects import IPC_KERNEL, CosmicRayParams
 from ._inject import inject_counts_into_l1
 from ._persistence import (
     PersistenceParams,

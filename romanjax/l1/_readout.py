@@ -18,7 +18,7 @@ from jax.typing import ArrayLike
 
 from .._read_pattern import ReadPattern
 from .._validate import check_pattern, check_pixel_shape, check_real, check_values, float_dtype
-from ._effects import (
+from ..kernels.effects import (
     DETECTOR_PIXELS,
     REFERENCE_BORDER,
     dark_decay_resultants,

@@ -13,17 +13,17 @@ from jax.typing import ArrayLike
 from .. import dq as dqbits
 from .._read_pattern import ReadPattern
 from .._validate import check_pattern, check_values, float_dtype
-from ..kernels.rng import key_words, standard_normal
-from ._apportion import check_counts, counts_as_int32, read_scan, with_table_on_cpu
-from ._effects import (
+from ..kernels.effects import (
     IPC_KERNEL,
+    CosmicRayParams,
     apply_inverse_linearity,
     apply_ipc,
     cosmic_ray_cap,
     cosmic_ray_deposit,
-    cosmic_ray_params,
     dark_decay_resultants,
 )
+from ..kernels.rng import key_words, standard_normal
+from ._apportion import check_counts, counts_as_int32, read_scan, with_table_on_cpu
 from ._persistence import PersistenceParams, PersistenceState, _check_host, _check_state
 from ._persistence import _params as persistence_params_or_default
 from ._persistence import _read as persistence_read_kernel
@@ -34,6 +34,25 @@ __all__ = ["L1", "simulate_l1"]
 
 # fixed fold_in tags: switching one effect off leaves the others' draws unchanged
 _PHOTONS, _PEDESTAL, _COSMIC_RAYS, _READ_NOISE, _PERSISTENCE = 0, 1, 2, 3, 4
+
+
+def cosmic_ray_params(cosmic_rays) -> CosmicRayParams | None:
+    """``None``/``False`` -> None, ``True`` -> defaults, a dict -> defaults overridden."""
+    if cosmic_rays is None or cosmic_rays is False:
+        return None
+    if cosmic_rays is True:
+        return CosmicRayParams()
+    if isinstance(cosmic_rays, CosmicRayParams):
+        return cosmic_rays
+    if isinstance(cosmic_rays, dict):
+        unknown = set(cosmic_rays) - set(CosmicRayParams._fields)
+        if unknown:
+            raise ValueError(
+                f"simulate_l1: unknown `cosmic_rays` parameters {sorted(unknown)}; known: "
+                f"{list(CosmicRayParams._fields)}"
+            )
+        return CosmicRayParams(**{k: float(v) for k, v in cosmic_rays.items()})
+    raise ValueError("simulate_l1: `cosmic_rays` must be None, a bool or a dict")
 
 
 class L1(NamedTuple):

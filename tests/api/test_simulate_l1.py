@@ -69,7 +69,7 @@ def test_cosmic_ray_mean_charge_matches_the_model():
     both computed here in float64 by quadrature over the model's length and dE/dx laws."""
     from scipy import integrate, stats
 
-    from romanjax.l1._effects import CosmicRayParams
+    from romanjax.kernels.effects import CosmicRayParams
 
     flux = 300.0  # [1/cm**2/s]; high so ~5e4 tracks make the sample mean precise
     params = CosmicRayParams(flux=flux)

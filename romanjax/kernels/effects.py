@@ -1,8 +1,9 @@
 """Detector effects of the L1 simulation: cosmic rays, IPC, inverse non-linearity, readout
 timing within a frame and dark decay.
 
-Pure ``jax.numpy`` functions on flat or 2-D pixel arrays; :func:`romanjax.simulate_l1`
-strings them together in romanisim's ``make_l1`` order.
+Pure ``jax.numpy`` functions on flat or 2-D pixel arrays (and the static cosmic-ray model
+they are specialised for); :func:`romanjax.simulate_l1` checks its arguments and strings
+them together in romanisim's ``make_l1`` order.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ import numpy as np
 __all__ = [
     "IPC_KERNEL",
     "CosmicRayParams",
-    "cosmic_ray_params",
     "cosmic_ray_cap",
     "cosmic_ray_deposit",
     "apply_ipc",
@@ -55,25 +55,6 @@ class CosmicRayParams(NamedTuple):
     conversion_factor: float = 0.5
     pixel_size: float = 10.0
     pixel_depth: float = 5.0
-
-
-def cosmic_ray_params(cosmic_rays) -> CosmicRayParams | None:
-    """``None``/``False`` -> None, ``True`` -> defaults, a dict -> defaults overridden."""
-    if cosmic_rays is None or cosmic_rays is False:
-        return None
-    if cosmic_rays is True:
-        return CosmicRayParams()
-    if isinstance(cosmic_rays, CosmicRayParams):
-        return cosmic_rays
-    if isinstance(cosmic_rays, dict):
-        unknown = set(cosmic_rays) - set(CosmicRayParams._fields)
-        if unknown:
-            raise ValueError(
-                f"simulate_l1: unknown `cosmic_rays` parameters {sorted(unknown)}; known: "
-                f"{list(CosmicRayParams._fields)}"
-            )
-        return CosmicRayParams(**{k: float(v) for k, v in cosmic_rays.items()})
-    raise ValueError("simulate_l1: `cosmic_rays` must be None, a bool or a dict")
 
 
 def cosmic_ray_cap(mean: float) -> int:
