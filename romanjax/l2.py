@@ -31,7 +31,7 @@ from jax.typing import ArrayLike
 from . import dq as dqbits
 from ._read_pattern import ReadPattern
 from ._validate import check_pixel_shape, check_real, check_values, float_dtype, prepare_dq
-from .l1._effects import dark_decay_resultants
+from .kernels.effects import dark_decay_resultants
 from .l1._readout import dark_decay_inputs, science_read_times
 from .ramp._common import exclude_non_finite
 
@@ -121,13 +121,13 @@ PIXEL_FLAGS = ("romanisim", "romancal")
 
 
 def pixel_flags_romancal(resultant_dq, unfitted):
-    """romancal's L2 pixel flags from the resultant flags (stcal's ``dq_compress_final``).
+    """romancal's L2 pixel flags from the resultant flags (stcal's ``dq_compress_sect``,
+    which romancal's likelihood ramp fit calls).
 
-    ``SATURATED | DO_NOT_USE`` where no usable sub-ramp remained and a resultant saturated,
-    ``DO_NOT_USE`` where none remained otherwise; ``JUMP_DET`` (and every bit other than
-    SATURATED and DO_NOT_USE) where any resultant carries it. A pixel whose later resultants
-    saturated but whose ramp was fitted carries no SATURATED, and a single DO_NOT_USE
-    resultant (left out of the fit) leaves no DO_NOT_USE on the pixel.
+    ``SATURATED`` where any resultant saturated (a ramp that saturated late but was fitted
+    carries it too); ``DO_NOT_USE`` only where no usable sub-ramp remained; ``JUMP_DET`` (and
+    every bit other than SATURATED and DO_NOT_USE) where any resultant carries it. A single
+    DO_NOT_USE resultant (left out of the fit) leaves no DO_NOT_USE on the pixel.
 
     Parameters
     ----------
@@ -139,12 +139,9 @@ def pixel_flags_romancal(resultant_dq, unfitted):
     -------
     Array ``[*pixels]`` uint32
     """
-    sat, dnu = jnp.uint32(dqbits.SATURATED), jnp.uint32(dqbits.DO_NOT_USE)
+    dnu = jnp.uint32(dqbits.DO_NOT_USE)
     combined = jnp.bitwise_or.reduce(resultant_dq, axis=0)
-    saturated = (combined & sat) != 0
-    out = combined & ~(sat | dnu)
-    out = out | jnp.where(unfitted, dnu, jnp.uint32(0))
-    return out | jnp.where(unfitted & saturated, sat, jnp.uint32(0))
+    return (combined & ~dnu) | jnp.where(unfitted, dnu, jnp.uint32(0))
 
 
 @partial(jax.jit, static_argnames=("pattern", "method", "has_dq", "fit_kwargs", "pixel_flags",

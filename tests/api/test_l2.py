@@ -8,7 +8,7 @@ import importlib.util
 import jax
 import numpy as np
 import pytest
-from conftest import requires_romanisim
+from conftest import requires_romanisim, requires_stcal
 from oracles import simulate_ramps
 
 import romanjax
@@ -220,10 +220,38 @@ def test_linearity_correction():
     assert not np.any(np.asarray(flags))
 
 
+@requires_stcal
+@pytest.mark.reference
+def test_pixel_flags_romancal_equal_stcals_dq_compress_sect():
+    """Every combination of DO_NOT_USE, SATURATED and JUMP_DET over four resultants: the
+    pixel flags equal stcal's ``dq_compress_sect`` (which romancal's likelihood ramp fit
+    calls), with the pixel unfitted where stcal finds every resultant SATURATED or
+    DO_NOT_USE."""
+    import itertools
+    from types import SimpleNamespace
+
+    from stcal.ramp_fitting.utils import dq_compress_sect
+
+    from romanjax.l2 import pixel_flags_romancal
+
+    flags = (0, dqbits.DO_NOT_USE, dqbits.SATURATED, dqbits.JUMP_DET,
+             dqbits.SATURATED | dqbits.JUMP_DET)  # fmt: skip
+    dq = np.array(list(itertools.product(flags, repeat=4)), np.uint32).T  # [4, 625]
+    ramp_data = SimpleNamespace(flags_saturated=dqbits.SATURATED, flags_jump_det=dqbits.JUMP_DET,
+                                flags_do_not_use=dqbits.DO_NOT_USE)  # fmt: skip
+    expected = dq_compress_sect(ramp_data, dq[:, None, :].copy(),
+                                np.zeros((1, dq.shape[1]), np.uint32))[0]  # fmt: skip
+    unfitted = np.all(dq & (dqbits.SATURATED | dqbits.DO_NOT_USE), axis=0)
+    got = np.asarray(pixel_flags_romancal(dq, unfitted))
+    assert np.any(expected & dqbits.SATURATED) and np.any(expected & dqbits.DO_NOT_USE)
+    np.testing.assert_array_equal(got, expected)
+
+
 def test_pixel_flags_romancal_against_romanisim_semantics():
-    """romancal: SATURATED|DO_NOT_USE only where no usable sub-ramp remains; a fitted ramp
-    with saturated later resultants, or one DO_NOT_USE resultant left out, is not flagged;
-    JUMP_DET where any resultant carries it. romanisim: the OR over resultants."""
+    """romancal (stcal's dq_compress_sect): SATURATED where any resultant saturated,
+    DO_NOT_USE only where no usable sub-ramp remains (one DO_NOT_USE resultant left out
+    leaves no flag), JUMP_DET where any resultant carries it. romanisim: the OR over
+    resultants."""
     pattern = romanjax.ReadPattern.from_ma_table(4)
     n = pattern.n_resultants
     rate = np.array([50.0, 50.0, 50.0, 50.0, 50.0], np.float32)  # [DN/s]
@@ -239,7 +267,7 @@ def test_pixel_flags_romancal_against_romanisim_semantics():
                                  method="likely", detect_jumps=False)  # fmt: skip
     got = np.asarray(romancal.dq)
     assert got[0] == 0
-    assert got[1] == 0
+    assert got[1] == dqbits.SATURATED  # fitted from its first resultants, flagged
     assert got[2] == dqbits.SATURATED | dqbits.DO_NOT_USE
     assert got[3] == 0
     assert got[4] == dqbits.JUMP_DET

@@ -447,7 +447,7 @@ def test_ramp_fit_datamodel_turns_a_ramp_model_into_romancals_image_model():
     ramp.data = np.asarray(l1.resultants, np.float32)
     groupdq = np.zeros(ramp.data.shape, np.uint8)
     groupdq[:, 2, 3] = romanjax.dq.SATURATED  # saturated from the start
-    groupdq[6:, 4, 5] = romanjax.dq.SATURATED  # saturated late: still fitted
+    groupdq[6:, 4, 5] = romanjax.dq.SATURATED  # saturated late: fitted, and flagged (stcal)
     ramp.groupdq = groupdq
     pixeldq = np.zeros(shape, np.uint32)
     pixeldq[7, 7] = 2**20  # a pixel flag from the mask is carried through
@@ -464,7 +464,7 @@ def test_ramp_fit_datamodel_turns_a_ramp_model_into_romancals_image_model():
                               detect_jumps=True, pixel_flags="romancal")  # fmt: skip
     np.testing.assert_array_equal(image.data, np.asarray(direct.slope, np.float32))
     assert image.dq[2, 3] == romanjax.dq.SATURATED | romanjax.dq.DO_NOT_USE
-    assert image.dq[4, 5] == 0 and image.dq[7, 7] == 2**20
+    assert image.dq[4, 5] == romanjax.dq.SATURATED and image.dq[7, 7] == 2**20
     assert image.meta.exposure.read_pattern == [list(r) for r in pattern.reads]
     assert image.meta.cal_step.ramp_fit == "COMPLETE" and image.meta.wcs is None
     # the sky rate comes back: 30 e/s = 15 DN/s

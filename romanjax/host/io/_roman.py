@@ -204,7 +204,12 @@ def _datamodel_node(model):
     roman_datamodels release that changes it fails there, and a write fails with this
     message rather than with a corrupt file.
     """
-    from roman_datamodels.datamodels import DataModel, TaggedObjectNode
+    from roman_datamodels.datamodels import DataModel
+
+    try:  # roman_datamodels 1.2 re-exports it here; 1.0 and 1.1 only in _stnode
+        from roman_datamodels.datamodels import TaggedObjectNode
+    except ImportError:
+        from roman_datamodels._stnode import TaggedObjectNode
 
     try:
         node = model._instance if isinstance(model, DataModel) else None
