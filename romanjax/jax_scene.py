@@ -202,13 +202,13 @@ def stamp_model(shape, *, psf="gaussian", jacobian=None, wcs=None, position=None
         )
     if jacobian is None:
         if wcs is not None:
-            from .scene import local_jacobian
+            from .host.scene import local_jacobian
 
             x, y = (0.0, 0.0) if position is None else position
             local = local_jacobian(wcs, float(x), float(y))
             jacobian = [[local.dudx, local.dudy], [local.dvdx, local.dvdy]]
         else:
-            from .scene import ROMAN_PIXEL_SCALE
+            from .host.scene import ROMAN_PIXEL_SCALE
 
             jacobian = [[ROMAN_PIXEL_SCALE, 0.0], [0.0, ROMAN_PIXEL_SCALE]]
     jacobian = np.asarray(jacobian, float)
@@ -219,7 +219,7 @@ def stamp_model(shape, *, psf="gaussian", jacobian=None, wcs=None, position=None
     if isinstance(psf, jgs.GSObject):
         psf = psf.withGSParams(gsparams)
     elif isinstance(psf, str) and psf == "gaussian":
-        from .scene import make_psf
+        from .host.scene import make_psf
 
         psf = jgs.Gaussian(fwhm=float(make_psf("gaussian").fwhm), gsparams=gsparams)
     else:
@@ -252,7 +252,7 @@ def roman_psf(kind="roman", *, scale=0.11 / 4, size=128, fft_size=256, **psf_opt
     jax_galsim.InterpolatedImage
         Unit flux, without the pixel response, quintic interpolation.
     """
-    from .scene import make_psf
+    from .host.scene import make_psf
 
     jgs = _jax_galsim()
     profile = make_psf(kind, **psf_options)

@@ -52,6 +52,33 @@ def test_kernels_import_only_kernels_and_the_platform_module(path):
             assert name.startswith("romanjax.kernels") or name in allowed, name
 
 
+#: The array API's only ways into the host layer: large host frames on CPUs run through the
+#: frame driver, and a differentiable scene is set up on the host (a galsim PSF, an astropy
+#: WCS) before JAX-GalSim evaluates and differentiates it.
+HOST_ROUTES = {"romanjax.host.frames": None, "romanjax.host.scene": {"jax_scene.py"}}
+
+
+def _exists(name: str) -> bool:
+    """Whether ``name`` is a module of the package (or a dunder of one, ``__version__``)."""
+    parts = name.split(".")[1:]
+    if parts and parts[-1].startswith("__"):
+        parts = parts[:-1]
+    stem = PACKAGE.joinpath(*parts)
+    return stem.with_suffix(".py").is_file() or (stem / "__init__.py").is_file()
+
+
+def test_a_missing_module_is_caught():
+    assert _exists("romanjax.host.scene") and _exists("romanjax.__version__")
+    assert _exists("romanjax.kernels") and not _exists("romanjax.scene")
+
+
+@pytest.mark.parametrize("path", _modules(), ids=lambda p: str(p.relative_to(PACKAGE)))
+def test_every_package_import_resolves(path):
+    for name in _imports(path):
+        if name.split(".")[0] == "romanjax":
+            assert _exists(name), f"{path.relative_to(PACKAGE)} imports {name}, not in romanjax"
+
+
 @pytest.mark.parametrize(
     "path", [p for p in _modules() if "host" not in p.relative_to(PACKAGE).parts],
     ids=lambda p: str(p.relative_to(PACKAGE)))
@@ -60,5 +87,6 @@ def test_only_the_host_layer_reaches_host_modules_and_libraries(path):
         top = name.split(".")[0]
         assert top not in HOST_LIBRARIES, f"{path.name} imports {name}"
         if name.startswith("romanjax.host"):
-            # the one route: large host frames on CPUs run through the frame driver
-            assert name == "romanjax.host.frames", f"{path.name} imports {name}"
+            assert name in HOST_ROUTES, f"{path.name} imports {name}"
+            users = HOST_ROUTES[name]
+            assert users is None or path.name in users, f"{path.name} imports {name}"
