@@ -628,8 +628,10 @@ def persistence_read(key: jax.Array, state: PersistenceState, index: ArrayLike,
                      exact=bool(exact))  # fmt: skip
 
 
-@partial(jax.jit, static_argnames=("exact",))
-def _reads_jit(key, state, read_times, start_time, read_time, params, element, *, exact):
+def _cumulative(per_read, state, read_times, start_time, read_time, exact):
+    """``[n_read, *pixels]`` running sum over the reads of ``per_read(j, time, duration)``
+    ``[*pixels]`` (read ``j`` at ``start_time + read_times[j]``, durations as
+    :func:`_durations`), in the dtype of the state's clock."""
     dtype = state.time.dtype
     read_times = jnp.asarray(read_times, dtype)
     durations = _durations(read_times, jnp.asarray(read_time, dtype), exact)
@@ -637,7 +639,7 @@ def _reads_jit(key, state, read_times, start_time, read_time, params, element, *
 
     def step(total, xs):
         j, t, duration = xs
-        total = total + _read(key, state, j, start + t, duration, params, exact, element)
+        total = total + per_read(j, start + t, duration)
         return total, total
 
     zeros = jnp.zeros(state.fluence.shape[1:], dtype)
@@ -647,20 +649,19 @@ def _reads_jit(key, state, read_times, start_time, read_time, params, element, *
 
 
 @partial(jax.jit, static_argnames=("exact",))
+def _reads_jit(key, state, read_times, start_time, read_time, params, element, *, exact):
+    def draw(j, time, duration):
+        return _read(key, state, j, time, duration, params, exact, element)
+
+    return _cumulative(draw, state, read_times, start_time, read_time, exact)
+
+
+@partial(jax.jit, static_argnames=("exact",))
 def _expected_jit(state, read_times, start_time, read_time, params, *, exact):
-    dtype = state.time.dtype
-    read_times = jnp.asarray(read_times, dtype)
-    durations = _durations(read_times, jnp.asarray(read_time, dtype), exact)
-    start = jnp.asarray(start_time, dtype)
+    def mean(j, time, duration):
+        return _read_mean(state.fluence, state.time, time, duration, params, exact)
 
-    def step(total, xs):
-        t, duration = xs
-        total = total + _read_mean(state.fluence, state.time, start + t, duration, params, exact)
-        return total, total
-
-    zeros = jnp.zeros(state.fluence.shape[1:], dtype)
-    _, out = jax.lax.scan(step, zeros, (read_times, durations))
-    return out
+    return _cumulative(mean, state, read_times, start_time, read_time, exact)
 
 
 def _check_reads(function, state, read_times, start_time):
