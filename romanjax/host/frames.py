@@ -26,15 +26,16 @@ whole array: flags bit for bit, floats to the last bit or two (XLA's CPU code ge
 on the array length, so a chunk may round its last bit differently; seen: 1 ulp in float64).
 The apportionment's random numbers are keyed by each pixel's index in the frame, so
 :func:`apportion_frame` returns what one :func:`~romanjax.apportion_counts` call on the whole
-frame returns. :func:`simulate_frame` also draws cosmic rays over an image, and how a JAX
-random function maps a key to values depends on the array shape, so it fixes the
-random-number unit to blocks of about ``rng_block`` pixels (whole rows for 2-D frames; block
-``b`` uses ``jax.random.fold_in(key, b)``), which makes its result independent of the chunk
-size and of the number of devices.
+frame returns. :func:`simulate_frame` runs :func:`~romanjax.simulate_l1` on blocks of whole
+rows, each told where it sits in the frame (``frame_shape``, ``first_pixel``): its pixel
+draws are keyed by the pixel's frame index and its cosmic rays drawn for the whole frame, so
+it returns what one call on the whole frame returns, whatever the chunk and block sizes and
+the number of devices.
 """
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections import deque
 from collections.abc import Callable
@@ -84,8 +85,8 @@ LARGE_FRAME_BYTES = 256 * 2**20
 #: Bytes of resultants per chunk on CPUs (see :mod:`romanjax._platform`).
 DEFAULT_CPU_CHUNK_BYTES = _platform.CPU_CHUNK_BYTES
 
-#: Pixels per random-number block of :func:`simulate_frame` (256 rows of a 4088-pixel
-#: detector: cosmic-ray tracks, up to ~200 pixels long, are cut at block edges).
+#: Pixels per block of :func:`simulate_frame` (256 rows of a 4088-pixel detector): the unit of
+#: work within a chunk and of the split over devices; the values do not depend on it.
 DEFAULT_RNG_BLOCK = 2**20
 
 # --------------------------------------------------------------------------------------------
@@ -494,28 +495,40 @@ def _simulator(name):
     return getattr(import_module(module), attr)
 
 
-def _block_simulator(simulator, pattern, static_items, pixel_names, block_shape, shardings):
+def _takes_frame_position(simulator) -> bool:
+    """Whether ``simulator`` draws the random numbers of a part of a frame itself, given the
+    frame's shape and the part's first pixel (``frame_shape``, ``first_pixel``: as
+    :func:`romanjax.simulate_l1`)."""
+    parameters = inspect.signature(simulator).parameters
+    return "frame_shape" in parameters and "first_pixel" in parameters
+
+
+def _block_simulator(simulator, pattern, static_items, pixel_names, block_shape, shardings,
+                     frame_shape=None):
     """A jitted ``(key, block_ids[m], counts[m, B], *per_pixel[m, B], stacked, shared) ->
-    leaves [n, m*B]`` that runs ``simulator`` on each block, reshaped to ``block_shape``,
-    with key ``fold_in(key, block_id)`` (cached when the static keywords are hashable).
+    leaves [n, m*B]`` that runs ``simulator`` on each block, reshaped to ``block_shape``
+    (cached when the static keywords are hashable): with ``frame_shape``, as the part of
+    that frame starting at pixel ``block_id * B`` under ``key``
+    (:func:`_takes_frame_position`); without, with key ``fold_in(key, block_id)``.
     ``stacked``: a dict of keyword pytrees whose leaves are ``[m, k, B]`` (a leading axis
     before the pixels, such as a persistence state), passed block by block as
     ``[k, *block_shape]``; ``shared``: a dict of traced keywords passed to every block
     as they are (a start time)."""
     try:
         return _cached_block_simulator(
-            simulator, pattern, static_items, pixel_names, block_shape, shardings
+            simulator, pattern, static_items, pixel_names, block_shape, shardings, frame_shape
         )
     except TypeError:  # unhashable keyword values (e.g. a dict of cosmic-ray parameters)
         return _cached_block_simulator.__wrapped__(
-            simulator, pattern, static_items, pixel_names, block_shape, shardings
+            simulator, pattern, static_items, pixel_names, block_shape, shardings, frame_shape
         )
 
 
 @lru_cache(maxsize=32)
 def _cached_block_simulator(simulator, pattern, static_items, pixel_names, block_shape,
-                            shardings):  # fmt: skip
+                            shardings, frame_shape):  # fmt: skip
     static = dict(static_items)
+    block_size = math.prod(block_shape)
 
     def one_block(key, shared, block_id, counts, stacked, *per_pixel):
         per_pixel = [value.reshape(block_shape) for value in per_pixel]
@@ -523,9 +536,14 @@ def _cached_block_simulator(simulator, pattern, static_items, pixel_names, block
             lambda leaf: leaf.reshape(leaf.shape[:1] + block_shape), stacked)
         kwargs = dict(static, **dict(zip(pixel_names, per_pixel, strict=True)), **stacked,
                       **shared)  # fmt: skip
-        out = simulator(
-            jax.random.fold_in(key, block_id), counts.reshape(block_shape), pattern, **kwargs
-        )
+        if frame_shape is None:
+            out = simulator(
+                jax.random.fold_in(key, block_id), counts.reshape(block_shape), pattern,
+                **kwargs)
+        else:
+            first = block_id.astype(jnp.int32) * block_size
+            out = simulator(key, counts.reshape(block_shape), pattern,
+                            frame_shape=frame_shape, first_pixel=first, **kwargs)
         return jax.tree_util.tree_map(lambda leaf: leaf.reshape(leaf.shape[:1] + (-1,)), out)
 
     def run(key, block_ids, counts, stacked, shared, *per_pixel):
@@ -547,7 +565,8 @@ def _cached_block_simulator(simulator, pattern, static_items, pixel_names, block
 
 def _simulate_frame(simulator, function, key, counts, pattern, *, chunk_pixels, mesh, progress,
                     rng_block, kwargs, workers=None):  # fmt: skip
-    """The block-keyed chunk driver behind :func:`simulate_frame`:
+    """The block driver behind :func:`simulate_frame` (blocks told their place in the frame
+    when the simulator takes it, :func:`_takes_frame_position`, else keyed by block):
     ``simulator(key, counts[*pixels], pattern, **kwargs)`` returns a pytree of
     ``[k, *pixels]`` arrays (``[n_resultant, *pixels]`` resultants, a ``[n_events, *pixels]``
     persistence state); ``function`` names the caller in errors."""
@@ -611,7 +630,8 @@ def _simulate_frame(simulator, function, key, counts, pattern, *, chunk_pixels, 
     in_shardings = ((replicated, ids_sharding, block_sharding, stacked_sharding, replicated)
                     + (block_sharding,) * len(per_pixel))  # fmt: skip
     run = _block_simulator(
-        simulator, pattern, static_items, pixel_names, block_shape, (in_shardings, out_sharding)
+        simulator, pattern, static_items, pixel_names, block_shape, (in_shardings, out_sharding),
+        pixels if _takes_frame_position(simulator) else None,
     )
 
     def blocks(array, start, stop):
@@ -858,16 +878,15 @@ def simulate_frame(key: jax.Array, counts: ArrayLike, pattern: ReadPattern, *,
                    workers: int | None = None, **kwargs) -> L1 | tuple:  # fmt: skip
     """:func:`simulate_l1` over a whole frame in chunks of bounded memory.
 
-    Numpy in, numpy out; randomness in blocks of rows: for 2-D (and higher) ``counts`` whole
-    rows of the first axis, ``max(1, rng_block // row_length)`` rows per block (at most all
-    rows); for 1-D ``counts`` runs of ``min(rng_block, size)`` pixels. Block ``b`` (the last
-    one zero-padded to full size) is
-    ``simulate_l1(jax.random.fold_in(key, b), counts_block, pattern, **kwargs)``, so the
-    result depends on ``key`` and ``rng_block`` only, not on
-    ``chunk_pixels`` or the devices. With ``cosmic_rays`` each block is simulated as its own
-    image of ``rows x row_length`` pixels at the same rate per area (statistically
-    equivalent), except that tracks are cut at block edges (keep blocks tall compared with
-    the longest tracks, ~200 pixels, for faithful track statistics).
+    Numpy in, numpy out, in blocks of rows: for 2-D (and higher) ``counts`` whole rows of the
+    first axis, ``max(1, rng_block // row_length)`` rows per block (at most all rows); for
+    1-D ``counts`` runs of ``min(rng_block, size)`` pixels. Block ``b`` of ``B`` pixels (the
+    last one zero-padded to full size) is ``simulate_l1(key, counts_block, pattern,
+    frame_shape=counts.shape, first_pixel=b * B, **kwargs)``: its random numbers are those
+    of the whole frame at its pixels (cosmic-ray tracks drawn for the whole frame cross
+    block edges unbroken), so the result is ``simulate_l1(key, counts, pattern, **kwargs)``
+    on the whole frame, whatever ``chunk_pixels``, ``rng_block``, ``workers`` or the
+    devices.
 
     Parameters
     ----------
@@ -878,8 +897,9 @@ def simulate_frame(key: jax.Array, counts: ArrayLike, pattern: ReadPattern, *,
     chunk_pixels, mesh, progress, workers
         As :func:`apportion_frame` (chunks are rounded up to whole blocks per device).
     rng_block : int
-        Approximate pixels per random-number block (default :data:`DEFAULT_RNG_BLOCK` =
-        2**20, 256 rows of a 4088-pixel detector).
+        Approximate pixels per block (default :data:`DEFAULT_RNG_BLOCK` = 2**20, 256 rows of
+        a 4088-pixel detector): the unit of work and of the split over devices; the values
+        do not depend on it.
     **kwargs
         Passed to :func:`simulate_l1` (``read_noise`` [DN], ``gain`` [e/DN], ``pedestal``
         [e], ...). numpy/JAX arrays with at least one dimension must broadcast to
@@ -887,9 +907,8 @@ def simulate_frame(key: jax.Array, counts: ArrayLike, pattern: ReadPattern, *,
         Effects that couple neighbouring pixels (``ipc``) are refused. ``persistence`` (a
         :class:`~romanjax.PersistenceState` over the whole frame, ``[n_events, *pixels]``)
         is cut into the same blocks as the pixels, and ``start_time`` is passed to every
-        block as a traced value (a new start time does not recompile). Each block draws its
-        persistence electrons under its own key, like every other effect, so they do not
-        depend on ``chunk_pixels`` either.
+        block as a traced value (a new start time does not recompile). The persistence
+        electrons are keyed by pixel, like every other effect.
 
     Returns
     -------
@@ -926,11 +945,13 @@ def simulate_frame(key: jax.Array, counts: ArrayLike, pattern: ReadPattern, *,
     return out
 
 
-def _simulate_l1_reference_plane(key, counts, pattern, **kwargs):
+def _simulate_l1_reference_plane(key, counts, pattern, frame_shape=None, first_pixel=0,
+                                 **kwargs):  # fmt: skip
     """simulate_l1 with its ``[*pixels]`` reference read as a ``[1, *pixels]`` plane, so
     that every output of a block has one axis before the pixels (the frame driver's
     layout); :func:`simulate_frame` takes the plane off again."""
-    out = _simulator("simulate_l1")(key, counts, pattern, **kwargs)
+    out = _simulator("simulate_l1")(key, counts, pattern, frame_shape=frame_shape,
+                                    first_pixel=first_pixel, **kwargs)  # fmt: skip
     return (out[0], out[1][None]) + tuple(out[2:])
 
 

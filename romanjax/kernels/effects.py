@@ -15,10 +15,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .queue import compact
+
 __all__ = [
     "IPC_KERNEL",
     "CosmicRayParams",
     "cosmic_ray_cap",
+    "cosmic_ray_part_cap",
+    "CosmicRayTracks",
+    "cosmic_ray_tracks",
     "cosmic_ray_deposit",
     "apply_ipc",
     "apply_inverse_linearity",
@@ -64,26 +69,64 @@ def cosmic_ray_cap(mean: float) -> int:
     return int(math.ceil(mean + 10 * math.sqrt(mean) + 12))
 
 
+def _length_moment(params: CosmicRayParams, power: int) -> float:
+    """``E[L**power]`` of the tracks' 2-D length ``L`` [pixels] (power law ``l**slope`` on
+    ``[min_cr_len, max_cr_len]``), in float64 on the host."""
+    s, lo, hi = params.length_slope, params.min_cr_len, params.max_cr_len
+
+    def integral(k):  # int_lo^hi l**(s + k) dl, s + k != -1
+        return (hi ** (s + k + 1) - lo ** (s + k + 1)) / (s + k + 1)
+
+    return integral(power) / integral(0) / params.pixel_size**power
+
+
+def cosmic_ray_part_cap(rate_per_pixel: float, frame_image, part_image,
+                        params: CosmicRayParams) -> int:
+    """Static number of track slots a part of ``part_image = (rows, columns)`` pixels of a
+    frame ``frame_image`` needs in a read interval whose mean number of tracks is
+    ``rate_per_pixel`` per frame pixel (:func:`cosmic_ray_deposit`).
+
+    The tracks it takes are those whose extent reaches the part's box grown by one pixel on
+    every side, so they start within ``L`` (the track's length in pixels, in the max-norm)
+    of that box. Their number is Poisson (the tracks are independent) with mean at most
+    ``rate * E[(rows + 2 + 2 L)(columns + 2 + 2 L)]``, at most the frame's own mean; the cap
+    is :func:`cosmic_ray_cap` of that mean."""
+    rows, columns = part_image[0] + 2, part_image[1] + 2
+    mean_length, mean_square = _length_moment(params, 1), _length_moment(params, 2)
+    grown = rows * columns + 2 * (rows + columns) * mean_length + 4 * mean_square
+    frame = frame_image[0] * frame_image[1]
+    return cosmic_ray_cap(rate_per_pixel * min(grown, frame))
+
+
 def _moyal_cdf(x, location, scale):
     return math.erfc(math.exp(-(x - location) / scale / 2) / math.sqrt(2))
 
 
-def cosmic_ray_deposit(key, mean_number, cap, shape, params: CosmicRayParams, dtype):
-    """Electrons deposited by the cosmic rays of one read interval, ``[ny * nx]`` int32.
+class CosmicRayTracks(NamedTuple):
+    """The cosmic rays of one read interval over a whole frame, ``[cap]`` each: start
+    ``(row, column)`` in frame pixels, ``(d_row, d_column)`` the track in pixels, charge [e]
+    (zero in the unused slots)."""
 
-    N ~ Poisson(mean_number) (truncated at ``cap``) tracks start uniformly on the image
+    row: jax.Array
+    column: jax.Array
+    d_row: jax.Array
+    d_column: jax.Array
+    charge: jax.Array
+
+
+def cosmic_ray_tracks(key, mean_number, cap, frame_image, params: CosmicRayParams, dtype):
+    """The tracks of one read interval over a frame of ``frame_image = (ny, nx)`` pixels.
+
+    N ~ Poisson(mean_number) (truncated at ``cap``) tracks start uniformly on the frame
     (pixel centres at integers, edges at -1/2 and n - 1/2), with a uniform direction, a
     length from the truncated power law l**slope and dE/dx from the truncated Moyal
     distribution (romanisim ``cr.sample_cr_params``, here by exact inverse CDFs instead of a
-    tabulated one). Each track is sampled at ``P`` equally spaced points (spacing <= 1/4
-    pixel); the mean charge dE/dx * pixel_size / conversion_factor * L3d, with the 3-D
-    length L3d = sqrt(L2d**2 + (depth/size)**2) [pixels], is shared equally between the
-    points, and every point gets a Poisson draw. Per pixel this is Poisson with mean
-    proportional to the track length inside it (sampled to 1/4 pixel) -- romanisim instead
-    adds the depth term to every traversed pixel's chord, which gives short chords somewhat
-    more charge; the total charge per track agrees for tracks longer than a pixel.
-    """
-    ny, nx = shape
+    tabulated one). The mean charge of a track is dE/dx * pixel_size / conversion_factor *
+    L3d, with the 3-D length L3d = sqrt(L2d**2 + (depth/size)**2) [pixels].
+
+    Every draw has a shape fixed by ``cap``, and ``cap`` by the frame, so every part of the
+    frame sees the same tracks (:func:`cosmic_ray_deposit`)."""
+    ny, nx = frame_image
     keys = jax.random.split(key, 6)
     number = jnp.minimum(jax.random.poisson(keys[0], mean_number), cap)
     valid = jnp.arange(cap) < number
@@ -104,18 +147,61 @@ def cosmic_ray_deposit(key, mean_number, cap, shape, params: CosmicRayParams, dt
         jnp.sqrt(2.0) * jax.scipy.special.erfinv(1 - w)
     )
     dedx = jnp.clip(dedx, params.min_dEdx, params.max_dEdx)
-    n_points = int(math.ceil(4 * params.max_cr_len / params.pixel_size)) + 1
-    frac = (jnp.arange(n_points, dtype=dtype) + 0.5) / n_points
-    ii = jnp.round(i0[:, None] + frac[None] * (length * jnp.cos(phi))[:, None])
-    jj = jnp.round(j0[:, None] + frac[None] * (length * jnp.sin(phi))[:, None])
     length_3d = jnp.sqrt(length**2 + (params.pixel_depth / params.pixel_size) ** 2)
     charge = dedx * params.pixel_size / params.conversion_factor * length_3d  # [e]
-    per_point = jnp.where(valid, charge / n_points, 0)[:, None] * jnp.ones_like(frac)
+    return CosmicRayTracks(i0, j0, length * jnp.cos(phi), length * jnp.sin(phi),
+                           jnp.where(valid, charge, 0))
+
+
+def cosmic_ray_deposit(tracks: CosmicRayTracks, key, frame_image, first_pixel, part_image,
+                       part_cap, params: CosmicRayParams, dtype):
+    """Electrons the ``tracks`` (:func:`cosmic_ray_tracks`) deposit in a part of their frame,
+    ``[rows * columns]`` int32.
+
+    The part is ``part_image = (rows, columns)`` pixels starting at the frame's flat pixel
+    ``first_pixel`` (may be traced): whole rows of the frame (``columns == nx``), or a run
+    within its one row (``ny == 1``). Each track is sampled at ``P`` equally spaced points
+    (spacing <= 1/4 pixel), its mean charge shared equally between them, and every point
+    gets a Poisson draw keyed by the track's slot and the point (so a point draws the same
+    electrons whichever part it lands in). Per pixel this is Poisson with mean proportional
+    to the track length inside it (sampled to 1/4 pixel) -- romanisim instead adds the depth
+    term to every traversed pixel's chord, which gives short chords somewhat more charge;
+    the total charge per track agrees for tracks longer than a pixel.
+
+    Only the tracks that reach the part are sampled: at most ``part_cap`` of them
+    (:func:`cosmic_ray_part_cap`), compacted in slot order.
+    """
+    ny, nx = frame_image
+    rows, columns = part_image
+    first_pixel = jnp.asarray(first_pixel, jnp.int32)
+    row0, column0 = first_pixel // nx, first_pixel % nx
+    n_points = int(math.ceil(4 * params.max_cr_len / params.pixel_size)) + 1
+    # the sampled points lie between the start and the end, rounded to pixel centres
+    end_row, end_column = tracks.row + tracks.d_row, tracks.column + tracks.d_column
+    reaches = ((tracks.charge > 0)
+               & (jnp.maximum(tracks.row, end_row) >= row0.astype(dtype) - 1)
+               & (jnp.minimum(tracks.row, end_row) <= (row0 + rows).astype(dtype))
+               & (jnp.maximum(tracks.column, end_column) >= column0.astype(dtype) - 1)
+               & (jnp.minimum(tracks.column, end_column) <= (column0 + columns).astype(dtype)))
+    cap = tracks.charge.shape[0]
+    slot = compact(reaches, part_cap)  # [part_cap], ``cap`` in unused entries
+    taken = [jnp.take(x, slot, mode="fill", fill_value=0) for x in tracks]
+    row, column, d_row, d_column, charge = taken
+    frac = (jnp.arange(n_points, dtype=dtype) + 0.5) / n_points
+    ii = jnp.round(row[:, None] + frac[None] * d_row[:, None]).astype(jnp.int32)
+    jj = jnp.round(column[:, None] + frac[None] * d_column[:, None]).astype(jnp.int32)
+    per_point = charge / n_points
+
+    def points(slot, mean):
+        return jax.random.poisson(jax.random.fold_in(key, slot), mean, (n_points,))
+
+    electrons = jax.vmap(points)(jnp.minimum(slot, cap - 1), per_point).astype(jnp.int32)
     inside = (ii >= 0) & (ii < ny) & (jj >= 0) & (jj < nx)
-    electrons = jax.random.poisson(jax.random.fold_in(key, 7), per_point).astype(jnp.int32)
+    index = ii * nx + jj - first_pixel
+    inside = inside & (index >= 0) & (index < rows * columns) & (slot < cap)[:, None]
     electrons = jnp.where(inside, electrons, 0)
-    index = jnp.where(inside, ii * nx + jj, ny * nx).astype(jnp.int32)
-    image = jnp.zeros(ny * nx, jnp.int32)
+    index = jnp.where(inside, index, rows * columns)
+    image = jnp.zeros(rows * columns, jnp.int32)
     return image.at[index.reshape(-1)].add(electrons.reshape(-1), mode="drop")
 
 

@@ -20,6 +20,8 @@ from ..kernels.effects import (
     apply_ipc,
     cosmic_ray_cap,
     cosmic_ray_deposit,
+    cosmic_ray_part_cap,
+    cosmic_ray_tracks,
     dark_decay_resultants,
 )
 from ..kernels.rng import key_words, standard_normal
@@ -64,17 +66,21 @@ class L1(NamedTuple):
     dq: jax.Array
 
 
-@partial(jax.jit, static_argnames=("pattern", "dtype", "image_shape", "crparams", "cr_cap",
-                                   "readout", "persistence_exact", "reference_read"))  # fmt: skip
+@partial(jax.jit, static_argnames=("pattern", "dtype", "image_shape", "frame_image", "crparams",
+                                   "cr_cap", "cr_part_cap", "readout", "persistence_exact",
+                                   "reference_read"))  # fmt: skip
 def _simulate(key, counts, read_noise, gain, pedestal, pedestal_noise, saturation,
               ipc_kernel, inv_lin, decay, read_times, persistence=None, start_time=None,
-              persistence_params=None, *, pattern, dtype, image_shape, crparams, cr_cap,
-              readout, persistence_exact=False, reference_read=False):  # fmt: skip
+              persistence_params=None, first_pixel=0, *, pattern, dtype, image_shape,
+              frame_image, crparams, cr_cap, cr_part_cap, readout, persistence_exact=False,
+              reference_read=False):  # fmt: skip
     shape = counts.shape
     npix = counts.size
     flat = counts_as_int32(counts)
     gain_flat = jnp.broadcast_to(gain, shape).reshape(-1)
-    element = jnp.arange(npix, dtype=jnp.uint32)
+    # every random stream is keyed by the pixel's flat index in the frame
+    element = (jnp.asarray(first_pixel, jnp.uint32)
+               + jnp.arange(npix, dtype=jnp.uint32))  # fmt: skip
     noise = standard_normal(key_words(jax.random.fold_in(key, _PEDESTAL)), element, 0, 0, dtype)
     instrumental = (jnp.broadcast_to(pedestal, shape).reshape(-1)
                     + noise * jnp.broadcast_to(pedestal_noise, shape).reshape(-1))  # fmt: skip
@@ -107,11 +113,14 @@ def _simulate(key, counts, read_noise, gain, pedestal, pedestal_noise, saturatio
 
     def per_read(j, cumulative, inst):
         hit = jnp.zeros(npix, bool)
-        if crparams is not None:
-            area = npix * (crparams.pixel_size * 1e-4) ** 2  # [cm**2]
-            mean = crparams.flux * area * jnp.asarray(dts, dtype)[j]
-            deposit = cosmic_ray_deposit(jax.random.fold_in(cr_key, j), mean, cr_cap,
-                                         image_shape, crparams, dtype)  # fmt: skip
+        if crparams is not None:  # the frame's tracks, deposited in these pixels
+            area = frame_image[0] * frame_image[1] * (crparams.pixel_size * 1e-4) ** 2
+            mean = crparams.flux * area * jnp.asarray(dts, dtype)[j]  # area [cm**2]
+            read_key = jax.random.fold_in(cr_key, j)
+            tracks = cosmic_ray_tracks(read_key, mean, cr_cap, frame_image, crparams, dtype)
+            deposit = cosmic_ray_deposit(tracks, jax.random.fold_in(read_key, 7), frame_image,
+                                         first_pixel, image_shape, cr_part_cap, crparams,
+                                         dtype)  # fmt: skip
             hit = deposit > 0
             inst = inst + deposit.astype(dtype)
         if persistence is not None:  # after the cosmic rays, before the non-linearity
@@ -126,7 +135,7 @@ def _simulate(key, counts, read_noise, gain, pedestal, pedestal_noise, saturatio
 
     def photons(key, flat, instrumental, table):
         return read_scan(key, flat, pattern, dtype, per_read=per_read, carry0=instrumental,
-                         table=table)
+                         element=element, table=table)
 
     resultants, hits, charge = with_table_on_cpu(photons, jax.random.fold_in(key, _PHOTONS),
                                                  flat, instrumental)  # fmt: skip
@@ -203,6 +212,7 @@ def simulate_l1(key: jax.Array, counts: ArrayLike, pattern: ReadPattern, *,
                 start_time: ArrayLike | None = None,
                 persistence_params: PersistenceParams | None = None,
                 persistence_exact: bool = False, reference_read: bool = False,
+                frame_shape: tuple | None = None, first_pixel: ArrayLike = 0,
                 ) -> L1 | tuple:  # fmt: skip
     """Simulate an L1 ramp from total electrons, as romanisim's ``make_l1``.
 
@@ -296,6 +306,16 @@ def simulate_l1(key: jax.Array, counts: ArrayLike, pattern: ReadPattern, *,
         resultants' draws do not change), rounded and clipped like the resultants, without
         flags. :func:`romanjax.encode_reference_read` encodes the resultants relative to
         it, as flight L1 files store them.
+    frame_shape : tuple or None
+        ``counts`` are a part of a larger frame of this shape (default: ``counts.shape``,
+        the whole frame): whole rows of it (``counts.shape[1:] == frame_shape[1:]``), or
+        for a 1-D frame a run of its pixels. Every random number is then the one the whole
+        frame draws for these pixels (see Notes), so a frame simulated part by part, in any
+        parts, equals the frame simulated at once. :func:`romanjax.simulate_frame` does
+        this. Not with ``ipc`` (it couples pixels across part edges).
+    first_pixel : int
+        Flat index in the frame of the first pixel of ``counts`` (a multiple of the row
+        length for 2-D frames); may be traced.
 
     Returns
     -------
@@ -316,10 +336,18 @@ def simulate_l1(key: jax.Array, counts: ArrayLike, pattern: ReadPattern, *,
 
     Notes
     -----
+    Random numbers: photons, pedestal noise, read noise and persistence are drawn from
+    counter-based streams keyed by ``key``, the effect and the pixel's flat index in the
+    frame; the cosmic rays of each read interval are drawn for the whole frame (their
+    number at the frame's rate, their starts anywhere on it) and each part deposits the
+    charge of the tracks that reach it, every sampled point of a track drawing its
+    electrons from a stream keyed by the track and the point. Tracks therefore cross part
+    edges unbroken.
+
     Memory: about 10 float/int ``[*pixels]`` buffers plus the two outputs (a 4088x4088 frame
-    with MA table 4 needs ~2 GB); split frames into row chunks on the host for less (with
-    cosmic rays the rate scales with each chunk's area, so chunking is statistically
-    equivalent). Persistence adds the ``[n_events, *pixels]`` state twice (in and out).
+    with MA table 4 needs ~2 GB); simulate a frame in parts of whole rows for less
+    (``frame_shape``, ``first_pixel``; :func:`romanjax.simulate_frame`): the result does not
+    change. Persistence adds the ``[n_events, *pixels]`` state twice (in and out).
 
     Examples
     --------
@@ -349,11 +377,15 @@ def simulate_l1(key: jax.Array, counts: ArrayLike, pattern: ReadPattern, *,
     image_shape = shape if len(shape) == 2 else (1, max(int(np.prod(shape)), 1))
     if (crparams is not None or kernel is not None) and len(shape) > 2:
         raise ValueError("simulate_l1: cosmic rays and IPC need `counts` of at most 2 dims")
-    cr_cap = 0
+    frame_shape = _check_frame(frame_shape, first_pixel, shape, kernel is not None)
+    frame_image = (frame_shape if len(frame_shape) == 2
+                   else (1, max(int(np.prod(frame_shape)), 1)))  # fmt: skip
+    cr_cap = cr_part_cap = 0
     if crparams is not None:
-        area = int(np.prod(shape)) * (crparams.pixel_size * 1e-4) ** 2
         max_dt = float(np.max(np.diff(pattern.read_times, prepend=0.0)))
-        cr_cap = cosmic_ray_cap(crparams.flux * area * max_dt)
+        rate = crparams.flux * (crparams.pixel_size * 1e-4) ** 2 * max_dt  # per pixel
+        cr_cap = cosmic_ray_cap(rate * frame_image[0] * frame_image[1])
+        cr_part_cap = cosmic_ray_part_cap(rate, frame_image, image_shape, crparams)
     per_pixel = (("read_noise", read_noise), ("gain", gain), ("pedestal", pedestal),
                  ("pedestal_noise", pedestal_noise), ("saturation", saturation))  # fmt: skip
     rules = {"read_noise": {"minimum": 0}, "gain": {"minimum": 0, "strict": True},
@@ -382,10 +414,48 @@ def simulate_l1(key: jax.Array, counts: ArrayLike, pattern: ReadPattern, *,
     return _simulate(key, counts, as_float(read_noise), as_float(gain), as_float(pedestal),
                      as_float(pedestal_noise), as_float(saturation),
                      None if kernel is None else as_float(kernel), inv_lin, decay_values,
-                     read_times, persistence, start_time, persistence_params, pattern=pattern,
-                     dtype=dtype, image_shape=image_shape, crparams=crparams, cr_cap=cr_cap,
-                     readout=readout, persistence_exact=bool(persistence_exact),
+                     read_times, persistence, start_time, persistence_params, first_pixel,
+                     pattern=pattern, dtype=dtype, image_shape=image_shape,
+                     frame_image=frame_image, crparams=crparams, cr_cap=cr_cap,
+                     cr_part_cap=cr_part_cap, readout=readout,
+                     persistence_exact=bool(persistence_exact),
                      reference_read=bool(reference_read))  # fmt: skip
+
+
+def _check_frame(frame_shape, first_pixel, shape, ipc):
+    """The frame's shape (a tuple) of a :func:`simulate_l1` call on ``counts`` of ``shape``
+    with ``frame_shape`` and ``first_pixel``; host values are checked, traced ones pass."""
+    function = "simulate_l1"
+    if frame_shape is None:
+        frame_shape = tuple(shape)
+    else:
+        try:
+            frame_shape = tuple(int(n) for n in frame_shape)
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"{function}: `frame_shape` must be a tuple of ints, got "
+                             f"{frame_shape!r}") from error  # fmt: skip
+    if len(frame_shape) != len(shape) or tuple(frame_shape[1:]) != tuple(shape[1:]):
+        raise ValueError(f"{function}: `counts` of shape {tuple(shape)} are not whole rows of "
+                         f"a frame of `frame_shape` {frame_shape}")  # fmt: skip
+    if ipc and frame_shape != tuple(shape):
+        raise ValueError(f"{function}: `ipc` couples neighbouring pixels and cannot be "
+                         f"applied to a part of a frame (`frame_shape` {frame_shape})")
+    if np.ndim(first_pixel) != 0 or not jnp.issubdtype(jnp.result_type(first_pixel),
+                                                       jnp.integer):  # fmt: skip
+        raise ValueError(f"{function}: `first_pixel` must be an integer scalar, got "
+                         f"{first_pixel!r}")  # fmt: skip
+    if not isinstance(first_pixel, jax.core.Tracer):
+        first = int(first_pixel)
+        row = int(np.prod(frame_shape[1:])) if len(frame_shape) > 1 else 1
+        size, frame_size = int(np.prod(shape)), int(np.prod(frame_shape))
+        if first < 0 or first % max(row, 1) or first + size > frame_size:
+            raise ValueError(f"{function}: `first_pixel` {first} does not start whole rows "
+                             f"of {size} pixels inside a frame of `frame_shape` "
+                             f"{frame_shape}")  # fmt: skip
+    if int(np.prod(frame_shape)) > 2**31 - 1:
+        raise ValueError(f"{function}: at most 2**31 - 1 pixels per frame (`frame_shape` "
+                         f"{frame_shape})")
+    return frame_shape
 
 
 def _check_persistence(persistence, start_time, params, exact, shape):

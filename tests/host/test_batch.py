@@ -617,22 +617,28 @@ def test_apportion_counts_of_a_large_host_frame_runs_through_the_frame_driver(rn
 @needs_simulate
 @pytest.mark.slow
 def test_simulate_frame_chunking(rng):
+    """Any chunk size and block size: simulate_l1 on the whole frame, cosmic rays included
+    (tracks cross block edges unbroken)."""
     counts = rng.integers(0, 5000, (37, 53))
     key = jax.random.key(12)
-    a = simulate_frame(key, counts, MA4, chunk_pixels=300, rng_block=265, cosmic_rays=True)
-    b = simulate_frame(key, counts, MA4, chunk_pixels=5000, rng_block=265, cosmic_rays=True)
-    assert type(a).__name__ == "L1"
-    for name in ("resultants", "dq"):
-        assert isinstance(getattr(a, name), np.ndarray)
-        assert getattr(a, name).shape == (9,) + counts.shape
-        np.testing.assert_array_equal(getattr(a, name), getattr(b, name))
+    cosmic_rays = {"flux": 2000.0}  # ~60 tracks per read on 37 x 53 pixels
+    whole = romanjax.simulate_l1(key, counts, MA4, cosmic_rays=cosmic_rays)
+    hit = np.any(np.asarray(whole.dq) & dqflags.JUMP_DET, axis=0)
+    assert hit.mean() > 0.05 and np.any(hit[4] & hit[5])  # tracks across rows 4 | 5
+    for chunk, block in ((300, 265), (5000, 265), (None, 106), (700, 10_000)):
+        a = simulate_frame(key, counts, MA4, chunk_pixels=chunk, rng_block=block,
+                           cosmic_rays=cosmic_rays)  # fmt: skip
+        assert type(a).__name__ == "L1"
+        for name in ("resultants", "dq"):
+            assert isinstance(getattr(a, name), np.ndarray)
+            assert getattr(a, name).shape == (9,) + counts.shape
+            np.testing.assert_array_equal(getattr(a, name), np.asarray(getattr(whole, name)))
 
 
 @needs_simulate
 def test_simulate_frame_persistence(rng):
     """The state is cut into the frame's blocks: results and new state do not depend on the
-    chunk size, and block ``b`` is simulate_l1 on its rows (with its part of the state) under
-    ``fold_in(key, b)``."""
+    chunk size, and are simulate_l1's on the whole frame with the whole state."""
     from romanjax.l1._persistence import PersistenceState, update_persistence
 
     dtype = np.float64 if jax.config.jax_enable_x64 else np.float32
@@ -649,20 +655,13 @@ def test_simulate_frame_persistence(rng):
         for a, b in ((l1.resultants, runs[0][0].resultants), (l1.dq, runs[0][0].dq),
                      (new.fluence, runs[0][1].fluence), (new.time, runs[0][1].time)):
             np.testing.assert_array_equal(a, b)
+    # the definition: simulate_l1 on the whole frame with the whole state
     l1, new = runs[0]
-    for b, rows in ((0, slice(0, 5)), (4, slice(20, 23))):
-        part = PersistenceState(state.fluence[:, rows], state.time[:, rows])
-        block_counts = np.zeros((5, shape[1]), dtype)
-        block_counts[: rows.stop - rows.start] = counts[rows]
-        block_state = PersistenceState(*(np.concatenate(
-            [np.asarray(a), np.repeat(np.asarray(a)[:, -1:], 5 - a.shape[1], axis=1)], axis=1)
-            for a in part))  # the last block is padded with copies of its last row
-        want, want_state = romanjax.simulate_l1(jax.random.fold_in(key, b), block_counts, MA4,
-                                                persistence=block_state, start_time=45.0)
-        n = rows.stop - rows.start
-        np.testing.assert_array_equal(l1.resultants[:, rows], np.asarray(want.resultants)[:, :n])
-        np.testing.assert_allclose(new.fluence[:, rows], np.asarray(want_state.fluence)[:, :n],
-                                   rtol=1e-6)  # fmt: skip
+    want, want_state = romanjax.simulate_l1(key, counts, MA4, persistence=state, start_time=45.0)
+    np.testing.assert_array_equal(l1.resultants, np.asarray(want.resultants))
+    np.testing.assert_array_equal(l1.dq, np.asarray(want.dq))
+    np.testing.assert_allclose(new.fluence, np.asarray(want_state.fluence), rtol=1e-6)
+    np.testing.assert_array_equal(new.time, np.asarray(want_state.time))
     assert np.any(new.time == 45.0 + MA4.exposure_time)  # new events
     plain = simulate_frame(key, counts, MA4, chunk_pixels=95, rng_block=95, workers=1)
     assert np.all(l1.resultants >= plain.resultants) and np.any(l1.resultants > plain.resultants)
@@ -708,7 +707,8 @@ SHARDED_SCRIPT = textwrap.dedent(
             jax.sharding.Mesh(np.array(jax.devices()), ("p",)),
             jax.sharding.PartitionSpec(None, "p"))), t.MA4, 10.0)
     assert len(sharded.par.sharding.device_set) == 4
-    # block-keyed simulation does not depend on the number of devices
+    # the block-keyed driver (a simulator that does not take its place in the frame) does
+    # not depend on the number of devices
     counts = rng.integers(0, 100, (23, 29))
     one = jax.sharding.Mesh(np.array(jax.devices()[:1]), ("p",))
     from romanjax.host.frames import _simulate_frame
@@ -724,11 +724,19 @@ SHARDED_SCRIPT = textwrap.dedent(
     counts = rng.integers(0, 3000, (23, 19)).astype(dtype)
     state = update_persistence(PersistenceState.empty(counts.shape, n_events=2, dtype=dtype),
                                rng.uniform(0, 5e5, counts.shape).astype(dtype), 0.0)
+    # (and with cosmic rays, on any devices: the whole frame's simulate_l1)
     runs = [romanjax.simulate_frame(jax.random.key(5), counts, t.MA4, chunk_pixels=c, mesh=m,
-                                    rng_block=95, persistence=state, start_time=45.0)
+                                    rng_block=95, persistence=state, start_time=45.0,
+                                    cosmic_rays={{"flux": 2000.0}})
             for c, m in ((95, one), (400, None))]
-    for a, b in zip(jax.tree_util.tree_leaves(runs[0]), jax.tree_util.tree_leaves(runs[1])):
-        np.testing.assert_array_equal(a, b)
+    whole = romanjax.simulate_l1(jax.random.key(5), counts, t.MA4, persistence=state,
+                                 start_time=45.0, cosmic_rays={{"flux": 2000.0}})
+    assert np.any(np.asarray(whole[0].dq) & 4)
+    for run in runs:
+        for a, b in zip(jax.tree_util.tree_leaves(run[0]), jax.tree_util.tree_leaves(whole[0])):
+            np.testing.assert_array_equal(a, np.asarray(b))
+        np.testing.assert_array_equal(run[1].time, runs[0][1].time)
+        np.testing.assert_array_equal(run[1].fluence, runs[0][1].fluence)
     # pixel-keyed apportionment: one device, four, a 2-D mesh, any chunk: the same draws
     counts = rng.integers(0, 3000, (61, 43))
     whole = np.asarray(romanjax.apportion_counts(jax.random.key(4), counts, t.MA4))
