@@ -10,6 +10,7 @@ __all__ = [
     "DO_NOT_USE",
     "SATURATED",
     "JUMP_DET",
+    "AD_FLOOR",
     "NONLINEAR",
     "NO_LIN_CORR",
     "NO_FLAT_FIELD",
@@ -23,6 +24,9 @@ DO_NOT_USE = 1
 SATURATED = 2
 #: Jump (cosmic ray) detected in, or simulated into, this resultant.
 JUMP_DET = 4
+#: Resultant at or below the analogue-to-digital converter's floor (0 DN); romancal's
+#: saturation step sets it with DO_NOT_USE.
+AD_FLOOR = 2**6
 #: Non-linear response.
 NONLINEAR = 2**16
 #: Non-linearity correction not available for this pixel.

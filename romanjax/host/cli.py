@@ -393,7 +393,7 @@ def _fit(args):
     if "saturation" in refs:
         from .io import saturation_flags
 
-        dq = dq | saturation_flags(l1.resultants, refs["saturation"])
+        dq = dq | saturation_flags(l1.resultants, refs["saturation"], l1.pattern)
     if "mask" in refs:
         dq = dq | refs["mask"][None]
     if "flat" in refs:  # unusable flat values: not flat-fielded, flagged (romancal's flat step)

@@ -450,7 +450,7 @@ def test_fit_reads_roman_reference_files(simulated, tmp_path):
     a = {kind: value[science].astype(np.float32).astype(np.float64)
          for kind, value in arrays.items()}  # fmt: skip
     dq = np.asarray(l1.dq, np.uint32) & ~np.uint32(dqbits.JUMP_DET)  # truth flags dropped
-    dq |= romanjax.host.io.saturation_flags(l1.resultants, a["saturation"])
+    dq |= romanjax.host.io.saturation_flags(l1.resultants, a["saturation"], l1.pattern)
     dq[:, 20, 21] |= dqbits.DO_NOT_USE
     flat = a["flat"].copy()
     flat[5, 6] = 1.0

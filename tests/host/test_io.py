@@ -473,6 +473,53 @@ def test_ramp_fit_datamodel_turns_a_ramp_model_into_romancals_image_model():
         ramp_fit_datamodel(ramp, read_noise=5.0, gain=np.ones((3, 3)))
 
 
+def test_saturation_flags_equal_stcals_as_romancal_calls_it():
+    """With the read pattern, the flags are stcal ``flag_saturated_pixels``'s as romancal's
+    saturation step calls it (no growth into neighbours, ``read_pattern`` given), bit for
+    bit: the forward pass, the A/D floor, the diluted resultant before the first saturated
+    one and the saturating event within resultant 1; NaN levels checked against 65536."""
+    from stcal.saturation.saturation import flag_saturated_pixels
+
+    from romanjax import dq as dqflags
+    from romanjax.host.io import saturation_flags
+
+    # resultant 1 of several reads, so a saturating event within it can hide
+    pattern = romanjax.ReadPattern([[1], [2, 3, 4], [5, 6, 7, 8], list(range(9, 15)),
+                                    list(range(15, 23)), [23]])  # fmt: skip
+    rng = np.random.default_rng(3)
+    shape, n = (40, 50), pattern.n_resultants
+    level = rng.uniform(3e4, 6e4, shape)
+    level[rng.random(shape) < 0.05] = np.nan
+    rate = 10 ** rng.uniform(0, 4.5, shape)  # [DN/s]: from faint to saturating in read 2
+    tbar = np.array([np.mean(r) for r in pattern.reads]) * pattern.read_time
+    data = 1000 + rate[None] * tbar[:, None, None] + rng.normal(0, 20, (n,) + shape)
+    event = rng.random(shape) < 0.1  # a large jump from resultant 1 on
+    data[1:, event] += rng.uniform(1e4, 6e4, event.sum())
+    # a saturating event in read 4, the last of resultant 1, whose mean stays below the level
+    late = (rng.random(shape) < 0.1) & (rate < 100)
+    charge = np.nan_to_num(level[late], nan=6e4) + rng.uniform(1000, 5000, late.sum())
+    data[1, late] += charge / 3
+    data[2:, late] += charge
+    data[:, rng.random(shape) < 0.03] = 0.0
+    data = np.clip(np.round(data), 0, 65535).astype(np.float32)
+    got = saturation_flags(data, level, pattern)
+    names = {"DO_NOT_USE": 1, "SATURATED": 2, "AD_FLOOR": 64, "NO_SAT_CHECK": 2**21}
+    want, _, _ = flag_saturated_pixels(
+        data[None].copy(), np.zeros((1, n) + shape, np.uint32), np.zeros(shape, np.uint32),
+        level.copy(), np.zeros(shape, np.uint32), 65535.0, names, n_pix_grow_sat=0,
+        read_pattern=pattern.reads)  # fmt: skip
+    np.testing.assert_array_equal(got, want[0])
+    # every pass is exercised: DO_NOT_USE without SATURATED or AD_FLOOR (the diluted
+    # resultants), on resultant 1 and on later ones
+    diluted = ((got & dqflags.DO_NOT_USE) != 0) & ((got & dqflags.AD_FLOOR) == 0)
+    assert diluted[1].sum() > 5 and diluted[2:].sum() > 5, diluted.sum(axis=(1, 2))
+    assert np.any(got & dqflags.AD_FLOOR) and np.any(got & dqflags.SATURATED)
+    # the lists of read numbers work as the pattern does; a mismatch is refused
+    np.testing.assert_array_equal(saturation_flags(data, level, pattern.reads), got)
+    with pytest.raises(ValueError, match="`read_pattern` has 5 resultants"):
+        saturation_flags(data, level, pattern.reads[:-1])
+
+
 def test_read_reference_trims_the_border_and_names_bad_shapes():
     from romanjax.host.io import read_reference, saturation_flags
 

@@ -10,7 +10,8 @@ romanjax (see README.md in this folder); pytest does not collect it (conftest.py
    4-pixel border.
 3. romancal: DQInitStep -> SaturationStep -> RampFitStep (defaults: ``likely`` fitter with
    jump detection), with ``override_*`` reference files only.
-4. ``romanjax fit L1`` with default options (gain and read noise from the L1's extras).
+4. ``romanjax fit L1 --saturation-file`` (the same saturation reference file), otherwise
+   default options (gain and read noise from the L1's extras).
 5. Compared: fraction of pixels where |slope_romanjax - slope_romancal| > 3 * err_romancal,
    and the fraction of pixels whose L2 JUMP_DET bit agrees. Exits 1 when
    beyond-3-sigma >= 0.5% or JUMP_DET agreement < 99%.
@@ -208,7 +209,8 @@ def compare_on(label, l1, refs, work: Path):
     t_romancal = time.perf_counter() - t0
     t0 = time.perf_counter()
     romanjax_l2 = work / "romanjax_fit_L2.asdf"
-    romanjax_cli(["fit", str(l1), "-o", str(romanjax_l2), "-q", "--overwrite"])
+    romanjax_cli(["fit", str(l1), "-o", str(romanjax_l2), "-q", "--overwrite",
+                  f"--saturation-file={refs['saturation']}"])
     t_romanjax = time.perf_counter() - t0
     print(f"romancal DQInit+Saturation+RampFit {t_romancal:.1f} s, romanjax fit "
           f"{t_romanjax:.1f} s")

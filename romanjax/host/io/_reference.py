@@ -57,7 +57,9 @@ def read_reference(source, kind: str, shape) -> np.ndarray:
     ValueError
         If ``kind`` is unknown, the file holds another kind of reference, or the array's shape
         is neither ``shape`` nor ``shape`` with the reference border; values are not finite
-        (a flat may hold non-finite values: its unusable pixels, see the command line).
+        (a flat may hold non-finite values: its unusable pixels, see the command line; a
+        saturation level may be NaN: the pixel is checked against the converter's limit
+        only, see :func:`saturation_flags`).
     FileNotFoundError
         If the file does not exist.
     """
@@ -83,7 +85,8 @@ def read_reference(source, kind: str, shape) -> np.ndarray:
             f"read_reference: `{kind}` from {label} has shape {array.shape}; the image needs "
             f"{(ny, nx)} (or {(ny + 2 * NBORDER, nx + 2 * NBORDER)} with the reference border)"
         )
-    if kind not in ("mask", "flat") and not np.isfinite(array).all():
+    finite = np.isfinite(array) | (np.isnan(array) if kind == "saturation" else False)
+    if kind not in ("mask", "flat") and not finite.all():
         raise ValueError(f"read_reference: `{kind}` from {label} has non-finite values")
     return array
 
@@ -98,12 +101,62 @@ def _from_model(model, kind, label, dtype):
     return np.array(getattr(model, attribute), dtype)
 
 
-def saturation_flags(resultants, saturation) -> np.ndarray:
-    """romancal's saturation step: SATURATED on every resultant at or above ``saturation``
-    [DN] and on all later ones (a pixel stays saturated until reset). Returns uint32 flags of
-    the resultants' shape."""
-    from ...dq import SATURATED
+#: The 16-bit analogue-to-digital converter's largest value [DN]: romancal's saturation step
+#: compares pixels without a usable saturation level (NaN) against one more than this.
+ATOD_LIMIT = 65535.0
 
-    hit = np.asarray(resultants) >= np.asarray(saturation)[None]
-    hit = np.logical_or.accumulate(hit, axis=0)
-    return np.where(hit, np.uint32(SATURATED), np.uint32(0))
+
+def saturation_flags(resultants, saturation, read_pattern=None) -> np.ndarray:
+    """romancal's saturation step (stcal ``flag_saturated_pixels`` as romancal calls it, with
+    no growth into neighbouring pixels). Returns uint32 flags of the resultants' shape
+    ``[n_resultant, *pixels]``:
+
+    - SATURATED on every resultant at or above ``saturation`` [DN] and on all later ones (a
+      pixel stays saturated until reset); a NaN level is taken as ``ATOD_LIMIT + 1``;
+    - AD_FLOOR | DO_NOT_USE on every resultant at or below 0 DN;
+    - with ``read_pattern`` (a :class:`romanjax.ReadPattern` or the lists of read numbers
+      of each resultant), the two passes for resultants averaged over several reads, whose
+      later reads may saturate while the mean stays below the level:
+
+      * DO_NOT_USE on the resultant just before the first saturated one when it is at or
+        above ``saturation * mean(reads) / last read`` (its dilution factor; resultants of
+        one read, factor 1, are skipped) and carries neither SATURATED nor DO_NOT_USE;
+      * DO_NOT_USE on resultant 1 (0-based) when resultant 2 is the first saturated one,
+        resultant 0 extrapolated to the last read of resultant 2 stays below the level
+        (``R_0 / mean(reads_0) * last(reads_2) < saturation``) and the step from resultant
+        0 to 1 exceeds ``(saturation - R_0) / n_reads_1`` (a saturating event within
+        resultant 1).
+
+    romancal's ramp fit leaves DO_NOT_USE resultants out, as romanjax's fitters do
+    (:data:`romanjax.dq.DO_NOT_USE_IN_FIT`)."""
+    from ...dq import AD_FLOOR, DO_NOT_USE, SATURATED
+
+    data = np.asarray(resultants)
+    level = np.asarray(saturation, np.float64)
+    unchecked = np.isnan(level)
+    level = np.where(unchecked, ATOD_LIMIT + 1, level)
+    hit = np.logical_or.accumulate(data >= level[None], axis=0)
+    flags = np.where(hit, np.uint32(SATURATED), np.uint32(0))
+    flags |= np.where(data <= 0, np.uint32(AD_FLOOR | DO_NOT_USE), np.uint32(0))
+    if read_pattern is None:
+        return flags
+    reads = [list(r) for r in getattr(read_pattern, "reads", read_pattern)]
+    if len(reads) != data.shape[0]:
+        raise ValueError(f"saturation_flags: `read_pattern` has {len(reads)} resultants, "
+                         f"`resultants` {data.shape[0]}")  # fmt: skip
+    saturated = (flags & SATURATED) != 0
+    for g in range(data.shape[0] - 2, -1, -1):
+        dilution = np.mean(reads[g]) / reads[g][-1]
+        if dilution == 1:
+            continue
+        dilution = np.where(unchecked, 1.0, dilution)
+        partial = ((data[g] >= level * dilution) & ((flags[g] & (SATURATED | DO_NOT_USE)) == 0)
+                   & saturated[g + 1])  # fmt: skip
+        flags[g] |= np.where(partial, np.uint32(DO_NOT_USE), np.uint32(0))
+    if data.shape[0] > 2:
+        first = data[0]
+        late = (first / np.mean(reads[0])) * reads[2][-1] < level
+        jump = (data[1] - first) > (level - first) / len(reads[1])
+        third_only = saturated[2] & ~saturated[1]
+        flags[1] |= np.where(late & jump & third_only, np.uint32(DO_NOT_USE), np.uint32(0))
+    return flags
