@@ -85,8 +85,10 @@ LARGE_FRAME_BYTES = 256 * 2**20
 #: Bytes of resultants per chunk on CPUs (see :mod:`romanjax._platform`).
 DEFAULT_CPU_CHUNK_BYTES = _platform.CPU_CHUNK_BYTES
 
-#: Pixels per block of :func:`simulate_frame` (256 rows of a 4088-pixel detector): the unit of
-#: work within a chunk and of the split over devices; the values do not depend on it.
+#: Pixels per random-number block of the block-keyed frame driver, for simulators that do not
+#: take their place in the frame (block ``b`` uses ``jax.random.fold_in(key, b)``).
+#: :func:`simulate_frame` takes its place, so its blocks are a chunk's share of each device,
+#: by default at least this many pixels.
 DEFAULT_RNG_BLOCK = 2**20
 
 # --------------------------------------------------------------------------------------------
@@ -581,9 +583,14 @@ def _simulate_frame(simulator, function, key, counts, pattern, *, chunk_pixels, 
                 f"{function}: `{bad}` couples neighbouring pixels and cannot be applied per "
                 f"chunk of pixels; call {name} on the whole frame (or rows) instead"
             )
-    if isinstance(rng_block, bool) or int(rng_block) != rng_block or rng_block < 1:
-        raise ValueError(f"{function}: `rng_block` must be a positive integer, got {rng_block!r}")
-    rng_block = int(rng_block)
+    frame_keyed = _takes_frame_position(simulator)
+    if rng_block is None and not frame_keyed:
+        rng_block = DEFAULT_RNG_BLOCK
+    if rng_block is not None:
+        if isinstance(rng_block, bool) or int(rng_block) != rng_block or rng_block < 1:
+            raise ValueError(
+                f"{function}: `rng_block` must be a positive integer, got {rng_block!r}")
+        rng_block = int(rng_block)
     counts = np.asarray(counts)
     pixels = counts.shape
     n_pixels = math.prod(pixels)
@@ -594,6 +601,23 @@ def _simulate_frame(simulator, function, key, counts, pattern, *, chunk_pixels, 
     per_pixel = [_per_pixel(k, kwargs[k], pixels, function).reshape(-1) for k in pixel_names]
     static_items = tuple(sorted((k, v) for k, v in kwargs.items() if k not in pixel_names))
     flat_counts = counts.reshape(-1)
+
+    mesh, axes = _mesh_and_spec(mesh, function)
+    n_shards = mesh.size
+    default_chunk = chunk_pixels is None
+    if default_chunk:
+        chunk_pixels = default_chunk_pixels(n, 4)
+    chunk = _chunk_size(chunk_pixels, n_pixels, n, 4, 1, function)
+    workers = _simulation_workers(workers, mesh, function)
+    if rng_block is None:  # a simulator keyed by frame position: one block per device and chunk
+        if default_chunk:
+            # at least DEFAULT_RNG_BLOCK pixels per device: a part's cosmic rays cost a
+            # margin of track slots whatever its size (cosmic_ray_part_cap); then at least
+            # one chunk per worker
+            chunk = max(chunk, DEFAULT_RNG_BLOCK * n_shards)
+            if workers > 1:
+                chunk = min(chunk, -(-n_pixels // workers))
+        rng_block = -(-chunk // n_shards)
     # 2-D and larger frames: blocks of whole rows of the first axis (images stay images)
     if len(pixels) >= 2:
         row = math.prod(pixels[1:])
@@ -604,18 +628,11 @@ def _simulate_frame(simulator, function, key, counts, pattern, *, chunk_pixels, 
         block_shape = (rng_block,)
     rng_block = max(rng_block, 1)
 
-    mesh, axes = _mesh_and_spec(mesh, function)
-    n_shards = mesh.size
     # a chunk is a whole number of blocks, and of blocks per shard
-    default_chunk = chunk_pixels is None
-    if default_chunk:
-        chunk_pixels = default_chunk_pixels(n, 4)
-    chunk = _chunk_size(chunk_pixels, n_pixels, n, 4, 1, function)
     blocks_per_chunk = max(1, -(-chunk // rng_block))
     blocks_per_chunk = -(-blocks_per_chunk // n_shards) * n_shards
     n_blocks = max(1, -(-n_pixels // rng_block))
     blocks_per_chunk = min(blocks_per_chunk, -(-n_blocks // n_shards) * n_shards)
-    workers = _simulation_workers(workers, mesh, function)
     if default_chunk and workers > 1:  # at least one chunk per worker where blocks allow
         per_worker = -(-n_blocks // workers)
         blocks_per_chunk = min(blocks_per_chunk, -(-per_worker // n_shards) * n_shards)
@@ -631,7 +648,7 @@ def _simulate_frame(simulator, function, key, counts, pattern, *, chunk_pixels, 
                     + (block_sharding,) * len(per_pixel))  # fmt: skip
     run = _block_simulator(
         simulator, pattern, static_items, pixel_names, block_shape, (in_shardings, out_sharding),
-        pixels if _takes_frame_position(simulator) else None,
+        pixels if frame_keyed else None,
     )
 
     def blocks(array, start, stop):
@@ -874,14 +891,15 @@ def apportion_frame(key: jax.Array, counts: ArrayLike, pattern: ReadPattern, *,
 
 def simulate_frame(key: jax.Array, counts: ArrayLike, pattern: ReadPattern, *,
                    chunk_pixels: int | None = None, mesh: jax.sharding.Mesh | None = None,
-                   progress: bool = False, rng_block: int = DEFAULT_RNG_BLOCK,
+                   progress: bool = False, rng_block: int | None = None,
                    workers: int | None = None, **kwargs) -> L1 | tuple:  # fmt: skip
     """:func:`simulate_l1` over a whole frame in chunks of bounded memory.
 
     Numpy in, numpy out, in blocks of rows: for 2-D (and higher) ``counts`` whole rows of the
     first axis, ``max(1, rng_block // row_length)`` rows per block (at most all rows); for
-    1-D ``counts`` runs of ``min(rng_block, size)`` pixels. Block ``b`` of ``B`` pixels (the
-    last one zero-padded to full size) is ``simulate_l1(key, counts_block, pattern,
+    1-D ``counts`` runs of ``min(rng_block, size)`` pixels; by default one block per device
+    and chunk, so each device runs one elementwise program per chunk. Block ``b`` of ``B``
+    pixels (the last one zero-padded to full size) is ``simulate_l1(key, counts_block, pattern,
     frame_shape=counts.shape, first_pixel=b * B, **kwargs)``: its random numbers are those
     of the whole frame at its pixels (cosmic-ray tracks drawn for the whole frame cross
     block edges unbroken), so the result is ``simulate_l1(key, counts, pattern, **kwargs)``
@@ -896,10 +914,9 @@ def simulate_frame(key: jax.Array, counts: ArrayLike, pattern: ReadPattern, *,
     pattern : ReadPattern
     chunk_pixels, mesh, progress, workers
         As :func:`apportion_frame` (chunks are rounded up to whole blocks per device).
-    rng_block : int
-        Approximate pixels per block (default :data:`DEFAULT_RNG_BLOCK` = 2**20, 256 rows of
-        a 4088-pixel detector): the unit of work and of the split over devices; the values
-        do not depend on it.
+    rng_block : int or None
+        Approximate pixels per block (default: a chunk's share of each device): the unit of
+        one simulate_l1 call within a chunk. The values do not depend on it.
     **kwargs
         Passed to :func:`simulate_l1` (``read_noise`` [DN], ``gain`` [e/DN], ``pedestal``
         [e], ...). numpy/JAX arrays with at least one dimension must broadcast to

@@ -936,3 +936,24 @@ def test_run_chunks_threads_wait_for_the_first_submit():
     assert all(entry[0] == "end" or entry[1] == 0 for entry in order[:first_end])
     # after the first, the others overlap
     assert max(entry[2] for entry in order if entry[0] == "start") >= 2
+
+
+@needs_simulate
+def test_simulate_frame_runs_one_block_per_device_and_chunk(rng, monkeypatch):
+    """simulate_l1 takes its place in the frame, so a chunk need not be cut into random-number
+    blocks: by default each chunk is one simulate_l1 call per device (here one device)."""
+    from romanjax.host import frames
+
+    shapes = []
+    original = frames._block_simulator
+
+    def spy(simulator, pattern, static_items, pixel_names, block_shape, *args):
+        shapes.append(block_shape)
+        return original(simulator, pattern, static_items, pixel_names, block_shape, *args)
+
+    monkeypatch.setattr(frames, "_block_simulator", spy)
+    counts = rng.integers(0, 100, (40, 30))
+    out = simulate_frame(jax.random.key(1), counts, MA4, chunk_pixels=300, workers=1)
+    assert shapes == [(10, 30)]
+    np.testing.assert_array_equal(
+        out.resultants, np.asarray(romanjax.simulate_l1(jax.random.key(1), counts, MA4).resultants))
