@@ -24,7 +24,7 @@ of ~0.1). This sampler keeps the same two exact algorithms and fixes both:
   key, ``e``, ``n`` and ``p`` alone: the same whatever the array size, the chunking of a
   frame, or the schedule of the redraws;
 * the rejected draws are compacted into a buffer ``REDRAW_BUFFER`` (22%) of the size and
-  redrawn there: on CPUs recursively on ever smaller buffers (in place from 16384
+  redrawn there: on CPUs recursively on ever smaller buffers (in place below 4096
   elements), ~1.3 attempts per element in all instead of the ~8 full-array passes a plain
   loop needs before the last of a million elements is accepted; elsewhere in one loop over
   one buffer (one data-dependent loop in the program: on a GPU each trip of one copies its
@@ -63,10 +63,8 @@ __all__ = ["binomial", "binomial_half", "uniform_pair"]
 INVERSION_MAX_MEAN = 10.0
 #: Unrolled inversion steps; P(X > 42) < 1e-12 for any binomial of mean < 10.
 INVERSION_STEPS = 42
-#: At most this many elements: the rejected draws are redrawn in place, without compaction.
-#: Every level of compaction is one more copy of the sampler in the compiled program (a
-#: smaller value compiles slower and runs no faster).
-_MIN_COMPACT = 16384
+#: Below this many elements the rejected draws are redrawn in place, without compaction.
+_MIN_COMPACT = 4096
 #: Binomial(n, 1/2) by counting set random bits up to this n (four 32-bit words).
 POPCOUNT_MAX_N = 128
 #: Arrays are padded to a multiple of this many elements.
