@@ -14,6 +14,7 @@ __all__ = [
     "NONLINEAR",
     "NO_LIN_CORR",
     "NO_FLAT_FIELD",
+    "NO_SAT_CHECK",
     "DO_NOT_USE_IN_FIT",
 ]
 
@@ -34,6 +35,9 @@ NO_LIN_CORR = 2**20
 #: Flat field not available for this pixel (a flat reference value that is not finite or
 #: not positive; the pixel is then not flat-fielded).
 NO_FLAT_FIELD = 2**18
+#: Saturation not checked for this pixel (no usable saturation level): romancal's saturation
+#: step compares it with the converter's limit only.
+NO_SAT_CHECK = 2**21
 #: ``DO_NOT_USE | SATURATED | JUMP_DET``: the bits that exclude a resultant from fits, as
 #: romancal's ramp fitting skips them (romanisim's own fits skip only its 6, SATURATED |
 #: JUMP_DET; its resultant flags never carry DO_NOT_USE).

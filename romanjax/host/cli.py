@@ -164,8 +164,9 @@ def build_parser() -> argparse.ArgumentParser:
             ("dark", "DarkRefModel", "dark rate (dark_slope [DN/s]), subtracted"),
             ("flat", "FlatRefModel", "flat field; the slopes are divided by it"),
             ("saturation", "SaturationRefModel",
-             "saturation level [DN]: resultants at or above it, and all later ones, are "
-             "flagged SATURATED"),
+             "saturation level [DN]: romancal's saturation step (resultants at or above it, "
+             "and all later ones, SATURATED; a resultant whose later reads saturated "
+             "DO_NOT_USE; 0 DN AD_FLOOR; the file's flags and NO_SAT_CHECK set)"),
             ("mask", "MaskRefModel",
              "bad-pixel mask: its flags are set on every resultant (DO_NOT_USE pixels are not "
              "fitted)")):  # fmt: skip
@@ -391,9 +392,11 @@ def _fit(args):
     read_noise = refs.get("read_noise", read_noise)
     dq = _flags_for_fit(l1.dq, args.truth_flags)
     if "saturation" in refs:
-        from .io import saturation_flags
+        from .io import saturation_flags, saturation_pixel_flags
 
-        dq = dq | saturation_flags(l1.resultants, refs["saturation"], l1.pattern)
+        level, level_dq = refs["saturation"], refs["saturation_dq"]
+        dq = dq | saturation_flags(l1.resultants, level, l1.pattern, level_dq)
+        dq = dq | saturation_pixel_flags(level, level_dq)[None]
     if "mask" in refs:
         dq = dq | refs["mask"][None]
     if "flat" in refs:  # unusable flat values: not flat-fielded, flagged (romancal's flat step)
@@ -420,7 +423,7 @@ def _fit(args):
     meta = dict(l1.meta)
     meta.update(command="romanjax fit", source_l1=str(args.l1), **_fit_meta(args))
     meta.update({f"reference_{kind}": str(getattr(args, f"{kind}_file"))
-                 for kind in refs})  # fmt: skip
+                 for kind in refs if kind != "saturation_dq"})  # fmt: skip
     image = L2Image.from_l2(l2, l1.pattern, gain=gain, read_noise=read_noise, wcs=l1.wcs,
                             meta=meta)  # fmt: skip
     write_l2(output, image)
@@ -446,6 +449,8 @@ def _reference_files(args, shape) -> dict:
             continue
         try:
             arrays[kind] = read_reference(path, kind, shape)
+            if kind == "saturation":  # the file's flags (NO_SAT_CHECK pixels) as well
+                arrays["saturation_dq"] = read_reference(path, "saturation_dq", shape)
         except (ValueError, FileNotFoundError, ProductFileError) as error:
             raise UserError(f"--{kind.replace('_', '-')}-file: {error}") from None
     if "gain" in arrays and not (arrays["gain"] > 0).all():

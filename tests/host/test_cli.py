@@ -436,10 +436,16 @@ def test_fit_reads_roman_reference_files(simulated, tmp_path):
     mask = np.zeros(full, np.uint32)
     mask[science][20, 21] = dqbits.DO_NOT_USE
     files = {}
+    # a pixel the saturation file exempts from the check (NO_SAT_CHECK): never SATURATED
+    saturation_dq = np.zeros(full, np.uint32)
+    arrays["saturation"][science][12, 13] = 1.0
+    saturation_dq[science][12, 13] = dqbits.NO_SAT_CHECK
     for kind, (model, attribute) in romanjax.host.io.REFERENCE_KINDS.items():
         ref = getattr(rdm.datamodels, model).create_fake_data(shape=full)
         value = mask if kind == "mask" else arrays[kind].astype(np.float32)
         setattr(ref, attribute, value)
+        if kind == "saturation":
+            ref.dq = saturation_dq
         files[kind] = tmp_path / f"{kind}.asdf"
         ref.save(files[kind])
     out = tmp_path / "ref_L2.asdf"
@@ -450,7 +456,9 @@ def test_fit_reads_roman_reference_files(simulated, tmp_path):
     a = {kind: value[science].astype(np.float32).astype(np.float64)
          for kind, value in arrays.items()}  # fmt: skip
     dq = np.asarray(l1.dq, np.uint32) & ~np.uint32(dqbits.JUMP_DET)  # truth flags dropped
-    dq |= romanjax.host.io.saturation_flags(l1.resultants, a["saturation"], l1.pattern)
+    level_dq = saturation_dq[science]
+    dq |= romanjax.host.io.saturation_flags(l1.resultants, a["saturation"], l1.pattern, level_dq)
+    dq |= romanjax.host.io.saturation_pixel_flags(a["saturation"], level_dq)[None]
     dq[:, 20, 21] |= dqbits.DO_NOT_USE
     flat = a["flat"].copy()
     flat[5, 6] = 1.0
@@ -465,6 +473,7 @@ def test_fit_reads_roman_reference_files(simulated, tmp_path):
     assert got.meta["reference_gain"] == str(files["gain"])
     # the saturated pixel was fitted from its first resultants, or flagged if it could not be
     assert got.data[10, 11] != 0 or got.dq[10, 11] & dqbits.SATURATED
+    assert got.dq[12, 13] & dqbits.NO_SAT_CHECK and not got.dq[12, 13] & dqbits.SATURATED
     # a reference of the wrong kind, and scalar and file given together, are refused by name
     assert main(["fit", str(simulated / "romanjax_L1.asdf"), "-o", str(tmp_path / "x.asdf"),
                  "-q", f"--gain-file={files['flat']}"]) == 1  # fmt: skip

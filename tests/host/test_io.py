@@ -7,7 +7,7 @@ import os
 import asdf
 import numpy as np
 import pytest
-from conftest import requires_romanisim
+from conftest import requires_romanisim, requires_stcal
 
 import romanjax
 from romanjax.host.io import (
@@ -473,15 +473,18 @@ def test_ramp_fit_datamodel_turns_a_ramp_model_into_romancals_image_model():
         ramp_fit_datamodel(ramp, read_noise=5.0, gain=np.ones((3, 3)))
 
 
+@requires_stcal
+@pytest.mark.reference
 def test_saturation_flags_equal_stcals_as_romancal_calls_it():
     """With the read pattern, the flags are stcal ``flag_saturated_pixels``'s as romancal's
     saturation step calls it (no growth into neighbours, ``read_pattern`` given), bit for
     bit: the forward pass, the A/D floor, the diluted resultant before the first saturated
-    one and the saturating event within resultant 1; NaN levels checked against 65536."""
+    one and the saturating event within resultant 1; NaN levels and the reference file's
+    NO_SAT_CHECK pixels checked against 65536; the pixel flags taken from the file."""
     from stcal.saturation.saturation import flag_saturated_pixels
 
     from romanjax import dq as dqflags
-    from romanjax.host.io import saturation_flags
+    from romanjax.host.io import saturation_flags, saturation_pixel_flags
 
     # resultant 1 of several reads, so a saturating event within it can hide
     pattern = romanjax.ReadPattern([[1], [2, 3, 4], [5, 6, 7, 8], list(range(9, 15)),
@@ -502,20 +505,27 @@ def test_saturation_flags_equal_stcals_as_romancal_calls_it():
     data[2:, late] += charge
     data[:, rng.random(shape) < 0.03] = 0.0
     data = np.clip(np.round(data), 0, 65535).astype(np.float32)
-    got = saturation_flags(data, level, pattern)
+    level_dq = np.where(rng.random(shape) < 0.1, dqflags.NO_SAT_CHECK, 0).astype(np.uint32)
+    level_dq[:5] |= dqflags.DO_NOT_USE
+    got = saturation_flags(data, level, pattern, level_dq)
     names = {"DO_NOT_USE": 1, "SATURATED": 2, "AD_FLOOR": 64, "NO_SAT_CHECK": 2**21}
-    want, _, _ = flag_saturated_pixels(
+    want, want_pixel, _ = flag_saturated_pixels(
         data[None].copy(), np.zeros((1, n) + shape, np.uint32), np.zeros(shape, np.uint32),
-        level.copy(), np.zeros(shape, np.uint32), 65535.0, names, n_pix_grow_sat=0,
+        level.copy(), level_dq.copy(), 65535.0, names, n_pix_grow_sat=0,
         read_pattern=pattern.reads)  # fmt: skip
     np.testing.assert_array_equal(got, want[0])
+    np.testing.assert_array_equal(saturation_pixel_flags(level, level_dq), want_pixel)
+    # NO_SAT_CHECK pixels that reach the level are not flagged
+    ignored = (level_dq & dqflags.NO_SAT_CHECK) != 0
+    assert np.any(ignored & (data[-1] >= np.nan_to_num(level, nan=7e4)))
+    assert not np.any((got[-1] & dqflags.SATURATED)[ignored & (data[-1] < 65535)])
     # every pass is exercised: DO_NOT_USE without SATURATED or AD_FLOOR (the diluted
     # resultants), on resultant 1 and on later ones
     diluted = ((got & dqflags.DO_NOT_USE) != 0) & ((got & dqflags.AD_FLOOR) == 0)
     assert diluted[1].sum() > 5 and diluted[2:].sum() > 5, diluted.sum(axis=(1, 2))
     assert np.any(got & dqflags.AD_FLOOR) and np.any(got & dqflags.SATURATED)
     # the lists of read numbers work as the pattern does; a mismatch is refused
-    np.testing.assert_array_equal(saturation_flags(data, level, pattern.reads), got)
+    np.testing.assert_array_equal(saturation_flags(data, level, pattern.reads, level_dq), got)
     with pytest.raises(ValueError, match="`read_pattern` has 5 resultants"):
         saturation_flags(data, level, pattern.reads[:-1])
 

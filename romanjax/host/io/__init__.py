@@ -22,7 +22,12 @@ from ._asdf import (
 )
 from ._pipeline import ramp_fit_datamodel
 from ._products import DEFAULT_GAIN, DEFAULT_READ_NOISE, L1Image, L2Image
-from ._reference import REFERENCE_KINDS, read_reference, saturation_flags
+from ._reference import (
+    REFERENCE_KINDS,
+    read_reference,
+    saturation_flags,
+    saturation_pixel_flags,
+)
 from ._roman import gwcs_from_fits, to_roman_l1, to_roman_l2, write_roman_l1, write_roman_l2
 
 __all__ = [
@@ -49,6 +54,7 @@ __all__ = [
     "REFERENCE_KINDS",
     "read_reference",
     "saturation_flags",
+    "saturation_pixel_flags",
     "to_roman_l1",
     "to_roman_l2",
     "write_roman_l1",

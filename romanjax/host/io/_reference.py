@@ -12,6 +12,9 @@ kind            reference model            attribute               units
 ``mask``        ``MaskRefModel``           ``dq``                  flags (uint32)
 ==============  =========================  ======================  =====================
 
+``read_reference`` also reads ``saturation_dq``, the ``dq`` flags of a
+``SaturationRefModel`` (uint32; its ``NO_SAT_CHECK`` pixels, see :func:`saturation_flags`).
+
 Reference files cover the whole detector, 4096 x 4096 with the 4-pixel reference border;
 an array that is the science shape plus that border is trimmed to the science pixels.
 """
@@ -22,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ...dq import NO_SAT_CHECK
 from ._roman import NBORDER
 
 #: kind -> (reference model class name, attribute)
@@ -33,6 +37,8 @@ REFERENCE_KINDS = {
     "saturation": ("SaturationRefModel", "data"),
     "mask": ("MaskRefModel", "dq"),
 }
+#: further kinds :func:`read_reference` reads from a file given for one of the above
+_FLAG_KINDS = {"saturation_dq": ("SaturationRefModel", "dq")}
 
 
 def read_reference(source, kind: str, shape) -> np.ndarray:
@@ -43,14 +49,14 @@ def read_reference(source, kind: str, shape) -> np.ndarray:
     source : str, Path, roman_datamodels reference model, or array
         A reference file, an opened reference model, or the array itself.
     kind : str
-        One of ``REFERENCE_KINDS``.
+        One of ``REFERENCE_KINDS``, or ``"saturation_dq"``.
     shape : (int, int)
         Science-pixel shape ``(ny, nx)``.
 
     Returns
     -------
     numpy.ndarray
-        float64 (uint32 for ``mask``), ``shape``.
+        float64 (uint32 for ``mask`` and ``saturation_dq``), ``shape``.
 
     Raises
     ------
@@ -63,11 +69,13 @@ def read_reference(source, kind: str, shape) -> np.ndarray:
     FileNotFoundError
         If the file does not exist.
     """
-    if kind not in REFERENCE_KINDS:
-        raise ValueError(f"read_reference: unknown `kind` {kind!r}; one of {list(REFERENCE_KINDS)}")
-    model_name = REFERENCE_KINDS[kind][0]
+    kinds = {**REFERENCE_KINDS, **_FLAG_KINDS}
+    if kind not in kinds:
+        raise ValueError(f"read_reference: unknown `kind` {kind!r}; one of {list(kinds)}")
+    model_name = kinds[kind][0]
     label = str(source) if isinstance(source, (str, Path)) else model_name
-    dtype = np.uint32 if kind == "mask" else np.float64
+    flags = kind in ("mask", "saturation_dq")
+    dtype = np.uint32 if flags else np.float64
     if isinstance(source, (str, Path)):
         from ._asdf import open_datamodel
 
@@ -86,13 +94,13 @@ def read_reference(source, kind: str, shape) -> np.ndarray:
             f"{(ny, nx)} (or {(ny + 2 * NBORDER, nx + 2 * NBORDER)} with the reference border)"
         )
     finite = np.isfinite(array) | (np.isnan(array) if kind == "saturation" else False)
-    if kind not in ("mask", "flat") and not finite.all():
+    if not flags and kind != "flat" and not finite.all():
         raise ValueError(f"read_reference: `{kind}` from {label} has non-finite values")
     return array
 
 
 def _from_model(model, kind, label, dtype):
-    model_name, attribute = REFERENCE_KINDS[kind]
+    model_name, attribute = {**REFERENCE_KINDS, **_FLAG_KINDS}[kind]
     if type(model).__name__ != model_name:
         raise ValueError(
             f"read_reference: {label} is a {type(model).__name__}, not the {model_name} "
@@ -106,13 +114,16 @@ def _from_model(model, kind, label, dtype):
 ATOD_LIMIT = 65535.0
 
 
-def saturation_flags(resultants, saturation, read_pattern=None) -> np.ndarray:
+def saturation_flags(resultants, saturation, read_pattern=None,
+                     saturation_dq=None) -> np.ndarray:  # fmt: skip
     """romancal's saturation step (stcal ``flag_saturated_pixels`` as romancal calls it, with
     no growth into neighbouring pixels). Returns uint32 flags of the resultants' shape
     ``[n_resultant, *pixels]``:
 
     - SATURATED on every resultant at or above ``saturation`` [DN] and on all later ones (a
-      pixel stays saturated until reset); a NaN level is taken as ``ATOD_LIMIT + 1``;
+      pixel stays saturated until reset); a NaN level, or a pixel whose
+      ``saturation_dq`` (the reference file's flags, :func:`saturation_pixel_flags`) has
+      NO_SAT_CHECK, is compared with ``ATOD_LIMIT + 1`` instead;
     - AD_FLOOR | DO_NOT_USE on every resultant at or below 0 DN;
     - with ``read_pattern`` (a :class:`romanjax.ReadPattern` or the lists of read numbers
       of each resultant), the two passes for resultants averaged over several reads, whose
@@ -132,8 +143,10 @@ def saturation_flags(resultants, saturation, read_pattern=None) -> np.ndarray:
     from ...dq import AD_FLOOR, DO_NOT_USE, SATURATED
 
     data = np.asarray(resultants)
+    if not np.issubdtype(data.dtype, np.floating):  # no unsigned wrap-around below
+        data = data.astype(np.float64)
     level = np.asarray(saturation, np.float64)
-    unchecked = np.isnan(level)
+    unchecked = (saturation_pixel_flags(level, saturation_dq) & NO_SAT_CHECK) != 0
     level = np.where(unchecked, ATOD_LIMIT + 1, level)
     hit = np.logical_or.accumulate(data >= level[None], axis=0)
     flags = np.where(hit, np.uint32(SATURATED), np.uint32(0))
@@ -160,3 +173,16 @@ def saturation_flags(resultants, saturation, read_pattern=None) -> np.ndarray:
         third_only = saturated[2] & ~saturated[1]
         flags[1] |= np.where(late & jump & third_only, np.uint32(DO_NOT_USE), np.uint32(0))
     return flags
+
+
+def saturation_pixel_flags(saturation, saturation_dq=None) -> np.ndarray:
+    """The pixel flags romancal's saturation step takes from its reference file, uint32
+    ``[*pixels]``: the file's own flags ``saturation_dq`` (default none), with NO_SAT_CHECK
+    added where the level ``saturation`` is NaN. :func:`saturation_flags` does not check
+    the NO_SAT_CHECK pixels against their level; the command line sets these flags on every
+    resultant of the pixel."""
+    level = np.asarray(saturation, np.float64)
+    flags = np.zeros(level.shape, np.uint32)
+    if saturation_dq is not None:
+        flags |= np.broadcast_to(np.asarray(saturation_dq, np.uint32), level.shape)
+    return flags | np.where(np.isnan(level), np.uint32(NO_SAT_CHECK), np.uint32(0))
