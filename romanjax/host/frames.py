@@ -609,7 +609,8 @@ def _simulate_frame(simulator, function, key, counts, pattern, *, chunk_pixels, 
         chunk_pixels = default_chunk_pixels(n, 4)
     chunk = _chunk_size(chunk_pixels, n_pixels, n, 4, 1, function)
     workers = _simulation_workers(workers, mesh, function)
-    if rng_block is None:  # a simulator keyed by frame position: one block per device and chunk
+    one_per_device = rng_block is None
+    if one_per_device:  # a simulator keyed by frame position: one block per device and chunk
         if default_chunk:
             # at least DEFAULT_RNG_BLOCK pixels per device: a part's cosmic rays cost a
             # margin of track slots whatever its size (cosmic_ray_part_cap); then at least
@@ -621,7 +622,9 @@ def _simulate_frame(simulator, function, key, counts, pattern, *, chunk_pixels, 
     # 2-D and larger frames: blocks of whole rows of the first axis (images stay images)
     if len(pixels) >= 2:
         row = math.prod(pixels[1:])
-        rows = min(max(1, rng_block // max(row, 1)), max(pixels[0], 1))
+        rows = (-(-rng_block // max(row, 1)) if one_per_device  # whole rows, rounded up
+                else rng_block // max(row, 1))  # fmt: skip
+        rows = min(max(1, rows), max(pixels[0], 1))
         block_shape, rng_block = (rows,) + pixels[1:], rows * row
     else:
         rng_block = min(rng_block, max(n_pixels, 1))
@@ -946,7 +949,7 @@ def simulate_frame(key: jax.Array, counts: ArrayLike, pattern: ReadPattern, *,
     """
     decay = kwargs.get("dark_decay")
     if isinstance(decay, dict) and ("detector" in decay or "sca" in decay):
-        # blocks of rows do not know where they sit on the detector
+        # the detector form's `origin` is one window: not worked out per block
         raise ValueError(
             "simulate_frame: give the pixels' read times of `dark_decay` as "
             "`read_time_offsets` (romanjax.frame_read_times), not by its detector"

@@ -24,6 +24,7 @@ __all__ = [
     "cosmic_ray_part_cap",
     "CosmicRayTracks",
     "cosmic_ray_tracks",
+    "cosmic_ray_reaches",
     "cosmic_ray_deposit",
     "apply_ipc",
     "apply_inverse_linearity",
@@ -74,7 +75,9 @@ def _length_moment(params: CosmicRayParams, power: int) -> float:
     ``[min_cr_len, max_cr_len]``), in float64 on the host."""
     s, lo, hi = params.length_slope, params.min_cr_len, params.max_cr_len
 
-    def integral(k):  # int_lo^hi l**(s + k) dl, s + k != -1
+    def integral(k):  # int_lo^hi l**(s + k) dl
+        if s + k + 1 == 0:
+            return math.log(hi / lo)
         return (hi ** (s + k + 1) - lo ** (s + k + 1)) / (s + k + 1)
 
     return integral(power) / integral(0) / params.pixel_size**power
@@ -153,6 +156,24 @@ def cosmic_ray_tracks(key, mean_number, cap, frame_image, params: CosmicRayParam
                            jnp.where(valid, charge, 0))
 
 
+def cosmic_ray_reaches(tracks: CosmicRayTracks, frame_image, first_pixel, part_image, dtype):
+    """``[cap]`` bool: the tracks that may deposit charge in the part of the frame
+    (:func:`cosmic_ray_deposit`), those whose extent meets the part's box grown by one pixel
+    on every side. A track's sampled points lie between its start and its end and are
+    rounded to pixel centres (at most half a pixel), so no track outside this set reaches
+    the part; :func:`cosmic_ray_part_cap` bounds the number of tracks inside it."""
+    nx = frame_image[1]
+    rows, columns = part_image
+    first_pixel = jnp.asarray(first_pixel, jnp.int32)
+    row0, column0 = first_pixel // nx, first_pixel % nx
+    end_row, end_column = tracks.row + tracks.d_row, tracks.column + tracks.d_column
+    return ((tracks.charge > 0)
+            & (jnp.maximum(tracks.row, end_row) >= row0.astype(dtype) - 1)
+            & (jnp.minimum(tracks.row, end_row) <= (row0 + rows).astype(dtype))
+            & (jnp.maximum(tracks.column, end_column) >= column0.astype(dtype) - 1)
+            & (jnp.minimum(tracks.column, end_column) <= (column0 + columns).astype(dtype)))
+
+
 def cosmic_ray_deposit(tracks: CosmicRayTracks, key, frame_image, first_pixel, part_image,
                        part_cap, params: CosmicRayParams, dtype):
     """Electrons the ``tracks`` (:func:`cosmic_ray_tracks`) deposit in a part of their frame,
@@ -174,16 +195,9 @@ def cosmic_ray_deposit(tracks: CosmicRayTracks, key, frame_image, first_pixel, p
     ny, nx = frame_image
     rows, columns = part_image
     first_pixel = jnp.asarray(first_pixel, jnp.int32)
-    row0, column0 = first_pixel // nx, first_pixel % nx
     n_points = int(math.ceil(4 * params.max_cr_len / params.pixel_size)) + 1
-    # the sampled points lie between the start and the end, rounded to pixel centres
-    end_row, end_column = tracks.row + tracks.d_row, tracks.column + tracks.d_column
-    reaches = ((tracks.charge > 0)
-               & (jnp.maximum(tracks.row, end_row) >= row0.astype(dtype) - 1)
-               & (jnp.minimum(tracks.row, end_row) <= (row0 + rows).astype(dtype))
-               & (jnp.maximum(tracks.column, end_column) >= column0.astype(dtype) - 1)
-               & (jnp.minimum(tracks.column, end_column) <= (column0 + columns).astype(dtype)))
     cap = tracks.charge.shape[0]
+    reaches = cosmic_ray_reaches(tracks, frame_image, first_pixel, part_image, dtype)
     slot = compact(reaches, part_cap)  # [part_cap], ``cap`` in unused entries
     taken = [jnp.take(x, slot, mode="fill", fill_value=0) for x in tracks]
     row, column, d_row, d_column, charge = taken

@@ -244,9 +244,10 @@ def simulate_l1(key: jax.Array, counts: ArrayLike, pattern: ReadPattern, *,
     cosmic_rays : None, bool or dict
         ``True``: romanisim's model (8 /cm**2/s, power-law lengths 10-2000 um, Moyal dE/dx)
         at the rate for the simulated AREA: ``flux * n_pixels * (10 um)**2 * dt_j`` per read
-        interval ``dt_j`` (romanisim applies the rate of a whole 16.8 cm**2 detector to any
-        image, so small stamps get ~1e3 x the real density; here a 4088**2 frame gets about
-        romanisim's 425 per read). Skipped reads' time counts too (romanisim gives them none).
+        interval ``dt_j``, ``n_pixels`` those of the frame (``frame_shape``). romanisim
+        applies the rate of a whole 16.8 cm**2 detector to any image, so small stamps get
+        ~1e3 x the real density; here a 4088**2 frame gets about romanisim's 425 per read.
+        Skipped reads' time counts too (romanisim gives them none).
         A dict overrides fields of :class:`CosmicRayParams`. Hit resultants get JUMP_DET.
         Needs 0-, 1- or 2-D ``counts`` (treated as an image of shape (1, 1), (1, n), (ny, nx)).
     ipc : None, bool or array ``[3, 3]``
@@ -378,6 +379,9 @@ def simulate_l1(key: jax.Array, counts: ArrayLike, pattern: ReadPattern, *,
     if (crparams is not None or kernel is not None) and len(shape) > 2:
         raise ValueError("simulate_l1: cosmic rays and IPC need `counts` of at most 2 dims")
     frame_shape = _check_frame(frame_shape, first_pixel, shape, kernel is not None)
+    if crparams is not None and int(np.prod(frame_shape)) > 2**31 - 1:
+        raise ValueError("simulate_l1: cosmic rays need at most 2**31 - 1 pixels per frame "
+                         f"(`frame_shape` {frame_shape})")  # fmt: skip
     frame_image = (frame_shape if len(frame_shape) == 2
                    else (1, max(int(np.prod(frame_shape)), 1)))  # fmt: skip
     cr_cap = cr_part_cap = 0
@@ -452,9 +456,6 @@ def _check_frame(frame_shape, first_pixel, shape, ipc):
             raise ValueError(f"{function}: `first_pixel` {first} does not start whole rows "
                              f"of {size} pixels inside a frame of `frame_shape` "
                              f"{frame_shape}")  # fmt: skip
-    if int(np.prod(frame_shape)) > 2**31 - 1:
-        raise ValueError(f"{function}: at most 2**31 - 1 pixels per frame (`frame_shape` "
-                         f"{frame_shape})")
     return frame_shape
 
 

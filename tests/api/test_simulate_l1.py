@@ -212,3 +212,32 @@ def test_bad_frame_position_is_refused():
                           (dict(frame_shape="abc"), "`frame_shape`")):  # fmt: skip
         with pytest.raises(ValueError, match=match):
             simulate_l1(key, counts, PATTERN, **kwargs)
+
+
+def test_cosmic_ray_part_cap_bounds_the_tracks_that_reach_a_part():
+    """The slots of a part (cosmic_ray_part_cap) hold every track that reaches it: the mean
+    number of reaching tracks, measured over many read intervals at a high flux with long
+    tracks, is at most the bound the cap is the Poisson cap of, and not far below it (a
+    bound of the frame's whole rate would pass the first test but not the second)."""
+    from romanjax.kernels import effects
+
+    params = effects.CosmicRayParams(flux=2e4, length_slope=-2.0)  # long tracks: E[L] ~ 5 px
+    frame, part, first = (300, 200), (20, 200), 140 * 200
+    rate = 1e-3  # tracks per frame pixel and read interval: 60 per interval
+    cap = effects.cosmic_ray_cap(rate * frame[0] * frame[1])
+
+    def count(key):
+        tracks = effects.cosmic_ray_tracks(key, rate * frame[0] * frame[1], cap, frame, params,
+                                           np.float32)  # fmt: skip
+        return effects.cosmic_ray_reaches(tracks, frame, first, part, np.float32).sum()
+
+    counts = np.asarray(jax.vmap(count)(jax.random.split(jax.random.key(5), 4000)))
+    rows, columns = part[0] + 2, part[1] + 2
+    mean_length = effects._length_moment(params, 1)
+    bound = rate * (rows * columns + 2 * (rows + columns) * mean_length
+                    + 4 * effects._length_moment(params, 2))  # fmt: skip
+    se = np.sqrt(bound / counts.size)
+    assert counts.mean() <= bound + 4 * se, (counts.mean(), bound)
+    assert counts.mean() >= 0.5 * bound
+    assert effects.cosmic_ray_part_cap(rate, frame, part, params) == effects.cosmic_ray_cap(bound)
+    assert counts.max() <= effects.cosmic_ray_part_cap(rate, frame, part, params)

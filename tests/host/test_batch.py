@@ -953,7 +953,8 @@ def test_simulate_frame_runs_one_block_per_device_and_chunk(rng, monkeypatch):
 
     monkeypatch.setattr(frames, "_block_simulator", spy)
     counts = rng.integers(0, 100, (40, 30))
-    out = simulate_frame(jax.random.key(1), counts, MA4, chunk_pixels=300, workers=1)
-    assert shapes == [(10, 30)]
+    # 320 pixels a chunk: blocks of whole rows, rounded up (11 rows of 30), one per chunk
+    out = simulate_frame(jax.random.key(1), counts, MA4, chunk_pixels=320, workers=1)
+    assert shapes == [(11, 30)]
     np.testing.assert_array_equal(
         out.resultants, np.asarray(romanjax.simulate_l1(jax.random.key(1), counts, MA4).resultants))
