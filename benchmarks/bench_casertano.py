@@ -1,13 +1,14 @@
 """Benchmark: romanjax.fit_ramps_casertano vs stcal ols_cas22 (use_jump False / True).
 
-Same MA-table-4 float32 ramps [e] in one process: realistic fluxes (0.1..1e3 e/s), read noise
-10 e, and cosmic-ray jumps (100..1e4 e at a random read) in a fraction of the pixels
-(``--jump-fraction``, default 0.02, about what a 140 s Roman exposure sees). Prints best-of-N
-wall times of the array API on the frame already on the device, ratios, and the memory-pass
-floor: a jitted, fused sum of the resultant rows (one read of every resultant, the least any
-fitter must do; benchmarks/_common.py).
+Same float32 ramps [e] (MA table 4 unless ``--table``) in one process: realistic fluxes
+(0.1..1e3 e/s), read noise 10 e, and cosmic-ray jumps (100..1e4 e at a random read) in a
+fraction of the pixels (``--jump-fraction``, default 0.02, about what a 140 s Roman exposure
+sees). Prints best-of-N wall times of the array API on the frame already on the device,
+ratios, and the memory-pass floor: a jitted, fused sum of the resultant rows (one read of
+every resultant, the least any fitter must do; benchmarks/_common.py).
 
-    python benchmarks/bench_casertano.py [--size 1024] [--repeat 3] [--jump-fraction 0.02]
+    python benchmarks/bench_casertano.py [--size 1024] [--table 4] [--repeat 3]
+        [--jump-fraction 0.02]
 """
 
 from __future__ import annotations
@@ -70,15 +71,16 @@ def main(argv=None):
     parser.add_argument("--size", type=int, default=1024, help="image side [pixels]")
     parser.add_argument("--repeat", type=int, default=3, help="best of N")
     parser.add_argument("--jump-fraction", type=float, default=0.02)
+    parser.add_argument("--table", type=int, default=4, help="MA table number")
     args = parser.parse_args(argv)
 
-    pattern = romanjax.ReadPattern.from_ma_table(4)
+    pattern = romanjax.ReadPattern.from_ma_table(args.table)
     shape = (args.size, args.size)
     ramps = simulated_ramps(pattern, shape)
     ramps, hit = add_jumps(ramps, pattern, args.jump_fraction)
     n = pattern.n_resultants
     read_noise = 10.0
-    print(f"MA table 4, {n} resultants, {args.size}x{args.size} pixels, float32, "
+    print(f"MA table {args.table}, {n} resultants, {args.size}x{args.size} pixels, float32, "
           f"{hit.mean():.1%} pixels with a jump; devices: {jax.devices()}")
 
     device_ramps = jax.device_put(ramps)

@@ -67,6 +67,7 @@ from .._platform import materialise
 from .._read_pattern import ReadPattern
 from .._validate import prepare_inputs
 from ..kernels.linalg import (
+    UNROLL_LIMIT,
     argmax_rows,
     as_rows,
     fence,
@@ -280,7 +281,8 @@ def _jump_search_step(d, mask, active, amp, *, read_var, guess, center, parts, t
     # otherwise recompute the whole search for every row of the stack
     never = jnp.sum(read_var.reshape(-1)[:1]) == -jnp.inf  # False, not provably so
     i1, i2, drop1, drop2 = materialise((i1, i2, drop1, drop2), never)
-    positions = as_rows(np.arange(m), m + 1)
+    form = m + 1 if isinstance(d, list) else UNROLL_LIMIT + 1  # the form of ``d``
+    positions = as_rows(np.arange(m), form)
     hit1 = rmap(lambda i: drop1 & (i == i1), positions)
     hit2a = rmap(lambda i: drop2 & (i == i2), positions)
     hit2b = rmap(lambda i: drop2 & (i == i2 + 1), positions)
@@ -313,7 +315,7 @@ def _jump_search_step(d, mask, active, amp, *, read_var, guess, center, parts, t
         sigma = jnp.where(h1, s1, jnp.where(ha, sb2, jnp.where(hb, sc2, old_sigma)))
         return value, sigma
 
-    pairs = rmap(amplitude, hit1, hit2a, hit2b, as_rows(amp[0], m + 1), as_rows(amp[1], m + 1))
+    pairs = rmap(amplitude, hit1, hit2a, hit2b, as_rows(amp[0], form), as_rows(amp[1], form))
     if isinstance(pairs, list):
         values, sigmas = jnp.stack([p[0] for p in pairs]), jnp.stack([p[1] for p in pairs])
     else:
@@ -321,12 +323,12 @@ def _jump_search_step(d, mask, active, amp, *, read_var, guess, center, parts, t
     return stack_rows(new_mask), active, jnp.stack([values, sigmas])
 
 
-def _pattern_parts(pattern, dtype):
+def _pattern_parts(pattern, dtype, form=None):
     """``delta`` (static tuple), the covariance parts as rows of the pattern's form
-    (:func:`romanjax.kernels.linalg.as_rows`) and the two-omit pairs as ``(rows, static
-    tuple)``."""
+    (:func:`romanjax.kernels.linalg.as_rows`; of the form of ``form`` resultants if given)
+    and the two-omit pairs as ``(rows, static tuple)``."""
     host = difference_covariance_parts(pattern)
-    n = pattern.n_resultants
+    n = pattern.n_resultants if form is None else form
     delta = tuple(float(t) for t in host[0])
     two_ok = tuple(bool(t) for t in host[5])
     parts = (None,) + tuple(as_rows(jnp.asarray(p, dtype), n) for p in host[1:5]) + (None,)
@@ -351,11 +353,27 @@ def _prologue_kernel(ramp, dq, flux_estimate, *, pattern):
     return stack_rows(d), stack_rows(mask), center
 
 
+#: Most resultants of a pattern whose jump search is written out as straight-line code (rows
+#: as lists, :func:`romanjax.kernels.linalg.as_rows`). The search runs on the compacted
+#: queue of pixels that may still drop a difference (a small part of a fit's work), and its
+#: program is the fitter's largest, so longer patterns (MA tables of 12 and 15 resultants
+#: among them) search with loops over arrays: the same results and the same run time at
+#: those lengths, at about half the compile time. The screen and the final fits, which run
+#: on every pixel, stay written out up to ``UNROLL_LIMIT``.
+SEARCH_UNROLL_LIMIT = 9
+
+
+def search_form(n_resultants: int) -> int:
+    """The pattern length whose row form the jump search over a pattern of ``n_resultants``
+    takes: its own up to :data:`SEARCH_UNROLL_LIMIT`, else the array form."""
+    return n_resultants if n_resultants <= SEARCH_UNROLL_LIMIT else UNROLL_LIMIT + 1
+
+
 def _search_kernel(d, mask, active, amp, read_noise, center, thresholds, *, pattern):
     """One jump-search iteration (``d``, ``mask`` ``[m, P]``; ``amp`` None or
     ``[2, m, P]``), see ``_jump_search_step``."""
-    n = pattern.n_resultants
-    _, parts, two_ok = _pattern_parts(pattern, d.dtype)
+    n = search_form(pattern.n_resultants)
+    _, parts, two_ok = _pattern_parts(pattern, d.dtype, n)
     return _jump_search_step(
         as_rows(d, n), as_rows(mask, n), active, amp,
         read_var=jnp.square(read_noise), guess=jnp.maximum(center, 0), center=center,

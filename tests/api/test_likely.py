@@ -273,6 +273,45 @@ def test_jump_flags_amplitudes_and_thresholds(rng):
     assert not np.any(np.asarray(off.dq))
 
 
+@pytest.mark.parametrize("table", [5, 110])
+def test_search_as_loops_equals_written_out(table, rng, monkeypatch):
+    """Patterns longer than SEARCH_UNROLL_LIMIT search with loops over arrays; written out
+    instead (the limit raised), the same pixels drop the same differences, with the same
+    amplitudes and slopes (the two forms differ only in the order of float operations)."""
+    import jax
+
+    from romanjax.ramp import _likely
+
+    pattern = romanjax.ReadPattern.from_ma_table(table)
+    assert pattern.n_resultants > _likely.SEARCH_UNROLL_LIMIT
+    npix = 600
+    resultants = simulate_ramps(rng, pattern, 20.0, 15.0, npix)
+    n = pattern.n_resultants
+    at = rng.integers(1, n, npix)
+    hit = rng.random(npix) < 0.3
+    resultants += np.where(hit & (np.arange(n)[:, None] >= at), 1500.0, 0.0)
+    second = rng.random(npix) < 0.1  # some pixels with a second jump: a second search trip
+    resultants += np.where(second & (np.arange(n)[:, None] >= n // 2 + 1), 2500.0, 0.0)
+
+    def fit():
+        jax.clear_caches()
+        return fit_ramps_likely(resultants.astype(np.float32), pattern, 15.0,
+                                return_jump_amplitudes=True)  # fmt: skip
+
+    assert _likely.search_form(n) != n  # loops over arrays
+    loops = fit()
+    monkeypatch.setattr(_likely, "SEARCH_UNROLL_LIMIT", 16)
+    assert _likely.search_form(n) == n  # written out
+    written = fit()
+    dq_loops, dq_written = np.asarray(loops[0].dq), np.asarray(written[0].dq)
+    assert np.mean(np.any(dq_written == dqflags.JUMP_DET, axis=0)[hit]) > 0.9
+    np.testing.assert_array_equal(dq_loops, dq_written)
+    np.testing.assert_allclose(np.asarray(loops[0].slope), np.asarray(written[0].slope),
+                               rtol=1e-5, atol=1e-5)  # fmt: skip
+    np.testing.assert_allclose(np.asarray(loops[1].amplitude), np.asarray(written[1].amplitude),
+                               rtol=1e-4, atol=1e-2)  # fmt: skip
+
+
 def test_jump_inside_multiread_resultant_flags_pair(rng):
     """A jump in the middle of a 8-read resultant contaminates both neighbouring differences;
     the two-omit test masks both and flags resultants i+1 and i+2 (stcal)."""
