@@ -41,7 +41,7 @@ Every draw is an exact rejection or inversion sample; the same key gives the sam
 from __future__ import annotations
 
 import math
-from functools import lru_cache
+from functools import lru_cache, partial
 
 import jax
 import jax.numpy as jnp
@@ -254,7 +254,9 @@ def _btrs_attempt(u, v, n, p, constants, first=False, table=False):
     the log-pmf ratio from the float64 table (``table``, :func:`table_log_pmf_ratio`; a CPU
     measure chosen by the caller: TPUs have no float64). Otherwise the ratio is
     :func:`log_pmf_ratio`. The discarding does not depend on ``table``, so the draws are the
-    same with and without the table up to the rounding of the ratio."""
+    same with and without the table up to the rounding of the ratio. ``first`` may also be a
+    bool array (its elements make their attempt 0): both ratios are then computed and each
+    element takes its own."""
     a, b, c, v_r, alpha, m, r = constants
     u = u - 0.5
     us = 0.5 - jnp.abs(u)
@@ -264,11 +266,17 @@ def _btrs_attempt(u, v, n, p, constants, first=False, table=False):
     k = jnp.clip(k, 0, n)
     quick = (us >= 0.07) & (v <= v_r)
     lhs = jnp.log(v * alpha / (a / (us_safe * us_safe) + b))
-    if table:
+    per_element = not isinstance(first, bool)
+    if table and per_element:
+        ratio = jnp.where(first, table_log_pmf_ratio(k, m, n, p, 1.0 - p),
+                          log_pmf_ratio(k, m, n, p, 1.0 - p, r))
+    elif table:
         ratio = table_log_pmf_ratio(k, m, n, p, 1.0 - p)
     else:
         ratio = log_pmf_ratio(k, m, n, p, 1.0 - p, r)
-    if first:
+    if per_element:
+        valid = valid & (~first | (n < LOG_FACTORIAL_TABLE_SIZE))
+    elif first:
         valid = valid & (n < LOG_FACTORIAL_TABLE_SIZE)
     accept = valid & (quick | (lhs <= ratio))
     return k, accept
@@ -279,7 +287,7 @@ def _redraw_buffer_size(size: int) -> int:
     return -(-int(size * REDRAW_BUFFER) // 8) * 8
 
 
-def _redraw_rejected(key_words, element, n, p, k, accepted, attempt):
+def _redraw_rejected(key_words, element, n, p, k, accepted, attempt, table=None):
     """Redraw the rejected elements until every one is accepted.
 
     Element ``e`` makes attempts ``attempt[e], attempt[e] + 1, ...`` (uniforms of counter
@@ -294,14 +302,29 @@ def _redraw_rejected(key_words, element, n, p, k, accepted, attempt):
     * elsewhere (:func:`_redraw_flat`): one loop whose every trip compacts the rejected
       elements into one buffer and gives each a fresh attempt, so the program holds a
       single data-dependent loop (each trip of one costs a device-to-host copy on a GPU).
+
+    ``table``: None when every ``attempt`` is at least 1; else elements may start at their
+    attempt 0 (first-attempt rules of :func:`_btrs_attempt`, the ``log k!`` table if
+    ``table`` is True), which the first level of either schedule then makes in its buffer.
     """
+    nested, flat = _schedules(table)
     return _platform.by_platform(key_words, element, n, p, k, accepted, attempt,
-                                 cpu=_redraw_nested, default=_redraw_flat)
+                                 cpu=nested, default=flat)
 
 
-def _attempt_at(key_words, element, attempt, n, p):
+@lru_cache(maxsize=4)
+def _schedules(table):
+    """The two schedules for ``table``, one object each (JAX reuses the trace of a branch it
+    has seen, e.g. in the other platform's branch of an enclosing choice)."""
+    return partial(_redraw_nested, table=table), partial(_redraw_flat, table=table)
+
+
+def _attempt_at(key_words, element, attempt, n, p, table=None):
+    """Attempt ``attempt`` of each element; ``table`` None: every attempt is at least 1,
+    else attempt 0 follows the first-attempt rules (with the ``log k!`` table if True)."""
     u, v = uniform_pair(key_words, element, attempt, n.dtype)
-    return _btrs_attempt(u, v, n, p, _btrs_constants(n, p))
+    first = False if table is None else attempt == 0
+    return _btrs_attempt(u, v, n, p, _btrs_constants(n, p), first=first, table=bool(table))
 
 
 def _gathered(index, element, n, attempt):
@@ -312,16 +335,16 @@ def _gathered(index, element, n, attempt):
             jnp.take(attempt, index, mode="fill", fill_value=0))
 
 
-def _redraw_in_place(key_words, element, n, p, k, accepted, attempt):
+def _redraw_in_place(key_words, element, n, p, k, accepted, attempt, table=None):
     def trip(state):
         k, accepted, attempt = state
-        k_new, accepted_new = _attempt_at(key_words, element, attempt, n, p)
+        k_new, accepted_new = _attempt_at(key_words, element, attempt, n, p, table)
         return jnp.where(accepted, k, k_new), accepted | accepted_new, attempt + 1
 
     return jax.lax.while_loop(lambda s: ~jnp.all(s[1]), trip, (k, accepted, attempt))[0]
 
 
-def _compacted_attempt(key_words, element, n, p, accepted, attempt, buffer):
+def _compacted_attempt(key_words, element, n, p, accepted, attempt, buffer, table=None):
     """The rejected elements compacted into ``buffer`` slots (in order; those that do not
     fit are left for later) and their next attempt made there: ``(index, target)`` of
     :func:`romanjax.kernels.queue.compact_positions`, the slots' ``(element, n, attempt)``
@@ -329,21 +352,22 @@ def _compacted_attempt(key_words, element, n, p, accepted, attempt, buffer):
     index, target = _compact_positions(~accepted, buffer)
     element_sub, n_sub, attempt_sub = _gathered(index, element, n, attempt)
     k_sub, accepted_sub = jax.lax.optimization_barrier(
-        _attempt_at(key_words, element_sub, attempt_sub, n_sub, p))
+        _attempt_at(key_words, element_sub, attempt_sub, n_sub, p, table))
     return (index, target), (element_sub, n_sub, attempt_sub), (k_sub, accepted_sub)
 
 
-def _redraw_scheduled(key_words, element, n, p, k, accepted, attempt, nested):
-    """:func:`_redraw_rejected` with the schedule ``nested`` (CPUs) or flat (elsewhere)."""
+def _redraw_scheduled(key_words, element, n, p, k, accepted, attempt, nested, table=None):
+    """:func:`_redraw_rejected` with the schedule ``nested`` (CPUs) or flat (elsewhere).
+    Below the first level every attempt is at least 1 (``table`` applies to the first)."""
     size = k.shape[0]
     if size <= _MIN_COMPACT:
-        return _redraw_in_place(key_words, element, n, p, k, accepted, attempt)
+        return _redraw_in_place(key_words, element, n, p, k, accepted, attempt, table)
     buffer = _redraw_buffer_size(size)
 
     def nested_round(state):
         k, accepted = state
         (index, target), (element_sub, n_sub, attempt_sub), (k_sub, accepted_sub) = (
-            _compacted_attempt(key_words, element, n, p, accepted, attempt, buffer))
+            _compacted_attempt(key_words, element, n, p, accepted, attempt, buffer, table))
         k_sub = _redraw_nested(key_words, element_sub, n_sub, p, k_sub,
                                accepted_sub | (index >= size), attempt_sub + 1)
         placed = target < buffer
@@ -354,7 +378,7 @@ def _redraw_scheduled(key_words, element, n, p, k, accepted, attempt, nested):
     def flat_trip(state):
         k, accepted, attempt = state
         (_, target), _, (k_sub, accepted_sub) = _compacted_attempt(
-            key_words, element, n, p, accepted, attempt, buffer)
+            key_words, element, n, p, accepted, attempt, buffer, table)
         placed = target < buffer
         slot = jnp.minimum(target, buffer - 1)
         got = placed & jnp.take(accepted_sub, slot)
@@ -366,12 +390,14 @@ def _redraw_scheduled(key_words, element, n, p, k, accepted, attempt, nested):
     return jax.lax.while_loop(lambda s: ~jnp.all(s[1]), flat_trip, (k, accepted, attempt))[0]
 
 
-def _redraw_nested(key_words, element, n, p, k, accepted, attempt):
-    return _redraw_scheduled(key_words, element, n, p, k, accepted, attempt, nested=True)
+def _redraw_nested(key_words, element, n, p, k, accepted, attempt, table=None):
+    return _redraw_scheduled(key_words, element, n, p, k, accepted, attempt, nested=True,
+                             table=table)
 
 
-def _redraw_flat(key_words, element, n, p, k, accepted, attempt):
-    return _redraw_scheduled(key_words, element, n, p, k, accepted, attempt, nested=False)
+def _redraw_flat(key_words, element, n, p, k, accepted, attempt, table=None):
+    return _redraw_scheduled(key_words, element, n, p, k, accepted, attempt, nested=False,
+                             table=table)
 
 
 def _materialised(k, n):
@@ -479,9 +505,9 @@ def binomial_half(key, n, dtype, element=None, table=False):
     ``n``. ``table`` as in :func:`binomial`.
 
     On CPUs the work is scheduled by how many ``n`` exceed ``POPCOUNT_MAX_N`` (one
-    ``lax.cond``, taken only there): few (faint pixels) are drawn in the compacted redraw
-    buffer alone, many by BTRS on every element; elsewhere always the latter. Both give the
-    same draws.
+    ``lax.cond``, taken only there): few (faint pixels) make even their first attempt in the
+    redraw's compacted buffer, many make it by BTRS on every element; elsewhere always the
+    latter. Both give the same draws, and one redraw loop follows either.
 
     Returns int ``[size]`` (dtype of ``n``).
     """
@@ -505,17 +531,13 @@ def binomial_half(key, n, dtype, element=None, table=False):
         return jax.lax.optimization_barrier(
             _btrs_attempt(u, v, n, half, _btrs_constants(n, half), first=True, table=table))
 
-    def large_ones_compacted(nf):
-        """All large ``n`` fit in the redraw buffer: their first attempts made there."""
+    n_safe = jnp.where(small, 1000.0, nf)  # any valid BTRS input; result unused
+
+    def large_ones_in_the_redraw(nf):
+        """All large ``n`` fit in the redraw buffer: their attempt 0 is left to the redraw's
+        first level, which makes it in its compacted buffer."""
         counted = in_a_buffer(counted_bits, element, n, key_words).astype(dtype)
-        size, buffer = n.shape[0], _redraw_buffer_size(n.shape[0])
-        index, target = _compact_positions(~small, buffer)
-        element_sub, n_sub, _ = _gathered(index, element, nf, element)
-        k_sub, accepted_sub = first_attempts(
-            *uniform_pair(key_words, element_sub, 0, dtype), n_sub)
-        k_sub = _redraw_rejected(key_words, element_sub, n_sub, half, k_sub,
-                                 accepted_sub | (index >= size), jnp.ones(buffer, jnp.uint32))
-        return jnp.where(small, counted, jnp.take(k_sub, jnp.minimum(target, buffer - 1)))
+        return counted, small, jnp.zeros(n.shape, jnp.uint32)
 
     def bits_or_first_words(element, n, key_words):
         """Counted bits where ``n`` is small, else the words of attempt 0's ``u`` and ``v``
@@ -531,15 +553,15 @@ def binomial_half(key, n, dtype, element=None, table=False):
             u, v = _to_unit(first), _to_unit(word_v)
         else:
             u, v = uniform_pair(key_words, element, 0, dtype)
-        n_safe = jnp.where(small, 1000.0, nf)  # any valid BTRS input; result unused
         k, accepted = first_attempts(u, v, n_safe)
-        k = _redraw_rejected(key_words, element, n_safe, half, k, accepted | small,
-                             jnp.ones(n.shape, jnp.uint32))
-        return jnp.where(small, counted, k)
+        return jnp.where(small, counted, k), accepted | small, jnp.ones(n.shape, jnp.uint32)
 
     def on_cpu(nf):
         few = jnp.sum(~small) <= _redraw_buffer_size(n.shape[0])
-        return jax.lax.cond(few, large_ones_compacted, btrs_everywhere, nf)
+        return jax.lax.cond(few, large_ones_in_the_redraw, btrs_everywhere, nf)
 
-    k = _platform.by_platform(nf, cpu=on_cpu, default=btrs_everywhere)
+    # Either way one redraw loop after the branches (one copy of it in the program) makes
+    # every attempt still to be made, attempt 0 of the large n included on the CPU's path.
+    k, accepted, attempt = _platform.by_platform(nf, cpu=on_cpu, default=btrs_everywhere)
+    k = _redraw_rejected(key_words, element, n_safe, half, k, accepted, attempt, table=table)
     return _materialised(jnp.clip(k, 0.0, nf).astype(n.dtype), n)

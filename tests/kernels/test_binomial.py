@@ -325,9 +325,10 @@ def test_binomial_half_few_or_many_large_n(large_fraction):
 
 @pytest.mark.parametrize("table", [False, True])
 def test_binomial_half_strategies_give_the_same_draws(table):
-    """Few large n (drawn in the compacted buffer) or many (BTRS everywhere) is a schedule:
-    an element drawn with the same n gets the same draw either way, with or without the
-    log k! table in the first attempts."""
+    """Few large n (first attempts made by the redraw loop in its compacted buffer) or many
+    (BTRS everywhere, then the redraw loop) is a schedule: an element drawn with the same n
+    gets the same draw either way, with or without the log k! table in the first attempts,
+    inside the table and beyond it (where every first attempt is discarded)."""
     dtype = jax.dtypes.canonicalize_dtype(jnp.float64)
     half = jax.jit(lambda key, n: _binomial.binomial_half(key, n, dtype, table=table))
     rng = np.random.default_rng(5)
@@ -336,11 +337,15 @@ def test_binomial_half_strategies_give_the_same_draws(table):
     few[order[: SAMPLES // 20]] = True
     many = np.zeros(SAMPLES, bool)
     many[order[: SAMPLES * 3 // 5]] = True
-    a = np.asarray(half(jax.random.key(6), jnp.asarray(np.where(few, 700, 90), jnp.int32)))
-    b = np.asarray(half(jax.random.key(6), jnp.asarray(np.where(many, 700, 90), jnp.int32)))
-    assert _chi2_pvalue(a[few].astype(np.int64), 700, 0.5) > 1e-4
-    np.testing.assert_array_equal(a[few], b[few])
-    np.testing.assert_array_equal(a[~many], b[~many])
+    size = _binomial.LOG_FACTORIAL_TABLE_SIZE
+    for large in (700, size - 1, size + 5):
+        a = np.asarray(half(jax.random.key(6), jnp.asarray(np.where(few, large, 90), jnp.int32)))
+        b = np.asarray(half(jax.random.key(6), jnp.asarray(np.where(many, large, 90),
+                                                           jnp.int32)))  # fmt: skip
+        assert _chi2_pvalue(a[few].astype(np.int64), large, 0.5) > 1e-4
+        assert _chi2_pvalue(b[many].astype(np.int64), large, 0.5) > 1e-4
+        np.testing.assert_array_equal(a[few], b[few])
+        np.testing.assert_array_equal(a[~many], b[~many])
 
 
 def test_binomial_half_mixed_array_and_edges():
