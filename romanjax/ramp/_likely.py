@@ -357,9 +357,9 @@ def _prologue_kernel(ramp, dq, flux_estimate, *, pattern):
 #: as lists, :func:`romanjax.kernels.linalg.as_rows`). The search runs on the compacted
 #: queue of pixels that may still drop a difference (a small part of a fit's work), and its
 #: program is the fitter's largest, so longer patterns (MA tables of 12 and 15 resultants
-#: among them) search with loops over arrays: the same results and the same run time at
-#: those lengths, at about half the compile time. The screen and the final fits, which run
-#: on every pixel, stay written out up to ``UNROLL_LIMIT``.
+#: among them) search with loops over arrays: the same results, a program that does not
+#: grow with the pattern, and little cost on a queue this small. The screen and the final
+#: fits, which run on every pixel, stay written out up to ``UNROLL_LIMIT``.
 SEARCH_UNROLL_LIMIT = 9
 
 
