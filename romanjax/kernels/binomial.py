@@ -18,8 +18,8 @@ of ~0.1). This sampler keeps the same two exact algorithms and fixes both:
   ratio is then exact to float64 rounding, and cheaper than the formula); elements with
   larger ``n`` discard that attempt on every platform, whatever its outcome, and are
   redrawn with the formula above;
-* element ``e`` makes attempts ``0, 1, 2, ...`` from the Philox counters
-  ``(e, attempt, stream, 0)`` (:mod:`.rng`; ``e`` is the element's global index, e.g. its
+* element ``e`` makes attempts ``0, 1, 2, ...``, each from the words of the Philox counter
+  ``(e, attempt, 0, 0)`` (:mod:`.rng`; ``e`` is the element's global index, e.g. its
   pixel in the frame) and keeps its first accepted one, so its draw is a function of the
   key, ``e``, ``n`` and ``p`` alone: the same whatever the array size, the chunking of a
   frame, or the schedule of the redraws;
@@ -33,7 +33,8 @@ of ~0.1). This sampler keeps the same two exact algorithms and fixes both:
   device-to-host round trip on GPUs and, on XLA CPU, more than the inversion it would
   skip), and arrays are padded to a multiple of 128 elements (the vector loops are several
   times slower on odd sizes);
-* fair bits (:func:`binomial_half`) count random bits instead.
+* fair bits (:func:`binomial_half`) count random bits instead; :func:`binomial_or_half`
+  makes either kind of draw from one copy of the sampler.
 
 Every draw is an exact rejection or inversion sample; the same key gives the same draws.
 """
@@ -57,7 +58,7 @@ try:  # newer JAX; older JAX (0.4.x) has it under jax.experimental
 except AttributeError:  # pragma: no cover - depends on the installed JAX
     from jax.experimental import enable_x64 as _enable_x64
 
-__all__ = ["binomial", "binomial_half", "uniform_pair"]
+__all__ = ["binomial", "binomial_half", "binomial_or_half", "uniform_pair"]
 
 #: Means ``n min(p, 1 - p)`` below this use inversion, above it BTRS (valid for >= 10).
 INVERSION_MAX_MEAN = 10.0
@@ -74,8 +75,9 @@ REDRAW_BUFFER = 0.22
 #: First BTRS attempts with ``n`` below this take ``log k!`` from a float64 table (8 MB).
 LOG_FACTORIAL_TABLE_SIZE = 2**20
 #: The ``stream`` word of the Philox counters (element, attempt, stream, 0): BTRS's uniforms
-#: ``u`` and ``v`` (the counted bits of :func:`binomial_half` are those of ``u``'s counter).
-_STREAM_U, _STREAM_V = 0, 1
+#: ``u`` and ``v`` are words of one counter, and the counted bits of :func:`binomial_half`
+#: all four words of attempt 0's.
+_STREAM = 0
 
 # Stirling remainder lgamma(y) - ((y - 1/2) log y - y + log(2 pi) / 2) at y = 1..9
 _STIRLING_REMAINDER = tuple(
@@ -102,9 +104,10 @@ def uniform_pair(key_words, element, attempt, dtype):
     """Two independent uniform arrays on [0, 1): ``u`` and ``v`` of attempt ``attempt`` of
     the elements ``element``.
 
-    ``u`` comes from counter ``(element, attempt, 0, 0)`` and ``v`` from
-    ``(element, attempt, 1, 0)`` of Philox4x32-10 keyed by ``key_words``
-    (:mod:`.rng`): float32 from one word (23 random bits), float64 from two (53 bits).
+    Both come from the four words of counter ``(element, attempt, 0, 0)`` of Philox4x32-10
+    keyed by ``key_words`` (:mod:`.rng`), one generator call per element: float32 ``u``
+    from word 0 and ``v`` from word 1 (23 random bits each), float64 ``u`` from words 0-1
+    and ``v`` from words 2-3 (53 bits each).
 
     Parameters
     ----------
@@ -118,11 +121,10 @@ def uniform_pair(key_words, element, attempt, dtype):
 
     def draw(element, attempt, key_words):
         attempt = jnp.broadcast_to(attempt, element.shape)
-        words_u = counter_words(key_words, element, attempt, _STREAM_U)
-        words_v = counter_words(key_words, element, attempt, _STREAM_V)
+        words = counter_words(key_words, element, attempt, _STREAM)
         if dtype == jnp.float32:
-            return _to_unit(words_u[0]), _to_unit(words_v[0])
-        return _to_unit53(words_u[0], words_u[1]), _to_unit53(words_v[0], words_v[1])
+            return _to_unit(words[0]), _to_unit(words[1])
+        return _to_unit53(words[0], words[1]), _to_unit53(words[2], words[3])
 
     return in_a_buffer(draw, element, jnp.asarray(attempt, jnp.uint32), key_words)
 
@@ -480,10 +482,20 @@ def binomial(key, n, p, dtype, element=None, table=False):
     # The redraw loop does no work when every element is small.
     k = _btrs(key_words, element, u, v, nf, p_low, small, table)
     k = jnp.where(small, _inversion(u, jnp.where(small, nf, 0.0), p_low), k)
+    return _finished(k, n, nf, p_low, flip)
+
+
+def _finished(k, n, nf, p_low, flip):
+    """The accepted ``k`` (float) as draws of ``n``: 0 where ``p`` or ``n`` is 0, clipped
+    to ``[0, n]``, flipped back where ``p > 1/2``, in a buffer of their own."""
     k = jnp.where((p_low > 0) & (nf > 0), k, 0.0)
     k = jnp.clip(k, 0.0, nf).astype(n.dtype)
-    k = jnp.where(flip, n - k, k)
-    return _materialised(k, n)
+    return _materialised(jnp.where(flip, n - k, k), n)
+
+
+def _count_bits(words, n):
+    """Set bits among the lowest ``n`` bits of the four words (``n <= POPCOUNT_MAX_N``)."""
+    return sum(_count_low_bits(word, n - 32 * i) for i, word in enumerate(words))
 
 
 def _count_low_bits(word, count):
@@ -521,11 +533,8 @@ def binomial_half(key, n, dtype, element=None, table=False):
     half = jnp.asarray(0.5, dtype)
     small = n <= POPCOUNT_MAX_N
 
-    def count_bits(words, n):
-        return sum(_count_low_bits(word, n - 32 * i) for i, word in enumerate(words))
-
     def counted_bits(element, n, key_words):
-        return count_bits(counter_words(key_words, element, 0, _STREAM_U), n)
+        return _count_bits(counter_words(key_words, element, 0, _STREAM), n)
 
     def first_attempts(u, v, n):
         return jax.lax.optimization_barrier(
@@ -540,11 +549,10 @@ def binomial_half(key, n, dtype, element=None, table=False):
         return counted, small, jnp.zeros(n.shape, jnp.uint32)
 
     def bits_or_first_words(element, n, key_words):
-        """Counted bits where ``n`` is small, else the words of attempt 0's ``u`` and ``v``
-        (float32): two generator calls per element, two arrays out."""
-        words_u = counter_words(key_words, element, 0, _STREAM_U)
-        word_v = counter_words(key_words, element, 0, _STREAM_V)[0]
-        return jnp.where(n <= POPCOUNT_MAX_N, count_bits(words_u, n), words_u[0]), word_v
+        """Counted bits where ``n`` is small, else the word of attempt 0's ``u``; and the
+        word of its ``v`` (float32): one generator call per element, two arrays out."""
+        words = counter_words(key_words, element, 0, _STREAM)
+        return jnp.where(n <= POPCOUNT_MAX_N, _count_bits(words, n), words[0]), words[1]
 
     def btrs_everywhere(nf):
         first, word_v = in_a_buffer(bits_or_first_words, element, n, key_words)
@@ -565,3 +573,82 @@ def binomial_half(key, n, dtype, element=None, table=False):
     k, accepted, attempt = _platform.by_platform(nf, cpu=on_cpu, default=btrs_everywhere)
     k = _redraw_rejected(key_words, element, n_safe, half, k, accepted, attempt, table=table)
     return _materialised(jnp.clip(k, 0.0, nf).astype(n.dtype), n)
+
+
+def _either_first(key_words, element, n, nf, p_low, half, table):
+    """Attempt 0 of :func:`binomial_half` (``half`` true) or :func:`binomial` (false): the
+    counted bits or the inversion where they apply (accepted), one BTRS attempt elsewhere
+    (with the ``log k!`` table if ``table``), all from the words of counter
+    ``(element, 0, 0, 0)`` as in either. Returns ``(k, accepted, n for BTRS)``.
+
+    The counted bits and the BTRS attempt are computed for every element and chosen by
+    selects. The inversion is skipped for fair bits, on CPUs by a ``lax.cond`` on ``half``
+    (it costs more there than the conditional's copy of one array); elsewhere computed and
+    discarded (a conditional costs a device-to-host round trip on a GPU)."""
+    dtype = nf.dtype
+    counts_bits = half & (n <= POPCOUNT_MAX_N)
+    small = jnp.where(half, n <= POPCOUNT_MAX_N, nf * p_low < INVERSION_MAX_MEAN)
+
+    def bits_or_first_words(element, n, key_words):
+        """Counted bits where they apply, else word 0 (``u``); and word 1 (``v``)."""
+        words = counter_words(key_words, element, 0, _STREAM)
+        return jnp.where(counts_bits, _count_bits(words, n), words[0]), words[1]
+
+    first, word_v = in_a_buffer(bits_or_first_words, element, n, key_words)
+    if dtype == jnp.float32:
+        u, v = _to_unit(first), _to_unit(word_v)
+    else:
+        u, v = uniform_pair(key_words, element, 0, dtype)
+    n_safe = jnp.where(small, 1000.0, nf)  # any valid BTRS input; result unused
+    k, accepted = jax.lax.optimization_barrier(
+        _btrs_attempt(u, v, n_safe, p_low, _btrs_constants(n_safe, p_low), first=True,
+                      table=table))
+
+    def inverted(u, nf):
+        return _inversion(u, jnp.where(small, nf, 0.0), p_low)
+
+    def skipped(u, nf):
+        return jnp.zeros_like(u)
+
+    inversion = _platform.by_platform(
+        u, nf, cpu=lambda u, nf: jax.lax.cond(half, skipped, inverted, u, nf),
+        default=inverted)
+    counted = jnp.where(half, first.astype(dtype), inversion)
+    return jnp.where(small, counted, k), accepted | small, n_safe
+
+
+def binomial_or_half(key, n, p, half, dtype, element=None, table=False):
+    """:func:`binomial` ``(key, n, p, ...)``, or where the scalar ``half`` (may be traced) is
+    true :func:`binomial_half` ``(key, n, ...)`` (``p`` is then ignored): the same draws as
+    those two, from one copy of the sampler, for loops over draws of both kinds (the
+    apportionment's factorised draws): a loop over both samplers would compile both.
+
+    Attempt 0 as in :func:`_either_first`; the rejected elements are then redrawn by one
+    loop (:func:`_redraw_rejected`) from attempt 1.
+
+    Parameters
+    ----------
+    key : jax.random key
+    n : int32 array ``[size]``, 0 <= n <= 2e9.
+    p : float scalar (may be traced), 0 <= p <= 1.
+    half : bool scalar (may be traced): a Binomial(n, 1/2) draw by :func:`binomial_half`.
+    dtype, element, table : as in :func:`binomial`.
+
+    Returns
+    -------
+    int array ``[size]`` (dtype of ``n``), ``0 <= k <= n``.
+    """
+    element = _elements(n, element)
+    padded = _padded(binomial_or_half, key, n, element, p, half, dtype, table=table)
+    if padded is not None:
+        return padded
+    key_words = _key_words(key)
+    nf = n.astype(dtype)
+    p = jnp.asarray(p, dtype)
+    half = jnp.asarray(half, bool)
+    flip = ~half & (p > 0.5)
+    p_low = jnp.where(half, jnp.asarray(0.5, dtype), jnp.where(flip, 1.0 - p, p))
+    k, accepted, n_safe = _either_first(key_words, element, n, nf, p_low, half, table)
+    k = _redraw_rejected(key_words, element, n_safe, p_low, k, accepted,
+                         jnp.ones(n.shape, jnp.uint32))
+    return _finished(k, n, nf, p_low, flip)

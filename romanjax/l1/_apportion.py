@@ -29,7 +29,9 @@ longer than the others (skipped reads before the group) is one more binomial; an
 uneven group falls back to one binomial per slot. MA table 4 (44 reads, resultants of
 1, 1, 2, 5, 8, 8, 8, 10, 1 reads) needs 25 draws per pixel instead of 43, 15 of them fair
 bits: ``Binomial(n, 1/2)`` for ``n <= 128`` is the number of set bits among ``n`` random
-bits (:func:`._binomial.binomial_half`), far cheaper than a general binomial.
+bits (:func:`romanjax.kernels.binomial.binomial_half`), far cheaper than a general
+binomial; :func:`factorised_scan` makes both kinds of draw with one sampler
+(:func:`romanjax.kernels.binomial.binomial_or_half`).
 
 Either way ``E[R_i] = K tbar_i / T`` and, for Poisson totals, ``Var R_i = f tau_i`` and
 ``Cov(R_i, R_j) = f tbar_i`` (i < j).
@@ -50,7 +52,7 @@ from .. import _platform
 from .._read_pattern import ReadPattern
 from .._validate import check_pattern, float_dtype
 from ..kernels.binomial import binomial as _binomial
-from ..kernels.binomial import binomial_half
+from ..kernels.binomial import binomial_or_half
 
 __all__ = ["apportion_counts", "apportion_plan", "read_probabilities", "check_counts",
            "MAX_COUNTS", "counts_as_int32"]
@@ -244,75 +246,47 @@ def apportion_plan(pattern: ReadPattern) -> ApportionPlan:
     return ApportionPlan(*(np.asarray(col, dt) for col, dt in zip(columns, dtypes)))
 
 
-def _split_plan(plan: ApportionPlan):
-    """Host: the plan's rows split into the chain of general draws (group totals and the
-    draws that take photons out of a group's pool, in order) and the fair-bit draws
-    (p = 1/2, the pool unchanged), which only need the pool left after the last general
-    draw of their group before them, so they are all drawn after the chain."""
-    half = (plan.probability == 0.5) & ~plan.group_total & ~plan.reduces
-    general = np.flatnonzero(~half)
-    source = np.searchsorted(general, np.flatnonzero(half)) - 1  # last general row before
-    last_general = np.zeros(len(plan.probability), bool)
-    for g in np.unique(plan.resultant):
-        last_general[general[plan.resultant[general] == g][-1]] = True
-    return general, np.flatnonzero(half), source, last_general
-
-
 def factorised_scan(key, counts, pattern: ReadPattern, dtype, element=None, table=False):
     """Resultants ``[n_resultant, npix]`` (``dtype``) of int32 totals ``counts [npix]``.
 
-    Two ``lax.scan`` over the rows of :func:`apportion_plan` (one copy of each sampler in
-    the compiled graph; draw ``s`` uses ``fold_in(key, s)``, and pixel ``i`` the random
-    streams of ``element[i]``, default ``i``): first the general draws in order (group
-    totals, odd-n and slot splits; :func:`binomial`), recording each group's photon pool
-    after each draw, then the fair bits (:func:`binomial_half`, mostly counting random
-    bits). ``out[g]`` holds ``n_g R_g = n_g C_{g-1} + S_g + W_g`` until the end. The last
-    group total (probability 1) is taken whole by a select, not a conditional, so the scans
-    have a fixed trip count and no run-time branch."""
+    One ``lax.scan`` over the rows of :func:`apportion_plan`, in order (one copy of the
+    sampler in the compiled graph; draw ``s`` uses ``fold_in(key, s)``, and pixel ``i`` the
+    random streams of ``element[i]``, default ``i``). Group totals are drawn from the photons
+    not yet in a group, the other draws from the current group's pool; the fair bits
+    (p = 1/2, the pool unchanged) by counting random bits, the rest by the general sampler
+    (:func:`romanjax.kernels.binomial.binomial_or_half`). ``out[g]`` accumulates
+    ``n_g R_g = n_g C_{g-1} + S_g + W_g``: at the group total ``C_{g-1}`` is the total
+    less the photons not yet in a group. The scan carries only those free photons, the
+    group's pool and ``out``, so a draw reads and writes three arrays besides its own. The
+    last group total (probability 1) is taken whole by a select, not a conditional, so the
+    scan has a fixed trip count."""
     plan = apportion_plan(pattern)
-    general, half, source, last_general = _split_plan(plan)
     n_reads = np.asarray(pattern.n_reads, np.float64)
+    half = (plan.probability == 0.5) & ~plan.group_total & ~plan.reduces
 
-    def general_step(state, xs):
-        free, done, group, pool, weight, out = state
-        s, p, coefficient, group_total, reduces, emit, g = xs
+    def step(state, xs):
+        free, pool, out = state
+        s, p, coefficient, group_total, reduces, fair, g = xs
         source_count = jnp.where(group_total, free, pool)
-        draw = binomial(jax.random.fold_in(key, s), source_count, p, dtype, element, table)
+        draw = binomial_or_half(jax.random.fold_in(key, s), source_count, p, fair, dtype,
+                                element, table)
         draw = jnp.where(p >= 1.0, source_count, draw)
         drawn = draw.astype(dtype)
-        free = jnp.where(group_total, free - draw, free)
-        group = jnp.where(group_total, draw, group)
-        pool = jnp.where(group_total, draw, jnp.where(reduces, pool - draw, pool))
-        weight = jnp.where(group_total, drawn, weight + coefficient * drawn)
-        row = done.astype(dtype) * jnp.asarray(n_reads, dtype)[g] + weight
-        row = jnp.where(emit, row, jax.lax.dynamic_index_in_dim(out, g, 0, False))
+        earlier = (counts - free).astype(dtype) * jnp.asarray(n_reads, dtype)[g]
+        row = jax.lax.dynamic_index_in_dim(out, g, 0, False) + jnp.where(
+            group_total, earlier + drawn, coefficient * drawn)
         out = jax.lax.dynamic_update_index_in_dim(out, row, g, 0)
-        done = jnp.where(emit, done + group, done)
-        return (free, done, group, pool, weight, out), pool
+        free = jnp.where(group_total, free - draw, free)
+        pool = jnp.where(group_total, draw, jnp.where(reduces, pool - draw, pool))
+        return (free, pool, out), None
 
-    zeros = jnp.zeros_like(counts)
-    state = (counts, zeros, zeros, zeros, jnp.zeros(counts.shape, dtype),
+    state = (counts, jnp.zeros_like(counts),
              jnp.zeros((pattern.n_resultants,) + counts.shape, dtype))
-    xs = (jnp.asarray(general), jnp.asarray(plan.probability[general], dtype),
-          jnp.asarray(plan.coefficient[general], dtype), jnp.asarray(plan.group_total[general]),
-          jnp.asarray(plan.reduces[general]), jnp.asarray(last_general[general]),
-          jnp.asarray(plan.resultant[general]))
-    state, pools = jax.lax.scan(general_step, state, xs)
-    out = state[-1]
-
-    if len(half):
-        def half_step(out, xs):
-            s, a, coefficient, g = xs
-            n = jax.lax.dynamic_index_in_dim(pools, a, 0, False)
-            draw = binomial_half(jax.random.fold_in(key, s), n, dtype, element, table)
-            draw = draw.astype(dtype)
-            row = jax.lax.dynamic_index_in_dim(out, g, 0, False) + coefficient * draw
-            return jax.lax.dynamic_update_index_in_dim(out, row, g, 0), None
-
-        xs = (jnp.asarray(half), jnp.asarray(source), jnp.asarray(plan.coefficient[half], dtype),
-              jnp.asarray(plan.resultant[half]))
-        out, _ = jax.lax.scan(half_step, out, xs)
-    return out * jnp.asarray(1.0 / n_reads, dtype)[:, None]
+    xs = (jnp.arange(len(plan.probability)), jnp.asarray(plan.probability, dtype),
+          jnp.asarray(plan.coefficient, dtype), jnp.asarray(plan.group_total),
+          jnp.asarray(plan.reduces), jnp.asarray(half), jnp.asarray(plan.resultant))
+    state, _ = jax.lax.scan(step, state, xs)
+    return state[-1] * jnp.asarray(1.0 / n_reads, dtype)[:, None]
 
 
 @partial(jax.jit, static_argnames=("pattern", "dtype"))
@@ -371,10 +345,10 @@ def apportion_counts(key: jax.Array, counts: ArrayLike, pattern: ReadPattern) ->
     device array.
 
     The draws are factorised by resultant (module docstring: group totals, then the sum of
-    the within-group read offsets by binomials with p = 1/2 or 1/n), two ``lax.scan`` over
+    the within-group read offsets by binomials with p = 1/2 or 1/n), one ``lax.scan`` over
     them; MA table 4 needs 25 binomial draws per pixel instead of romanisim's 43. Memory is
-    the output plus the group pools after each general draw (11 int32 ``[*pixels]`` rows
-    for MA table 4) and ~10 more buffers, so one call on a 4088x4088 frame needs ~2.5 GB;
+    the output and ~14 more ``[*pixels]`` buffers (the scan's state and the sampler's), so
+    one call on a 4088x4088 frame of MA table 4 needs ~1.6 GB;
     ``romanjax.apportion_frame`` bounds it (chunks of a fixed size). The counts
     are held in int32 (exact up to 2e9); in float32 the binomial draws for totals above
     2**24 are made on float32-rounded counts and clamped, so electrons are conserved

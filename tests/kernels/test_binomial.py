@@ -357,3 +357,28 @@ def test_binomial_half_mixed_array_and_edges():
     edge = jnp.asarray([0, 0, 2_000_000_000], jnp.int32)  # odd size: padded inside
     y = np.asarray(_half_jit(jax.random.key(3), edge, dtype=dtype))
     assert y[0] == y[1] == 0 and abs(y[2] - 1e9) < 6 * np.sqrt(5e8)
+
+
+@pytest.mark.parametrize("table", [False, True])
+def test_binomial_or_half_draws_what_either_sampler_draws(table):
+    """The apportionment's one sampler for both kinds of draw gives, element for element,
+    the draws of ``binomial`` (``half`` false, p below and above 1/2) and of
+    ``binomial_half`` (``half`` true), with ``half`` traced, on an odd-sized array (padded
+    inside) mixing inversion, counted bits, BTRS inside and beyond the log k! table, and
+    elements that are redrawn."""
+    dtype = jax.dtypes.canonicalize_dtype(jnp.float64)
+    size = _binomial.LOG_FACTORIAL_TABLE_SIZE
+    rng = np.random.default_rng(8)
+    n = jnp.asarray(rng.choice([0, 1, 12, 90, 128, 129, 700, 3000, size + 5, 2_000_000_000],
+                               20_001), jnp.int32)
+    either = jax.jit(lambda key, n, p, half: _binomial.binomial_or_half(
+        key, n, p, half, dtype, table=table))
+    general = jax.jit(lambda key, n, p: _binomial.binomial(key, n, p, dtype, table=table))
+    fair = jax.jit(lambda key, n: _binomial.binomial_half(key, n, dtype, table=table))
+    key = jax.random.key(9)
+    for p in (0.03, 0.3, 0.5, 0.8):
+        np.testing.assert_array_equal(np.asarray(either(key, n, p, False)),
+                                      np.asarray(general(key, n, p)))
+    drawn = np.asarray(either(key, n, 0.5, True))
+    np.testing.assert_array_equal(drawn, np.asarray(fair(key, n)))
+    assert not np.array_equal(drawn, np.asarray(general(key, n, 0.5)))
