@@ -42,7 +42,7 @@ Every draw is an exact rejection or inversion sample; the same key gives the sam
 from __future__ import annotations
 
 import math
-from functools import lru_cache, partial
+from functools import lru_cache
 
 import jax
 import jax.numpy as jnp
@@ -256,9 +256,7 @@ def _btrs_attempt(u, v, n, p, constants, first=False, table=False):
     the log-pmf ratio from the float64 table (``table``, :func:`table_log_pmf_ratio`; a CPU
     measure chosen by the caller: TPUs have no float64). Otherwise the ratio is
     :func:`log_pmf_ratio`. The discarding does not depend on ``table``, so the draws are the
-    same with and without the table up to the rounding of the ratio. ``first`` may also be a
-    bool array (its elements make their attempt 0): both ratios are then computed and each
-    element takes its own."""
+    same with and without the table up to the rounding of the ratio."""
     a, b, c, v_r, alpha, m, r = constants
     u = u - 0.5
     us = 0.5 - jnp.abs(u)
@@ -268,17 +266,11 @@ def _btrs_attempt(u, v, n, p, constants, first=False, table=False):
     k = jnp.clip(k, 0, n)
     quick = (us >= 0.07) & (v <= v_r)
     lhs = jnp.log(v * alpha / (a / (us_safe * us_safe) + b))
-    per_element = not isinstance(first, bool)
-    if table and per_element:
-        ratio = jnp.where(first, table_log_pmf_ratio(k, m, n, p, 1.0 - p),
-                          log_pmf_ratio(k, m, n, p, 1.0 - p, r))
-    elif table:
+    if table:
         ratio = table_log_pmf_ratio(k, m, n, p, 1.0 - p)
     else:
         ratio = log_pmf_ratio(k, m, n, p, 1.0 - p, r)
-    if per_element:
-        valid = valid & (~first | (n < LOG_FACTORIAL_TABLE_SIZE))
-    elif first:
+    if first:
         valid = valid & (n < LOG_FACTORIAL_TABLE_SIZE)
     accept = valid & (quick | (lhs <= ratio))
     return k, accept
@@ -289,7 +281,7 @@ def _redraw_buffer_size(size: int) -> int:
     return -(-int(size * REDRAW_BUFFER) // 8) * 8
 
 
-def _redraw_rejected(key_words, element, n, p, k, accepted, attempt, table=None):
+def _redraw_rejected(key_words, element, n, p, k, accepted, attempt):
     """Redraw the rejected elements until every one is accepted.
 
     Element ``e`` makes attempts ``attempt[e], attempt[e] + 1, ...`` (uniforms of counter
@@ -305,28 +297,16 @@ def _redraw_rejected(key_words, element, n, p, k, accepted, attempt, table=None)
       elements into one buffer and gives each a fresh attempt, so the program holds a
       single data-dependent loop (each trip of one costs a device-to-host copy on a GPU).
 
-    ``table``: None when every ``attempt`` is at least 1; else elements may start at their
-    attempt 0 (first-attempt rules of :func:`_btrs_attempt`, the ``log k!`` table if
-    ``table`` is True), which the first level of either schedule then makes in its buffer.
+    Every ``attempt`` is at least 1 (attempt 0 is made by the caller, with its rules).
     """
-    nested, flat = _schedules(table)
     return _platform.by_platform(key_words, element, n, p, k, accepted, attempt,
-                                 cpu=nested, default=flat)
+                                 cpu=_redraw_nested, default=_redraw_flat)
 
 
-@lru_cache(maxsize=4)
-def _schedules(table):
-    """The two schedules for ``table``, one object each (JAX reuses the trace of a branch it
-    has seen, e.g. in the other platform's branch of an enclosing choice)."""
-    return partial(_redraw_nested, table=table), partial(_redraw_flat, table=table)
-
-
-def _attempt_at(key_words, element, attempt, n, p, table=None):
-    """Attempt ``attempt`` of each element; ``table`` None: every attempt is at least 1,
-    else attempt 0 follows the first-attempt rules (with the ``log k!`` table if True)."""
+def _attempt_at(key_words, element, attempt, n, p):
+    """Attempt ``attempt`` (at least 1) of each element."""
     u, v = uniform_pair(key_words, element, attempt, n.dtype)
-    first = False if table is None else attempt == 0
-    return _btrs_attempt(u, v, n, p, _btrs_constants(n, p), first=first, table=bool(table))
+    return _btrs_attempt(u, v, n, p, _btrs_constants(n, p))
 
 
 def _gathered(index, element, n, attempt):
@@ -337,16 +317,16 @@ def _gathered(index, element, n, attempt):
             jnp.take(attempt, index, mode="fill", fill_value=0))
 
 
-def _redraw_in_place(key_words, element, n, p, k, accepted, attempt, table=None):
+def _redraw_in_place(key_words, element, n, p, k, accepted, attempt):
     def trip(state):
         k, accepted, attempt = state
-        k_new, accepted_new = _attempt_at(key_words, element, attempt, n, p, table)
+        k_new, accepted_new = _attempt_at(key_words, element, attempt, n, p)
         return jnp.where(accepted, k, k_new), accepted | accepted_new, attempt + 1
 
     return jax.lax.while_loop(lambda s: ~jnp.all(s[1]), trip, (k, accepted, attempt))[0]
 
 
-def _compacted_attempt(key_words, element, n, p, accepted, attempt, buffer, table=None):
+def _compacted_attempt(key_words, element, n, p, accepted, attempt, buffer):
     """The rejected elements compacted into ``buffer`` slots (in order; those that do not
     fit are left for later) and their next attempt made there: ``(index, target)`` of
     :func:`romanjax.kernels.queue.compact_positions`, the slots' ``(element, n, attempt)``
@@ -354,22 +334,21 @@ def _compacted_attempt(key_words, element, n, p, accepted, attempt, buffer, tabl
     index, target = _compact_positions(~accepted, buffer)
     element_sub, n_sub, attempt_sub = _gathered(index, element, n, attempt)
     k_sub, accepted_sub = jax.lax.optimization_barrier(
-        _attempt_at(key_words, element_sub, attempt_sub, n_sub, p, table))
+        _attempt_at(key_words, element_sub, attempt_sub, n_sub, p))
     return (index, target), (element_sub, n_sub, attempt_sub), (k_sub, accepted_sub)
 
 
-def _redraw_scheduled(key_words, element, n, p, k, accepted, attempt, nested, table=None):
-    """:func:`_redraw_rejected` with the schedule ``nested`` (CPUs) or flat (elsewhere).
-    Below the first level every attempt is at least 1 (``table`` applies to the first)."""
+def _redraw_scheduled(key_words, element, n, p, k, accepted, attempt, nested):
+    """:func:`_redraw_rejected` with the schedule ``nested`` (CPUs) or flat (elsewhere)."""
     size = k.shape[0]
     if size <= _MIN_COMPACT:
-        return _redraw_in_place(key_words, element, n, p, k, accepted, attempt, table)
+        return _redraw_in_place(key_words, element, n, p, k, accepted, attempt)
     buffer = _redraw_buffer_size(size)
 
     def nested_round(state):
         k, accepted = state
         (index, target), (element_sub, n_sub, attempt_sub), (k_sub, accepted_sub) = (
-            _compacted_attempt(key_words, element, n, p, accepted, attempt, buffer, table))
+            _compacted_attempt(key_words, element, n, p, accepted, attempt, buffer))
         k_sub = _redraw_nested(key_words, element_sub, n_sub, p, k_sub,
                                accepted_sub | (index >= size), attempt_sub + 1)
         placed = target < buffer
@@ -380,7 +359,7 @@ def _redraw_scheduled(key_words, element, n, p, k, accepted, attempt, nested, ta
     def flat_trip(state):
         k, accepted, attempt = state
         (_, target), _, (k_sub, accepted_sub) = _compacted_attempt(
-            key_words, element, n, p, accepted, attempt, buffer, table)
+            key_words, element, n, p, accepted, attempt, buffer)
         placed = target < buffer
         slot = jnp.minimum(target, buffer - 1)
         got = placed & jnp.take(accepted_sub, slot)
@@ -392,14 +371,12 @@ def _redraw_scheduled(key_words, element, n, p, k, accepted, attempt, nested, ta
     return jax.lax.while_loop(lambda s: ~jnp.all(s[1]), flat_trip, (k, accepted, attempt))[0]
 
 
-def _redraw_nested(key_words, element, n, p, k, accepted, attempt, table=None):
-    return _redraw_scheduled(key_words, element, n, p, k, accepted, attempt, nested=True,
-                             table=table)
+def _redraw_nested(key_words, element, n, p, k, accepted, attempt):
+    return _redraw_scheduled(key_words, element, n, p, k, accepted, attempt, nested=True)
 
 
-def _redraw_flat(key_words, element, n, p, k, accepted, attempt, table=None):
-    return _redraw_scheduled(key_words, element, n, p, k, accepted, attempt, nested=False,
-                             table=table)
+def _redraw_flat(key_words, element, n, p, k, accepted, attempt):
+    return _redraw_scheduled(key_words, element, n, p, k, accepted, attempt, nested=False)
 
 
 def _materialised(k, n):
@@ -510,69 +487,15 @@ def binomial_half(key, n, dtype, element=None, table=False):
 
     ``n <= POPCOUNT_MAX_N``: the number of set bits among the lowest ``n`` bits of the four
     words of counter ``(element, 0, 0, 0)`` (counted inside the generator's own kernel).
-    Larger ``n``: BTRS with the log-pmf formula, attempts ``0, 1, ...`` as in
-    :func:`binomial` (attempt 0's ``u`` is word 0 of that same counter). Each element uses
-    its random numbers for one of the two, so the draws stay independent, and (as in
-    :func:`binomial`) an element's draw depends only on the key, its global index and its
-    ``n``. ``table`` as in :func:`binomial`.
-
-    On CPUs the work is scheduled by how many ``n`` exceed ``POPCOUNT_MAX_N`` (one
-    ``lax.cond``, taken only there): few (faint pixels) make even their first attempt in the
-    redraw's compacted buffer, many make it by BTRS on every element; elsewhere always the
-    latter. Both give the same draws, and one redraw loop follows either.
+    Larger ``n``: BTRS, attempts ``0, 1, ...`` as in :func:`binomial` (attempt 0's ``u`` and
+    ``v`` are words 0 and 1 of that same counter). Each element uses its random numbers for
+    one of the two, so the draws stay independent, and (as in :func:`binomial`) an
+    element's draw depends only on the key, its global index and its ``n``. ``table`` as in
+    :func:`binomial`. It is :func:`binomial_or_half` with ``half`` true.
 
     Returns int ``[size]`` (dtype of ``n``).
     """
-    element = _elements(n, element)
-    padded = _padded(binomial_half, key, n, element, dtype, table=table)
-    if padded is not None:
-        return padded
-    dtype = jnp.dtype(dtype)
-    key_words = _key_words(key)
-    nf = n.astype(dtype)
-    half = jnp.asarray(0.5, dtype)
-    small = n <= POPCOUNT_MAX_N
-
-    def counted_bits(element, n, key_words):
-        return _count_bits(counter_words(key_words, element, 0, _STREAM), n)
-
-    def first_attempts(u, v, n):
-        return jax.lax.optimization_barrier(
-            _btrs_attempt(u, v, n, half, _btrs_constants(n, half), first=True, table=table))
-
-    n_safe = jnp.where(small, 1000.0, nf)  # any valid BTRS input; result unused
-
-    def large_ones_in_the_redraw(nf):
-        """All large ``n`` fit in the redraw buffer: their attempt 0 is left to the redraw's
-        first level, which makes it in its compacted buffer."""
-        counted = in_a_buffer(counted_bits, element, n, key_words).astype(dtype)
-        return counted, small, jnp.zeros(n.shape, jnp.uint32)
-
-    def bits_or_first_words(element, n, key_words):
-        """Counted bits where ``n`` is small, else the word of attempt 0's ``u``; and the
-        word of its ``v`` (float32): one generator call per element, two arrays out."""
-        words = counter_words(key_words, element, 0, _STREAM)
-        return jnp.where(n <= POPCOUNT_MAX_N, _count_bits(words, n), words[0]), words[1]
-
-    def btrs_everywhere(nf):
-        first, word_v = in_a_buffer(bits_or_first_words, element, n, key_words)
-        counted = first.astype(dtype)
-        if dtype == jnp.float32:
-            u, v = _to_unit(first), _to_unit(word_v)
-        else:
-            u, v = uniform_pair(key_words, element, 0, dtype)
-        k, accepted = first_attempts(u, v, n_safe)
-        return jnp.where(small, counted, k), accepted | small, jnp.ones(n.shape, jnp.uint32)
-
-    def on_cpu(nf):
-        few = jnp.sum(~small) <= _redraw_buffer_size(n.shape[0])
-        return jax.lax.cond(few, large_ones_in_the_redraw, btrs_everywhere, nf)
-
-    # Either way one redraw loop after the branches (one copy of it in the program) makes
-    # every attempt still to be made, attempt 0 of the large n included on the CPU's path.
-    k, accepted, attempt = _platform.by_platform(nf, cpu=on_cpu, default=btrs_everywhere)
-    k = _redraw_rejected(key_words, element, n_safe, half, k, accepted, attempt, table=table)
-    return _materialised(jnp.clip(k, 0.0, nf).astype(n.dtype), n)
+    return binomial_or_half(key, n, 0.5, True, dtype, element, table)
 
 
 def _either_first(key_words, element, n, nf, p_low, half, table):

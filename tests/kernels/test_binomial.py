@@ -304,8 +304,8 @@ def test_binomial_half_matches_exact_pmf(n):
 
 @pytest.mark.parametrize("large_fraction", [0.05, 0.6])
 def test_binomial_half_few_or_many_large_n(large_fraction):
-    """A few large ``n`` (below the redraw buffer) are drawn by BTRS in the compacted
-    buffer, many by BTRS on every element; both next to counted bits for the rest."""
+    """A few large ``n`` (fewer than the redraw buffer holds) or many, drawn by BTRS next
+    to counted bits for the rest."""
     dtype = jax.dtypes.canonicalize_dtype(jnp.float64)
     n_large = int(SAMPLES * large_fraction)
     assert (n_large <= _binomial._redraw_buffer_size(SAMPLES)) == (large_fraction < 0.22)
@@ -324,11 +324,11 @@ def test_binomial_half_few_or_many_large_n(large_fraction):
 
 
 @pytest.mark.parametrize("table", [False, True])
-def test_binomial_half_strategies_give_the_same_draws(table):
-    """Few large n (first attempts made by the redraw loop in its compacted buffer) or many
-    (BTRS everywhere, then the redraw loop) is a schedule: an element drawn with the same n
-    gets the same draw either way, with or without the log k! table in the first attempts,
-    inside the table and beyond it (where every first attempt is discarded)."""
+def test_binomial_half_draws_do_not_depend_on_the_other_elements(table):
+    """An element drawn with the same n gets the same draw whether few or many of the other
+    elements need BTRS (the redraw buffer then holds few or is full), with or without the
+    log k! table in the first attempts, inside the table and beyond it (where every first
+    attempt is discarded)."""
     dtype = jax.dtypes.canonicalize_dtype(jnp.float64)
     half = jax.jit(lambda key, n: _binomial.binomial_half(key, n, dtype, table=table))
     rng = np.random.default_rng(5)
@@ -381,4 +381,15 @@ def test_binomial_or_half_draws_what_either_sampler_draws(table):
                                       np.asarray(general(key, n, p)))
     drawn = np.asarray(either(key, n, 0.5, True))
     np.testing.assert_array_equal(drawn, np.asarray(fair(key, n)))
+    # up to 128 trials the draw is the number of set bits among the lowest n bits of the
+    # four words of counter (element, 0, 0, 0), counted here in numpy
+    from romanjax.kernels.rng import counter_words, key_words
+    words = np.stack([np.asarray(w, np.uint64) for w in counter_words(
+        key_words(key), jnp.arange(n.shape[0], dtype=jnp.uint32), 0, 0)], axis=1)
+    bits = (words[:, :, None] >> np.arange(32, dtype=np.uint64)) & 1  # [m, word, bit]
+    bits = bits.reshape(len(words), 128)
+    n_host = np.asarray(n)
+    small = n_host <= 128
+    counted = np.array([bits[i, :n_host[i]].sum() for i in np.flatnonzero(small)])
+    np.testing.assert_array_equal(drawn[small], counted)
     assert not np.array_equal(drawn, np.asarray(general(key, n, 0.5)))
