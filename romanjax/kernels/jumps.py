@@ -29,7 +29,7 @@ import numpy as np
 
 from .._platform import materialise
 from .._read_pattern import ReadPattern
-from .linalg import append_row, as_rows, recurrence, rmap, sum_rows, unzip_rows
+from .linalg import append_row, as_rows, form_of, recurrence, rmap, sum_rows, unzip_rows
 
 __all__ = ["jump_constants", "threshold", "whole_ramp_trigger", "segment_jumps"]
 
@@ -148,8 +148,9 @@ def segment_jumps(rows, good, next_in, first, alpha, span, read_var, pattern, in
     sub-ramp whose maximum statistic exceeds its threshold).
     """
     n = pattern.n_resultants
+    form = form_of(rows, n)  # constants in the form of ``rows``
     dtype = rows[0].dtype
-    c = {key: as_rows(jnp.asarray(value, dtype), n)
+    c = {key: as_rows(jnp.asarray(value, dtype), form)
          for key, value in jump_constants(pattern).items()}  # fmt: skip
     nan = jnp.asarray(jnp.nan, dtype)
     corr = rmap(lambda a, s: -a / jnp.where(s > 0, s, 1), alpha, span)
@@ -167,7 +168,7 @@ def segment_jumps(rows, good, next_in, first, alpha, span, read_var, pattern, in
                                   next_in[1:-1]), 2)  # fmt: skip
     flag = read_var[0] == -jnp.inf  # False at run time, not provably so (materialise)
     z1, stat, double_ok = materialise((z1, stat, double_ok), flag)
-    positions = as_rows(np.arange(n, dtype=np.int32), n)
+    positions = as_rows(np.arange(n, dtype=np.int32), form)
     no_start = (jnp.full_like(rows[0], nan), jnp.full(rows[0].shape, -1, jnp.int32))
 
     # starting value z1[e-1] and index e-1, broadcast backwards over the sub-ramp

@@ -20,7 +20,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-__all__ = ["UNROLL_LIMIT", "as_rows", "rmap", "unzip_rows", "prepend_row", "append_row",
+__all__ = ["UNROLL_LIMIT", "as_rows", "form_of", "rmap", "unzip_rows", "prepend_row", "append_row",
            "stack_rows", "sum_rows", "argmax_rows", "take_rows", "row_count", "recurrence", "fence",
            "tridiagonal_solve"]  # fmt: skip
 
@@ -44,6 +44,14 @@ def as_rows(values, n_resultants: int):
         return jnp.stack(values)
     values = jnp.asarray(values)
     return values if values.ndim > 1 else values[:, None]
+
+
+def form_of(rows, n_resultants: int) -> int:
+    """The pattern length to give :func:`as_rows` for quantities that go with ``rows``: the
+    pattern's own for a list, one beyond :data:`UNROLL_LIMIT` for an array. A kernel may
+    so be run in the array form for a short pattern (``as_rows(values, UNROLL_LIMIT + 1)``),
+    e.g. on a rarely used path where a smaller program matters more than speed."""
+    return n_resultants if _is_list(rows) else max(n_resultants, UNROLL_LIMIT + 1)
 
 
 def row_count(rows) -> int:

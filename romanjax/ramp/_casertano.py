@@ -43,8 +43,10 @@ from .._read_pattern import ReadPattern
 from .._validate import prepare_inputs
 from ..kernels.jumps import segment_jumps, whole_ramp_trigger
 from ..kernels.linalg import (
+    UNROLL_LIMIT,
     append_row,
     as_rows,
+    form_of,
     prepend_row,
     recurrence,
     rmap,
@@ -59,6 +61,7 @@ from ._common import (
     flag_words,
     mark_left_out,
     pack_flags,
+    refit_batch,
     refit_capacity,
     through_frames,
     unfitted_flags,
@@ -209,7 +212,7 @@ def _segments(rows, good, read_var, pattern, *, want_coefficients=False):
     (its tbar_e - tbar_s) for the jump statistics; and ``coefficients`` (rows ``[n]``) if
     asked.
     """
-    n = pattern.n_resultants
+    n = form_of(rows, pattern.n_resultants)  # the constants take the form of ``rows``
     dtype = rows[0].dtype
     const = _constants(pattern)
     tbar = as_rows(jnp.asarray(pattern.tbar, dtype), n)
@@ -338,14 +341,18 @@ def _segments(rows, good, read_var, pattern, *, want_coefficients=False):
 
 
 
-def _general(resultants, good, read_var, pattern, detect_jumps, intercept, constant):
-    """Sub-ramp fit of ``[n, b]`` pixels with optional iterated jump detection.
+def _general(resultants, good, read_var, pattern, detect_jumps, intercept, constant,
+             form=None):  # fmt: skip
+    """Sub-ramp fit of ``[n, b]`` pixels with optional iterated jump detection, in the row
+    form of ``form`` resultants (default: the pattern's own; see
+    :func:`romanjax.kernels.linalg.as_rows`).
 
     Returns slope, V_R, V_S coefficient, fitted ``[b]`` and the jump flags ``[n, b]``.
     """
     n = pattern.n_resultants
-    rows = as_rows(resultants, n)
-    base = as_rows(good, n)
+    form = n if form is None else form
+    rows = as_rows(resultants, form)
+    base = as_rows(good, form)
 
     def fit(jumps):
         use = rmap(lambda b, j: b & ~j, base, jumps)
@@ -353,12 +360,12 @@ def _general(resultants, good, read_var, pattern, detect_jumps, intercept, const
 
     no_jumps = jnp.zeros_like(good)
     if not detect_jumps:
-        _, seg = fit(as_rows(no_jumps, n))
+        _, seg = fit(as_rows(no_jumps, form))
         return seg["slope"], seg["var_read"], seg["coeff"], seg["fitted"], no_jumps
 
     def body(state):
         jumps, _, trips, _ = state
-        use, seg = fit(as_rows(jumps, n))
+        use, seg = fit(as_rows(jumps, form))
         new = segment_jumps(rows, use, seg["next_in"], seg["first"], seg["alpha"], seg["span"],
                             read_var, pattern, intercept, constant)  # fmt: skip
         new = stack_rows(new)
@@ -386,6 +393,15 @@ BLOCK_PIXELS = 512
 def _block_size(m: int) -> int:
     """Static number of candidate pixels per block for ``m`` pixels."""
     return int(max(1, min(m, BLOCK_PIXELS)))
+
+
+#: Row form (:func:`romanjax.kernels.linalg.as_rows`) of the CPU refit of device-data pixels
+#: with a non-finite resultant: the array form, with loops, for every pattern. On CPUs that
+#: refit runs only on the blocks of the batch that hold such pixels
+#: (:func:`~._common.refit_batch`, usually none), and written out its program would be most
+#: of the fitter's compile time. Elsewhere the whole batch is refitted on every call,
+#: written out up to ``UNROLL_LIMIT``.
+CPU_REFIT_FORM = UNROLL_LIMIT + 1
 
 
 def _fit_flat(resultants, dq, read_noise, pattern, has_dq, detect_jumps, intercept, constant):
@@ -513,12 +529,17 @@ def _fit_casertano(resultants, dq, read_noise, *, pattern, has_dq, detect_jumps,
             # many as fit one fixed-size batch; the rest stay unfitted
             npix = flat.shape[1]
             index = _compact(unusable, refit_capacity(npix))
-            take = jnp.minimum(index, npix - 1)
-            sub = flat[:, take]
-            good = jnp.isfinite(sub)
-            sub_rn = flat_rn[take]
-            s, vr, c, fitted, _ = _general(jnp.where(good, sub, 0), good, sub_rn * sub_rn,
-                                           pattern, False, intercept, constant)  # fmt: skip
+
+            def refit(form):
+                def run(sub, sub_rn):
+                    good = jnp.isfinite(sub)
+                    return _general(jnp.where(good, sub, 0), good, sub_rn * sub_rn, pattern,
+                                    False, intercept, constant, form=form)[:4]  # fmt: skip
+
+                return run
+
+            s, vr, c, fitted = refit_batch(index, refit(None), refit(CPU_REFIT_FORM), flat,
+                                           flat_rn)  # fmt: skip
             slope = slope.at[index].set(s, mode="drop")
             var_read = var_read.at[index].set(vr, mode="drop")
             var_poisson = var_poisson.at[index].set(c * jnp.maximum(s, 0), mode="drop")

@@ -15,7 +15,7 @@ from .._read_pattern import ReadPattern
 
 __all__ = ["RampFit", "pack_flags", "mark_left_out", "unpack_jumps", "flag_words",
            "refit_capacity", "map_pixels", "map_pixel_chunks", "through_frames",
-           "exclude_non_finite"]
+           "exclude_non_finite", "refit_batch"]
 
 
 def exclude_non_finite(resultants, dq):
@@ -36,6 +36,59 @@ def refit_capacity(n_pixels: int) -> int:
     pixels are gathered into one fixed-size batch (no data-dependent loop); any beyond it
     are flagged unfitted."""
     return int(min(n_pixels, max(64, -(-n_pixels // 64))))
+
+
+#: Pixels per block of the CPU refit of :func:`refit_batch`.
+CPU_REFIT_BLOCK = 4096
+
+
+def refit_batch(index, refit, cpu_refit, *columns):
+    """The refit of the pixels ``index`` (the fixed-size batch of device-data pixels with a
+    non-finite resultant, :func:`refit_capacity`: compacted, real pixels first, padded with
+    the pixel count), which a whole-ramp fit of device data makes on every call.
+
+    ``refit`` and ``cpu_refit`` (same results; the latter may be a smaller, slower program)
+    take ``columns`` (arrays ``[..., n_pixels]``) gathered at a block of pixels and return a
+    pytree of per-pixel arrays ``[block]``; the result is their values at ``index``. Values
+    at padding entries are unspecified (the caller's scatter drops them).
+
+    On accelerators ``refit`` runs once on the whole batch: no data-dependent loop, which
+    would copy its predicate to the host and block on every trip. On CPUs, where such a loop
+    costs nothing, the batch is cut into blocks of :data:`CPU_REFIT_BLOCK` pixels and
+    ``cpu_refit`` runs only on the blocks that hold real pixels (usually none)
+    (:func:`romanjax._platform.by_platform`)."""
+    n_pixels = columns[0].shape[-1]
+
+    def gather(where):
+        take = jnp.minimum(where, n_pixels - 1)
+        return [column[..., take] for column in columns]
+
+    def elsewhere(index, *_):
+        return refit(*gather(index))
+
+    def on_cpu(index, *_):
+        size = index.shape[0]
+        block = min(size, CPU_REFIT_BLOCK)
+        n_blocks = -(-size // block)
+        padded = jnp.concatenate([index, jnp.full(n_blocks * block - size, n_pixels,
+                                                  index.dtype)])  # fmt: skip
+        count = jnp.sum(index < n_pixels, dtype=jnp.int32)
+        shapes = jax.eval_shape(cpu_refit, *gather(padded[:block]))
+
+        def skip(_):
+            return jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+
+        def one_block(_, b):
+            where = jax.lax.dynamic_slice(padded, (b * block,), (block,))
+            new = jax.lax.cond(b * block < count, lambda w: cpu_refit(*gather(w)), skip, where)
+            return None, new
+
+        # a scan with a conditional per block (not a loop of data-dependent length), so that
+        # the refit can be differentiated in reverse mode
+        _, out = jax.lax.scan(one_block, None, jnp.arange(n_blocks, dtype=jnp.int32))
+        return jax.tree_util.tree_map(lambda o: o.reshape((-1,) + o.shape[2:])[:size], out)
+
+    return _platform.by_platform(index, *columns, cpu=on_cpu, default=elsewhere)
 
 
 def flag_words(n_resultants: int) -> int:

@@ -247,6 +247,33 @@ def test_under_jit_and_vmap(rng):
     np.testing.assert_allclose(mapped, fit_ramps_casertano(ramps, MA4, 10.0).slope, rtol=1e-6)
 
 
+@pytest.mark.parametrize("table", [4, 6])
+def test_gradient_of_device_data_with_non_finite_resultants(rng, table, float_dtype):
+    """Device data without dq: pixels with a non-finite resultant are refitted inside the
+    program (on CPUs block by block, only where there are some); the slope's gradient goes
+    through that refit too, 0 on the resultants left out."""
+    pattern = romanjax.ReadPattern.from_ma_table(table)
+    n = pattern.n_resultants
+    flux = rng.uniform(1.0, 500.0, 30)
+    ramps = (200.0 + pattern.tbar[:, None] * flux[None]).astype(float_dtype)
+    ramps += rng.normal(0, 5.0, ramps.shape).astype(float_dtype)
+    ramps[n // 2, 3] = np.nan
+    ramps[-1, 11] = np.inf
+    bad = ~np.isfinite(ramps)
+
+    def total_slope(r):
+        return jnp.sum(fit_ramps_casertano(r, pattern, 5.0).slope)
+
+    grad = np.asarray(jax.grad(total_slope)(jnp.asarray(ramps)), np.float64)
+    assert np.all(np.isfinite(grad))
+    assert np.all(grad[bad] == 0)
+    fit = fit_ramps_casertano(jnp.asarray(ramps), pattern, 5.0)
+    clean = np.where(bad, 0, ramps).astype(np.float64)
+    # the slope is linear in the resultants for fixed sub-ramps and P: slope = sum_i g_i R_i
+    np.testing.assert_allclose(np.sum(grad * clean, axis=0), fit.slope, rtol=1e-4, atol=1e-3)
+    assert np.any(grad[:, 3] != 0) and np.any(grad[:, 11] != 0)
+
+
 @pytest.mark.parametrize("detect_jumps", [False, True])
 def test_gradient(rng, detect_jumps, float_dtype):
     ramps, _, sigma = simulated(rng, MA4, 40)

@@ -142,6 +142,80 @@ def test_non_finite_device_resultants_on_the_whole_ramp_path_are_refitted(method
         _assert_left_out_flagged(fit, resultants)
 
 
+@pytest.mark.parametrize("table", [6, 110])
+def test_casertano_refit_of_non_finite_device_pixels_for_long_patterns(table, float_dtype):
+    """Beyond 9 resultants the CPU program refits device-data pixels with a non-finite
+    resultant in the array form (with loops), and only when there are some: the result is
+    still the masked fit's (written out up to 16 resultants), and a clean frame is fitted
+    as before."""
+    import jax.numpy as jnp
+
+    pattern = romanjax.ReadPattern.from_ma_table(table)
+    assert pattern.n_resultants > 9
+    flux = np.array([3.0, 40.0, 900.0, 0.5, 7.0, 120.0])
+    resultants = (250.0 + pattern.tbar[:, None] * flux[None]).astype(float_dtype)
+    rng = np.random.default_rng(5)
+    resultants += rng.normal(0, 3.0, resultants.shape).astype(float_dtype)
+    clean = romanjax.fit_ramps_casertano(jnp.asarray(resultants), pattern, 5.0)
+    reference = romanjax.fit_ramps_casertano(resultants, pattern, 5.0, dq=np.zeros(
+        resultants.shape, np.uint32))  # fmt: skip
+    np.testing.assert_allclose(np.asarray(clean.slope), np.asarray(reference.slope),
+                               rtol=1e-5)  # fmt: skip
+    resultants[5, 1] = np.nan
+    resultants[-1, 2] = np.inf
+    resultants[0, 4] = -np.inf
+    resultants[3:9, 5] = np.nan  # splits the ramp in two
+    bad = ~np.all(np.isfinite(resultants), axis=0)
+    flags = np.where(np.isfinite(resultants), 0, romanjax.dq.DO_NOT_USE).astype(np.uint32)
+    masked = romanjax.fit_ramps_casertano(np.where(np.isfinite(resultants), resultants, 0),
+                                          pattern, 5.0, dq=flags)  # fmt: skip
+    fit = romanjax.fit_ramps_casertano(jnp.asarray(resultants), pattern, 5.0)
+    for name in ("slope", "var_read", "var_poisson", "var_total"):
+        value = np.asarray(getattr(fit, name))
+        assert np.all(np.isfinite(value)), name
+        np.testing.assert_allclose(value, np.asarray(getattr(masked, name)), rtol=1e-5,
+                                   err_msg=name)  # fmt: skip
+    assert np.all(np.asarray(fit.slope)[bad] != np.asarray(clean.slope)[bad])
+    _assert_left_out_flagged(fit, resultants)
+
+
+@pytest.mark.parametrize("table", [4, 6])
+@pytest.mark.parametrize("bad_pixels", [0, 100, 400])
+def test_casertano_cpu_refit_in_blocks(table, bad_pixels, monkeypatch, float_dtype):
+    """On CPUs the refit batch is fitted block by block, only as many blocks as it holds
+    pixels (small blocks here, so that the batch spans several, the last one partly
+    padding): every refitted pixel gets the masked fit's values, and pixels beyond the
+    batch are flagged unfitted."""
+    import jax.numpy as jnp
+
+    from romanjax.ramp import _common
+
+    monkeypatch.setattr(_common, "CPU_REFIT_BLOCK", 48)
+    pattern = romanjax.ReadPattern.from_ma_table(table)
+    npix = 64 * 157 + 3  # a pixel count of its own: a fresh trace with the small blocks
+    capacity = _common.refit_capacity(npix)
+    assert capacity > 3 * 48 and capacity % 48
+    rng = np.random.default_rng(table + bad_pixels)
+    flux = rng.uniform(0.5, 900.0, npix)
+    resultants = (250.0 + pattern.tbar[:, None] * flux[None]).astype(float_dtype)
+    resultants += rng.normal(0, 3.0, resultants.shape).astype(float_dtype)
+    where = rng.choice(npix, bad_pixels, replace=False)
+    resultants[rng.integers(1, pattern.n_resultants, bad_pixels), where] = np.nan
+    bad = ~np.all(np.isfinite(resultants), axis=0)
+    flags = np.where(np.isfinite(resultants), 0, romanjax.dq.DO_NOT_USE).astype(np.uint32)
+    masked = romanjax.fit_ramps_casertano(np.where(np.isfinite(resultants), resultants, 0),
+                                          pattern, 5.0, dq=flags)  # fmt: skip
+    fit = romanjax.fit_ramps_casertano(jnp.asarray(resultants), pattern, 5.0)
+    refitted = ~bad | (np.cumsum(bad) <= capacity)
+    assert (~refitted).sum() == max(bad_pixels - capacity, 0)
+    for name in ("slope", "var_read", "var_poisson"):
+        value = np.asarray(getattr(fit, name))
+        np.testing.assert_allclose(value[refitted], np.asarray(getattr(masked, name))[refitted],
+                                   rtol=1e-5, err_msg=name)  # fmt: skip
+        assert not value[~refitted].any(), name
+    _assert_left_out_flagged(fit, resultants, unfitted=~refitted)
+
+
 @pytest.mark.parametrize("method", ["casertano", "optimal"])
 def test_non_finite_device_pixels_beyond_the_refit_batch_are_flagged(method, float_dtype):
     """More such pixels than one refit batch holds: the first ones (in pixel order) are
