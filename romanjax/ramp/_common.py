@@ -59,28 +59,29 @@ def refit_batch(index, refit, cpu_refit, *columns):
     (:func:`romanjax._platform.by_platform`)."""
     n_pixels = columns[0].shape[-1]
 
-    def gather(where):
+    def gather(where, columns):
         take = jnp.minimum(where, n_pixels - 1)
         return [column[..., take] for column in columns]
 
-    def elsewhere(index, *_):
-        return refit(*gather(index))
+    def elsewhere(index, *columns):
+        return refit(*gather(index, columns))
 
-    def on_cpu(index, *_):
+    def on_cpu(index, *columns):
         size = index.shape[0]
         block = min(size, CPU_REFIT_BLOCK)
         n_blocks = -(-size // block)
         padded = jnp.concatenate([index, jnp.full(n_blocks * block - size, n_pixels,
                                                   index.dtype)])  # fmt: skip
         count = jnp.sum(index < n_pixels, dtype=jnp.int32)
-        shapes = jax.eval_shape(cpu_refit, *gather(padded[:block]))
+        shapes = jax.eval_shape(cpu_refit, *gather(padded[:block], columns))
 
         def skip(_):
             return jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
 
         def one_block(_, b):
             where = jax.lax.dynamic_slice(padded, (b * block,), (block,))
-            new = jax.lax.cond(b * block < count, lambda w: cpu_refit(*gather(w)), skip, where)
+            new = jax.lax.cond(b * block < count, lambda w: cpu_refit(*gather(w, columns)),
+                               skip, where)  # fmt: skip
             return None, new
 
         # a scan with a conditional per block (not a loop of data-dependent length), so that
