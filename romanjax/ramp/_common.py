@@ -52,10 +52,10 @@ def refit_batch(index, refit, cpu_refit, *columns):
     pytree of per-pixel arrays ``[block]``; the result is their values at ``index``. Values
     at padding entries are unspecified (the caller's scatter drops them).
 
-    On accelerators ``refit`` runs once on the whole batch: no data-dependent loop, which
-    would copy its predicate to the host and block on every trip. On CPUs, where such a loop
-    costs nothing, the batch is cut into blocks of :data:`CPU_REFIT_BLOCK` pixels and
-    ``cpu_refit`` runs only on the blocks that hold real pixels (usually none)
+    On accelerators ``refit`` runs once on the whole batch: no conditional, which would copy
+    its predicate to the host and block. On CPUs, where a conditional costs nothing, the
+    batch is cut into blocks of :data:`CPU_REFIT_BLOCK` pixels and ``cpu_refit`` runs only
+    on the blocks that hold real pixels (usually none)
     (:func:`romanjax._platform.by_platform`)."""
     n_pixels = columns[0].shape[-1]
 
@@ -73,7 +73,9 @@ def refit_batch(index, refit, cpu_refit, *columns):
         padded = jnp.concatenate([index, jnp.full(n_blocks * block - size, n_pixels,
                                                   index.dtype)])  # fmt: skip
         count = jnp.sum(index < n_pixels, dtype=jnp.int32)
-        shapes = jax.eval_shape(cpu_refit, *gather(padded[:block], columns))
+        shapes = jax.eval_shape(cpu_refit, *(
+            jax.ShapeDtypeStruct(column.shape[:-1] + (block,), column.dtype)
+            for column in columns))  # fmt: skip
 
         def skip(_):
             return jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
