@@ -216,5 +216,8 @@ def segment_jumps(rows, good, next_in, first, alpha, span, read_var, pattern, in
 
     _, jump_index = recurrence(decide, jnp.full(rows[0].shape, -2, jnp.int32),
                                (good, next_in, bests, best_indices, alpha), reverse=True)
+    # every output row compares with the jump index: without materialising it, XLA writes the
+    # backward recurrence into each of them (quadratic in the resultants)
+    jump_index = materialise(jump_index, flag)
     return rmap(lambda g, ji, i: g & ((ji == i) | (ji == i - 1)), good, jump_index, positions)
 

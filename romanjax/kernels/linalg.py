@@ -59,12 +59,23 @@ def row_count(rows) -> int:
     return len(rows) if _is_list(rows) else rows.shape[0]
 
 
+def _traced_once(function, n_calls: int):
+    """``function`` as one ``jax.jit``, so that the n calls that write out a loop over the
+    rows of the list form trace it once (same shapes: its cached jaxpr is reused) instead
+    of n times. XLA inlines the calls, so the compiled computation is the same; only the
+    Python tracing, most of the time it takes to lower a written-out kernel, shrinks (and a
+    program that holds a kernel twice, once per platform branch, costs little more to lower
+    than one that holds it once)."""
+    return jax.jit(function) if n_calls > 1 else function
+
+
 def rmap(function, *rows):
     """``function`` applied row by row (lists) or to the arrays at once (broadcasting)."""
     lists = [r for r in rows if _is_list(r)]
     if not lists:
         return function(*rows)
     n = len(lists[0])
+    function = _traced_once(function, n)
     return [function(*(r[i] if _is_list(r) else r for r in rows)) for i in range(n)]
 
 
@@ -153,6 +164,7 @@ def recurrence(step, init, rows, *, reverse=False):
         return jax.lax.scan(step, init, rows, reverse=reverse, unroll=4)
     n = len(rows[0])
     carry, outputs = init, [None] * n
+    step = _traced_once(step, n)
     for i in (range(n - 1, -1, -1) if reverse else range(n)):
         carry, outputs[i] = step(carry, tuple(r[i] for r in rows))
     if outputs and isinstance(outputs[0], tuple):  # a tuple of lists, as scan's arrays
