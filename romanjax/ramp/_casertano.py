@@ -21,11 +21,13 @@ Implementation: the sums are evaluated in centred, scaled time ``(tbar_i - tbar_
 t_scale`` and resultants relative to ``R_s`` (exact rewritings, since ``sum K = 0`` and
 ``sum K tbar = 1``), so float32 keeps ~1e-7 relative accuracy. Every pixel first gets the
 whole-ramp fit from six per-pattern weight vectors precomputed on the host (one per ``P``);
-only pixels with flagged resultants, or whose whole ramp fails the jump test, are compacted
-(in pixel order) and refitted ``BLOCK_PIXELS`` at a time with the general sub-ramp kernel
-(sub-ramps as masks over the resultant axis, segment sums as forward/backward recurrences
-over the rows of :mod:`romanjax.kernels.linalg`, materialised between stages by
-:func:`romanjax._platform.materialise`) and, with jump detection, iterated until no sub-ramp splits.
+only pixels with flagged resultants, or whose whole ramp fails the jump test, are refitted
+with the general sub-ramp kernel (sub-ramps as masks over the resultant axis, segment sums
+as forward/backward recurrences over the rows of :mod:`romanjax.kernels.linalg`,
+materialised between stages by :func:`romanjax._platform.materialise`) and, with jump
+detection, iterated until no sub-ramp splits. The candidates are compacted (in pixel order)
+and, on CPUs, refitted ``BLOCK_PIXELS`` at a time (:func:`_refit_in_blocks`); elsewhere in
+one work queue whose loop runs once per jump split (:func:`_refit_queue`).
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
 
+from .. import _platform
 from .. import dq as dqflags
 from .._platform import materialise
 from .._read_pattern import ReadPattern
@@ -61,6 +64,7 @@ from ._common import (
     flag_words,
     mark_left_out,
     pack_flags,
+    queue_size,
     refit_batch,
     refit_capacity,
     through_frames,
@@ -341,6 +345,24 @@ def _segments(rows, good, read_var, pattern, *, want_coefficients=False):
 
 
 
+def _sub_ramp_trip(rows, base, jumps, read_var, pattern, detect_jumps, intercept, constant):
+    """One trip of the jump iteration: the sub-ramp fit of the resultants ``base`` (rows
+    ``[n]`` of ``[b]`` bool) less ``jumps`` (``[n, b]`` bool, the jumps found so far), and
+    the jumps that fit shows (``[n, b]``, :func:`~romanjax.kernels.jumps.segment_jumps`;
+    None without ``detect_jumps``). ``rows`` (the resultants) set the row form.
+
+    Returns ``(slope, V_R, V_S coefficient, fitted)`` (all ``[b]``) and the new jumps.
+    """
+    use = rmap(lambda b, j: b & ~j, base, as_rows(jumps, form_of(rows, pattern.n_resultants)))
+    seg = _segments(rows, use, read_var, pattern)
+    result = (seg["slope"], seg["var_read"], seg["coeff"], seg["fitted"])
+    if not detect_jumps:
+        return result, None
+    new = segment_jumps(rows, use, seg["next_in"], seg["first"], seg["alpha"], seg["span"],
+                        read_var, pattern, intercept, constant)  # fmt: skip
+    return result, stack_rows(new)
+
+
 def _general(resultants, good, read_var, pattern, detect_jumps, intercept, constant,
              form=None):  # fmt: skip
     """Sub-ramp fit of ``[n, b]`` pixels with optional iterated jump detection, in the row
@@ -353,26 +375,21 @@ def _general(resultants, good, read_var, pattern, detect_jumps, intercept, const
     form = n if form is None else form
     rows = as_rows(resultants, form)
     base = as_rows(good, form)
-
-    def fit(jumps):
-        use = rmap(lambda b, j: b & ~j, base, jumps)
-        return use, _segments(rows, use, read_var, pattern)
-
     no_jumps = jnp.zeros_like(good)
+
+    def trip(jumps):
+        return _sub_ramp_trip(rows, base, jumps, read_var, pattern, detect_jumps, intercept,
+                              constant)  # fmt: skip
+
     if not detect_jumps:
-        _, seg = fit(as_rows(no_jumps, form))
-        return seg["slope"], seg["var_read"], seg["coeff"], seg["fitted"], no_jumps
+        return (*trip(no_jumps)[0], no_jumps)
 
     def body(state):
         jumps, _, trips, _ = state
-        use, seg = fit(as_rows(jumps, form))
-        new = segment_jumps(rows, use, seg["next_in"], seg["first"], seg["alpha"], seg["span"],
-                            read_var, pattern, intercept, constant)  # fmt: skip
-        new = stack_rows(new)
-        result = (seg["slope"], seg["var_read"], seg["coeff"], seg["fitted"])
+        result, new = trip(jumps)
         return jumps | new, jnp.any(new), trips + 1, result
 
-    def cond(state):
+    def cond(state):  # a pixel's jumps only grow, so the trip limit never binds
         _, changed, trips, _ = state
         return changed & (trips <= n)
 
@@ -429,31 +446,83 @@ def _fit_flat(resultants, dq, read_noise, pattern, has_dq, detect_jumps, interce
         trigger = whole_ramp_trigger(rows, slope, read_var, pattern, intercept, constant)
         candidates = trigger if candidates is None else candidates | trigger
     if candidates is not None and n >= 2 and m > 0:
-        block = _block_size(m)
-        n_blocks = -(-m // block)
-        # candidate indices first (in pixel order), padded with m (dropped on scatter)
-        index = _compact(candidates, n_blocks * block)
-        count = jnp.sum(candidates, dtype=jnp.int32)
-
-        def body(b, state):
-            slope, var_read, coeff, words = state
-            idx = jax.lax.dynamic_slice(index, (b * block,), (block,))
-            take = jnp.minimum(idx, m - 1)
-            good = ~bad[:, take] if has_dq else jnp.ones((n, block), bool)
-            s, vr, c, f, j = _general(resultants[:, take], good, read_var[take],
-                                      pattern, detect_jumps, intercept, constant)  # fmt: skip
-            slope = slope.at[idx].set(s, mode="drop")
-            var_read = var_read.at[idx].set(vr, mode="drop")
-            coeff = coeff.at[idx].set(c, mode="drop")
-            words = words.at[:, idx].set(pack_flags(j, ~f), mode="drop")
-            return slope, var_read, coeff, words
-
-        state = (slope, var_read, coeff, words)
-        slope, var_read, coeff, words = jax.lax.fori_loop(
-            0, (count + block - 1) // block, body, state
-        )
+        config = dict(pattern=pattern, has_dq=has_dq, detect_jumps=detect_jumps,
+                      intercept=intercept, constant=constant)  # fmt: skip
+        slope, var_read, coeff, words = _platform.by_platform(
+            candidates, slope, var_read, coeff, words, resultants, bad, read_var,
+            cpu=partial(_refit_in_blocks, **config), default=partial(_refit_queue, **config))
     var_poisson = coeff * jnp.maximum(slope, 0)
     return slope, var_read, var_poisson, words
+
+
+def _refit_in_blocks(candidates, slope, var_read, coeff, words, resultants, bad, read_var, *,
+                     pattern, has_dq, detect_jumps, intercept, constant):  # fmt: skip
+    """The candidate refit on CPUs: the candidates compacted (in pixel order) and refitted
+    :data:`BLOCK_PIXELS` at a time, each block iterating the jump search until its own pixels
+    stop splitting (:func:`_general`). Blocks small enough to stay in cache are what makes
+    this fastest on a CPU; a loop over them would cost one host round trip per block and
+    per trip on an accelerator (:func:`_refit_queue` instead).
+
+    Takes and returns the whole-ramp ``slope, var_read, coeff`` ``[m]`` and ``words``
+    ``[flag_words(n), m]``, updated at the candidates."""
+    n, m = resultants.shape
+    block = _block_size(m)
+    n_blocks = -(-m // block)
+    # candidate indices first (in pixel order), padded with m (dropped on scatter)
+    index = _compact(candidates, n_blocks * block)
+    count = jnp.sum(candidates, dtype=jnp.int32)
+
+    def body(b, state):
+        slope, var_read, coeff, words = state
+        idx = jax.lax.dynamic_slice(index, (b * block,), (block,))
+        take = jnp.minimum(idx, m - 1)
+        good = ~bad[:, take] if has_dq else jnp.ones((n, block), bool)
+        s, vr, c, f, j = _general(resultants[:, take], good, read_var[take],
+                                  pattern, detect_jumps, intercept, constant)  # fmt: skip
+        slope = slope.at[idx].set(s, mode="drop")
+        var_read = var_read.at[idx].set(vr, mode="drop")
+        coeff = coeff.at[idx].set(c, mode="drop")
+        words = words.at[:, idx].set(pack_flags(j, ~f), mode="drop")
+        return slope, var_read, coeff, words
+
+    state = (slope, var_read, coeff, words)
+    return jax.lax.fori_loop(0, (count + block - 1) // block, body, state)
+
+
+def _refit_queue(candidates, slope, var_read, coeff, words, resultants, bad, read_var, *,
+                 pattern, has_dq, detect_jumps, intercept, constant):  # fmt: skip
+    """The candidate refit off the CPU, as a work queue in one ``lax.while_loop``: every
+    trip compacts the pixels still to fit into one batch of :func:`~._common.queue_size`
+    pixels, makes one trip of the jump iteration on them (:func:`_sub_ramp_trip`, the jumps
+    found so far read back from ``words``) and keeps in the queue only those that just
+    split (and those the batch could not hold). The loop so runs once per jump split (and
+    per full batch), not once per block of candidates; its per-pixel results are those of
+    :func:`_refit_in_blocks`. A pixel leaves the queue when a trip adds no jump, and its
+    jumps only grow, so it takes at most n + 1 trips."""
+    n, m = resultants.shape
+    size = queue_size(m)
+
+    def body(state):
+        slope, var_read, coeff, words, active = state
+        index = _compact(active, size)
+        take = jnp.minimum(index, m - 1)
+        good = ~bad[:, take] if has_dq else jnp.ones((n, size), bool)
+        jumps = jnp.stack(unpack_jumps(words[:, take], n))
+        (s, vr, c, f), new = _sub_ramp_trip(
+            as_rows(resultants[:, take], n), as_rows(good, n), jumps, read_var[take], pattern,
+            detect_jumps, intercept, constant)  # fmt: skip
+        again = jnp.zeros((size,), bool)
+        if new is not None:
+            jumps, again = jumps | new, jnp.any(new, axis=0)
+        slope = slope.at[index].set(s, mode="drop")
+        var_read = var_read.at[index].set(vr, mode="drop")
+        coeff = coeff.at[index].set(c, mode="drop")
+        words = words.at[:, index].set(pack_flags(jumps, ~f), mode="drop")
+        active = active.at[index].set(again, mode="drop")
+        return slope, var_read, coeff, words, active
+
+    state = (slope, var_read, coeff, words, candidates)
+    return jax.lax.while_loop(lambda state: jnp.any(state[-1]), body, state)[:4]
 
 
 def _coefficients(resultants, dq, words, read_noise, pattern):

@@ -15,7 +15,7 @@ from .._read_pattern import ReadPattern
 
 __all__ = ["RampFit", "pack_flags", "mark_left_out", "unpack_jumps", "flag_words",
            "refit_capacity", "map_pixels", "map_pixel_chunks", "through_frames",
-           "exclude_non_finite", "refit_batch"]
+           "exclude_non_finite", "refit_batch", "queue_size"]
 
 
 def exclude_non_finite(resultants, dq):
@@ -36,6 +36,15 @@ def refit_capacity(n_pixels: int) -> int:
     pixels are gathered into one fixed-size batch (no data-dependent loop); any beyond it
     are flagged unfitted."""
     return int(min(n_pixels, max(64, -(-n_pixels // 64))))
+
+
+def queue_size(n_pixels: int) -> int:
+    """Pixels per trip of a work queue over a data-dependent subset of ``n_pixels`` pixels
+    (static): 1/16 of them, at least 4096 (all of them if fewer). The subset (the likelihood
+    fitter's jump search, the Casertano candidate refit off the CPU) is compacted into
+    batches of this size, so a loop trip costs the batch, not the frame, and the usual
+    subset (a few % of the pixels) takes one trip per iteration of its algorithm."""
+    return max(min(n_pixels, 4096), -(-n_pixels // 16))
 
 
 #: Pixels per block of the CPU refit of :func:`refit_batch`.

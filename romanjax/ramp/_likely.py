@@ -85,6 +85,7 @@ from ._common import (
     map_pixel_chunks,
     mark_left_out,
     pack_flags,
+    queue_size,
     through_frames,
 )
 
@@ -412,11 +413,6 @@ def _final_kernel(d, mask0, mask, read_noise, center0, *, pattern, second_pass):
             final.chisq, flags)
 
 
-def _queue_size(npix: int) -> int:
-    """Pixels re-searched per trip after the first full iteration (static)."""
-    return max(min(npix, 4096), -(-npix // 16))
-
-
 def _jump_search(d, mask0, read_noise, center, thresholds, *, pattern, amplitudes):
     """stcal's ``mask_jumps`` over all pixels: ``d``, ``mask0`` ``[m, P]``; returns the final
     mask ``[m, P]`` and (if ``amplitudes``) the jump amplitudes and sigmas ``[2, m, P]`` in
@@ -439,7 +435,7 @@ def _jump_search(d, mask0, read_noise, center, thresholds, *, pattern, amplitude
     chisq = _screen_kernel(d, mask0, read_noise, center, pattern=pattern)
     limit = jnp.minimum(thresholds[0], thresholds[1]) * (1 - 1e-3)
     state = (mask0, chisq > limit, amp)
-    size = _queue_size(npix)
+    size = queue_size(npix)
 
     def cond(state):
         return jnp.any(state[1])

@@ -85,6 +85,56 @@ def test_matches_stcal(rng, table):
     assert np.all((diff <= 1e-3 * out.variances[:, 1] + coeff * tol + 1e-12)[agree])
 
 
+def test_accelerator_candidate_refit_is_the_cpu_refit(monkeypatch, float_dtype):
+    """Off the CPU the candidates are refitted by a work queue (one loop trip per jump split,
+    ``_refit_queue``) instead of the CPU's blocks: forced here on the CPU (``by_platform``
+    taking the accelerator branch, which also makes ``materialise`` an optimisation
+    barrier), with a queue far smaller than the candidates (several trips before the first
+    split), it finds the same jumps and gives the same fits as the CPU path, with jump
+    detection and with input flags alone."""
+    import jax.numpy as jnp
+
+    from romanjax import _platform
+    from romanjax.ramp import _casertano
+
+    pattern = MA4
+    rng = np.random.default_rng(4)
+    npix, queue = 3011, 64  # a pixel count of its own: fresh traces
+    flux = 10 ** rng.uniform(-1, 3.5, npix)
+    ramps, hit = ramps_with_jumps(rng, pattern, flux, 10.0, npix, 0.1)
+    ramps = ramps.astype(float_dtype)
+    dq = np.zeros(ramps.shape, np.uint32)
+    dq[pattern.n_resultants // 2, rng.random(npix) < 0.05] = romanjax.dq.DO_NOT_USE
+    modes = (True, False)  # jump detection (input flags and jumps), input flags alone
+    cpu = [fit_ramps_casertano(jnp.asarray(ramps), pattern, 10.0, dq=dq, detect_jumps=jumps)
+           for jumps in modes]  # fmt: skip
+    # the accelerator path, on the same pixels and one more (a shape of its own)
+    monkeypatch.setattr(_platform, "by_platform", lambda *operands, cpu, default: default(
+        *operands))  # fmt: skip
+    monkeypatch.setattr(_casertano, "queue_size", lambda n_pixels: queue)
+    more = np.concatenate([ramps, ramps[:, :1]], axis=1)
+    more_dq = np.concatenate([dq, dq[:, :1]], axis=1)
+    for reference, jumps in zip(cpu, modes):
+        fit = fit_ramps_casertano(jnp.asarray(more), pattern, 10.0, dq=more_dq,
+                                  detect_jumps=jumps)  # fmt: skip
+        split = np.asarray(reference.jump_map).any(axis=0)
+        if jumps:  # the comparison has jumps in it, more than the queue holds
+            assert split[hit].mean() > 0.5 and split.sum() > 2 * queue
+        else:
+            assert not split.any()
+        np.testing.assert_array_equal(np.asarray(fit.flags)[:, :npix], reference.flags)
+        # the two programs fuse differently, so they may round differently: to 1e-4 sigma
+        # or a few units of the last place (bright pixels, where sigma / slope ~ 1e-3)
+        slope = np.asarray(reference.slope, np.float64)
+        tol = 1e-4 * np.sqrt(np.asarray(reference.var_total, np.float64))
+        tol += 4 * np.finfo(float_dtype).eps * np.abs(slope)
+        assert np.all(np.abs(np.asarray(fit.slope)[:npix] - slope) <= tol)
+        for name in ("var_read", "var_poisson"):
+            np.testing.assert_allclose(np.asarray(getattr(fit, name))[:npix],
+                                       getattr(reference, name), rtol=1e-5,
+                                       err_msg=name)  # fmt: skip
+
+
 def test_false_jumps_and_chi_square(rng):
     # clean ramps, flux 100, sigma 5 (stcal's test): report and bound the false-jump rate
     npix = 100_000

@@ -38,8 +38,9 @@ CALLS = {
     "fit_ramps_casertano": (lambda r: romanjax.fit_ramps_casertano(r, PATTERN, 5.0), 0),
     "fit_ramps_casertano(dq)": (
         lambda r, q: romanjax.fit_ramps_casertano(r, PATTERN, 5.0, dq=q), 1),
+    # one work queue: a trip per jump split, not a loop over blocks of candidates
     "fit_ramps_casertano(detect_jumps)": (
-        lambda r: romanjax.fit_ramps_casertano(r, PATTERN, 5.0, detect_jumps=True), 3),
+        lambda r: romanjax.fit_ramps_casertano(r, PATTERN, 5.0, detect_jumps=True), 1),
     "fit_ramps_likely": (lambda r: romanjax.fit_ramps_likely(r, PATTERN, 5.0), 3),
     "ramp_log_likelihood": (lambda r: romanjax.ramp_log_likelihood(r, PATTERN, 10.0, 5.0), 0),
     "apportion_counts(counts)": (
