@@ -446,8 +446,8 @@ def _fit_flat(resultants, dq, read_noise, pattern, has_dq, detect_jumps, interce
         trigger = whole_ramp_trigger(rows, slope, read_var, pattern, intercept, constant)
         candidates = trigger if candidates is None else candidates | trigger
     if candidates is not None and n >= 2 and m > 0:
-        config = dict(pattern=pattern, has_dq=has_dq, detect_jumps=detect_jumps,
-                      intercept=intercept, constant=constant)  # fmt: skip
+        config = dict(pattern=pattern, detect_jumps=detect_jumps, intercept=intercept,
+                      constant=constant)  # fmt: skip
         slope, var_read, coeff, words = _platform.by_platform(
             candidates, slope, var_read, coeff, words, resultants, bad, read_var,
             cpu=partial(_refit_in_blocks, **config), default=partial(_refit_queue, **config))
@@ -455,8 +455,19 @@ def _fit_flat(resultants, dq, read_noise, pattern, has_dq, detect_jumps, interce
     return slope, var_read, var_poisson, words
 
 
+def _store(state, index, fit, flags):
+    """Scatter one batch's refit into the per-pixel ``state`` (slope, V_R, V_S coefficient
+    ``[m]``, flag words ``[flag_words(n), m]``) at ``index`` (``[b]``; entries ``m`` are
+    padding and dropped). ``fit`` is the batch's (slope, V_R, coefficient), ``flags`` its
+    packed words ``[flag_words(n), b]``."""
+    slope, var_read, coeff, words = state
+    s, vr, c = fit
+    return (slope.at[index].set(s, mode="drop"), var_read.at[index].set(vr, mode="drop"),
+            coeff.at[index].set(c, mode="drop"), words.at[:, index].set(flags, mode="drop"))
+
+
 def _refit_in_blocks(candidates, slope, var_read, coeff, words, resultants, bad, read_var, *,
-                     pattern, has_dq, detect_jumps, intercept, constant):  # fmt: skip
+                     pattern, detect_jumps, intercept, constant):  # fmt: skip
     """The candidate refit on CPUs: the candidates compacted (in pixel order) and refitted
     :data:`BLOCK_PIXELS` at a time, each block iterating the jump search until its own pixels
     stop splitting (:func:`_general`). Blocks small enough to stay in cache are what makes
@@ -464,7 +475,8 @@ def _refit_in_blocks(candidates, slope, var_read, coeff, words, resultants, bad,
     per trip on an accelerator (:func:`_refit_queue` instead).
 
     Takes and returns the whole-ramp ``slope, var_read, coeff`` ``[m]`` and ``words``
-    ``[flag_words(n), m]``, updated at the candidates."""
+    ``[flag_words(n), m]``, updated at the candidates; ``bad`` (``[n, m]``) marks the
+    resultants left out of every fit (flagged or non-finite)."""
     n, m = resultants.shape
     block = _block_size(m)
     n_blocks = -(-m // block)
@@ -473,24 +485,19 @@ def _refit_in_blocks(candidates, slope, var_read, coeff, words, resultants, bad,
     count = jnp.sum(candidates, dtype=jnp.int32)
 
     def body(b, state):
-        slope, var_read, coeff, words = state
         idx = jax.lax.dynamic_slice(index, (b * block,), (block,))
         take = jnp.minimum(idx, m - 1)
-        good = ~bad[:, take] if has_dq else jnp.ones((n, block), bool)
+        good = ~bad[:, take]
         s, vr, c, f, j = _general(resultants[:, take], good, read_var[take],
                                   pattern, detect_jumps, intercept, constant)  # fmt: skip
-        slope = slope.at[idx].set(s, mode="drop")
-        var_read = var_read.at[idx].set(vr, mode="drop")
-        coeff = coeff.at[idx].set(c, mode="drop")
-        words = words.at[:, idx].set(pack_flags(j, ~f), mode="drop")
-        return slope, var_read, coeff, words
+        return _store(state, idx, (s, vr, c), pack_flags(j, ~f))
 
     state = (slope, var_read, coeff, words)
     return jax.lax.fori_loop(0, (count + block - 1) // block, body, state)
 
 
 def _refit_queue(candidates, slope, var_read, coeff, words, resultants, bad, read_var, *,
-                 pattern, has_dq, detect_jumps, intercept, constant):  # fmt: skip
+                 pattern, detect_jumps, intercept, constant):  # fmt: skip
     """The candidate refit off the CPU, as a work queue in one ``lax.while_loop``: every
     trip compacts the pixels still to fit into one batch of :func:`~._common.queue_size`
     pixels, makes one trip of the jump iteration on them (:func:`_sub_ramp_trip`, the jumps
@@ -498,28 +505,28 @@ def _refit_queue(candidates, slope, var_read, coeff, words, resultants, bad, rea
     split (and those the batch could not hold). The loop so runs once per jump split (and
     per full batch), not once per block of candidates; its per-pixel results are those of
     :func:`_refit_in_blocks`. A pixel leaves the queue when a trip adds no jump, and its
-    jumps only grow, so it takes at most n + 1 trips."""
+    jumps only grow, so it takes at most n + 1 trips. Without jump detection every pixel
+    leaves after its first trip, and no jumps are read back."""
     n, m = resultants.shape
     size = queue_size(m)
 
     def body(state):
-        slope, var_read, coeff, words, active = state
+        *fits, active = state
         index = _compact(active, size)
         take = jnp.minimum(index, m - 1)
-        good = ~bad[:, take] if has_dq else jnp.ones((n, size), bool)
-        jumps = jnp.stack(unpack_jumps(words[:, take], n))
+        if detect_jumps:
+            jumps = jnp.stack(unpack_jumps(fits[3][:, take], n))
+        else:
+            jumps = jnp.zeros((n, size), bool)
+        good = ~bad[:, take]
         (s, vr, c, f), new = _sub_ramp_trip(
             as_rows(resultants[:, take], n), as_rows(good, n), jumps, read_var[take], pattern,
             detect_jumps, intercept, constant)  # fmt: skip
         again = jnp.zeros((size,), bool)
         if new is not None:
             jumps, again = jumps | new, jnp.any(new, axis=0)
-        slope = slope.at[index].set(s, mode="drop")
-        var_read = var_read.at[index].set(vr, mode="drop")
-        coeff = coeff.at[index].set(c, mode="drop")
-        words = words.at[:, index].set(pack_flags(jumps, ~f), mode="drop")
-        active = active.at[index].set(again, mode="drop")
-        return slope, var_read, coeff, words, active
+        fits = _store(fits, index, (s, vr, c), pack_flags(jumps, ~f))
+        return (*fits, active.at[index].set(again, mode="drop"))
 
     state = (slope, var_read, coeff, words, candidates)
     return jax.lax.while_loop(lambda state: jnp.any(state[-1]), body, state)[:4]
