@@ -20,6 +20,8 @@ through one uint64 product.
 
 from __future__ import annotations
 
+from functools import partial
+
 import jax
 import jax.numpy as jnp
 
@@ -68,26 +70,38 @@ def _multiply_hi_lo_64(a, multiplier: int):
     return high, low
 
 
-def _rounds(key_words, counters, multiply):
+def _round(key_words, counters, multiply):
+    """One Philox round: the counters mixed under the round key ``key_words``."""
     k0, k1 = key_words
     c0, c1, c2, c3 = counters
+    high0, low0 = multiply(c0, PHILOX_MULTIPLIERS[0])
+    high1, low1 = multiply(c2, PHILOX_MULTIPLIERS[1])
+    return high1 ^ c1 ^ k0, low1, high0 ^ c3 ^ k1, low0
+
+
+#: One round per multiplication, each a ``jax.jit``: the ten rounds of a call (and the
+#: calls of one shape) trace it once. XLA inlines the calls, so the program is the same.
+_ROUND_NARROW = jax.jit(partial(_round, multiply=_multiply_hi_lo))
+_ROUND_WIDE = jax.jit(partial(_round, multiply=_multiply_hi_lo_64))
+
+
+def _rounds(key_words, counters, round_):
+    k0, k1 = key_words
     for _ in range(PHILOX_ROUNDS):
-        high0, low0 = multiply(c0, PHILOX_MULTIPLIERS[0])
-        high1, low1 = multiply(c2, PHILOX_MULTIPLIERS[1])
-        c0, c1, c2, c3 = high1 ^ c1 ^ k0, low1, high0 ^ c3 ^ k1, low0
+        counters = round_((k0, k1), counters)
         k0 = k0 + jnp.uint32(PHILOX_WEYL[0])
         k1 = k1 + jnp.uint32(PHILOX_WEYL[1])
-    return c0, c1, c2, c3
+    return counters
 
 
 @jax.jit
 def _philox_narrow(key_words, counters):
-    return _rounds(key_words, counters, _multiply_hi_lo)
+    return _rounds(key_words, counters, _ROUND_NARROW)
 
 
 @jax.jit
 def _philox_wide(key_words, counters):
-    return _rounds(key_words, counters, _multiply_hi_lo_64)
+    return _rounds(key_words, counters, _ROUND_WIDE)
 
 
 def philox_4x32(key_words, c0, c1=0, c2=0, c3=0):
