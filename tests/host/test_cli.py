@@ -39,6 +39,28 @@ def test_help_subprocess():
         assert word in result.stdout
 
 
+def test_console_exit_keeps_status_streams_and_exit_handlers(tmp_path):
+    """The executable ends the process as soon as the command returns (``console_main``):
+    with the command's exit status, its messages flushed and the ``atexit`` handlers run."""
+    code = (
+        "import atexit, sys\n"
+        "atexit.register(lambda: print('exit handler ran', flush=False))\n"
+        "sys.argv = ['romanjax', 'fit', sys.argv[1]]\n"
+        "print('before', end='')\n"
+        "from romanjax.host.cli import console_main\n"
+        "console_main()\n"
+        "print('not reached')\n"
+    )
+    missing = tmp_path / "missing_L1.asdf"
+    result = subprocess.run([sys.executable, "-c", code, str(missing)], capture_output=True,
+                            text=True, timeout=120)  # fmt: skip
+    assert result.returncode == 1
+    assert "romanjax fit: error:" in result.stderr and "missing_L1.asdf" in result.stderr
+    assert result.stdout.startswith("before")
+    assert "exit handler ran" in result.stdout
+    assert "not reached" not in result.stdout
+
+
 @pytest.mark.parametrize("sub", ["simulate", "fit", "inject"])
 def test_help_every_subcommand(sub, capsys):
     with pytest.raises(SystemExit) as exit_info:
