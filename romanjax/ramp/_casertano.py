@@ -522,8 +522,8 @@ def _refit_queue(candidates, slope, var_read, coeff, words, resultants, bad, rea
         (s, vr, c, f), new = _sub_ramp_trip(
             as_rows(resultants[:, take], n), as_rows(good, n), jumps, read_var[take], pattern,
             detect_jumps, intercept, constant)  # fmt: skip
-        again = jnp.zeros((size,), bool)
-        if new is not None:
+        again = jnp.zeros((size,), bool)  # without jump detection: one trip per pixel
+        if detect_jumps:
             jumps, again = jumps | new, jnp.any(new, axis=0)
         fits = _store(fits, index, (s, vr, c), pack_flags(jumps, ~f))
         return (*fits, active.at[index].set(again, mode="drop"))
