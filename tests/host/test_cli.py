@@ -61,6 +61,35 @@ def test_console_exit_keeps_status_streams_and_exit_handlers(tmp_path):
     assert "not reached" not in result.stdout
 
 
+@pytest.mark.single_pass  # parsing YAML does not depend on the float dtype
+def test_asdf_manifests_parse_the_same_through_libyaml():
+    """The command parses asdf's extension manifests with libyaml: every manifest registered
+    with asdf (asdf's, astropy's, gwcs's, roman_datamodels') gives the same Python objects
+    as PyYAML's pure-Python ``safe_load``, and the extensions built from them load."""
+    yaml = pytest.importorskip("yaml")
+    if not getattr(yaml, "__with_libyaml__", False):
+        pytest.skip("PyYAML without libyaml: the command keeps asdf's own parser")
+    import asdf
+    from asdf.extension import ManifestExtension, _manifest
+
+    from romanjax.host import cli
+
+    loader = cli._LibyamlSafeLoad(yaml)
+    resources = asdf.get_config().resource_manager
+    manifests = [uri for uri in resources if "/manifests/" in uri]
+    assert len(manifests) >= 20  # asdf's core and standard, astropy, gwcs, roman_datamodels
+    for uri in manifests:
+        assert loader.safe_load(resources[uri]) == yaml.safe_load(resources[uri]), uri
+    assert loader.YAMLError is yaml.YAMLError  # the rest is PyYAML's own
+    assert cli._parse_asdf_manifests_with_libyaml()
+    assert isinstance(_manifest.yaml, cli._LibyamlSafeLoad)
+    assert cli._parse_asdf_manifests_with_libyaml()  # a second call keeps the one loader
+    assert _manifest.yaml._yaml is yaml
+    uri = next(u for u in manifests if "roman" in u)
+    extension = ManifestExtension.from_uri(uri)
+    assert extension.extension_uri == yaml.safe_load(resources[uri])["extension_uri"]
+
+
 @pytest.mark.parametrize("sub", ["simulate", "fit", "inject"])
 def test_help_every_subcommand(sub, capsys):
     with pytest.raises(SystemExit) as exit_info:
