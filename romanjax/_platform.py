@@ -25,11 +25,33 @@ __all__ = [
     "DEVICE_MEMORY_FRACTION",
     "by_platform",
     "materialise",
+    "optimization_barrier",
+    "enable_x64",
+    "LOCAL_X64",
     "kernel_chunk_pixels",
     "aligned_empty",
     "fits_through_frames",
     "apportions_through_frames",
 ]
+
+# Names that moved between JAX versions, looked up once here.
+try:  # public from JAX 0.4.32; older JAX holds it under a private name
+    optimization_barrier = jax.lax.optimization_barrier
+except AttributeError:  # pragma: no cover - depends on the installed JAX
+    from jax._src.ad_checkpoint import _optimization_barrier as optimization_barrier
+try:  # a local 64-bit scope: jax.enable_x64 in newer JAX, under jax.experimental before
+    enable_x64 = jax.enable_x64
+except AttributeError:  # pragma: no cover - depends on the installed JAX
+    from jax.experimental import enable_x64
+
+#: Whether 64-bit values may be used inside a traced program whatever ``JAX_ENABLE_X64``
+#: says: JAX's public local scope (``jax.enable_x64``, JAX 0.8 on) holds under jit, vmap and
+#: scans; the experimental one of older JAX does not (a 64-bit constant hoisted out of a
+#: scan or batched by vmap is cut to 32 bits). The CPUs' two 64-bit measures take it:
+#: Philox's products as one uint64 multiply (the same words as the 32-bit halves) and the
+#: binomial sampler's float64 ``log k!`` table (the same draws up to the rounding of the
+#: log-pmf ratio); older JAX runs the 32-bit forms, as accelerators do.
+LOCAL_X64 = hasattr(jax, "enable_x64")
 
 #: Bytes of resultants per chunk when every device is a CPU: the fitters' working set is
 #: about 20x the resultants of a chunk and two chunks are in flight, so this bounds a
@@ -143,7 +165,7 @@ def _materialise(tree, flag):
         return jax.tree_util.tree_unflatten(treedef, leaves)
 
     def elsewhere(tree, flag):
-        return jax.lax.optimization_barrier(tree)
+        return optimization_barrier(tree)
 
     return by_platform(tree, flag, cpu=on_cpu, default=elsewhere)
 

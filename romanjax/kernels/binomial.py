@@ -53,10 +53,7 @@ from .queue import compact_positions as _compact_positions
 from .rng import counter_words, in_a_buffer
 from .rng import key_words as _key_words
 
-try:  # newer JAX; older JAX (0.4.x) has it under jax.experimental
-    _enable_x64 = jax.enable_x64
-except AttributeError:  # pragma: no cover - depends on the installed JAX
-    from jax.experimental import enable_x64 as _enable_x64
+_enable_x64 = _platform.enable_x64
 
 __all__ = ["binomial", "binomial_half", "binomial_or_half", "uniform_pair"]
 
@@ -339,7 +336,7 @@ def _compacted_attempt(key_words, element, n, p, accepted, attempt, buffer):
     and the attempt's ``(k, accepted)``."""
     index, target = _compact_positions(~accepted, buffer)
     element_sub, n_sub, attempt_sub = _gathered(index, element, n, attempt)
-    k_sub, accepted_sub = jax.lax.optimization_barrier(
+    k_sub, accepted_sub = _platform.optimization_barrier(
         _attempt_at(key_words, element_sub, attempt_sub, n_sub, p))
     return (index, target), (element_sub, n_sub, attempt_sub), (k_sub, accepted_sub)
 
@@ -419,7 +416,7 @@ def _btrs(key_words, element, u, v, n, p, skip, table):
     first attempt on ``(u, v)`` (attempt 0; with the ``log k!`` table if ``table``),
     rejected ones redrawn from attempt 1; float ``[size]``."""
     n_safe = jnp.where(skip, 1000.0, n)  # any valid BTRS input; result unused
-    k, accepted = jax.lax.optimization_barrier(
+    k, accepted = _platform.optimization_barrier(
         _btrs_attempt(u, v, n_safe, p, _btrs_constants(n_safe, p), first=True, table=table))
     return _redraw_rejected(key_words, element, n_safe, p, k, accepted | skip,
                             jnp.ones(n.shape, jnp.uint32))
@@ -529,7 +526,7 @@ def _either_first(key_words, element, n, nf, p_low, half, table):
     else:
         u, v = uniform_pair(key_words, element, 0, dtype)
     n_safe = jnp.where(small, 1000.0, nf)  # any valid BTRS input; result unused
-    k, accepted = jax.lax.optimization_barrier(
+    k, accepted = _platform.optimization_barrier(
         _btrs_attempt(u, v, n_safe, p_low, _btrs_constants(n_safe, p_low), first=True,
                       table=table))
 

@@ -20,6 +20,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from .. import _platform
+
 __all__ = ["UNROLL_LIMIT", "as_rows", "form_of", "rmap", "unzip_rows", "prepend_row", "append_row",
            "stack_rows", "sum_rows", "argmax_rows", "take_rows", "row_count", "recurrence", "fence",
            "tridiagonal_solve"]  # fmt: skip
@@ -154,7 +156,7 @@ def fence(tree):
     """``lax.optimization_barrier``: keeps XLA from duplicating the O(n) recurrences that
     produced ``tree`` into every consumer fusion (the values are computed once, then
     read)."""
-    return jax.lax.optimization_barrier(tree)
+    return _platform.optimization_barrier(tree)
 
 
 def recurrence(step, init, rows, *, reverse=False):

@@ -53,10 +53,7 @@ def _multiply_hi_lo(a, multiplier: int):
     return high, a * jnp.uint32(multiplier)
 
 
-try:  # newer JAX; older JAX (0.4.x) has it under jax.experimental
-    _enable_x64 = jax.enable_x64
-except AttributeError:  # pragma: no cover - depends on the installed JAX
-    from jax.experimental import enable_x64 as _enable_x64
+_enable_x64 = _platform.enable_x64
 
 
 def _multiply_hi_lo_64(a, multiplier: int):
@@ -117,13 +114,15 @@ def philox_4x32(key_words, c0, c1=0, c2=0, c3=0):
     four uint32 arrays: the four output words of each counter.
 
     The products are formed in uint32 halves (:func:`_multiply_hi_lo`) except on CPUs, where
-    one uint64 product is cheaper (:func:`_multiply_hi_lo_64`); the words are the same.
+    one uint64 product is cheaper (:func:`_multiply_hi_lo_64`; where
+    :data:`romanjax._platform.LOCAL_X64` allows it); the words are the same.
     """
     key_words = tuple(jnp.asarray(k, jnp.uint32) for k in key_words)
     counters = tuple(jnp.broadcast_arrays(*(jnp.asarray(c, jnp.uint32)
                                             for c in (c0, c1, c2, c3))))
     # jitted rounds: each shape is traced once however often the samplers call them
-    return _platform.by_platform(key_words, counters, cpu=_philox_wide, default=_philox_narrow)
+    return _platform.by_platform(key_words, counters, default=_philox_narrow,
+                                 cpu=_philox_wide if _platform.LOCAL_X64 else _philox_narrow)
 
 
 def key_words(key):

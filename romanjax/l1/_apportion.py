@@ -122,7 +122,11 @@ def with_table_on_cpu(function, *operands):
     """``function(*operands, table=True)`` when lowered for a CPU, ``table=False``
     elsewhere (:func:`romanjax._platform.by_platform`). The binomial sampler's float64
     ``log k!`` table is a constant of the program: chosen here, outside the scans over the
-    draws, a program lowered for a GPU or TPU holds no trace of it."""
+    draws, a program lowered for a GPU or TPU holds no trace of it. JAX without a local
+    64-bit scope that holds in traces (:data:`romanjax._platform.LOCAL_X64`) never takes
+    it."""
+    if not _platform.LOCAL_X64:
+        return function(*operands, table=False)
     return _platform.by_platform(*operands, cpu=partial(function, table=True),
                                  default=partial(function, table=False))
 
