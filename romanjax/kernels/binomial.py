@@ -53,8 +53,6 @@ from .queue import compact_positions as _compact_positions
 from .rng import counter_words, in_a_buffer
 from .rng import key_words as _key_words
 
-_enable_x64 = _platform.enable_x64
-
 __all__ = ["binomial", "binomial_half", "binomial_or_half", "uniform_pair"]
 
 #: Means ``n min(p, 1 - p)`` below this use inversion, above it BTRS (valid for >= 10).
@@ -205,7 +203,7 @@ def table_log_pmf_ratio(k, m, n, p, q):
     dtype = k.dtype
     last = LOG_FACTORIAL_TABLE_SIZE - 1
     k, m, n = (jnp.clip(x, 0, last).astype(jnp.int32) for x in (k, m, n))
-    with _enable_x64(True):
+    with _platform.enable_x64(True):
         table = jnp.asarray(log_factorials())
 
         def log_factorial(i):

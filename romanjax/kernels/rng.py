@@ -53,14 +53,11 @@ def _multiply_hi_lo(a, multiplier: int):
     return high, a * jnp.uint32(multiplier)
 
 
-_enable_x64 = _platform.enable_x64
-
-
 def _multiply_hi_lo_64(a, multiplier: int):
     """:func:`_multiply_hi_lo` through one uint64 product (traced under a local x64 scope,
     so it works with ``JAX_ENABLE_X64`` unset; only the uint32 halves leave it): on CPUs one
     multiplication instead of four, and a smaller program to compile."""
-    with _enable_x64(True):
+    with _platform.enable_x64(True):
         product = jax.lax.convert_element_type(a, jnp.uint64) * jnp.uint64(multiplier)
         high = jax.lax.convert_element_type(product >> jnp.uint64(32), jnp.uint32)
         low = jax.lax.convert_element_type(product, jnp.uint32)

@@ -29,6 +29,22 @@ needs_pipeline = pytest.mark.skipif(
 SIZE = 48
 
 
+@pytest.fixture(autouse=True)
+def _asdf_manifest_parser_restored():
+    """The command switches asdf's manifest parser for its own process (libyaml); tests run
+    it in the test process, so each test gives asdf back its own parser afterwards and later
+    tests see asdf as a library caller has it."""
+    try:
+        from asdf.extension import _manifest
+    except ImportError:
+        yield
+        return
+    parser = getattr(_manifest, "yaml", None)
+    yield
+    if parser is not None:
+        _manifest.yaml = parser
+
+
 def test_help_subprocess():
     """The installed console script answers --help (falls back to `python -m`)."""
     script = shutil.which("romanjax") or str(Path(sys.executable).with_name("romanjax"))
