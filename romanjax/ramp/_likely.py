@@ -40,7 +40,12 @@ cancellation). The best single and the best pair are compared with their thresho
 while more than three differences remain (a ``lax.while_loop`` of at most n-1 trips).
 
 Debiasing (Brandt 2024a Sec. 5): the first pass uses the median difference (clipped at 0)
-as the rate guess; the final fit is redone with the first-pass estimate clipped at 0.
+as the rate guess; the final fit is redone with the first-pass estimate clipped at 0. With
+jump detection the first pass is not run again: every pixel's last fit in the search (the
+screen's, or that of its last search step, which drops nothing) is already the fit of its
+final mask at the first guess, and its rate is kept (a pixel whose last drop leaves three or
+fewer differences takes one more step that only fits). Under differentiation the first pass
+gives the derivatives of that rate (a custom JVP), as the search's values carry none.
 
 Layout: the kernels (prologue: differences, mask, median; one jump-search iteration;
 final fits) work on pixel-minor rows ``[m, P]`` of the flattened pixels. The scheduling of the
@@ -251,22 +256,31 @@ def _gls_pass(d, mask, read_var, guess, center, parts, two_ok=None, *, jumps):
     )
 
 
+#: States of a pixel in the jump search (:func:`_jump_search_step`), int32 in every mode.
+_DONE, _FIT_ONLY, _SEARCH = (np.int32(state) for state in range(3))
+
+
 def _jump_search_step(d, mask, active, amp, *, read_var, guess, center, parts, two_ok,
                       thresholds):  # fmt: skip
     """One iteration of stcal's ``mask_jumps`` on every pixel (Brandt 2024b Sec. 4).
 
-    ``d``, ``mask``: rows ``[m]`` of differences and their usable mask; ``amp`` None or
-    ``[2, m, P]`` (jump amplitude and sigma per difference, in units of ``d``). The best
-    single and the best pair omission are compared after subtracting their thresholds; the
-    better one is masked if it passes its threshold. Returns the updated ``(mask [m, P],
-    active, amp)``; a pixel that is not ``active`` is unchanged, and it stays active only if
-    it dropped something and keeps more than three differences.
+    ``d``, ``mask``: rows ``[m]`` of differences and their usable mask; ``active``: ``[P]``
+    int32, 0 (done), 1 (fit only: the last search left at most three differences) or 2
+    (search); ``amp`` None or ``[2, m, P]`` (jump amplitude and sigma per difference, in units
+    of ``d``). The best single and the best pair omission are compared after subtracting
+    their thresholds; the better one is masked if it passes its threshold. Returns the
+    updated ``(mask [m, P], active, amp, rate)``: a pixel that is not searching keeps its
+    mask; one that dropped something stays active (searching if it keeps more than three
+    differences, else for one more fit), every other pixel is done. ``rate`` is each pixel's
+    fit at ``guess`` with the mask it came in with, so a pixel's last step (the one that
+    dropped nothing) fits its final mask.
     """
     m = len(d)
     dtype = d[0].dtype
     zero = jnp.zeros((), dtype)
     threshold_one, threshold_two = thresholds
     fit = _gls_pass(d, mask, read_var, guess, center, parts, two_ok[0], jumps=True)
+    searching = active == _SEARCH
     i1, best1 = argmax_rows(fence(fit.dchisq_one))
     best1 = jnp.maximum(best1, 0)
     use_two = m >= 2 and any(two_ok[1])
@@ -276,8 +290,8 @@ def _jump_search_step(d, mask, active, amp, *, read_var, guess, center, parts, t
     else:
         i2, best2 = jnp.zeros((), jnp.int32), zero
     one_better = best1 - threshold_one > best2 - threshold_two
-    drop1 = active & one_better & (best1 > threshold_one)
-    drop2 = active & ~one_better & (best2 > threshold_two)
+    drop1 = searching & one_better & (best1 > threshold_one)
+    drop2 = searching & ~one_better & (best2 > threshold_two)
     # materialised: the per-difference rows below are stacked into arrays, and XLA would
     # otherwise recompute the whole search for every row of the stack
     never = jnp.sum(read_var.reshape(-1)[:1]) == -jnp.inf  # False, not provably so
@@ -288,9 +302,10 @@ def _jump_search_step(d, mask, active, amp, *, read_var, guess, center, parts, t
     hit2a = rmap(lambda i: drop2 & (i == i2), positions)
     hit2b = rmap(lambda i: drop2 & (i == i2 + 1), positions)
     new_mask = rmap(lambda mk, h1, ha, hb: mk & ~(h1 | ha | hb), mask, hit1, hit2a, hit2b)
-    active = (drop1 | drop2) & (sum_rows(rmap(lambda mk: mk.astype(jnp.int32), new_mask)) > 3)
+    more = sum_rows(rmap(lambda mk: mk.astype(jnp.int32), new_mask)) > 3
+    active = jnp.where(drop1 | drop2, jnp.where(more, _SEARCH, _FIT_ONLY), _DONE)
     if amp is None:
-        return stack_rows(new_mask), active, None
+        return stack_rows(new_mask), active, None, fit.rate
     # one omitted: jump b = r_i / P_ii, sigma P_ii**-1/2; pair: (b, c) = V^-1 (r_i, r_{i+1})
     resid, v = fit.resid, fit.v
     r1, v1 = take_rows(resid, i1), take_rows(v, i1)
@@ -321,7 +336,7 @@ def _jump_search_step(d, mask, active, amp, *, read_var, guess, center, parts, t
         values, sigmas = jnp.stack([p[0] for p in pairs]), jnp.stack([p[1] for p in pairs])
     else:
         values, sigmas = pairs
-    return stack_rows(new_mask), active, jnp.stack([values, sigmas])
+    return stack_rows(new_mask), active, jnp.stack([values, sigmas]), fit.rate
 
 
 def _pattern_parts(pattern, dtype, form=None):
@@ -383,24 +398,59 @@ def _search_kernel(d, mask, active, amp, read_noise, center, thresholds, *, patt
 
 
 def _screen_kernel(d, mask, read_noise, center, *, pattern):
-    """Chi-square of each pixel's fit at its first rate guess (all usable differences)."""
+    """Chi-square and rate of each pixel's fit at its first rate guess (all usable
+    differences)."""
     n = pattern.n_resultants
     _, parts, _ = _pattern_parts(pattern, d.dtype)
     fit = _gls_pass(as_rows(d, n), as_rows(mask, n), jnp.square(read_noise),
                     jnp.maximum(center, 0), center, parts, jumps=False)  # fmt: skip
-    return fit.chisq
+    return fit.chisq, fit.rate
 
 
-def _final_kernel(d, mask0, mask, read_noise, center0, *, pattern, second_pass):
+def _first_pass_rate(d, mask, read_noise, center0, *, pattern):
+    """Rate ``[P]`` of the fit of ``d`` (``[m, P]``) with ``mask`` at the first guess
+    ``center0`` (the first of the two final passes)."""
+    n = pattern.n_resultants
+    _, parts, _ = _pattern_parts(pattern, d.dtype)
+    return _gls_pass(as_rows(d, n), as_rows(mask, n), jnp.square(read_noise),
+                     jnp.maximum(center0, 0), center0, parts, jumps=False).rate  # fmt: skip
+
+
+def _known_first_pass_rate(d, mask, read_noise, center0, known, *, pattern):
+    """The first final pass's rate when the jump search has already computed it (``known``,
+    ``[P]``: every pixel's last fit at ``center0`` with its final mask, from the screen or
+    the search): ``known`` itself, and the derivatives of :func:`_first_pass_rate` (the
+    search's own values carry none). The pass over every pixel so runs only under
+    differentiation."""
+
+    @jax.custom_jvp
+    def rate(d, mask, read_noise, center0, known):
+        return known
+
+    @rate.defjvp
+    def rate_jvp(primals, tangents):
+        d, mask, read_noise, center0, known = primals
+        dd, _, drn, dc, _ = tangents  # the mask's tangent is float0
+        _, drate = jax.jvp(
+            lambda d, rn, c: _first_pass_rate(d, mask, rn, c, pattern=pattern),
+            (d, read_noise, center0), (dd, drn, dc))  # fmt: skip
+        return known, drate
+
+    return rate(d, mask, read_noise, center0, known)
+
+
+def _final_kernel(d, mask0, mask, read_noise, center0, *, pattern, second_pass, center1=None):
     """The last fit(s) of each pixel: at the first guess with the final mask, then (if
-    ``second_pass``) again at that rate clipped at 0 (Brandt 2024a debiasing)."""
+    ``second_pass``) again at that rate clipped at 0 (Brandt 2024a debiasing). ``center1``,
+    if given, is the first of these fits' rate (known from the jump search)."""
     n = pattern.n_resultants
     _, parts, _ = _pattern_parts(pattern, d.dtype)
     dl, ml = as_rows(d, n), as_rows(mask, n)
     read_var = jnp.square(read_noise)
     guess0 = jnp.maximum(center0, 0)
     if second_pass:
-        center1 = _gls_pass(dl, ml, read_var, guess0, center0, parts, jumps=False).rate
+        if center1 is None:
+            center1 = _gls_pass(dl, ml, read_var, guess0, center0, parts, jumps=False).rate
         guess1 = jnp.maximum(center1, 0)
     else:
         center1, guess1 = center0, guess0
@@ -415,8 +465,9 @@ def _final_kernel(d, mask0, mask, read_noise, center0, *, pattern, second_pass):
 
 def _jump_search(d, mask0, read_noise, center, thresholds, *, pattern, amplitudes):
     """stcal's ``mask_jumps`` over all pixels: ``d``, ``mask0`` ``[m, P]``; returns the final
-    mask ``[m, P]`` and (if ``amplitudes``) the jump amplitudes and sigmas ``[2, m, P]`` in
-    units of the scaled differences, else None.
+    mask ``[m, P]``, (if ``amplitudes``) the jump amplitudes and sigmas ``[2, m, P]`` in
+    units of the scaled differences, else None, and the rate ``[P]`` of every pixel's fit at
+    ``center`` with its final mask (that of the screen, or of the pixel's last search step).
 
     A cheap chi-square screen over every pixel decides which pixels can drop anything in
     the first iteration; later iterations run only on the pixels whose mask just changed and
@@ -432,31 +483,35 @@ def _jump_search(d, mask0, read_noise, center, thresholds, *, pattern, amplitude
     # full fit, so a pixel whose chi-square is below both thresholds cannot drop anything in
     # the first iteration (and is done). Only the others enter the search (a small margin
     # keeps rounding at the boundary on the safe side).
-    chisq = _screen_kernel(d, mask0, read_noise, center, pattern=pattern)
+    chisq, rate = _screen_kernel(d, mask0, read_noise, center, pattern=pattern)
     limit = jnp.minimum(thresholds[0], thresholds[1]) * (1 - 1e-3)
-    state = (mask0, chisq > limit, amp)
+    # a pixel that drops something in its last search step keeps its place in the queue for
+    # one more step that only fits (_FIT_ONLY), so that every pixel's last step fits its
+    # final mask and gives the first final pass's rate
+    state = (mask0, jnp.where(chisq > limit, _SEARCH, _DONE), amp, rate)
     size = queue_size(npix)
 
     def cond(state):
-        return jnp.any(state[1])
+        return jnp.any(state[1] != _DONE)
 
     def body(state):
-        mask, active, amp = state
-        index = compact(active, size)
+        mask, active, amp, rate = state
+        index = compact(active != _DONE, size)
         take = jnp.minimum(index, npix - 1)
         valid = index < npix
-        sub_mask, sub_active, sub_amp = step(
-            d[:, take], mask[:, take], active[take] & valid,
+        sub_mask, sub_active, sub_amp, sub_rate = step(
+            d[:, take], mask[:, take], jnp.where(valid, active[take], _DONE),
             None if amp is None else amp[:, :, take], read_noise[take], center[take],
         )  # fmt: skip
         mask = mask.at[:, index].set(sub_mask, mode="drop")
         active = active.at[index].set(sub_active, mode="drop")
+        rate = rate.at[index].set(sub_rate, mode="drop")
         if amp is not None:
             amp = amp.at[:, :, index].set(sub_amp, mode="drop")
-        return mask, active, amp
+        return mask, active, amp, rate
 
-    mask, _, amp = jax.lax.while_loop(cond, body, state)
-    return mask, amp
+    mask, _, amp, rate = jax.lax.while_loop(cond, body, state)
+    return mask, amp, rate
 
 
 @partial(jax.jit, static_argnames=("pattern", "detect_jumps", "with_jumps"))
@@ -482,14 +537,19 @@ def _fit_likely(resultants, dq, read_noise, flux_estimate, thresholds, *, patter
         d, mask0, center = materialise((d, mask0, center), never)
         if detect_jumps:
             # the mask is piecewise constant in the data: no gradient through the search
-            mask, amp = _jump_search(
+            mask, amp, searched_rate = _jump_search(
                 jax.lax.stop_gradient(d), mask0, jax.lax.stop_gradient(read_noise),
                 jax.lax.stop_gradient(center), thresholds, pattern=pattern,
                 amplitudes=with_jumps,
             )  # fmt: skip
+            center1 = None
+            if flux_estimate is None:  # the search made the first final pass's fits
+                center1 = _known_first_pass_rate(d, mask, read_noise, center, searched_rate,
+                                                 pattern=pattern)  # fmt: skip
         else:
             mask, amp = mask0, jnp.zeros((2,) + d.shape, dtype)
-        rows = final(d, mask0, mask, read_noise, center)
+            center1 = None
+        rows = final(d, mask0, mask, read_noise, center, center1=center1)
         if not with_jumps:
             return rows, None
         found = mask0 & ~mask

@@ -401,25 +401,6 @@ def test_likely_fit_gradients(rng):
         check_grads(fixed, (data,), order=1, modes=("rev",), eps=1e-3)
 
 
-@single_pass
-@likely
-@pytest.mark.slow  # ~25 s to compile the VJP of the two-pass fit with the jump search
-def test_likely_fit_gradient_with_jump_detection(rng):
-    from romanjax.ramp._likely import fit_ramps_likely
-
-    pattern = romanjax.ReadPattern.from_ma_table(109)
-    read_noise = 9.0
-    resultants = oracles.simulate_ramps(rng, pattern, 25.0, read_noise, 3)
-    with jax.enable_x64(True):
-        data = jnp.asarray(resultants, jnp.float64)
-        # with jump detection on clean ramps: the masks are constant (and stop_gradient-ed),
-        # the gradient is finite and the slope still insensitive to a constant offset
-        default = jax.grad(lambda r: fit_ramps_likely(r, pattern, read_noise).slope.sum())(data)
-        assert np.all(np.isfinite(np.asarray(default)))
-        np.testing.assert_allclose(np.asarray(default).sum(axis=0), 0.0,
-                                   atol=1e-8 * np.abs(np.asarray(default)).max())  # fmt: skip
-
-
 # --------------------------------------------------------------------------------------------
 # forward model: a star's flux, position and background from simulated resultants
 

@@ -326,6 +326,82 @@ def test_jump_inside_multiread_resultant_flags_pair(rng):
     assert np.mean((dq[5] == dqflags.JUMP_DET) & (dq[6] == dqflags.JUMP_DET)) > 0.95
 
 
+@pytest.mark.single_pass
+def test_final_fit_after_search_matches_oracle(rng):
+    """The first of the two final passes is taken from the jump search: the screen's fit for
+    a pixel that does not search, the last search step's for one that does, and one more
+    step that only fits for a pixel whose last drop left three differences. Every path must
+    give the float64 dense oracle's two-pass slope with the mask the search found."""
+    import jax
+    import jax.numpy as jnp
+
+    pattern = romanjax.ReadPattern(((1,), (2,), (3, 4), (5, 6), (7,), (8,)))  # 5 differences
+    read_noise, npix, n = 10.0, 600, 6
+    resultants = simulate_ramps(rng, pattern, rng.uniform(5.0, 200.0, npix), read_noise, npix)
+    for jumps in (1, 2):  # pixels with one and with two jumps at random resultants
+        hit = rng.random(npix) < 0.3
+        at = rng.integers(1, n, npix)
+        resultants += np.where(hit & (np.arange(n)[:, None] >= at), 2000.0 * jumps, 0.0)
+    with jax.enable_x64(True):
+        fit = fit_ramps_likely(jnp.asarray(resultants, jnp.float64), pattern, read_noise)
+        slope = np.asarray(fit.slope)
+    jumps = (np.asarray(fit.dq) & dqflags.JUMP_DET) != 0
+    mask = ~jumps[1:]  # difference i masked <=> resultant i+1 flagged
+    kept = mask.sum(axis=0)
+    # the three paths: no search (5 kept), the search's last step (4), one step more (3)
+    assert all(np.sum(kept == k) >= 10 for k in (5, 4, 3))
+    d = np.diff(resultants, axis=0) / np.diff(pattern.tbar)[:, None]
+    first = dense_masked_gls(pattern, resultants, read_noise,
+                             np.maximum(np.median(d, axis=0), 0), mask)[0]  # fmt: skip
+    slope_oracle, var_read, var_poisson, _ = dense_masked_gls(
+        pattern, resultants, read_noise, np.maximum(first, 0), mask)  # fmt: skip
+    sigma = np.sqrt(var_read + var_poisson)
+    np.testing.assert_array_less(np.abs(slope - slope_oracle), 1e-9 * sigma)
+
+
+@pytest.mark.single_pass
+@pytest.mark.slow  # ~25 s to compile the VJP of the two-pass fit with the jump search
+def test_gradient_with_jump_detection_matches_oracle(rng):
+    """With jump detection the first of the two final passes is not rerun: its rates come
+    from the search's fits, and a custom JVP gives their derivatives. The gradient of each
+    slope with respect to its resultants must be that of the float64 dense oracle (median
+    guess, first pass, second pass, with the jump mask the fit found held fixed), by central
+    differences; without the first pass's derivatives it misses the dependence of the second
+    pass's covariance on the data."""
+    import jax
+    import jax.numpy as jnp
+
+    pattern = romanjax.ReadPattern.from_ma_table(109)
+    read_noise = 9.0
+    npix = 3
+    resultants = simulate_ramps(rng, pattern, np.array([25.0, 400.0, 60.0]), read_noise, npix)
+    resultants[6:, 0] += 900.0  # a jump: the search drops a difference of pixel 0
+    resultants[4:, 2] += 700.0  # and one of pixel 2
+    with jax.enable_x64(True):
+        data = jnp.asarray(resultants, jnp.float64)
+        fit = fit_ramps_likely(data, pattern, read_noise)
+        total = jax.grad(lambda r: fit_ramps_likely(r, pattern, read_noise).slope.sum())
+        grad = np.asarray(total(data))
+    jumps = (np.asarray(fit.dq) & dqflags.JUMP_DET) != 0
+    assert jumps[6, 0] and jumps[4, 2] and not jumps[:, 1].any()
+    mask = ~jumps[1:]  # difference i masked <=> resultant i+1 flagged
+
+    def oracle(r):
+        d = np.diff(r, axis=0) / np.diff(pattern.tbar)[:, None]
+        median = np.median(d, axis=0)  # no dq: every difference is in the first guess
+        first = dense_masked_gls(pattern, r, read_noise, np.maximum(median, 0), mask)[0]
+        return dense_masked_gls(pattern, r, read_noise, np.maximum(first, 0), mask)[0]
+
+    np.testing.assert_allclose(np.asarray(fit.slope), oracle(resultants), rtol=1e-9)
+    eps = 1e-3
+    expected = np.zeros_like(resultants)
+    for i in range(pattern.n_resultants):
+        step = np.zeros_like(resultants)
+        step[i] = eps
+        expected[i] = (oracle(resultants + step) - oracle(resultants - step)) / (2 * eps)
+    np.testing.assert_allclose(grad, expected, rtol=1e-6, atol=1e-7 * np.abs(expected).max())
+
+
 @requires_stcal
 @pytest.mark.parametrize("table", [4, 110, 11])
 def test_matches_stcal_likely(table):
