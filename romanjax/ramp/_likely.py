@@ -450,7 +450,7 @@ def _final_kernel(d, mask0, mask, read_noise, center0, *, pattern, second_pass, 
     guess0 = jnp.maximum(center0, 0)
     if second_pass:
         if center1 is None:
-            center1 = _gls_pass(dl, ml, read_var, guess0, center0, parts, jumps=False).rate
+            center1 = _first_pass_rate(d, mask, read_noise, center0, pattern=pattern)
         guess1 = jnp.maximum(center1, 0)
     else:
         center1, guess1 = center0, guess0
@@ -535,6 +535,7 @@ def _fit_likely(resultants, dq, read_noise, flux_estimate, thresholds, *, patter
         # median's sorting network
         never = jnp.sum(read_noise[:1]) == -jnp.inf  # False, not provably so
         d, mask0, center = materialise((d, mask0, center), never)
+        center1 = None  # the first final pass's rate, when already known
         if detect_jumps:
             # the mask is piecewise constant in the data: no gradient through the search
             mask, amp, searched_rate = _jump_search(
@@ -542,13 +543,11 @@ def _fit_likely(resultants, dq, read_noise, flux_estimate, thresholds, *, patter
                 jax.lax.stop_gradient(center), thresholds, pattern=pattern,
                 amplitudes=with_jumps,
             )  # fmt: skip
-            center1 = None
             if flux_estimate is None:  # the search made the first final pass's fits
                 center1 = _known_first_pass_rate(d, mask, read_noise, center, searched_rate,
                                                  pattern=pattern)  # fmt: skip
         else:
             mask, amp = mask0, jnp.zeros((2,) + d.shape, dtype)
-            center1 = None
         rows = final(d, mask0, mask, read_noise, center, center1=center1)
         if not with_jumps:
             return rows, None
