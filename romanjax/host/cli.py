@@ -683,6 +683,40 @@ def _parse_asdf_manifests_with_libyaml() -> bool:
     return True
 
 
+def _import_roman_datamodels_with_libyaml() -> bool:
+    """In the command's own process, import roman_datamodels with its manifests parsed by
+    libyaml.
+
+    Any ASDF file the command reads or writes loads asdf's extensions, which imports
+    roman_datamodels where it is installed; on import it builds its node classes from
+    RAD's datamodel manifests, large YAML documents it parses with PyYAML's module-level
+    ``yaml.safe_load`` (pure Python), about a quarter of a second. The command imports it
+    first, with ``yaml.safe_load`` parsing by libyaml (the same objects; see
+    :class:`_LibyamlSafeLoad`) for the length of that import only. Returns whether it did;
+    False where roman_datamodels is already imported or not installed, or PyYAML has no
+    libyaml (the package is then imported as usual, where it is needed)."""
+    import importlib.util
+
+    if "roman_datamodels" in sys.modules:
+        return False
+    try:
+        import yaml
+    except ImportError:
+        return False
+    if not getattr(yaml, "__with_libyaml__", False) or \
+            importlib.util.find_spec("roman_datamodels") is None:  # fmt: skip
+        return False
+    safe_load = yaml.safe_load
+    yaml.safe_load = _LibyamlSafeLoad(yaml).safe_load
+    try:
+        import roman_datamodels  # noqa: F401
+    except ImportError:  # reported where the command needs the package
+        return False
+    finally:
+        yaml.safe_load = safe_load
+    return True
+
+
 def main(argv=None) -> int:
     """Run the ``romanjax`` command; returns the exit status (0 on success)."""
     parser = build_parser()
@@ -693,6 +727,7 @@ def main(argv=None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     _use_compilation_cache()
     _parse_asdf_manifests_with_libyaml()
+    _import_roman_datamodels_with_libyaml()
     handlers = {"simulate": _simulate, "fit": _fit, "inject": _inject}
     try:
         return handlers[args.command](args)

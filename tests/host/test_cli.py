@@ -106,6 +106,45 @@ def test_asdf_manifests_parse_the_same_through_libyaml():
     assert extension.extension_uri == yaml.safe_load(resources[uri])["extension_uri"]
 
 
+@pytest.mark.single_pass  # parsing YAML does not depend on the float dtype
+def test_roman_datamodels_imports_with_libyaml_manifests():
+    """The command imports roman_datamodels with ``yaml.safe_load`` parsing by libyaml, for
+    that import only: in a fresh process the import goes through libyaml once per RAD
+    datamodel manifest, builds its node classes from the same objects as PyYAML's
+    pure-Python parser gives, and leaves ``yaml.safe_load`` as it was; a second call (the
+    package imported) does nothing."""
+    yaml = pytest.importorskip("yaml")
+    pytest.importorskip("roman_datamodels")
+    if not getattr(yaml, "__with_libyaml__", False):
+        pytest.skip("PyYAML without libyaml: the command imports roman_datamodels as usual")
+    code = (
+        "import sys, yaml\n"
+        "from romanjax.host import cli\n"
+        "assert 'roman_datamodels' not in sys.modules\n"
+        "parsed = []\n"
+        "libyaml = cli._LibyamlSafeLoad.safe_load\n"
+        "cli._LibyamlSafeLoad.safe_load = lambda self, s: parsed.append(1) or libyaml(self, s)\n"
+        "pure = yaml.safe_load\n"
+        "assert cli._import_roman_datamodels_with_libyaml()\n"
+        "assert yaml.safe_load is pure\n"
+        "assert not cli._import_roman_datamodels_with_libyaml()\n"
+        "import importlib.resources, rad.resources\n"
+        "from roman_datamodels._stnode import _stnode\n"
+        "folder = importlib.resources.files(rad.resources) / 'manifests'\n"
+        "paths = [p for p in folder.iterdir() if 'datamodels-' in p.name]\n"
+        "expected = {m['id']: m for m in (pure(p.read_bytes()) for p in paths)}\n"
+        "built = {m['id']: m for m in _stnode.DATAMODEL_MANIFESTS}\n"
+        "assert built == expected, sorted(set(built) ^ set(expected))\n"
+        "print(len(parsed), len(built))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=300)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    parsed, manifests = (int(word) for word in result.stdout.split())
+    assert manifests >= 1
+    assert parsed >= manifests  # and the manifests of the asdf extensions it registers
+
+
 @pytest.mark.parametrize("sub", ["simulate", "fit", "inject"])
 def test_help_every_subcommand(sub, capsys):
     with pytest.raises(SystemExit) as exit_info:
