@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
 
+from . import _programs
 from . import dq as dqbits
 from ._read_pattern import ReadPattern
 from ._validate import check_pixel_shape, check_real, check_values, float_dtype, prepare_dq
@@ -340,8 +341,9 @@ def make_l2(resultants: ArrayLike, pattern: ReadPattern, *, read_noise: ArrayLik
         linearity = jnp.asarray(linearity, dtype)
     readout, read_times, decay_values = dark_decay_inputs(
         "make_l2", dark_decay, pixels, read_time_offsets, dtype, data="resultants")
-    return _make_l2(
-        resultants, dq, read_noise, gain, dark_rate, flat, linearity, decay_values,
+    # (through a kept program where the caller asked for one: the command line's processes)
+    return _programs.call(
+        _make_l2, resultants, dq, read_noise, gain, dark_rate, flat, linearity, decay_values,
         read_times, pattern=pattern, method=method, has_dq=has_dq,
         fit_kwargs=tuple(sorted(fit_kwargs.items())), pixel_flags=pixel_flags, readout=readout,
     )  # fmt: skip

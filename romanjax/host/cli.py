@@ -624,17 +624,22 @@ def compilation_cache_dir() -> Path | None:
     return Path(base) / "romanjax" / "jax"
 
 
-def _use_compilation_cache() -> None:
+def _use_compilation_cache() -> Path | None:
     """Keep compiled programs across runs: a second ``romanjax fit`` of the same kind of file
     loads them instead of compiling again. Best effort: a cache that cannot be created is
-    skipped."""
+    skipped. Returns the cache directory, or None.
+
+    Two caches share the directory: JAX's persistent compilation cache, for every program
+    the command compiles, and in its ``programs`` folder the command's L2 fit as a whole
+    executable (:mod:`romanjax._programs`), which a later run loads without tracing the
+    fit again."""
     directory = compilation_cache_dir()
     if directory is None:
-        return
+        return None
     try:
         directory.mkdir(parents=True, exist_ok=True)
     except OSError:
-        return
+        return None
     import jax
 
     jax.config.update("jax_compilation_cache_dir", str(directory))
@@ -642,6 +647,7 @@ def _use_compilation_cache() -> None:
     # are kept depend on the machine's load, and a second run recompile some of them
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    return directory
 
 
 class _LibyamlSafeLoad:
@@ -725,12 +731,15 @@ def main(argv=None) -> int:
         parser.print_help()
         return EXIT_USAGE
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    _use_compilation_cache()
+    cache = _use_compilation_cache()
     _parse_asdf_manifests_with_libyaml()
     _import_roman_datamodels_with_libyaml()
     handlers = {"simulate": _simulate, "fit": _fit, "inject": _inject}
+    from .. import _programs
+
     try:
-        return handlers[args.command](args)
+        with _programs.kept_in(None if cache is None else cache / "programs"):
+            return handlers[args.command](args)
     except KeyboardInterrupt:
         print(f"romanjax {args.command}: interrupted", file=sys.stderr)
         return 130

@@ -506,6 +506,7 @@ def test_fit_keeps_compiled_programs_in_its_cache(simulated, tmp_path):
     assert first.returncode == 0, first.stderr
     entries = sorted(p.name for p in cache.rglob("*") if p.is_file())
     assert entries  # the fit's programs were written
+    assert len(list((cache / "programs").glob("*.exe"))) == 1  # and the fit as a whole
     second = subprocess.run(command + ["-o", str(tmp_path / "b.asdf")], env=env,
                             capture_output=True, text=True, timeout=600)  # fmt: skip
     assert second.returncode == 0, second.stderr

@@ -1,0 +1,134 @@
+"""Compiled programs kept on disk between processes (``romanjax._programs``, the command
+line's measure): the same results as the jitted call, a second process that neither traces
+nor compiles, a new entry for every change of what decides the program, and damaged entries
+compiled again."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from romanjax import _programs
+
+pytestmark = pytest.mark.single_pass  # the cache's mechanics do not depend on the dtype
+
+TRACES = []
+
+
+def _scaled(x, y, *, power):
+    TRACES.append(power)  # once per trace
+    return jnp.sum(x**power, axis=0) + y, x * 2
+
+
+scaled = jax.jit(_scaled, static_argnames=("power",))
+
+
+def entries(folder):
+    return sorted(p.name for p in folder.iterdir())
+
+
+def test_off_by_default_and_with_none(tmp_path):
+    x = np.arange(6.0, dtype=np.float32).reshape(2, 3)
+    expected = scaled(x, np.float32(1), power=2)
+    plain = _programs.call(scaled, x, np.float32(1), power=2)  # no block: off
+    with _programs.kept_in(None):
+        off = _programs.call(scaled, x, np.float32(1), power=2)
+    with _programs.kept_in(tmp_path / "kept"):
+        assert _programs._directory == tmp_path / "kept"
+    assert _programs._directory is None  # restored after the block
+    for got in (plain, off):
+        np.testing.assert_array_equal(got[0], expected[0])
+    assert entries(tmp_path) == []
+
+
+def test_kept_program_gives_the_jitted_results_and_one_entry_per_program(tmp_path):
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(4, 5)).astype(np.float32)
+    y = jnp.asarray(rng.normal(size=5).astype(np.float32))
+    with _programs.kept_in(tmp_path):
+        first = _programs.call(scaled, x, y, power=3)
+        assert len(entries(tmp_path)) == 1
+        TRACES.clear()
+        again = _programs.call(scaled, x, y, power=3)  # this process's own copy: no trace
+        assert TRACES == []
+        assert len(entries(tmp_path)) == 1
+        _programs.call(scaled, x, y, power=2)  # a static argument
+        _programs.call(scaled, x[:3], y, power=3)  # a shape
+        _programs.call(scaled, x.astype(np.float64) if jax.config.jax_enable_x64
+                       else x.astype(np.int32), y, power=3)  # a dtype  # fmt: skip
+        assert len(entries(tmp_path)) == 4
+    assert not [name for name in entries(tmp_path) if not name.endswith(_programs.SUFFIX)]
+    expected = scaled(x, y, power=3)
+    for got in (first, again):
+        for a, b in zip(got, expected):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_traced_arguments_and_python_scalars_take_the_plain_call(tmp_path):
+    x = np.ones((2, 3), np.float32)
+    with _programs.kept_in(tmp_path):
+        got = jax.jit(lambda v: _programs.call(scaled, v, jnp.float32(1), power=1)[0])(x)
+        scalar = _programs.call(scaled, x, 1.0, power=1)[0]
+    np.testing.assert_array_equal(got, [3.0, 3.0, 3.0])
+    np.testing.assert_array_equal(scalar, [3.0, 3.0, 3.0])
+    assert entries(tmp_path) == []
+
+
+def test_damaged_entry_is_compiled_again_and_replaced(tmp_path, monkeypatch):
+    loads = []
+    load = _programs._load
+    monkeypatch.setattr(_programs, "_load", lambda path: loads.append(load(path)) or loads[-1])
+    x = np.arange(4.0, dtype=np.float32)
+    y = np.float32(0.5) * np.ones(4, np.float32)
+    with _programs.kept_in(tmp_path):
+        _programs.call(scaled, x[None], y, power=1)
+    (entry,) = tmp_path.iterdir()
+    entry.write_bytes(b"not a program")
+    _programs._programs.clear()  # as a new process
+    with _programs.kept_in(tmp_path):
+        got = _programs.call(scaled, x[None], y, power=1)
+    assert loads[-1] is None  # not loaded: compiled again
+    np.testing.assert_array_equal(got[0], x + 0.5)
+    assert entry.read_bytes() != b"not a program"
+    _programs._programs.clear()
+    with _programs.kept_in(tmp_path):
+        got = _programs.call(scaled, x[None], y, power=1)
+    assert loads[-1] is not None  # the replaced entry loads
+    np.testing.assert_array_equal(got[0], x + 0.5)
+    assert [p.name for p in tmp_path.iterdir()] == [entry.name]  # no temporary file left
+
+
+def test_a_second_process_loads_the_program_without_tracing(tmp_path):
+    module = tmp_path / "kept_module.py"
+    module.write_text(textwrap.dedent("""
+        import sys
+        import jax, jax.numpy as jnp, numpy as np
+        from romanjax import _programs
+
+        traces = []
+
+        @jax.jit
+        def f(x):
+            traces.append(1)
+            return jnp.cumsum(x * x)
+
+        with _programs.kept_in(sys.argv[1]):
+            out = _programs.call(f, np.arange(10.0, dtype=np.float32))
+        print(len(traces), " ".join(str(v) for v in np.asarray(out)))
+    """))
+    runs = [subprocess.run([sys.executable, str(module), str(tmp_path / "kept")],
+                           capture_output=True, text=True, timeout=300, cwd=tmp_path)
+            for _ in range(2)]  # fmt: skip
+    for run in runs:
+        assert run.returncode == 0, run.stderr
+    (traced_first, *first), (traced_second, *second) = (run.stdout.split() for run in runs)
+    assert (traced_first, traced_second) == ("1", "0")
+    assert first == second
+    np.testing.assert_allclose([float(v) for v in second], np.cumsum(np.arange(10.0) ** 2))
+    assert len(entries(tmp_path / "kept")) == 1
