@@ -699,8 +699,9 @@ def _import_roman_datamodels_with_libyaml() -> bool:
     ``yaml.safe_load`` (pure Python), about a quarter of a second. The command imports it
     first, with ``yaml.safe_load`` parsing by libyaml (the same objects; see
     :class:`_LibyamlSafeLoad`) for the length of that import only. Returns whether it did;
-    False where roman_datamodels is already imported or not installed, or PyYAML has no
-    libyaml (the package is then imported as usual, where it is needed)."""
+    False where roman_datamodels is already imported or not installed, PyYAML has no
+    libyaml, or the import fails (the package is then imported as usual where it is needed,
+    and a failure reported there)."""
     import importlib.util
 
     if "roman_datamodels" in sys.modules:
@@ -716,7 +717,7 @@ def _import_roman_datamodels_with_libyaml() -> bool:
     yaml.safe_load = _LibyamlSafeLoad(yaml).safe_load
     try:
         import roman_datamodels  # noqa: F401
-    except ImportError:  # reported where the command needs the package
+    except Exception:  # noqa: BLE001 - imported again as usual where needed, and reported there
         return False
     finally:
         yaml.safe_load = safe_load

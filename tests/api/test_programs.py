@@ -5,6 +5,7 @@ compiled again."""
 
 from __future__ import annotations
 
+import functools
 import subprocess
 import sys
 import textwrap
@@ -33,6 +34,14 @@ def entries(folder):
     return sorted(p.name for p in folder.iterdir())
 
 
+@pytest.fixture(autouse=True)
+def _fresh_process_store():
+    """Each test starts with no program of this process's own (as a new process)."""
+    _programs._programs.clear()
+    yield
+    _programs._programs.clear()
+
+
 def test_off_by_default_and_with_none(tmp_path):
     x = np.arange(6.0, dtype=np.float32).reshape(2, 3)
     expected = scaled(x, np.float32(1), power=2)
@@ -40,8 +49,8 @@ def test_off_by_default_and_with_none(tmp_path):
     with _programs.kept_in(None):
         off = _programs.call(scaled, x, np.float32(1), power=2)
     with _programs.kept_in(tmp_path / "kept"):
-        assert _programs._directory == tmp_path / "kept"
-    assert _programs._directory is None  # restored after the block
+        assert _programs._directory.get() == tmp_path / "kept"
+    assert _programs._directory.get() is None  # restored after the block
     for got in (plain, off):
         np.testing.assert_array_equal(got[0], expected[0])
     assert entries(tmp_path) == []
@@ -102,6 +111,52 @@ def test_damaged_entry_is_compiled_again_and_replaced(tmp_path, monkeypatch):
     assert loads[-1] is not None  # the replaced entry loads
     np.testing.assert_array_equal(got[0], x + 0.5)
     assert [p.name for p in tmp_path.iterdir()] == [entry.name]  # no temporary file left
+
+
+def test_what_the_key_cannot_see_takes_the_plain_call(tmp_path):
+    """Closures and bound arguments hold values the key does not see: never kept."""
+
+    def make(scale):
+        return jax.jit(lambda x: x * scale)
+
+    x = np.ones(3, np.float32)
+    with _programs.kept_in(tmp_path):
+        got = [_programs.call(make(s), x) for s in (2.0, 3.0)]
+        bound = _programs.call(jax.jit(functools.partial(_scaled, power=2)), x[None],
+                               np.float32(0))  # fmt: skip
+    np.testing.assert_array_equal(got[0], [2, 2, 2])
+    np.testing.assert_array_equal(got[1], [3, 3, 3])
+    np.testing.assert_array_equal(bound[0], [1, 1, 1])
+    assert entries(tmp_path) == []
+
+
+class Two(int):
+    """An int whose ``repr`` is that of the int 2 (as numpy 1's scalars print)."""
+
+    def __repr__(self):
+        return "2"
+
+
+def test_static_values_are_keyed_by_type(tmp_path):
+    x = np.full((2, 3), 2.0, np.float32)
+    with _programs.kept_in(tmp_path):
+        a = _programs.call(scaled, x, np.float32(0), power=2)
+        b = _programs.call(scaled, x, np.float32(0), power=Two(2))
+    assert len(entries(tmp_path)) == 2
+    np.testing.assert_array_equal(a[0], b[0])
+
+
+def test_the_folder_keeps_the_most_recently_used_entries(tmp_path, monkeypatch):
+    monkeypatch.setattr(_programs, "KEEP", 2)
+    x = np.ones((1, 4), np.float32)
+    with _programs.kept_in(tmp_path):
+        for power in (1, 2, 3):
+            _programs.call(scaled, x, np.float32(0), power=power)
+            names = entries(tmp_path)
+            if power == 1:
+                first = names
+    assert len(names) == 2
+    assert first[0] not in names  # the oldest went
 
 
 def test_a_second_process_loads_the_program_without_tracing(tmp_path):
