@@ -11,7 +11,8 @@ under a key made of everything that decides the program without tracing it:
   what they call); functions with a closure or bound arguments (``functools.partial``)
   never take the cache, since what they hold is not in the key;
 - its static arguments (type and ``repr`` of every value);
-- the structure, shapes, dtypes and weak types of its array arguments;
+- the structure, shapes, dtypes and weak types of its array arguments (the values are
+  the program's inputs, not part of it);
 - the versions of Python, numpy, jax, jaxlib and romanjax, the JAX settings that change
   tracing (64-bit mode, default matmul precision, NaN checks, promotion rules),
   ``XLA_FLAGS``, and the device (platform and its version, kind, count) and the
@@ -21,12 +22,14 @@ A later call with the same key loads the executable and runs it: no tracing, low
 compile. Any change to any of those inputs gives another key and so a fresh compile.
 
 It is off unless a caller turns it on for a block of code (:func:`kept_in`): the command
-does so for its own process. Only calls whose array arguments are numpy arrays or scalars
-or single-device JAX arrays on the default device take it (others run as usual), and it is
-best effort: an entry that cannot be read or loaded, or whose program fails, is compiled
-again (and replaced); one that cannot be written is skipped. Entries are written
-atomically (a temporary file, then a rename), so concurrent commands never read half an
-entry, readable by their owner only; the folder keeps the :data:`KEEP` most recently used.
+does so for its own process. Only calls whose array arguments are Python or numpy scalars,
+numpy arrays or single-device JAX arrays on the default device take it (others run as
+usual), and it is best effort: an entry that cannot be read or loaded, or whose program
+fails, is compiled again (and replaced); one that cannot be written is skipped. Entries
+are written atomically (a temporary file, then a rename), so concurrent commands never
+read half an entry, readable by their owner only; the folder keeps the :data:`KEEP` most
+recently used (an entry holds the whole executable: 2 MB for a small L2 fit, 12 MB for an
+L1 simulation, whose ``log k!`` table is a constant of the program).
 An entry is a pickle, and loading a pickle can run code: the folder must be the user's own.
 """
 
@@ -56,7 +59,7 @@ _programs: dict[str, object] = {}
 #: File suffix of the entries (``<key>.exe`` in the cache directory).
 SUFFIX = ".exe"
 #: Entries kept in the folder; writing one more removes the least recently used.
-KEEP = 32
+KEEP = 16
 
 
 @contextlib.contextmanager
@@ -111,10 +114,13 @@ def _key(function, args, static) -> str | None:
     for leaf in leaves:
         if isinstance(leaf, jax.core.Tracer):  # under a caller's transformation
             return None
+        if type(leaf) in (bool, int, float, complex):  # a weakly typed argument
+            shapes.append(((), type(leaf).__name__, True))
+            continue
         if isinstance(leaf, jax.Array):
             if leaf.sharding.device_set != {default}:
                 return None
-        elif not isinstance(leaf, (np.ndarray, np.generic)):  # Python scalars: weak types
+        elif not isinstance(leaf, (np.ndarray, np.generic)):
             return None
         weak = bool(getattr(leaf, "weak_type", False))
         shapes.append((tuple(leaf.shape), str(leaf.dtype), weak))

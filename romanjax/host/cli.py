@@ -630,9 +630,9 @@ def _use_compilation_cache() -> Path | None:
     skipped. Returns the cache directory, or None.
 
     Two caches share the directory: JAX's persistent compilation cache, for every program
-    the command compiles, and in its ``programs`` folder the command's L2 fit as a whole
-    executable (:mod:`romanjax._programs`), which a later run loads without tracing the
-    fit again."""
+    the command compiles, and in its ``programs`` folder the command's L1 simulation and L2
+    fit as whole executables (:mod:`romanjax._programs`), which a later run loads without
+    tracing them again."""
     directory = compilation_cache_dir()
     if directory is None:
         return None

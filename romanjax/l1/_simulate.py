@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
 
+from .. import _programs
 from .. import dq as dqbits
 from .._read_pattern import ReadPattern
 from .._validate import check_pattern, check_values, float_dtype
@@ -415,15 +416,16 @@ def simulate_l1(key: jax.Array, counts: ArrayLike, pattern: ReadPattern, *,
                          f"{reference_read!r}")  # fmt: skip
     as_float = partial(jnp.asarray, dtype=dtype)
     inv_lin = None if inverse_linearity is None else as_float(inverse_linearity)
-    return _simulate(key, counts, as_float(read_noise), as_float(gain), as_float(pedestal),
-                     as_float(pedestal_noise), as_float(saturation),
-                     None if kernel is None else as_float(kernel), inv_lin, decay_values,
-                     read_times, persistence, start_time, persistence_params, first_pixel,
-                     pattern=pattern, dtype=dtype, image_shape=image_shape,
-                     frame_image=frame_image, crparams=crparams, cr_cap=cr_cap,
-                     cr_part_cap=cr_part_cap, readout=readout,
-                     persistence_exact=bool(persistence_exact),
-                     reference_read=bool(reference_read))  # fmt: skip
+    # (through a kept program where the caller asked for one: the command line's processes)
+    return _programs.call(
+        _simulate, key, counts, as_float(read_noise), as_float(gain), as_float(pedestal),
+        as_float(pedestal_noise), as_float(saturation),
+        None if kernel is None else as_float(kernel), inv_lin, decay_values, read_times,
+        persistence, start_time, persistence_params, first_pixel, pattern=pattern,
+        dtype=dtype, image_shape=image_shape, frame_image=frame_image, crparams=crparams,
+        cr_cap=cr_cap, cr_part_cap=cr_part_cap, readout=readout,
+        persistence_exact=bool(persistence_exact), reference_read=bool(reference_read),
+    )  # fmt: skip
 
 
 def _check_frame(frame_shape, first_pixel, shape, ipc):

@@ -79,14 +79,25 @@ def test_kept_program_gives_the_jitted_results_and_one_entry_per_program(tmp_pat
             np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
-def test_traced_arguments_and_python_scalars_take_the_plain_call(tmp_path):
+def test_traced_arguments_take_the_plain_call(tmp_path):
     x = np.ones((2, 3), np.float32)
     with _programs.kept_in(tmp_path):
         got = jax.jit(lambda v: _programs.call(scaled, v, jnp.float32(1), power=1)[0])(x)
-        scalar = _programs.call(scaled, x, 1.0, power=1)[0]
     np.testing.assert_array_equal(got, [3.0, 3.0, 3.0])
-    np.testing.assert_array_equal(scalar, [3.0, 3.0, 3.0])
     assert entries(tmp_path) == []
+
+
+def test_python_scalars_are_inputs_of_one_kept_program(tmp_path):
+    """A Python scalar is a weakly typed input: one entry serves every value."""
+    x = np.ones((2, 3), np.float32)
+    with _programs.kept_in(tmp_path):
+        one = _programs.call(scaled, x, 1.0, power=1)
+        _programs._programs.clear()  # as a new process: the entry is loaded
+        two = _programs.call(scaled, x, 2.0, power=1)
+    np.testing.assert_array_equal(one[0], [3.0, 3.0, 3.0])
+    np.testing.assert_array_equal(two[0], [4.0, 4.0, 4.0])
+    assert one[0].dtype == scaled(x, 1.0, power=1)[0].dtype
+    assert len(entries(tmp_path)) == 1
 
 
 def test_damaged_entry_is_compiled_again_and_replaced(tmp_path, monkeypatch):
@@ -187,3 +198,25 @@ def test_a_second_process_loads_the_program_without_tracing(tmp_path):
     assert first == second
     np.testing.assert_allclose([float(v) for v in second], np.cumsum(np.arange(10.0) ** 2))
     assert len(entries(tmp_path / "kept")) == 1
+
+
+def test_kept_simulation_draws_the_same_ramps(tmp_path):
+    """``simulate_l1`` through a kept program (random key, Python-scalar options, cosmic
+    rays) gives the plain call's ramps, loaded from the folder as well as just compiled."""
+    import romanjax
+
+    pattern = romanjax.ReadPattern.from_ma_table(4)
+    counts = np.random.default_rng(3).poisson(300, (8, 16)).astype(np.int32)
+    key = jax.random.key(7)
+    options = dict(read_noise=6.0, cosmic_rays=True)
+    expected = romanjax.simulate_l1(key, counts, pattern, **options)
+    runs, written = [], []
+    for _ in range(2):
+        _programs._programs.clear()
+        with _programs.kept_in(tmp_path):
+            runs.append(romanjax.simulate_l1(key, counts, pattern, **options))
+        written += [p.stat().st_ino for p in tmp_path.iterdir()]
+    assert len(written) == 2 and written[0] == written[1]  # one entry, loaded the second time
+    for got in runs:
+        np.testing.assert_array_equal(np.asarray(got.resultants), np.asarray(expected.resultants))
+        np.testing.assert_array_equal(np.asarray(got.dq), np.asarray(expected.dq))
