@@ -19,6 +19,19 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+#: XLA flag that compiles the suite's programs without LLVM's optimisations. The suite is
+#: bound by XLA's compiles (hundreds of small programs per worker, each run on a few
+#: thousand pixels), and LLVM's optimisation passes take about 30% of its time; they
+#: change how fast a program runs, not what it computes (XLA's CPU code keeps IEEE
+#: semantics at every level: no fast math, so no reassociation). Set before JAX creates its
+#: CPU client, which reads ``XLA_FLAGS`` once; subprocesses of the tests inherit it. A flag
+#: of the same name already in ``XLA_FLAGS`` wins, so the suite can still be run optimised
+#: (``XLA_FLAGS=--xla_backend_optimization_level=2``).
+TEST_XLA_FLAG = "--xla_backend_optimization_level=0"
+
+if "--xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = (TEST_XLA_FLAG + " " + os.environ.get("XLA_FLAGS", "")).strip()
+
 import romanjax  # noqa: E402
 
 # the command line's persistent compilation cache stays off in the suite (the in-process
