@@ -19,17 +19,16 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-#: XLA flag that compiles the suite's programs without LLVM's optimisations. The suite is
-#: bound by XLA's compiles (hundreds of small programs per worker, each run on a few
-#: thousand pixels), and LLVM's optimisation passes take about 30% of its time. They change
-#: how fast a program runs and the last bits of its results, not its arithmetic (no fast
-#: math at any level; optimised code fuses multiply-adds, which rounds once instead of
-#: twice): fits of the same resultants agree to 2e-6 relative in float32, with identical
-#: flags, and a random draw that sits on a comparison's edge may come out differently, as
-#: it may between a CPU and a GPU. Set before JAX creates its CPU client, which reads
-#: ``XLA_FLAGS`` once; subprocesses of the tests inherit it. A flag of the same name
-#: already in ``XLA_FLAGS`` wins, so the suite can still be run optimised
-#: (``XLA_FLAGS=--xla_backend_optimization_level=2``).
+#: XLA flag that compiles the suite's programs without LLVM's optimisations. The suite is bound by
+#: XLA's compiles (hundreds of small programs per worker, each run on a few thousand pixels), and
+#: LLVM's optimisation passes take about 30% of its time. They change how fast a program runs and
+#: the last bits of its results, not its arithmetic (no fast math at any level; what differs is
+#: rounding, such as a multiply-add fused into one instruction in one build and not in the other):
+#: fits of the same resultants agree to 2e-6 relative in float32, with identical flags, and a random
+#: draw that sits on a comparison's edge may come out differently, as it may between a CPU and a
+#: GPU. Set before JAX creates its CPU client, which reads ``XLA_FLAGS`` once; subprocesses of the
+#: tests inherit it. A flag of the same name already in ``XLA_FLAGS`` wins, so the suite can still
+#: be run optimised (``XLA_FLAGS=--xla_backend_optimization_level=2``).
 TEST_XLA_FLAG = "--xla_backend_optimization_level=0"
 
 if "--xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
