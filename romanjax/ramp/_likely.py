@@ -397,23 +397,27 @@ def _search_kernel(d, mask, active, amp, read_noise, center, thresholds, *, patt
     )  # fmt: skip
 
 
+def _first_guess_fit(d, mask, read_noise, center, *, pattern):
+    """The GLS fit of ``d`` (``[m, P]``) with ``mask`` at the rate guess ``center`` (clipped
+    at 0 for the variances), without jump terms: the screen's fit and the first of the two
+    final passes are both this fit."""
+    n = pattern.n_resultants
+    _, parts, _ = _pattern_parts(pattern, d.dtype)
+    return _gls_pass(as_rows(d, n), as_rows(mask, n), jnp.square(read_noise),
+                     jnp.maximum(center, 0), center, parts, jumps=False)  # fmt: skip
+
+
 def _screen_kernel(d, mask, read_noise, center, *, pattern):
     """Chi-square and rate of each pixel's fit at its first rate guess (all usable
     differences)."""
-    n = pattern.n_resultants
-    _, parts, _ = _pattern_parts(pattern, d.dtype)
-    fit = _gls_pass(as_rows(d, n), as_rows(mask, n), jnp.square(read_noise),
-                    jnp.maximum(center, 0), center, parts, jumps=False)  # fmt: skip
+    fit = _first_guess_fit(d, mask, read_noise, center, pattern=pattern)
     return fit.chisq, fit.rate
 
 
 def _first_pass_rate(d, mask, read_noise, center0, *, pattern):
     """Rate ``[P]`` of the fit of ``d`` (``[m, P]``) with ``mask`` at the first guess
     ``center0`` (the first of the two final passes)."""
-    n = pattern.n_resultants
-    _, parts, _ = _pattern_parts(pattern, d.dtype)
-    return _gls_pass(as_rows(d, n), as_rows(mask, n), jnp.square(read_noise),
-                     jnp.maximum(center0, 0), center0, parts, jumps=False).rate  # fmt: skip
+    return _first_guess_fit(d, mask, read_noise, center0, pattern=pattern).rate
 
 
 def _known_first_pass_rate(d, mask, read_noise, center0, known, *, pattern):
