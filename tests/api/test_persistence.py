@@ -455,7 +455,8 @@ def test_simulate_l1_with_an_empty_state_is_unchanged():
     pattern = romanjax.ReadPattern.from_ma_table(4)
     counts = np.random.default_rng(1).poisson(30.0, (24, 20)).astype(dtype)
     key = jax.random.key(5)
-    kwargs = dict(cosmic_rays={"flux": 5000.0},  # a few hits per read on this stamp
+    # a few hits per read on this stamp, tracks of up to 20 pixels (81 points each)
+    kwargs = dict(cosmic_rays={"flux": 5000.0, "max_cr_len": 200.0},
                   inverse_linearity=np.array([0.0, 1.0, 1e-7], dtype))
     plain = romanjax.simulate_l1(key, counts, pattern, **kwargs)
     empty = PersistenceState.empty(counts.shape, n_events=3, dtype=dtype)

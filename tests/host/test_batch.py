@@ -621,7 +621,9 @@ def test_simulate_frame_chunking(rng):
     (tracks cross block edges unbroken)."""
     counts = rng.integers(0, 5000, (37, 53))
     key = jax.random.key(12)
-    cosmic_rays = {"flux": 2000.0}  # ~60 tracks per read on 37 x 53 pixels
+    # ~60 tracks per read on 37 x 53 pixels, of up to 20 pixels each (sampled at 81 points
+    # instead of the default's 801, which the chunking does not need)
+    cosmic_rays = {"flux": 2000.0, "max_cr_len": 200.0}
     whole = romanjax.simulate_l1(key, counts, MA4, cosmic_rays=cosmic_rays)
     hit = np.any(np.asarray(whole.dq) & dqflags.JUMP_DET, axis=0)
     assert hit.mean() > 0.05 and np.any(hit[4] & hit[5])  # tracks across rows 4 | 5
@@ -724,13 +726,15 @@ SHARDED_SCRIPT = textwrap.dedent(
     counts = rng.integers(0, 3000, (23, 19)).astype(dtype)
     state = update_persistence(PersistenceState.empty(counts.shape, n_events=2, dtype=dtype),
                                rng.uniform(0, 5e5, counts.shape).astype(dtype), 0.0)
-    # (and with cosmic rays, on any devices: the whole frame's simulate_l1)
+    # (and with cosmic rays, on any devices: the whole frame's simulate_l1; tracks of up to
+    # 20 pixels, 81 points each instead of the default's 801)
+    cosmic_rays = {{"flux": 2000.0, "max_cr_len": 200.0}}
     runs = [romanjax.simulate_frame(jax.random.key(5), counts, t.MA4, chunk_pixels=c, mesh=m,
                                     rng_block=95, persistence=state, start_time=45.0,
-                                    cosmic_rays={{"flux": 2000.0}})
+                                    cosmic_rays=cosmic_rays)
             for c, m in ((95, one), (400, None))]
     whole = romanjax.simulate_l1(jax.random.key(5), counts, t.MA4, persistence=state,
-                                 start_time=45.0, cosmic_rays={{"flux": 2000.0}})
+                                 start_time=45.0, cosmic_rays=cosmic_rays)
     assert np.any(np.asarray(whole[0].dq) & 4)
     for run in runs:
         for a, b in zip(jax.tree_util.tree_leaves(run[0]), jax.tree_util.tree_leaves(whole[0])):
