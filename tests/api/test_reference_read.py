@@ -104,10 +104,13 @@ def test_reference_read_is_the_reset_level_with_one_reads_noise(float_dtype):
     assert reference.dtype == float_dtype
     np.testing.assert_array_equal(np.asarray(reference), np.asarray(plain.resultants[0]))
     assert np.std(np.asarray(reference)) > 10  # the pedestal noise is there (30 e / 2)
-    noisy = romanjax.simulate_l1(key, counts, PATTERN, read_noise=5.0, cosmic_rays=True,
+    # cosmic rays of up to 20 pixels (81 points a track instead of the default's 801)
+    cosmic_rays = {"max_cr_len": 200.0}
+    noisy = romanjax.simulate_l1(key, counts, PATTERN, read_noise=5.0, cosmic_rays=cosmic_rays,
                                  **kw)  # fmt: skip
-    l1, reference = romanjax.simulate_l1(key, counts, PATTERN, read_noise=5.0, cosmic_rays=True,
-                                         reference_read=True, **kw)  # fmt: skip
+    l1, reference = romanjax.simulate_l1(key, counts, PATTERN, read_noise=5.0,
+                                         cosmic_rays=cosmic_rays, reference_read=True,
+                                         **kw)  # fmt: skip
     np.testing.assert_array_equal(np.asarray(l1.resultants), np.asarray(noisy.resultants))
     np.testing.assert_array_equal(np.asarray(l1.dq), np.asarray(noisy.dq))
     noise = np.asarray(reference, np.float64) - np.asarray(plain.resultants[0], np.float64)
