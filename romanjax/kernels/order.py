@@ -9,8 +9,7 @@ The medians carry the derivative of an order statistic directly (a custom JVP): 
 of the middle value is the tangent of the entry it is, shared equally among tied entries.
 Differentiating through the network instead gives the same derivative wherever no two usable
 entries tie, but at a cost of one select per compare-exchange per tangent, which XLA must
-compile into every derivative program (a gradient of the optimal fitter at 16 resultants
-took ten times longer to compile than the fit).
+compile into every derivative program.
 """
 
 from __future__ import annotations
@@ -89,13 +88,7 @@ def median_axis0(values, valid=None):
     if valid is None:
         lo, hi = _middle(values, None, None)
         return lo if n % 2 else 0.5 * (lo + hi)
-    rows = jnp.stack(sort_axis0(values, valid))
-    count = jnp.sum(valid, axis=0)
-    upper = jnp.clip(count // 2, 0, n - 1)
-    lower = jnp.clip((count - 1) // 2, 0, n - 1)
-    take = lambda index: jnp.take_along_axis(rows, index[None], axis=0)[0]  # noqa: E731
-    median = 0.5 * (take(lower) + take(upper))
-    return jnp.where(count > 0, median, jnp.zeros_like(median))
+    return masked_median(values, valid)
 
 
 @jax.custom_jvp
