@@ -12,8 +12,8 @@ has Gaussian resultants with
 The map ``R -> d = [R_0, R_1 - R_0, ...]`` is linear with unit Jacobian determinant, so the
 density of ``R`` equals the density of ``d``, whose covariance is tridiagonal (see
 :mod:`romanjax.ramp._covariance`). The log-likelihood is evaluated through an ``L D L^T``
-factorisation of that tridiagonal matrix (a continued-fraction recurrence, a ``lax.scan``
-over the resultants), in O(n) per pixel, with no dense inverse: ``log det C = sum log D_i``
+factorisation of that tridiagonal matrix (a continued-fraction recurrence, written out over
+the resultants), in O(n) per pixel, with no dense inverse: ``log det C = sum log D_i``
 and the quadratic form is ``sum y_i**2 / D_i`` with ``L y = d - E[d]``.
 
 Everything here is pure ``jax.numpy`` / ``lax``: usable under ``jit``, ``vmap``, ``grad``,
@@ -113,50 +113,56 @@ def _log_likelihood(resultants, flux, read_noise, pedestal, *, pattern, free_ped
     dtype = resultants.dtype
     shape = jnp.broadcast_shapes(resultants.shape[1:], flux.shape, read_noise.shape,
                                  pedestal.shape)  # fmt: skip
-    column = (n,) + (1,) * len(shape)
+    # Straight-line elementwise code on whole pixel arrays, one resultant at a time (the
+    # resultant axis is static and short): no loop (a loop is a device-to-host round trip
+    # per trip on GPUs), and every per-resultant quantity is its own array. The parameters
+    # are broadcast to the pixels once, the resultants split into rows once, and the
+    # pattern's constants enter as host scalars, so that the derivative programs
+    # accumulate cotangents elementwise and reduce over broadcast pixels once, instead of
+    # once per resultant (XLA fuses each such reduction with the recurrence that feeds
+    # it, and the program grows with the square of the pattern length).
+    flux = jnp.broadcast_to(flux, shape)
+    sigma2 = jnp.broadcast_to(jnp.square(read_noise), shape)
+    pedestal = jnp.broadcast_to(pedestal, shape)
+    rows = [row[0] for row in jnp.split(jnp.broadcast_to(resultants, (n,) + shape), n)]
     read_diag, read_off, poisson_diag, poisson_off = (
-        jnp.asarray(part, dtype).reshape(column) for part in _tridiagonal_parts(pattern)
+        [float(x) for x in part] for part in _tridiagonal_parts(pattern)
     )
-    tbar = jnp.asarray(pattern.tbar, dtype).reshape(column)
-    residual = jnp.broadcast_to(resultants - (pedestal + flux * tbar), (n,) + shape)
     # differences of the residual: d - E[d], unit Jacobian from the resultants
-    e = jnp.concatenate([residual[:1], jnp.diff(residual, axis=0)], axis=0)
-    sigma2 = jnp.square(read_noise)
-    diag = jnp.broadcast_to(sigma2 * read_diag + flux * poisson_diag, (n,) + shape)
-    off = jnp.broadcast_to(sigma2 * read_off + flux * poisson_off, (n,) + shape)
+    residual = [row - (pedestal + flux * float(t)) for row, t in zip(rows, pattern.tbar)]
+    e = residual[:1] + [residual[i] - residual[i - 1] for i in range(1, n)]
+    diag = [sigma2 * read_diag[i] + flux * poisson_diag[i] for i in range(n)]
+    off = [sigma2 * read_off[i] + flux * poisson_off[i] for i in range(n)]
     if free_pedestal:
         # only d_0 = R_0 depends on the pedestal: the likelihood of d_1..d_{n-1} (their
         # covariance is the trailing block of the tridiagonal matrix, so the coupling
         # C_{0,1} goes) is free of it
-        e, diag, off = e[1:], diag[1:], off[1:].at[0].set(0)
+        e, diag, off = e[1:], diag[1:], [jnp.zeros(shape, dtype)] + off[2:]
         n = n - 1
 
-    def step(carry, inputs):
-        # L D L^T of a symmetric tridiagonal matrix: D_i = C_ii - C_{i-1,i}**2 / D_{i-1},
-        # forward substitution y_i = e_i - (C_{i-1,i} / D_{i-1}) y_{i-1}.
-        pivot_prev, y_prev, valid = carry
-        e_i, diag_i, off_i = inputs
+    # L D L^T of the symmetric tridiagonal matrix: pivots D_i = C_ii - C_{i-1,i}**2 / D_{i-1},
+    # forward substitution y_i = e_i - (C_{i-1,i} / D_{i-1}) y_{i-1}, and the running sums
+    # log det C = sum_i log D_i and e^T C^-1 e = sum_i y_i**2 / D_i
+    pivot_prev = jnp.ones(shape, dtype)
+    y_prev = jnp.zeros(shape, dtype)
+    valid = jnp.ones(shape, bool)
+    logdet = jnp.zeros(shape, dtype)
+    quadratic = jnp.zeros(shape, dtype)
+    for i in range(n):
         # once a pivot failed, feed benign values so that nothing overflows (the pixel's
         # value is -inf and its gradient must stay finite)
-        e_i = jnp.where(valid, e_i, 0)
-        diag_i = jnp.where(valid, diag_i, 1)
-        off_i = jnp.where(valid, off_i, 0)
+        e_i = jnp.where(valid, e[i], 0)
+        diag_i = jnp.where(valid, diag[i], 1)
+        off_i = jnp.where(valid, off[i], 0)
         ratio = off_i / pivot_prev
         pivot = diag_i - ratio * off_i
         ok = pivot > 0
-        y = jnp.where(ok, e_i - ratio * y_prev, 0)
-        safe_pivot = jnp.where(ok, pivot, 1)
-        return (safe_pivot, y, valid & ok), (safe_pivot, y)
-
-    init = (jnp.ones(shape, dtype), jnp.zeros(shape, dtype), jnp.ones(shape, bool))
-    # unrolled over the (static, short) resultant axis: elementwise code, no loop (a loop is
-    # a device-to-host round trip per trip on GPUs)
-    (_, _, valid), (pivots, ys) = jax.lax.scan(step, init, (e, diag, off), unroll=True)
-    pivots = jnp.where(valid, pivots, 1)
-    ys = jnp.where(valid, ys, 0)
-    logdet = jnp.sum(jnp.log(pivots), axis=0)
-    quadratic = jnp.sum(jnp.square(ys) / pivots, axis=0)
-    loglike = -0.5 * (n * _LOG_2PI + logdet + quadratic)
+        y_prev = jnp.where(ok, e_i - ratio * y_prev, 0)
+        pivot_prev = jnp.where(ok, pivot, 1)
+        valid = valid & ok
+        logdet = logdet + jnp.log(pivot_prev)
+        quadratic = quadratic + jnp.square(y_prev) / pivot_prev
+    loglike = -0.5 * (n * _LOG_2PI + jnp.where(valid, logdet + quadratic, 0))
     return jnp.where(valid, loglike, -jnp.inf)
 
 
@@ -169,8 +175,8 @@ def ramp_log_likelihood(resultants: ArrayLike, pattern: ReadPattern, flux: Array
     ``C_ij = f tbar_min(i,j)`` (Casertano 2022; Brandt 2024a Eqs. 4, 11), normalisation
     ``-n/2 log(2 pi) - 1/2 log det C`` included. Evaluated in O(n) per pixel through the
     tridiagonal covariance of the resultant differences (Brandt 2024a Eqs. 28-29; the
-    difference map has unit Jacobian determinant) with an ``L D L^T`` recurrence in
-    ``lax.scan``; no dense inverse is formed.
+    difference map has unit Jacobian determinant) with an ``L D L^T`` recurrence written
+    out over the resultants; no dense inverse is formed.
 
     Parameters
     ----------
