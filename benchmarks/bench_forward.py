@@ -14,8 +14,10 @@ float32 resultants [e] with 10 e read noise:
 
 and prints the compile time (lowering plus XLA's compile, one call) and the best run time of
 ``--repeat`` calls, with the run time's ratio to the floor (one jitted read of the
-resultants). Scenes: ``sky``, rates log-uniform over 0.1-1000 e/s; ``stars``, 200 Gaussian
-stars (sigma 1.2 pixels, 10^3-10^5 e/s) on a 2 e/s background.
+resultants). The resultants are Poisson counts apportioned to the reads by
+``romanjax.apportion_counts`` plus read noise. Scenes: ``sky``, rates log-uniform over
+0.1-1000 e/s; ``stars``, 200 Gaussian stars (sigma 1.2 pixels, 10^3-10^5 e/s) on a 2 e/s
+background.
 
     python benchmarks/bench_forward.py [--size 512] [--table 4 110] [--scene sky stars]
 """
@@ -52,20 +54,15 @@ def rate_image(scene: str, size: int, rng) -> np.ndarray:
     raise ValueError(f"unknown scene {scene!r}; choose from {SCENES}")
 
 
-def simulated_resultants(pattern, rate, rng) -> np.ndarray:
-    """Gaussian resultants [e] with the exact ramp covariance (correlated Poisson
-    increments per read, averaged into resultants) plus read noise, float32."""
-    reads = np.concatenate([np.asarray(r) for r in pattern.reads])
-    t = pattern.read_time * np.arange(1, reads.max() + 1)
-    dt = np.diff(np.concatenate([[0.0], t]))
-    charge = np.zeros(rate.shape)
-    at_read = {}
-    for i, dt_i in enumerate(dt, start=1):
-        charge = charge + rng.normal(rate * dt_i, np.sqrt(rate * dt_i))
-        if i in reads:
-            at_read[i] = charge + rng.normal(0.0, READ_NOISE, rate.shape)
-    return np.stack([np.mean([at_read[i] for i in r], axis=0) for r in pattern.reads]
-                    ).astype(np.float32)  # fmt: skip
+def simulated_resultants(pattern, rate, rng) -> jax.Array:
+    """Float32 resultants [e] of ``rate``: Poisson counts over the exposure apportioned to
+    the reads by :func:`romanjax.apportion_counts` (the exact distribution), plus
+    ``READ_NOISE / sqrt(N_i)`` Gaussian read noise per resultant."""
+    counts = rng.poisson(rate * pattern.exposure_time)
+    resultants = romanjax.apportion_counts(jax.random.key(2026), counts, pattern)
+    noise = rng.standard_normal(resultants.shape) * (READ_NOISE / np.sqrt(pattern.n_reads))[
+        :, None, None]
+    return (resultants + noise).astype(jnp.float32)
 
 
 def programs(pattern, template):
@@ -105,7 +102,7 @@ def main(argv=None) -> int:
         for scene in args.scene:
             rng = np.random.default_rng(2026)
             rate = rate_image(scene, args.size, rng)
-            resultants = jnp.asarray(simulated_resultants(pattern, rate, rng))
+            resultants = simulated_resultants(pattern, rate, rng)
             rate = jnp.asarray(rate, jnp.float32)
             template = rate - 2.0
             floor = memory_pass_time(resultants)
