@@ -5,6 +5,10 @@ resultants [e]):
 
 - apportion: ``romanisim.l1.apportion_counts_to_resultants`` -> ``apportion_counts`` /
   ``apportion_frame``
+- simulate_cr: ``romanisim.l1.apportion_counts_to_resultants(crparam={})`` (photons and
+  romanisim's default cosmic rays) -> ``simulate_l1(cosmic_rays=True)`` / ``simulate_frame``
+  (photons, the default cosmic rays, pedestal and 5 e of read noise; no reference fitter
+  behind it, so its floors are only for scale)
 - optimal: ``romanisim.ramp.RampFitInterpolator(reads).fit_ramps`` -> ``fit_ramps_optimal`` /
   ``fit_frame(method="optimal")``
 - casertano: ``romanisim.ramp.fit_ramps_casertano`` -> ``fit_ramps_casertano`` /
@@ -73,7 +77,7 @@ import time
 
 import numpy as np
 
-ROWS = ("apportion", "optimal", "casertano", "cas22", "cas22_jump", "likely")
+ROWS = ("apportion", "simulate_cr", "optimal", "casertano", "cas22", "cas22_jump", "likely")
 SCENES = ("benchmark", "bright")
 READ_NOISE = 5.0  # [e] per read
 
@@ -220,6 +224,16 @@ def row_functions(name, pattern, counts, resultants, jumped, reference: bool):
             tij = [[index * pattern.read_time for index in r] for r in pattern.reads]
             ref = lambda: apportion_counts_to_resultants(counts, tij, seed=1)  # noqa: E731
             note = "romanisim apportion_counts_to_resultants"
+    elif name == "simulate_cr":
+        kw = dict(read_noise=READ_NOISE, cosmic_rays=True)
+        api = wait(romanjax.simulate_l1, jax.random.key(1), counts, pattern, **kw)
+        frame = lambda: romanjax.simulate_frame(jax.random.key(1), counts, pattern, **kw)  # noqa: E731
+        if reference and have("romanisim"):
+            from romanisim.l1 import apportion_counts_to_resultants
+
+            tij = [[index * pattern.read_time for index in r] for r in pattern.reads]
+            ref = lambda: apportion_counts_to_resultants(counts, tij, crparam={}, seed=1)  # noqa: E731
+            note = "romanisim apportion_counts_to_resultants(crparam={})"
     elif name == "optimal":
         api = wait(romanjax.fit_ramps_optimal, resultants, pattern, READ_NOISE)
         frame = lambda: romanjax.fit_frame(  # noqa: E731

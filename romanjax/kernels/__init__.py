@@ -5,7 +5,8 @@ numpy on traced values, no I/O. ``queue``: stream compaction of the pixels a dat
 step must revisit; ``order``: sorting networks, medians and selection on short axes;
 ``linalg``: the O(n) symmetric tridiagonal solve; ``rng``: Philox4x32-10 random words keyed
 by global element index;
-``binomial``: the exact vectorised binomial sampler of the apportionment; ``jumps``: the
+``binomial``: the exact vectorised binomial sampler of the apportionment; ``poisson``: the
+exact Poisson sampler of cosmic-ray tracks and persistence, keyed the same way; ``jumps``: the
 jump statistics of stcal's ``ols_cas22`` on sub-ramps; ``effects``: the detector effects
 of the L1 simulation (cosmic rays, IPC, non-linearity, readout timing, dark decay). Where the best
 kernel differs by platform (materialisation of intermediates, the redraw schedule, the

@@ -15,7 +15,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .poisson import poisson, unit
 from .queue import compact
+from .rng import philox_4x32
 
 __all__ = [
     "IPC_KERNEL",
@@ -117,8 +119,32 @@ class CosmicRayTracks(NamedTuple):
     charge: jax.Array
 
 
-def cosmic_ray_tracks(key, mean_number, cap, frame_image, params: CosmicRayParams, dtype):
-    """The tracks of one read interval over a frame of ``frame_image = (ny, nx)`` pixels.
+#: Fourth Philox counter word of each cosmic-ray draw (:func:`~.poisson.poisson`): the
+#: number of tracks of a read interval, a track's parameters, its points' electrons.
+_TAG_NUMBER, _TAG_TRACK, _TAG_POINTS = 1, 2, 3
+
+
+def cosmic_ray_tracks(words, read, mean_number, cap, frame_image, params: CosmicRayParams,
+                      dtype):  # fmt: skip
+    """The tracks of the read intervals ``read`` over a frame of ``frame_image = (ny, nx)``
+    pixels.
+
+    Parameters
+    ----------
+    words : pair of uint32 scalars
+        Philox key words (:func:`romanjax.kernels.rng.key_words`) of the exposure's cosmic
+        rays.
+    read : integer scalar or array ``[r]``
+        Read intervals (their number in the pattern, from 0).
+    mean_number : float, scalar or broadcasting to ``read``
+        Mean number of tracks of each interval over the frame.
+    cap : int
+        Static number of track slots per interval (:func:`cosmic_ray_cap`).
+
+    Returns
+    -------
+    CosmicRayTracks
+        ``[*read.shape, cap]`` arrays.
 
     N ~ Poisson(mean_number) (truncated at ``cap``) tracks start uniformly on the frame
     (pixel centres at integers, edges at -1/2 and n - 1/2), with a uniform direction, a
@@ -127,24 +153,32 @@ def cosmic_ray_tracks(key, mean_number, cap, frame_image, params: CosmicRayParam
     tabulated one). The mean charge of a track is dE/dx * pixel_size / conversion_factor *
     L3d, with the 3-D length L3d = sqrt(L2d**2 + (depth/size)**2) [pixels].
 
-    Every draw has a shape fixed by ``cap``, and ``cap`` by the frame, so every part of the
-    frame sees the same tracks (:func:`cosmic_ray_deposit`)."""
+    Every draw is keyed by its interval and slot (Philox counters ``(read, 0, stream,
+    1)`` for the number, ``(slot, read, parameter, 2)`` for the parameters), and every
+    shape is fixed by ``cap``, and ``cap`` by the frame, so every part of the frame sees the
+    same tracks (:func:`cosmic_ray_deposit`), and the intervals may be drawn together or one
+    at a time."""
     ny, nx = frame_image
-    keys = jax.random.split(key, 6)
-    number = jnp.minimum(jax.random.poisson(keys[0], mean_number), cap)
-    valid = jnp.arange(cap) < number
-    i0 = jax.random.uniform(keys[1], (cap,), dtype) * ny - 0.5
-    j0 = jax.random.uniform(keys[2], (cap,), dtype) * nx - 0.5
-    phi = jax.random.uniform(keys[3], (cap,), dtype) * (2 * np.pi)
+    read = jnp.asarray(read).astype(jnp.uint32)
+    mean_number = jnp.broadcast_to(jnp.asarray(mean_number, dtype), read.shape)
+    number = jnp.minimum(poisson(words, mean_number, read, 0, tag=_TAG_NUMBER), cap)
+    slot = jnp.arange(cap, dtype=jnp.uint32)
+    valid = slot < number[..., None]
+
+    def uniform(parameter):  # one Philox counter per parameter and slot
+        return unit(philox_4x32(words, slot, read[..., None], parameter, _TAG_TRACK), dtype)
+
+    i0 = uniform(0) * ny - 0.5
+    j0 = uniform(1) * nx - 0.5
+    phi = uniform(2) * (2 * np.pi)
     # power law on [lo, hi]: inverse CDF of x**s, s != -1
     s1 = params.length_slope + 1
     lo, hi = params.min_cr_len, params.max_cr_len
-    u = jax.random.uniform(keys[4], (cap,), dtype)
-    length = (lo**s1 + u * (hi**s1 - lo**s1)) ** (1 / s1) / params.pixel_size  # [pixels]
+    length = (lo**s1 + uniform(3) * (hi**s1 - lo**s1)) ** (1 / s1) / params.pixel_size
     # truncated Moyal: CDF(x) = erfc(exp(-(x - loc) / (2 scale)) / sqrt 2)
     c_lo = _moyal_cdf(params.min_dEdx, params.moyal_location, params.moyal_scale)
     c_hi = _moyal_cdf(params.max_dEdx, params.moyal_location, params.moyal_scale)
-    w = jax.random.uniform(keys[5], (cap,), dtype) * (c_hi - c_lo) + c_lo
+    w = uniform(4) * (c_hi - c_lo) + c_lo
     w = jnp.clip(w, 1e-30, 1 - 1e-7)
     dedx = params.moyal_location - 2 * params.moyal_scale * jnp.log(
         jnp.sqrt(2.0) * jax.scipy.special.erfinv(1 - w)
@@ -174,8 +208,8 @@ def cosmic_ray_reaches(tracks: CosmicRayTracks, frame_image, first_pixel, part_i
             & (jnp.minimum(tracks.column, end_column) <= (column0 + columns).astype(dtype)))
 
 
-def cosmic_ray_deposit(tracks: CosmicRayTracks, key, frame_image, first_pixel, part_image,
-                       part_cap, params: CosmicRayParams, dtype):
+def cosmic_ray_deposit(tracks: CosmicRayTracks, words, read, frame_image, first_pixel,
+                       part_image, part_cap, params: CosmicRayParams, dtype):  # fmt: skip
     """Electrons the ``tracks`` (:func:`cosmic_ray_tracks`) deposit in a part of their frame,
     ``[rows * columns]`` int32.
 
@@ -183,14 +217,18 @@ def cosmic_ray_deposit(tracks: CosmicRayTracks, key, frame_image, first_pixel, p
     ``first_pixel`` (may be traced): whole rows of the frame (``columns == nx``), or a run
     within its one row (``ny == 1``). Each track is sampled at ``P`` equally spaced points
     (spacing <= 1/4 pixel), its mean charge shared equally between them, and every point
-    gets a Poisson draw keyed by the track's slot and the point (so a point draws the same
-    electrons whichever part it lands in). Per pixel this is Poisson with mean proportional
+    gets a Poisson draw (:func:`~.poisson.poisson`) keyed by the interval, the track's slot
+    and the point (counter ``(read * cap + slot, point, stream, 3)`` under ``words``, the
+    key words of :func:`cosmic_ray_tracks`; so a point draws the same electrons whichever
+    part it lands in). Per pixel this is Poisson with mean proportional
     to the track length inside it (sampled to 1/4 pixel) -- romanisim instead adds the depth
     term to every traversed pixel's chord, which gives short chords somewhat more charge;
     the total charge per track agrees for tracks longer than a pixel.
 
     Only the tracks that reach the part are sampled: at most ``part_cap`` of them
-    (:func:`cosmic_ray_part_cap`), compacted in slot order.
+    (:func:`cosmic_ray_part_cap`), compacted in slot order. ``tracks`` are those of the one
+    read interval ``read`` (``[cap]`` arrays of :func:`cosmic_ray_tracks`; ``read`` may be
+    traced), and ``read * cap`` must stay below ``2**32``.
     """
     ny, nx = frame_image
     rows, columns = part_image
@@ -204,12 +242,12 @@ def cosmic_ray_deposit(tracks: CosmicRayTracks, key, frame_image, first_pixel, p
     frac = (jnp.arange(n_points, dtype=dtype) + 0.5) / n_points
     ii = jnp.round(row[:, None] + frac[None] * d_row[:, None]).astype(jnp.int32)
     jj = jnp.round(column[:, None] + frac[None] * d_column[:, None]).astype(jnp.int32)
-    per_point = charge / n_points
-
-    def points(slot, mean):
-        return jax.random.poisson(jax.random.fold_in(key, slot), mean, (n_points,))
-
-    electrons = jax.vmap(points)(jnp.minimum(slot, cap - 1), per_point).astype(jnp.int32)
+    per_point = jnp.broadcast_to((charge / n_points)[:, None], ii.shape)
+    track = (jnp.asarray(read).astype(jnp.uint32) * jnp.uint32(cap)
+             + jnp.minimum(slot, cap - 1).astype(jnp.uint32))  # fmt: skip
+    point = jnp.arange(n_points, dtype=jnp.uint32)
+    electrons = poisson(words, per_point, track[:, None], point[None],
+                        tag=_TAG_POINTS).astype(jnp.int32)  # fmt: skip
     inside = (ii >= 0) & (ii < ny) & (jj >= 0) & (jj < nx)
     index = ii * nx + jj - first_pixel
     inside = inside & (index >= 0) & (index < rows * columns) & (slot < cap)[:, None]

@@ -17,6 +17,7 @@ from .._validate import check_pattern, check_values, float_dtype
 from ..kernels.effects import (
     IPC_KERNEL,
     CosmicRayParams,
+    CosmicRayTracks,
     apply_inverse_linearity,
     apply_ipc,
     cosmic_ray_cap,
@@ -97,7 +98,15 @@ def _simulate(key, counts, read_noise, gain, pedestal, pedestal_noise, saturatio
         no_lin_corr = bad
     times = np.asarray(pattern.read_times)
     dts = np.diff(times, prepend=0.0)
-    cr_key = jax.random.fold_in(key, _COSMIC_RAYS)
+    if crparams is not None:
+        # every read interval's tracks over the whole frame, drawn before the walk over the
+        # reads (their number's rejection sampler runs once, not once per read); each read
+        # then deposits its own tracks' points in these pixels
+        cr_words = key_words(jax.random.fold_in(key, _COSMIC_RAYS))
+        area = frame_image[0] * frame_image[1] * (crparams.pixel_size * 1e-4) ** 2  # [cm**2]
+        all_tracks = cosmic_ray_tracks(cr_words, jnp.arange(len(dts), dtype=jnp.uint32),
+                                       crparams.flux * area * jnp.asarray(dts, dtype), cr_cap,
+                                       frame_image, crparams, dtype)  # fmt: skip
     if persistence is not None:
         # the events as [n_events, npix] rows, in the state's own dtype (its clock may need
         # more precision than the pixel values)
@@ -115,13 +124,9 @@ def _simulate(key, counts, read_noise, gain, pedestal, pedestal_noise, saturatio
     def per_read(j, cumulative, inst):
         hit = jnp.zeros(npix, bool)
         if crparams is not None:  # the frame's tracks, deposited in these pixels
-            area = frame_image[0] * frame_image[1] * (crparams.pixel_size * 1e-4) ** 2
-            mean = crparams.flux * area * jnp.asarray(dts, dtype)[j]  # area [cm**2]
-            read_key = jax.random.fold_in(cr_key, j)
-            tracks = cosmic_ray_tracks(read_key, mean, cr_cap, frame_image, crparams, dtype)
-            deposit = cosmic_ray_deposit(tracks, jax.random.fold_in(read_key, 7), frame_image,
-                                         first_pixel, image_shape, cr_part_cap, crparams,
-                                         dtype)  # fmt: skip
+            tracks = CosmicRayTracks(*(values[j] for values in all_tracks))
+            deposit = cosmic_ray_deposit(tracks, cr_words, j, frame_image, first_pixel,
+                                         image_shape, cr_part_cap, crparams, dtype)  # fmt: skip
             hit = deposit > 0
             inst = inst + deposit.astype(dtype)
         if persistence is not None:  # after the cosmic rays, before the non-linearity
@@ -391,6 +396,10 @@ def simulate_l1(key: jax.Array, counts: ArrayLike, pattern: ReadPattern, *,
         rate = crparams.flux * (crparams.pixel_size * 1e-4) ** 2 * max_dt  # per pixel
         cr_cap = cosmic_ray_cap(rate * frame_image[0] * frame_image[1])
         cr_part_cap = cosmic_ray_part_cap(rate, frame_image, image_shape, crparams)
+        if len(pattern.read_times) * cr_cap >= 2**32:  # a track point's counter is 32 bits
+            raise ValueError(f"simulate_l1: a cosmic-ray flux of {crparams.flux} /cm**2/s "
+                             f"gives up to {cr_cap} tracks per read over the frame, too many "
+                             "for the random-number counters")  # fmt: skip
     per_pixel = (("read_noise", read_noise), ("gain", gain), ("pedestal", pedestal),
                  ("pedestal_noise", pedestal_noise), ("saturation", saturation))  # fmt: skip
     rules = {"read_noise": {"minimum": 0}, "gain": {"minimum": 0, "strict": True},

@@ -228,12 +228,14 @@ def test_cosmic_ray_part_cap_bounds_the_tracks_that_reach_a_part():
     rate = 1e-3  # tracks per frame pixel and read interval: 60 per interval
     cap = effects.cosmic_ray_cap(rate * frame[0] * frame[1])
 
-    def count(key):
-        tracks = effects.cosmic_ray_tracks(key, rate * frame[0] * frame[1], cap, frame, params,
-                                           np.float32)  # fmt: skip
-        return effects.cosmic_ray_reaches(tracks, frame, first, part, np.float32).sum()
+    from romanjax.kernels.rng import key_words
 
-    counts = np.asarray(jax.vmap(count)(jax.random.split(jax.random.key(5), 4000)))
+    # 4000 read intervals' tracks at once
+    tracks = effects.cosmic_ray_tracks(key_words(jax.random.key(5)), np.arange(4000),
+                                       rate * frame[0] * frame[1], cap, frame, params,
+                                       np.float32)  # fmt: skip
+    counts = np.asarray(jax.vmap(lambda t: effects.cosmic_ray_reaches(
+        t, frame, first, part, np.float32).sum())(tracks))  # fmt: skip
     rows, columns = part[0] + 2, part[1] + 2
     mean_length = effects._length_moment(params, 1)
     bound = rate * (rows * columns + 2 * (rows + columns) * mean_length
@@ -243,3 +245,28 @@ def test_cosmic_ray_part_cap_bounds_the_tracks_that_reach_a_part():
     assert counts.mean() >= 0.5 * bound
     assert effects.cosmic_ray_part_cap(rate, frame, part, params) == effects.cosmic_ray_cap(bound)
     assert counts.max() <= effects.cosmic_ray_part_cap(rate, frame, part, params)
+
+
+def test_cosmic_ray_tracks_are_keyed_by_their_interval_and_slot():
+    """An interval's tracks are the same drawn alone or with other intervals (counters of
+    the interval and the slot, not positions in the array), differ between intervals, and
+    their number is Poisson: over 3000 intervals its mean and variance are the mean's."""
+    from romanjax.kernels import effects
+    from romanjax.kernels.rng import key_words
+
+    params = effects.CosmicRayParams()
+    frame, mean = (64, 64), 20.0
+    cap = effects.cosmic_ray_cap(mean)
+    words = key_words(jax.random.key(3))
+    together = effects.cosmic_ray_tracks(words, np.arange(3000), mean, cap, frame, params,
+                                         np.float32)  # fmt: skip
+    alone = effects.cosmic_ray_tracks(words, 17, mean, cap, frame, params, np.float32)
+    for a, b in zip(alone, together):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b)[17])
+    assert not np.array_equal(np.asarray(together.row[17]), np.asarray(together.row[18]))
+    number = np.asarray(together.charge > 0).sum(axis=1)
+    assert np.all(np.asarray(together.charge)[:, :number.max()][
+        np.arange(number.max()) >= number[:, None]] == 0)
+    se = np.sqrt(mean / number.size)
+    assert abs(number.mean() - mean) < 5 * se, number.mean()
+    assert abs(number.var(ddof=1) / mean - 1) < 5 * np.sqrt(2 / number.size), number.var()
