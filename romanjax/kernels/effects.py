@@ -24,9 +24,11 @@ __all__ = [
     "CosmicRayParams",
     "cosmic_ray_cap",
     "cosmic_ray_part_cap",
+    "cosmic_ray_part_mean",
     "CosmicRayTracks",
     "cosmic_ray_tracks",
     "cosmic_ray_reaches",
+    "cosmic_ray_points",
     "cosmic_ray_deposit",
     "apply_ipc",
     "apply_inverse_linearity",
@@ -96,11 +98,20 @@ def cosmic_ray_part_cap(rate_per_pixel: float, frame_image, part_image,
     of that box. Their number is Poisson (the tracks are independent) with mean at most
     ``rate * E[(rows + 2 + 2 L)(columns + 2 + 2 L)]``, at most the frame's own mean; the cap
     is :func:`cosmic_ray_cap` of that mean."""
+    return cosmic_ray_cap(cosmic_ray_part_mean(rate_per_pixel, frame_image, part_image, params))
+
+
+def cosmic_ray_part_mean(rate_per_pixel: float, frame_image, part_image,
+                         params: CosmicRayParams) -> float:  # fmt: skip
+    """The bound on the mean number of tracks that reach a part of a frame of which
+    :func:`cosmic_ray_part_cap` is the Poisson cap: ``rate_per_pixel * E[(rows + 2 + 2 L)
+    (columns + 2 + 2 L)]``, at most the frame's own mean. Linear in the rate, so the bound
+    for a whole exposure is that of the sum of its intervals' rates."""
     rows, columns = part_image[0] + 2, part_image[1] + 2
     mean_length, mean_square = _length_moment(params, 1), _length_moment(params, 2)
     grown = rows * columns + 2 * (rows + columns) * mean_length + 4 * mean_square
     frame = frame_image[0] * frame_image[1]
-    return cosmic_ray_cap(rate_per_pixel * min(grown, frame))
+    return rate_per_pixel * min(grown, frame)
 
 
 def _moyal_cdf(x, location, scale):
@@ -208,53 +219,94 @@ def cosmic_ray_reaches(tracks: CosmicRayTracks, frame_image, first_pixel, part_i
             & (jnp.minimum(tracks.column, end_column) <= (column0 + columns).astype(dtype)))
 
 
-def cosmic_ray_deposit(tracks: CosmicRayTracks, words, read, frame_image, first_pixel,
-                       part_image, part_cap, params: CosmicRayParams, dtype):  # fmt: skip
-    """Electrons the ``tracks`` (:func:`cosmic_ray_tracks`) deposit in a part of their frame,
-    ``[rows * columns]`` int32.
+def cosmic_ray_points(tracks: CosmicRayTracks, words, frame_image, first_pixel, part_image,
+                      total_cap, part_cap, params: CosmicRayParams, dtype):  # fmt: skip
+    """The tracks of every read interval that reach a part of their frame, compacted, and the
+    electrons of each of their points: ``(taken, electrons, start, number)``, what
+    :func:`cosmic_ray_deposit` takes.
 
     The part is ``part_image = (rows, columns)`` pixels starting at the frame's flat pixel
     ``first_pixel`` (may be traced): whole rows of the frame (``columns == nx``), or a run
-    within its one row (``ny == 1``). Each track is sampled at ``P`` equally spaced points
-    (spacing <= 1/4 pixel), its mean charge shared equally between them, and every point
-    gets a Poisson draw (:func:`~.poisson.poisson`) keyed by the interval, the track's slot
-    and the point (counter ``(read * cap + slot, point, stream, 3)`` under ``words``, the
-    key words of :func:`cosmic_ray_tracks`; so a point draws the same electrons whichever
-    part it lands in). Per pixel this is Poisson with mean proportional
-    to the track length inside it (sampled to 1/4 pixel) -- romanisim instead adds the depth
-    term to every traversed pixel's chord, which gives short chords somewhat more charge;
-    the total charge per track agrees for tracks longer than a pixel.
+    within its one row (``ny == 1``). ``tracks`` are ``[r, cap]`` arrays of
+    :func:`cosmic_ray_tracks` (all the exposure's intervals) drawn under ``words``, and
+    ``r * cap`` must stay below ``2**32``.
 
-    Only the tracks that reach the part are sampled: at most ``part_cap`` of them
-    (:func:`cosmic_ray_part_cap`), compacted in slot order. ``tracks`` are those of the one
-    read interval ``read`` (``[cap]`` arrays of :func:`cosmic_ray_tracks`; ``read`` may be
-    traced), and ``read * cap`` must stay below ``2**32``.
+    Each track is sampled at ``P`` equally spaced points (spacing <= 1/4 pixel), its mean
+    charge shared equally between them, and every point gets a Poisson draw
+    (:func:`~.poisson.poisson`) keyed by the track and the point (counter ``(read * cap +
+    slot, point, stream, 3)``; so a point draws the same electrons whichever part it lands
+    in). Per pixel this is Poisson with mean proportional to the track length inside it
+    (sampled to 1/4 pixel) -- romanisim instead adds the depth term to every traversed
+    pixel's chord, which gives short chords somewhat more charge; the total charge per track
+    agrees for tracks longer than a pixel.
+
+    Only the tracks that reach the part are sampled, compacted in (interval, slot) order into
+    one buffer for the whole exposure: ``total_cap`` tracks in all (the Poisson cap of the
+    exposure's mean number, :func:`cosmic_ray_part_mean`), at most ``part_cap`` per interval
+    (that of one interval), plus ``part_cap`` rows of padding. Drawing every interval's
+    points at once makes the draws' work that of the exposure's mean number of tracks rather
+    than of every interval's cap, and runs the Poisson sampler's rejection loop once.
+
+    Returns
+    -------
+    taken : CosmicRayTracks
+        ``[total_cap + part_cap]`` arrays: the buffer's tracks (charge 0 in unused rows).
+    electrons : int32 ``[total_cap + part_cap, P]``
+        The electrons of each of their points.
+    start, number : int32 ``[r]``
+        The first buffer row of each interval's tracks and how many rows are its own.
     """
+    n_points = _points_per_track(params)
+    n_reads, cap = tracks.charge.shape
+    reaches = cosmic_ray_reaches(tracks, frame_image, first_pixel, part_image, dtype)
+    number = jnp.sum(reaches, axis=1, dtype=jnp.int32)
+    start = jnp.cumsum(number) - number
+    # an interval's rows: its reaching tracks, at most part_cap, within the buffer's tracks
+    number = jnp.clip(jnp.minimum(number, total_cap - start), 0, part_cap)
+    start = jnp.minimum(start, total_cap)
+    size = n_reads * cap
+    track = compact(reaches.reshape(-1), total_cap + part_cap)  # ``size`` in unused rows
+    taken = CosmicRayTracks(*(jnp.take(x.reshape(-1), track, mode="fill", fill_value=0)
+                              for x in tracks))  # fmt: skip
+    per_point = jnp.broadcast_to((taken.charge / n_points)[:, None], (track.shape[0], n_points))
+    point = jnp.arange(n_points, dtype=jnp.uint32)
+    electrons = poisson(words, per_point, jnp.minimum(track, size - 1)[:, None], point[None],
+                        tag=_TAG_POINTS).astype(jnp.int32)  # fmt: skip
+    return taken, electrons, start, number
+
+
+def _points_per_track(params: CosmicRayParams) -> int:
+    """Points a track is sampled at: spacing at most 1/4 pixel for the longest track."""
+    return int(math.ceil(4 * params.max_cr_len / params.pixel_size)) + 1
+
+
+def cosmic_ray_deposit(points, read, frame_image, first_pixel, part_image, part_cap,
+                       params: CosmicRayParams, dtype):  # fmt: skip
+    """Electrons the tracks of read interval ``read`` (may be traced) deposit in the part of
+    :func:`cosmic_ray_points` (the same ``frame_image``, ``first_pixel``, ``part_image``),
+    ``[rows * columns]`` int32, from its ``points``: the interval's window of ``part_cap``
+    buffer rows, of which the first ``number[read]`` are its own, each point rounded to its
+    pixel centre and added up per pixel."""
     ny, nx = frame_image
     rows, columns = part_image
     first_pixel = jnp.asarray(first_pixel, jnp.int32)
-    n_points = int(math.ceil(4 * params.max_cr_len / params.pixel_size)) + 1
-    cap = tracks.charge.shape[0]
-    reaches = cosmic_ray_reaches(tracks, frame_image, first_pixel, part_image, dtype)
-    slot = compact(reaches, part_cap)  # [part_cap], ``cap`` in unused entries
-    taken = [jnp.take(x, slot, mode="fill", fill_value=0) for x in tracks]
-    row, column, d_row, d_column, charge = taken
+    taken, electrons, start, number = points
+    n_points = electrons.shape[1]
+    first = start[read]
+    row, column, d_row, d_column = (jax.lax.dynamic_slice_in_dim(x, first, part_cap)
+                                    for x in taken[:4])  # fmt: skip
+    electrons = jax.lax.dynamic_slice_in_dim(electrons, first, part_cap)
     frac = (jnp.arange(n_points, dtype=dtype) + 0.5) / n_points
     ii = jnp.round(row[:, None] + frac[None] * d_row[:, None]).astype(jnp.int32)
     jj = jnp.round(column[:, None] + frac[None] * d_column[:, None]).astype(jnp.int32)
-    per_point = jnp.broadcast_to((charge / n_points)[:, None], ii.shape)
-    track = (jnp.asarray(read).astype(jnp.uint32) * jnp.uint32(cap)
-             + jnp.minimum(slot, cap - 1).astype(jnp.uint32))  # fmt: skip
-    point = jnp.arange(n_points, dtype=jnp.uint32)
-    electrons = poisson(words, per_point, track[:, None], point[None],
-                        tag=_TAG_POINTS).astype(jnp.int32)  # fmt: skip
-    inside = (ii >= 0) & (ii < ny) & (jj >= 0) & (jj < nx)
     index = ii * nx + jj - first_pixel
-    inside = inside & (index >= 0) & (index < rows * columns) & (slot < cap)[:, None]
-    electrons = jnp.where(inside, electrons, 0)
+    inside = ((ii >= 0) & (ii < ny) & (jj >= 0) & (jj < nx) & (index >= 0)
+              & (index < rows * columns)
+              & (jnp.arange(part_cap) < number[read])[:, None])  # fmt: skip
     index = jnp.where(inside, index, rows * columns)
     image = jnp.zeros(rows * columns, jnp.int32)
-    return image.at[index.reshape(-1)].add(electrons.reshape(-1), mode="drop")
+    return image.at[index.reshape(-1)].add(jnp.where(inside, electrons, 0).reshape(-1),
+                                           mode="drop")  # fmt: skip
 
 
 def apply_ipc(images, kernel):

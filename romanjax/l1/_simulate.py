@@ -17,12 +17,13 @@ from .._validate import check_pattern, check_values, float_dtype
 from ..kernels.effects import (
     IPC_KERNEL,
     CosmicRayParams,
-    CosmicRayTracks,
     apply_inverse_linearity,
     apply_ipc,
     cosmic_ray_cap,
     cosmic_ray_deposit,
     cosmic_ray_part_cap,
+    cosmic_ray_part_mean,
+    cosmic_ray_points,
     cosmic_ray_tracks,
     dark_decay_resultants,
 )
@@ -69,12 +70,13 @@ class L1(NamedTuple):
 
 
 @partial(jax.jit, static_argnames=("pattern", "dtype", "image_shape", "frame_image", "crparams",
-                                   "cr_cap", "cr_part_cap", "readout", "persistence_exact",
-                                   "reference_read"))  # fmt: skip
+                                   "cr_cap", "cr_part_cap", "cr_total_cap", "readout",
+                                   "persistence_exact", "reference_read"))  # fmt: skip
 def _simulate(key, counts, read_noise, gain, pedestal, pedestal_noise, saturation,
               ipc_kernel, inv_lin, decay, read_times, persistence=None, start_time=None,
               persistence_params=None, first_pixel=0, *, pattern, dtype, image_shape,
-              frame_image, crparams, cr_cap, cr_part_cap, readout, persistence_exact=False,
+              frame_image, crparams, cr_cap, cr_part_cap, cr_total_cap, readout,
+              persistence_exact=False,
               reference_read=False):  # fmt: skip
     shape = counts.shape
     npix = counts.size
@@ -99,14 +101,17 @@ def _simulate(key, counts, read_noise, gain, pedestal, pedestal_noise, saturatio
     times = np.asarray(pattern.read_times)
     dts = np.diff(times, prepend=0.0)
     if crparams is not None:
-        # every read interval's tracks over the whole frame, drawn before the walk over the
-        # reads (their number's rejection sampler runs once, not once per read); each read
-        # then deposits its own tracks' points in these pixels
+        # every read interval's tracks over the whole frame and the electrons of the points
+        # of those that reach these pixels, drawn before the walk over the reads (the
+        # Poisson sampler's rejection loops run once, not once per read); each read then
+        # adds its own tracks' points
         cr_words = key_words(jax.random.fold_in(key, _COSMIC_RAYS))
         area = frame_image[0] * frame_image[1] * (crparams.pixel_size * 1e-4) ** 2  # [cm**2]
-        all_tracks = cosmic_ray_tracks(cr_words, jnp.arange(len(dts), dtype=jnp.uint32),
-                                       crparams.flux * area * jnp.asarray(dts, dtype), cr_cap,
-                                       frame_image, crparams, dtype)  # fmt: skip
+        tracks = cosmic_ray_tracks(cr_words, jnp.arange(len(dts), dtype=jnp.uint32),
+                                   crparams.flux * area * jnp.asarray(dts, dtype), cr_cap,
+                                   frame_image, crparams, dtype)  # fmt: skip
+        cr_points = cosmic_ray_points(tracks, cr_words, frame_image, first_pixel, image_shape,
+                                      cr_total_cap, cr_part_cap, crparams, dtype)  # fmt: skip
     if persistence is not None:
         # the events as [n_events, npix] rows, in the state's own dtype (its clock may need
         # more precision than the pixel values)
@@ -124,9 +129,8 @@ def _simulate(key, counts, read_noise, gain, pedestal, pedestal_noise, saturatio
     def per_read(j, cumulative, inst):
         hit = jnp.zeros(npix, bool)
         if crparams is not None:  # the frame's tracks, deposited in these pixels
-            tracks = CosmicRayTracks(*(values[j] for values in all_tracks))
-            deposit = cosmic_ray_deposit(tracks, cr_words, j, frame_image, first_pixel,
-                                         image_shape, cr_part_cap, crparams, dtype)  # fmt: skip
+            deposit = cosmic_ray_deposit(cr_points, j, frame_image, first_pixel, image_shape,
+                                         cr_part_cap, crparams, dtype)  # fmt: skip
             hit = deposit > 0
             inst = inst + deposit.astype(dtype)
         if persistence is not None:  # after the cosmic rays, before the non-linearity
@@ -390,12 +394,16 @@ def simulate_l1(key: jax.Array, counts: ArrayLike, pattern: ReadPattern, *,
                          f"(`frame_shape` {frame_shape})")  # fmt: skip
     frame_image = (frame_shape if len(frame_shape) == 2
                    else (1, max(int(np.prod(frame_shape)), 1)))  # fmt: skip
-    cr_cap = cr_part_cap = 0
+    cr_cap = cr_part_cap = cr_total_cap = 0
     if crparams is not None:
         max_dt = float(np.max(np.diff(pattern.read_times, prepend=0.0)))
         rate = crparams.flux * (crparams.pixel_size * 1e-4) ** 2 * max_dt  # per pixel
         cr_cap = cosmic_ray_cap(rate * frame_image[0] * frame_image[1])
         cr_part_cap = cosmic_ray_part_cap(rate, frame_image, image_shape, crparams)
+        # the exposure's tracks reaching the part: Poisson, its mean the sum of the intervals'
+        exposure_rate = crparams.flux * (crparams.pixel_size * 1e-4) ** 2 * pattern.read_times[-1]
+        cr_total_cap = cosmic_ray_cap(cosmic_ray_part_mean(exposure_rate, frame_image,
+                                                           image_shape, crparams))  # fmt: skip
         if len(pattern.read_times) * cr_cap >= 2**32:  # a track point's counter is 32 bits
             raise ValueError(f"simulate_l1: a cosmic-ray flux of {crparams.flux} /cm**2/s "
                              f"gives up to {cr_cap} tracks per read over the frame, too many "
@@ -432,7 +440,7 @@ def simulate_l1(key: jax.Array, counts: ArrayLike, pattern: ReadPattern, *,
         None if kernel is None else as_float(kernel), inv_lin, decay_values, read_times,
         persistence, start_time, persistence_params, first_pixel, pattern=pattern,
         dtype=dtype, image_shape=image_shape, frame_image=frame_image, crparams=crparams,
-        cr_cap=cr_cap, cr_part_cap=cr_part_cap, readout=readout,
+        cr_cap=cr_cap, cr_part_cap=cr_part_cap, cr_total_cap=cr_total_cap, readout=readout,
         persistence_exact=bool(persistence_exact), reference_read=bool(reference_read),
     )  # fmt: skip
 

@@ -51,9 +51,9 @@ CALLS = {
         lambda c: romanjax.apportion_counts(jax.random.key(0), c, PATTERN), 1),
     "simulate_l1(counts)": (
         lambda c: romanjax.simulate_l1(jax.random.key(0), c, PATTERN, read_noise=5.0), 1),
-    # cosmic rays add the Poisson sampler's rejection loop twice: once for every read
-    # interval's number of tracks, drawn before the walk over the reads, and once per read
-    # for its tracks' points (no trip when every point's mean is below 10)
+    # cosmic rays add the Poisson sampler's rejection loop twice, for every read interval's
+    # number of tracks and for the electrons of their points, both drawn once for the
+    # exposure before the walk over the reads (no trip when every mean is below 10)
     "simulate_l1(counts, cosmic_rays)": (
         lambda c: romanjax.simulate_l1(jax.random.key(0), c, PATTERN, read_noise=5.0,
                                        cosmic_rays=True), 3),
