@@ -15,9 +15,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .poisson import poisson, unit
+from .poisson import poisson
 from .queue import compact
-from .rng import philox_4x32
+from .rng import philox_4x32, unit
 
 __all__ = [
     "IPC_KERNEL",
@@ -229,7 +229,7 @@ def cosmic_ray_points(tracks: CosmicRayTracks, words, frame_image, first_pixel, 
     ``first_pixel`` (may be traced): whole rows of the frame (``columns == nx``), or a run
     within its one row (``ny == 1``). ``tracks`` are ``[r, cap]`` arrays of
     :func:`cosmic_ray_tracks` (all the exposure's intervals) drawn under ``words``, and
-    ``r * cap`` must stay below ``2**32``.
+    ``r * cap`` must stay below ``2**31`` (an int32 index and a uint32 counter).
 
     Each track is sampled at ``P`` equally spaced points (spacing <= 1/4 pixel), its mean
     charge shared equally between them, and every point gets a Poisson draw

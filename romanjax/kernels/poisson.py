@@ -20,9 +20,9 @@ import math
 import jax
 import jax.numpy as jnp
 
-from .rng import philox_4x32
+from .rng import philox_4x32, unit
 
-__all__ = ["poisson", "unit", "INVERSION_MAX_MEAN", "INVERSION_STEPS", "MAX_ATTEMPTS"]
+__all__ = ["poisson", "INVERSION_MAX_MEAN", "INVERSION_STEPS", "MAX_ATTEMPTS"]
 
 #: Poisson means below this use CDF inversion, above it PTRS (valid from 10 on).
 INVERSION_MAX_MEAN = 10.0
@@ -39,15 +39,6 @@ _STIRLING_REMAINDER = tuple(
     math.lgamma(k + 1) - (k * math.log(k) - k + 0.5 * math.log(2 * math.pi * k))
     for k in range(1, 10)
 )
-
-
-def unit(words, dtype, first=0):
-    """Uniform on (0, 1) from ``words[first]`` (float32, 23 bits) or ``words[first]`` and
-    ``words[first + 1]`` (float64, 53 bits); never exactly 0 or 1."""
-    if jnp.dtype(dtype) == jnp.float32:
-        return ((words[first] >> 9).astype(jnp.float32) + 0.5) * 2.0**-23
-    return ((words[first] >> 5).astype(dtype) * 2.0**26
-            + (words[first + 1] >> 6).astype(dtype) + 0.5) * 2.0**-53  # fmt: skip
 
 
 def _inversion(u, lam):

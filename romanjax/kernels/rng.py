@@ -27,7 +27,8 @@ import jax.numpy as jnp
 
 from .. import _platform
 
-__all__ = ["philox_4x32", "key_words", "counter_words", "in_a_buffer", "standard_normal"]
+__all__ = ["philox_4x32", "key_words", "counter_words", "in_a_buffer", "unit",
+           "standard_normal"]
 
 #: Multipliers and Weyl key increments of Philox4x32 (Salmon et al. 2011, table 2).
 PHILOX_MULTIPLIERS = (0xD2511F53, 0xCD9E8D57)
@@ -162,16 +163,20 @@ def in_a_buffer(function, element, *operands):
     return _platform.materialise(function(element, *operands), flag)
 
 
+def unit(words, dtype, first=0):
+    """Uniform on (0, 1) from ``words[first]`` (float32, 23 bits) or ``words[first]`` and
+    ``words[first + 1]`` (float64, 53 bits); never exactly 0 or 1."""
+    if jnp.dtype(dtype) == jnp.float32:
+        return ((words[first] >> 9).astype(jnp.float32) + 0.5) * 2.0**-23
+    return ((words[first] >> 5).astype(dtype) * 2.0**26
+            + (words[first + 1] >> 6).astype(dtype) + 0.5) * 2.0**-53  # fmt: skip
+
+
 def standard_normal(key_words, element, index, stream: int, dtype):
     """Standard normal draws, one per ``(element, index)`` pair (broadcast uint32 arrays):
     ``sqrt(2) erfinv(2 u - 1)`` of a uniform ``u`` strictly inside (0, 1) from counter
     ``(element, index, stream, 0)``: float32 from 23 bits of one word, float64 from 53 bits
     of two. Like every stream here, a pure function of the key and the counter."""
     dtype = jnp.dtype(dtype)
-    words = counter_words(key_words, element, index, stream)
-    if dtype == jnp.float32:
-        u = ((words[0] >> 9).astype(jnp.float32) + 0.5) * 2.0**-23
-    else:
-        u = ((words[0] >> 5).astype(dtype) * 2.0**26 + (words[1] >> 6).astype(dtype)
-             + 0.5) * 2.0**-53
+    u = unit(counter_words(key_words, element, index, stream), dtype)
     return jnp.sqrt(jnp.asarray(2.0, dtype)) * jax.lax.erf_inv(2.0 * u - 1.0)

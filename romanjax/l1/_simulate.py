@@ -397,17 +397,20 @@ def simulate_l1(key: jax.Array, counts: ArrayLike, pattern: ReadPattern, *,
     cr_cap = cr_part_cap = cr_total_cap = 0
     if crparams is not None:
         max_dt = float(np.max(np.diff(pattern.read_times, prepend=0.0)))
-        rate = crparams.flux * (crparams.pixel_size * 1e-4) ** 2 * max_dt  # per pixel
+        pixel_rate = crparams.flux * (crparams.pixel_size * 1e-4) ** 2  # per pixel per second
+        rate = pixel_rate * max_dt  # per pixel, longest interval
         cr_cap = cosmic_ray_cap(rate * frame_image[0] * frame_image[1])
         cr_part_cap = cosmic_ray_part_cap(rate, frame_image, image_shape, crparams)
         # the exposure's tracks reaching the part: Poisson, its mean the sum of the intervals'
-        exposure_rate = crparams.flux * (crparams.pixel_size * 1e-4) ** 2 * pattern.read_times[-1]
-        cr_total_cap = cosmic_ray_cap(cosmic_ray_part_mean(exposure_rate, frame_image,
-                                                           image_shape, crparams))  # fmt: skip
-        if len(pattern.read_times) * cr_cap >= 2**32:  # a track point's counter is 32 bits
-            raise ValueError(f"simulate_l1: a cosmic-ray flux of {crparams.flux} /cm**2/s "
-                             f"gives up to {cr_cap} tracks per read over the frame, too many "
-                             "for the random-number counters")  # fmt: skip
+        exposure_mean = cosmic_ray_part_mean(pixel_rate * pattern.read_times[-1], frame_image,
+                                             image_shape, crparams)  # fmt: skip
+        cr_total_cap = cosmic_ray_cap(exposure_mean)
+        # a track slot (read * cr_cap + slot) is an int32 index and a uint32 Philox counter
+        if len(pattern.read_times) * cr_cap >= 2**31:
+            raise ValueError(f"simulate_l1: `cosmic_rays` flux {crparams.flux:g} /cm**2/s gives "
+                             f"up to {cr_cap} tracks per read over the frame; "
+                             f"{len(pattern.read_times)} reads of them overflow the 32-bit "
+                             "track indices")  # fmt: skip
     per_pixel = (("read_noise", read_noise), ("gain", gain), ("pedestal", pedestal),
                  ("pedestal_noise", pedestal_noise), ("saturation", saturation))  # fmt: skip
     rules = {"read_noise": {"minimum": 0}, "gain": {"minimum": 0, "strict": True},

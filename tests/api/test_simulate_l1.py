@@ -270,3 +270,19 @@ def test_cosmic_ray_tracks_are_keyed_by_their_interval_and_slot():
     se = np.sqrt(mean / number.size)
     assert abs(number.mean() - mean) < 5 * se, number.mean()
     assert abs(number.var(ddof=1) / mean - 1) < 5 * np.sqrt(2 / number.size), number.var()
+
+
+def test_cosmic_ray_flux_too_large_for_the_counters_is_refused():
+    """A track slot (read * cap + slot) is an int32 index and a 32-bit Philox counter: a flux
+    whose tracks per read times reads reach 2**31 is refused, naming the argument, before
+    anything is traced."""
+    import pytest
+
+    counts = np.zeros((4, 5), int)
+    key = jax.random.key(0)
+    with pytest.raises(ValueError, match="`cosmic_rays` flux 1e\\+09"):
+        simulate_l1(key, counts, PATTERN, frame_shape=(4096, 5),
+                    cosmic_rays={"flux": 1e9})  # fmt: skip
+    # a flux a thousand times smaller fits, and its tracks hit every pixel
+    out = simulate_l1(key, counts, PATTERN, cosmic_rays={"flux": 1e6})
+    assert (np.asarray(out.dq) & dqbits.JUMP_DET).any(axis=0).all()
