@@ -130,9 +130,10 @@ class CosmicRayTracks(NamedTuple):
     charge: jax.Array
 
 
-#: Fourth Philox counter word of each cosmic-ray draw (:func:`~.poisson.poisson`): the
-#: number of tracks of a read interval, a track's parameters, its points' electrons.
-_TAG_NUMBER, _TAG_TRACK, _TAG_POINTS = 1, 2, 3
+#: Fourth Philox counter word of each cosmic-ray draw: a track's parameters (and the gap
+#: before it), its points' electrons (:func:`~.poisson.poisson`). (1 was the number of tracks
+#: of an interval, now counted from the gaps.)
+_TAG_TRACK, _TAG_POINTS = 2, 3
 
 
 def cosmic_ray_tracks(words, read, mean_number, cap, frame_image, params: CosmicRayParams,
@@ -157,27 +158,33 @@ def cosmic_ray_tracks(words, read, mean_number, cap, frame_image, params: Cosmic
     CosmicRayTracks
         ``[*read.shape, cap]`` arrays.
 
-    N ~ Poisson(mean_number) (truncated at ``cap``) tracks start uniformly on the frame
-    (pixel centres at integers, edges at -1/2 and n - 1/2), with a uniform direction, a
+    N ~ Poisson(mean_number) (truncated at ``cap``; the number of arrivals of a unit-rate
+    Poisson process within ``mean_number``, from exponential gaps) tracks start uniformly on
+    the frame (pixel centres at integers, edges at -1/2 and n - 1/2), with a uniform
+    direction, a
     length from the truncated power law l**slope and dE/dx from the truncated Moyal
     distribution (romanisim ``cr.sample_cr_params``, here by exact inverse CDFs instead of a
     tabulated one). The mean charge of a track is dE/dx * pixel_size / conversion_factor *
     L3d, with the 3-D length L3d = sqrt(L2d**2 + (depth/size)**2) [pixels].
 
-    Every draw is keyed by its interval and slot (Philox counters ``(read, 0, stream,
-    1)`` for the number, ``(slot, read, parameter, 2)`` for the parameters), and every
+    Every draw is keyed by its interval and slot (Philox counters ``(slot, read, parameter,
+    2)``: parameters 0-4 the track's, 5 the gap before its arrival), and every
     shape is fixed by ``cap``, and ``cap`` by the frame, so every part of the frame sees the
     same tracks (:func:`cosmic_ray_deposit`), and the intervals may be drawn together or one
     at a time."""
     ny, nx = frame_image
     read = jnp.asarray(read).astype(jnp.uint32)
     mean_number = jnp.broadcast_to(jnp.asarray(mean_number, dtype), read.shape)
-    number = jnp.minimum(poisson(words, mean_number, read, 0, tag=_TAG_NUMBER), cap)
     slot = jnp.arange(cap, dtype=jnp.uint32)
-    valid = slot < number[..., None]
 
     def uniform(parameter):  # one Philox counter per parameter and slot
         return unit(philox_4x32(words, slot, read[..., None], parameter, _TAG_TRACK), dtype)
+
+    # the arrivals of a unit-rate Poisson process: slot s holds a track when the sum of its
+    # s + 1 exponential gaps is at most the mean, so the number of tracks is Poisson(mean)
+    # truncated at cap (elementwise and a cumulative sum: no rejection loop)
+    arrival = jnp.cumsum(-jnp.log(uniform(5)), axis=-1)
+    valid = arrival <= mean_number[..., None]
 
     i0 = uniform(0) * ny - 0.5
     j0 = uniform(1) * nx - 0.5

@@ -103,7 +103,7 @@ def _simulate(key, counts, read_noise, gain, pedestal, pedestal_noise, saturatio
     if crparams is not None:
         # every read interval's tracks over the whole frame and the electrons of the points
         # of those that reach these pixels, drawn before the walk over the reads (the
-        # Poisson sampler's rejection loops run once, not once per read); each read then
+        # Poisson sampler's rejection loop runs once, not once per read); each read then
         # adds its own tracks' points
         cr_words = key_words(jax.random.fold_in(key, _COSMIC_RAYS))
         area = frame_image[0] * frame_image[1] * (crparams.pixel_size * 1e-4) ** 2  # [cm**2]

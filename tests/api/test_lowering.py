@@ -51,12 +51,12 @@ CALLS = {
         lambda c: romanjax.apportion_counts(jax.random.key(0), c, PATTERN), 1),
     "simulate_l1(counts)": (
         lambda c: romanjax.simulate_l1(jax.random.key(0), c, PATTERN, read_noise=5.0), 1),
-    # cosmic rays add the Poisson sampler's rejection loop twice, for every read interval's
-    # number of tracks and for the electrons of their points, both drawn once for the
-    # exposure before the walk over the reads (no trip when every mean is below 10)
+    # cosmic rays add the Poisson sampler's rejection loop once, for the electrons of the
+    # tracks' points, drawn once for the exposure before the walk over the reads (no trip
+    # when every mean is below 10); the numbers of tracks are counted from exponential gaps
     "simulate_l1(counts, cosmic_rays)": (
         lambda c: romanjax.simulate_l1(jax.random.key(0), c, PATTERN, read_noise=5.0,
-                                       cosmic_rays=True), 3),
+                                       cosmic_rays=True), 2),
     # persistence adds the Poisson sampler's rejection loop (no trip when every mean < 10)
     "simulate_l1(counts, persistence)": (
         lambda c: romanjax.simulate_l1(

@@ -270,6 +270,23 @@ def test_cosmic_ray_tracks_are_keyed_by_their_interval_and_slot():
     se = np.sqrt(mean / number.size)
     assert abs(number.mean() - mean) < 5 * se, number.mean()
     assert abs(number.var(ddof=1) / mean - 1) < 5 * np.sqrt(2 / number.size), number.var()
+    # the whole distribution, at a small and a large mean: chi-square against Poisson over
+    # the counts expected at least 5 times (tails pooled)
+    from scipy import stats
+
+    for mean in (2.5, 20.0):
+        cap = effects.cosmic_ray_cap(mean)
+        tracks = effects.cosmic_ray_tracks(words, np.arange(20000), mean, cap, frame, params,
+                                           np.float32)  # fmt: skip
+        number = np.asarray(tracks.charge > 0).sum(axis=1)
+        expected = stats.poisson.pmf(np.arange(cap + 1), mean) * number.size
+        keep = np.flatnonzero(expected >= 5)
+        lo, hi = keep[0], keep[-1]
+        observed = np.bincount(number, minlength=cap + 1)
+        obs = np.r_[observed[:lo + 1].sum(), observed[lo + 1:hi], observed[hi:].sum()]
+        exp = np.r_[stats.poisson.cdf(lo, mean), expected[lo + 1:hi] / number.size,
+                    stats.poisson.sf(hi - 1, mean)] * number.size  # fmt: skip
+        assert stats.chisquare(obs, exp).pvalue > 1e-4, (mean, obs, exp)
 
 
 def test_cosmic_ray_flux_too_large_for_the_counters_is_refused():
