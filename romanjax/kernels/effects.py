@@ -161,10 +161,9 @@ def cosmic_ray_tracks(words, read, mean_number, cap, frame_image, params: Cosmic
     N ~ Poisson(mean_number) (truncated at ``cap``; the number of arrivals of a unit-rate
     Poisson process within ``mean_number``, from exponential gaps) tracks start uniformly on
     the frame (pixel centres at integers, edges at -1/2 and n - 1/2), with a uniform
-    direction, a
-    length from the truncated power law l**slope and dE/dx from the truncated Moyal
-    distribution (romanisim ``cr.sample_cr_params``, here by exact inverse CDFs instead of a
-    tabulated one). The mean charge of a track is dE/dx * pixel_size / conversion_factor *
+    direction, a length from the truncated power law l**slope and dE/dx from the truncated
+    Moyal distribution (romanisim ``cr.sample_cr_params``, here by exact inverse CDFs instead
+    of a tabulated one). The mean charge of a track is dE/dx * pixel_size / conversion_factor *
     L3d, with the 3-D length L3d = sqrt(L2d**2 + (depth/size)**2) [pixels].
 
     Every draw is keyed by its interval and slot (Philox counters ``(slot, read, parameter,
