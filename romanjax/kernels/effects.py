@@ -131,8 +131,7 @@ class CosmicRayTracks(NamedTuple):
 
 
 #: Fourth Philox counter word of each cosmic-ray draw: a track's parameters (and the gap
-#: before it), its points' electrons (:func:`~.poisson.poisson`). (1 was the number of tracks
-#: of an interval, now counted from the gaps.)
+#: before it), its points' electrons (:func:`~.poisson.poisson`); 0 and 1 are unused.
 _TAG_TRACK, _TAG_POINTS = 2, 3
 
 

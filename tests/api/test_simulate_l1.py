@@ -279,12 +279,12 @@ def test_cosmic_ray_tracks_are_keyed_by_their_interval_and_slot():
         tracks = effects.cosmic_ray_tracks(words, np.arange(20000), mean, cap, frame, params,
                                            np.float32)  # fmt: skip
         number = np.asarray(tracks.charge > 0).sum(axis=1)
-        expected = stats.poisson.pmf(np.arange(cap + 1), mean) * number.size
-        keep = np.flatnonzero(expected >= 5)
+        pmf = stats.poisson.pmf(np.arange(cap + 1), mean)
+        keep = np.flatnonzero(pmf * number.size >= 5)
         lo, hi = keep[0], keep[-1]
         observed = np.bincount(number, minlength=cap + 1)
         obs = np.r_[observed[:lo + 1].sum(), observed[lo + 1:hi], observed[hi:].sum()]
-        exp = np.r_[stats.poisson.cdf(lo, mean), expected[lo + 1:hi] / number.size,
+        exp = np.r_[stats.poisson.cdf(lo, mean), pmf[lo + 1:hi],
                     stats.poisson.sf(hi - 1, mean)] * number.size  # fmt: skip
         assert stats.chisquare(obs, exp).pvalue > 1e-4, (mean, obs, exp)
 
