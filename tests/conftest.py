@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -19,20 +20,33 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-#: XLA flag that compiles the suite's programs without LLVM's optimisations. The suite is bound by
-#: XLA's compiles (hundreds of small programs per worker, each run on a few thousand pixels), and
-#: LLVM's optimisation passes take about 30% of its time. They change how fast a program runs and
-#: the last bits of its results, not its arithmetic (no fast math at any level; what differs is
-#: rounding, such as a multiply-add fused into one instruction in one build and not in the other):
-#: fits of the same resultants agree to 2e-6 relative in float32, with identical flags, and a random
-#: draw that sits on a comparison's edge may come out differently, as it may between a CPU and a
-#: GPU. Set before JAX creates its CPU client, which reads ``XLA_FLAGS`` once; subprocesses of the
-#: tests inherit it. A flag of the same name already in ``XLA_FLAGS`` wins, so the suite can still
-#: be run optimised (``XLA_FLAGS=--xla_backend_optimization_level=2``).
-TEST_XLA_FLAG = "--xla_backend_optimization_level=0"
+#: XLA flags that make the suite's compiles cheap. The suite is bound by XLA's compiles
+#: (hundreds of small programs per worker, each run on a few thousand pixels), and these halve
+#: them: no LLVM optimisation passes (``xla_backend_optimization_level=0``, and none of the
+#: expensive ones LLVM would still run, ``xla_llvm_disable_expensive_passes``), and the CPU's
+#: elemental kernel emitter instead of its newer fusion emitters, whose code generation is
+#: most of the rest (``xla_cpu_use_fusion_emitters=false``). They change how fast a program
+#: runs and the last bits of its results, not its arithmetic (no fast math at any level; what
+#: differs is rounding, such as a multiply-add fused into one instruction in one build and not
+#: in the other): simulated resultants come out identical, fits of the same resultants agree
+#: to 3e-7 relative in float32 (slopes above 1 e/s), and a random draw that sits on a
+#: comparison's edge may come out differently, as it may between a CPU and a GPU. Tests that
+#: compare the last bits of programs of different lengths run on the users' flags instead
+#: (marker ``users_codegen``, :func:`pytest_pyfunc_call`). Set before JAX creates its CPU
+#: client, which reads ``XLA_FLAGS`` once; subprocesses of the tests inherit them. A flag of
+#: the same name already in ``XLA_FLAGS`` wins, so the suite can still be run as users compile
+#: (``XLA_FLAGS="$USERS_XLA_FLAGS"``, below).
+TEST_XLA_FLAGS = ("--xla_backend_optimization_level=0", "--xla_llvm_disable_expensive_passes=true",
+                  "--xla_cpu_use_fusion_emitters=false")
 
-if "--xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
-    os.environ["XLA_FLAGS"] = (TEST_XLA_FLAG + " " + os.environ.get("XLA_FLAGS", "")).strip()
+for _flag in TEST_XLA_FLAGS:
+    if _flag.split("=")[0] not in os.environ.get("XLA_FLAGS", ""):
+        os.environ["XLA_FLAGS"] = (_flag + " " + os.environ.get("XLA_FLAGS", "")).strip()
+
+#: ``XLA_FLAGS`` of the programs users run (XLA's defaults, spelt out so that the suite's own
+#: flags above are not added to them), for the tests marked ``users_codegen``.
+USERS_XLA_FLAGS = ("--xla_backend_optimization_level=2 --xla_llvm_disable_expensive_passes=false "
+                   "--xla_cpu_use_fusion_emitters=true")
 
 import romanjax  # noqa: E402
 
@@ -103,3 +117,27 @@ def _bounded_compiled_programs():
 
         jax.clear_caches()
         gc.collect()
+
+
+def pytest_pyfunc_call(pyfuncitem):
+    """Run a test marked ``users_codegen`` in a pytest subprocess whose programs are compiled
+    with XLA's default CPU flags (:data:`USERS_XLA_FLAGS`) instead of the suite's cheap ones.
+
+    Such a test compares the last bits of two programs that differ only in array lengths (a
+    frame fitted whole and in chunks): the rounding of float arithmetic may depend on the
+    code XLA generates for each length, and the suite's flags generate other code than users
+    get (the elemental kernel emitter rounds some pixels' fits differently for
+    different lengths). The comparison's tolerance is that of the users' programs, so it runs
+    on them; the subprocess inherits the environment (the float64 mode included)."""
+    if pyfuncitem.get_closest_marker("users_codegen") is None or (
+            os.environ.get("XLA_FLAGS") == USERS_XLA_FLAGS):
+        return None
+    env = dict(os.environ, XLA_FLAGS=USERS_XLA_FLAGS)
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:xdist",
+         pyfuncitem.nodeid], cwd=pyfuncitem.config.rootpath, env=env, capture_output=True,
+        text=True)
+    if result.returncode != 0 or "1 passed" not in result.stdout:
+        pytest.fail(f"failed with the users' XLA flags ({USERS_XLA_FLAGS}):\n"
+                    f"{result.stdout[-6000:]}{result.stderr[-2000:]}", pytrace=False)
+    return True

@@ -301,6 +301,7 @@ def test_fit_frame_equals_direct_casertano_without_dq(rng, float_dtype):
     assert chunked.dq.dtype == np.uint32 and not chunked.dq.any()
 
 
+@pytest.mark.users_codegen
 @needs_casertano
 @pytest.mark.parametrize("chunk_pixels", [7, 3000, None])
 def test_fit_frame_packed_jump_flags_equal_direct(chunk_pixels):
@@ -319,6 +320,7 @@ def test_fit_frame_packed_jump_flags_equal_direct(chunk_pixels):
     assert 0.01 < unfitted.mean() < 0.5 and np.any(chunked.dq & dqflags.JUMP_DET)
 
 
+@pytest.mark.users_codegen
 @needs_casertano
 def test_large_frame_memory_measures_keep_results(monkeypatch):
     # the measure fit_frame takes for large frames on CPUs (the C heap trimmed after the
@@ -770,6 +772,7 @@ def test_fit_frame_sharded_over_four_cpu_devices(tmp_path):
     assert "SHARDED-OK" in result.stdout
 
 
+@pytest.mark.users_codegen
 @needs_casertano
 @pytest.mark.parametrize("method", ["optimal", "casertano", "likely"])
 def test_array_api_runs_large_host_frames_through_the_driver(monkeypatch, method):
