@@ -39,14 +39,33 @@ sys.path.insert(0, str(Path(__file__).parent))
 TEST_XLA_FLAGS = ("--xla_backend_optimization_level=0", "--xla_llvm_disable_expensive_passes=true",
                   "--xla_cpu_use_fusion_emitters=false")
 
-for _flag in TEST_XLA_FLAGS:
-    if _flag.split("=")[0] not in os.environ.get("XLA_FLAGS", ""):
-        os.environ["XLA_FLAGS"] = (_flag + " " + os.environ.get("XLA_FLAGS", "")).strip()
-
 #: ``XLA_FLAGS`` of the programs users run (XLA's defaults, spelt out so that the suite's own
 #: flags above are not added to them), for the tests marked ``users_codegen``.
 USERS_XLA_FLAGS = ("--xla_backend_optimization_level=2 --xla_llvm_disable_expensive_passes=false "
                    "--xla_cpu_use_fusion_emitters=true")
+
+
+def _xla_accepts(flags: str) -> bool:
+    """Whether this jaxlib's XLA knows every flag in ``flags`` (it aborts the process on an
+    unknown one, and XLA renames or drops flags from release to release)."""
+    probe = subprocess.run([sys.executable, "-c", "import jax; jax.devices()"],
+                           env=dict(os.environ, XLA_FLAGS=flags), capture_output=True)
+    return probe.returncode == 0
+
+
+# the first process of a run (pytest's, before its xdist workers start) decides, and its
+# workers and subprocesses inherit the decision with the environment
+if "ROMANJAX_TEST_USERS_XLA_FLAGS" not in os.environ:
+    _missing = [flag for flag in TEST_XLA_FLAGS if flag.split("=")[0] not in
+                os.environ.get("XLA_FLAGS", "")]
+    if _missing and not _xla_accepts(" ".join(_missing + [USERS_XLA_FLAGS])):
+        # an XLA without the emitter choice: the optimisation level alone (a flag of every XLA)
+        _missing = [flag for flag in _missing if flag == TEST_XLA_FLAGS[0]]
+        USERS_XLA_FLAGS = "--xla_backend_optimization_level=2"
+    for _flag in _missing:
+        os.environ["XLA_FLAGS"] = (_flag + " " + os.environ.get("XLA_FLAGS", "")).strip()
+    os.environ["ROMANJAX_TEST_USERS_XLA_FLAGS"] = USERS_XLA_FLAGS
+USERS_XLA_FLAGS = os.environ["ROMANJAX_TEST_USERS_XLA_FLAGS"]
 
 import romanjax  # noqa: E402
 
