@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 #: (marker ``users_codegen``, :func:`pytest_pyfunc_call`). Set before JAX creates its CPU
 #: client, which reads ``XLA_FLAGS`` once; subprocesses of the tests inherit them. A flag of
 #: the same name already in ``XLA_FLAGS`` wins, so the suite can still be run as users compile
-#: (``XLA_FLAGS="$USERS_XLA_FLAGS"``, below).
+#: (``XLA_FLAGS`` set to :data:`USERS_XLA_FLAGS`, below).
 TEST_XLA_FLAGS = ("--xla_backend_optimization_level=0", "--xla_llvm_disable_expensive_passes=true",
                   "--xla_cpu_use_fusion_emitters=false")
 
@@ -145,9 +145,9 @@ def pytest_pyfunc_call(pyfuncitem):
     Such a test compares the last bits of two programs that differ only in array lengths (a
     frame fitted whole and in chunks): the rounding of float arithmetic may depend on the
     code XLA generates for each length, and the suite's flags generate other code than users
-    get (the elemental kernel emitter rounds some pixels' fits differently for
-    different lengths). The comparison's tolerance is that of the users' programs, so it runs
-    on them; the subprocess inherits the environment (the float64 mode included)."""
+    get (the elemental kernel emitter rounds some pixels' fits differently for different
+    lengths). The comparison's tolerance is that of the users' programs, so it runs on them;
+    the subprocess inherits the environment (the float64 mode included)."""
     if pyfuncitem.get_closest_marker("users_codegen") is None or (
             os.environ.get("XLA_FLAGS") == USERS_XLA_FLAGS):
         return None
