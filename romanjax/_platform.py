@@ -28,6 +28,7 @@ __all__ = [
     "optimization_barrier",
     "enable_x64",
     "LOCAL_X64",
+    "is_traced",
     "kernel_chunk_pixels",
     "aligned_empty",
     "fits_through_frames",
@@ -43,6 +44,18 @@ try:  # a local 64-bit scope: jax.enable_x64 in newer JAX, under jax.experimenta
     enable_x64 = jax.enable_x64
 except AttributeError:  # pragma: no cover - depends on the installed JAX
     from jax.experimental import enable_x64
+try:  # the class of traced values: jax.core.Tracer in every JAX so far, whose jax.core
+    # namespace is shrinking; its home is the fallback
+    _Tracer = jax.core.Tracer
+except AttributeError:  # pragma: no cover - depends on the installed JAX
+    from jax._src.core import Tracer as _Tracer
+
+
+def is_traced(value) -> bool:
+    """Whether ``value`` is traced (under ``jax.jit``, ``jax.grad``, ``jax.vmap``, ...): its
+    value is not known on the host, so host-side checks and host paths do not apply."""
+    return isinstance(value, _Tracer)
+
 
 #: Whether 64-bit values may be used inside a traced program whatever ``JAX_ENABLE_X64``
 #: says: JAX's public local scope (``jax.enable_x64``, JAX 0.8 on) holds under jit, vmap and
@@ -240,7 +253,7 @@ def fits_through_frames(resultants, n_resultants: int, *others) -> bool:
         return False
     if resultants.ndim < 2 or resultants.shape[0] != n_resultants:
         return False
-    if any(isinstance(value, jax.core.Tracer) for value in others):
+    if any(is_traced(value) for value in others):
         return False
     if not all_cpu():
         return False
@@ -256,7 +269,7 @@ def apportions_through_frames(key, counts, n_resultants: int) -> bool:
     The frame driver computes one chunk per core (XLA alone leaves part of the cores idle
     in the samplers' loops); its draws are those of one call on the whole frame, so this
     only changes the schedule."""
-    if not isinstance(counts, np.ndarray) or isinstance(key, jax.core.Tracer):
+    if not isinstance(counts, np.ndarray) or is_traced(key):
         return False
     if not all_cpu():
         return False

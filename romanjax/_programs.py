@@ -50,6 +50,8 @@ from pathlib import Path
 import jax
 import numpy as np
 
+from . import _platform
+
 __all__ = ["kept_in", "call"]
 
 _directory: contextvars.ContextVar[Path | None] = contextvars.ContextVar(
@@ -112,7 +114,7 @@ def _key(function, args, static) -> str | None:
     leaves, tree = jax.tree_util.tree_flatten(args)
     shapes = []
     for leaf in leaves:
-        if isinstance(leaf, jax.core.Tracer):  # under a caller's transformation
+        if _platform.is_traced(leaf):  # under a caller's transformation
             return None
         if type(leaf) in (bool, int, float, complex):  # a weakly typed argument
             shapes.append(((), type(leaf).__name__, True))

@@ -360,7 +360,7 @@ def fit_frame(resultants: ArrayLike, pattern: ReadPattern, read_noise: ArrayLike
             f"{function}: `pattern` must be a romanjax.ReadPattern, got {type(pattern).__name__}"
         )
     # device arrays in: chunks are sliced on the device and the results stay there
-    on_device = isinstance(resultants, jax.Array) and not isinstance(resultants, jax.core.Tracer)
+    on_device = isinstance(resultants, jax.Array) and not _platform.is_traced(resultants)
     xp = jnp if on_device else np
     if not on_device and not isinstance(resultants, np.ndarray):
         resultants = np.asarray(resultants)

@@ -90,7 +90,7 @@ def check_counts(counts, function: str):
 
     Returns ``counts`` as an array: integer dtypes unchanged, integer-valued floats as int32.
     """
-    if isinstance(counts, jax.core.Tracer):
+    if _platform.is_traced(counts):
         return counts
     array = np.asarray(counts)
     if array.dtype == bool or not (

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
 
-from .. import _programs
+from .. import _platform, _programs
 from .. import dq as dqbits
 from .._read_pattern import ReadPattern
 from .._validate import check_pattern, check_values, float_dtype
@@ -470,7 +470,7 @@ def _check_frame(frame_shape, first_pixel, shape, ipc):
                                                        jnp.integer):  # fmt: skip
         raise ValueError(f"{function}: `first_pixel` must be an integer scalar, got "
                          f"{first_pixel!r}")  # fmt: skip
-    if not isinstance(first_pixel, jax.core.Tracer):
+    if not _platform.is_traced(first_pixel):
         first = int(first_pixel)
         row = int(np.prod(frame_shape[1:])) if len(frame_shape) > 1 else 1
         size, frame_size = int(np.prod(shape)), int(np.prod(frame_shape))

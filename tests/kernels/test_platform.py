@@ -45,3 +45,20 @@ def test_materialise_is_the_identity_for_differentiation():
     # d/dx of sum_i (i + 1) x and of |(x, x[:2])|^2
     expected = 6.0 + 2.0 * x + 2.0 * jnp.where(jnp.arange(5) < 2, x, 0.0)
     np.testing.assert_allclose(np.asarray(jax.grad(f)(x)), np.asarray(expected))
+
+
+def test_is_traced_tells_traced_values_from_concrete_ones():
+    """Host paths and host checks key on this: a traced value under jit, grad or vmap has
+    no value on the host, a numpy array, a device array or a Python number has."""
+    seen = []
+
+    def record(x):
+        seen.append(_platform.is_traced(x))
+        return x * 2.0
+
+    x = jnp.arange(3.0)
+    jax.jit(record)(x)
+    jax.grad(lambda v: jnp.sum(record(v)))(x)
+    jax.vmap(record)(x)
+    assert seen == [True, True, True]
+    assert not any(_platform.is_traced(v) for v in (x, np.arange(3.0), 2.0, None))
