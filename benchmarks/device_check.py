@@ -22,7 +22,10 @@ Floors, measured the same way on the same device:
   variances and one flag word per pixel).
 
 Each time is printed with its ratio to the floors, and on a GPU with its target; the table
-and a JSON of the same numbers (``device_check.json``) are written to ``--out``.
+(``device_check.md``) and a JSON of the same numbers (``device_check.json``) are written to
+``--out`` after every row, so a run stopped by a time limit keeps what it measured. No row
+starts after ``--budget`` seconds (default 240, so that a full run ends within about five
+minutes even where a row is far off its target); the rows left are listed as skipped.
 """
 
 from __future__ import annotations
@@ -53,15 +56,18 @@ JUMP = 2000.0  # [e]
 JUMP_FRACTION = 0.01
 
 
-def timed(function, repeat):
-    """(compile-and-first-call time, best time of ``repeat`` calls) [s]."""
+def timed(function, repeat, deadline=np.inf):
+    """(compile-and-first-call time, best time of ``repeat`` calls) [s]; the repeats stop
+    early once ``time.perf_counter()`` passes ``deadline`` (at least one is made)."""
     import jax
 
     start = time.perf_counter()
     jax.block_until_ready(function())
     first = time.perf_counter() - start
     best = np.inf
-    for _ in range(max(repeat, 1)):
+    for i in range(max(repeat, 1)):
+        if i and time.perf_counter() > deadline:
+            break
         start = time.perf_counter()
         jax.block_until_ready(function())
         best = min(best, time.perf_counter() - start)
@@ -134,12 +140,42 @@ def rows(pattern, counts, resultants, jumped):
     }  # fmt: skip
 
 
+def table_lines(header, read, write, results, skipped):
+    """The Markdown table of ``results`` (and the rows ``skipped`` for the time budget)."""
+    lines = [
+        header,
+        f"Floors: read {read * 1e3:.3f} ms; read+write {write * 1e3:.3f} ms\n",
+        "| row | time [ms] | compile [s] | / read floor | / read+write floor | target [ms] |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for e in results:
+        target = "-" if e["target_s"] is None else (
+            f"{e['target_s'] * 1e3:.0f} ({'met' if e['meets_target'] else 'missed'})")
+        lines.append(f"| {e['row']} | {e['time_s'] * 1e3:.2f} | {e['compile_s']:.1f} "
+                     f"| {e['over_read']:.1f}x | {e['over_read_write']:.1f}x | {target} |")
+    for name in skipped:
+        lines.append(f"| {name} | skipped: time budget spent | | | | |")
+    return lines  # fmt: skip
+
+
+def write_atomically(path, text):
+    """Write ``text`` to ``path`` through a temporary file and a rename, so a run stopped
+    at any point leaves the previous complete file, never a partial one."""
+    temporary = f"{path}.tmp"
+    with open(temporary, "w") as handle:
+        handle.write(text)
+    os.replace(temporary, path)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size", type=int, default=4088, help="frame side [pixels]")
     parser.add_argument("--repeat", type=int, default=5, help="best of N calls (default 5)")
     parser.add_argument("--only", nargs="+", default=None, help="run only these rows")
     parser.add_argument("--out", default=".", help="folder for device_check.json and .md")
+    parser.add_argument("--budget", type=float, default=240.0,
+                        help="seconds after which no new row starts and repeats stop "
+                             "(default 240; the rows not run are listed as skipped)")
     args = parser.parse_args(argv)
 
     import jax
@@ -154,40 +190,42 @@ def main(argv=None):
     )
     print(header, flush=True)
     start = time.perf_counter()
+    deadline = start + args.budget
     pattern, (counts, resultants, jumped) = make_frame(args.size)
     print(f"frame made on the device in {time.perf_counter() - start:.1f} s", flush=True)
     read, write = floors(resultants, args.repeat)
+    os.makedirs(args.out, exist_ok=True)
+    selected = {name: function
+                for name, function in rows(pattern, counts, resultants, jumped).items()
+                if not args.only or name in args.only}  # fmt: skip
     results = []
-    for name, function in rows(pattern, counts, resultants, jumped).items():
-        if args.only and name not in args.only:
-            continue
-        first, best = timed(function, args.repeat)
+
+    def save(skipped):
+        # after every row, so that a run stopped by a time limit keeps the rows it made
+        table = "\n".join(table_lines(header, read, write, results, skipped))
+        write_atomically(os.path.join(args.out, "device_check.md"), table + "\n")
+        write_atomically(os.path.join(args.out, "device_check.json"), json.dumps(
+            {"jax": jax.__version__, "backend": backend, "device": device.device_kind,
+             "size": args.size, "floor_read_s": read, "floor_read_write_s": write,
+             "results": results, "skipped": skipped, "argv": sys.argv[1:]}, indent=1))
+        return table  # fmt: skip
+
+    names = list(selected)
+    for position, name in enumerate(names):
+        if time.perf_counter() > deadline:
+            print(f"  time budget of {args.budget:.0f} s spent: skipping "
+                  f"{', '.join(names[position:])}", flush=True)  # fmt: skip
+            break
+        first, best = timed(selected[name], args.repeat, deadline)
         target = GPU_TARGETS.get(name) if backend == "gpu" else None
         entry = {"row": name, "time_s": best, "compile_s": max(first - best, 0.0),
                  "over_read": best / read, "over_read_write": best / write,
                  "target_s": target, "meets_target": None if target is None else best <= target}
         results.append(entry)  # fmt: skip
         print(f"  {name}: {best * 1e3:.2f} ms (first call {first:.2f} s)", flush=True)
-    lines = [
-        header,
-        f"Floors: read {read * 1e3:.3f} ms; read+write {write * 1e3:.3f} ms\n",
-        "| row | time [ms] | compile [s] | / read floor | / read+write floor | target [ms] |",
-        "|---|---:|---:|---:|---:|---:|",
-    ]
-    for e in results:
-        target = "-" if e["target_s"] is None else (
-            f"{e['target_s'] * 1e3:.0f} ({'met' if e['meets_target'] else 'missed'})")
-        lines.append(f"| {e['row']} | {e['time_s'] * 1e3:.2f} | {e['compile_s']:.1f} "
-                     f"| {e['over_read']:.1f}x | {e['over_read_write']:.1f}x | {target} |")
-    table = "\n".join(lines)  # fmt: skip
+        save(names[position + 1:])
+    table = save(names[len(results):])
     print("\n" + table, flush=True)
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "device_check.md"), "w") as handle:
-        handle.write(table + "\n")
-    with open(os.path.join(args.out, "device_check.json"), "w") as handle:
-        json.dump({"jax": jax.__version__, "backend": backend, "device": device.device_kind,
-                   "size": args.size, "floor_read_s": read, "floor_read_write_s": write,
-                   "results": results, "argv": sys.argv[1:]}, handle, indent=1)  # fmt: skip
     return results
 
 

@@ -41,3 +41,22 @@ def test_device_check_runs_with_jax_and_numpy_only(tmp_path):
     for entry in data["results"]:
         assert entry["time_s"] > 0 and entry["over_read"] > 0 and entry["compile_s"] >= 0
         assert entry["target_s"] is None  # targets apply on GPUs only
+
+
+def test_device_check_skips_the_rows_past_its_time_budget(tmp_path, monkeypatch):
+    """With the budget spent before the first row (0 s: making the frame takes longer), no
+    row runs, every selected one is listed as skipped in the table and the JSON, and both
+    files are complete."""
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import device_check
+
+    rows = ["fit_ramps_casertano", "fit_ramps_optimal"]
+    results = device_check.main(["--size", "64", "--repeat", "1", "--budget", "0",
+                                 "--only", *rows, "--out", str(tmp_path)])  # fmt: skip
+    assert results == []
+    data = json.loads((tmp_path / "device_check.json").read_text())
+    assert data["results"] == [] and sorted(data["skipped"]) == sorted(rows)
+    table = (tmp_path / "device_check.md").read_text()
+    for row in rows:
+        assert f"| {row} | skipped: time budget spent |" in table
+    assert not list(tmp_path.glob("*.tmp"))
