@@ -178,9 +178,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="Inject the sources of CATALOG (any astropy-readable table with x, y "
         "[0-based pixels] or ra, dec [deg], and flux [e/s]; optional half_light_radius "
         "[arcsec], n, q, beta for galaxies) into an L2 file written by romanjax or romanisim "
-        "(refitting the touched pixels; a new L2 file of the same kind), or into the "
-        "resultants of an L1 file (romanjax.inject_sources_into_l1; a romanjax L1 file, to be "
-        "fitted with `romanjax fit`).",
+        "(refitting the touched pixels; a new L2 file, in --product-format for romanjax's "
+        "files and as the same datamodel for other Roman L2 files), or into the resultants "
+        "of an L1 file (romanjax.inject_sources_into_l1; a new L1 file in --product-format, "
+        "to be fitted with `romanjax fit`).",
     )  # fmt: skip
     inject.add_argument("l2", type=Path, metavar="FILE.asdf", help="input L2 or L1 file")
     inject.add_argument("catalog", type=Path, metavar="CATALOG", help="source table")
