@@ -21,6 +21,8 @@ __all__ = [
     "release_free_heap",
     "chunks_in_flight",
     "chunk_bytes",
+    "host_frame_chunk_pixels",
+    "HOST_FRAME_MIN_CHUNKS",
     "CPU_CHUNK_BYTES",
     "DEVICE_MEMORY_FRACTION",
     "by_platform",
@@ -140,6 +142,34 @@ def chunk_bytes(devices) -> int:
     if free and len(free) == len(devices):
         return int(max(min(free), 0) * DEVICE_MEMORY_FRACTION * len(devices))
     return CPU_CHUNK_BYTES
+
+
+#: On accelerators a host frame (numpy in, numpy out) is cut into at least this many chunks:
+#: in one chunk its copy to the device, its fit and the copy back run one after another,
+#: while with several the copies of the chunks in flight (:func:`chunks_in_flight`) overlap
+#: the fit of another.
+HOST_FRAME_MIN_CHUNKS = 8
+#: ... into chunks of at least this many pixels per device, below which a chunk's dispatch
+#: and kernel launches cost more than overlapping its copies saves.
+HOST_FRAME_MIN_CHUNK_PIXELS = 2**18
+
+
+def host_frame_chunk_pixels(n_pixels: int, devices=None) -> int | None:
+    """Most pixels per chunk of a host frame of ``n_pixels`` on ``devices`` (default: the
+    local devices; a ``Mesh`` is accepted) for its transfers to overlap the compute:
+    ``ceil(n_pixels / HOST_FRAME_MIN_CHUNKS)``, but at least
+    :data:`HOST_FRAME_MIN_CHUNK_PIXELS` per device; None on CPUs, where the device is the
+    host and there is nothing to transfer (their chunks are sized for the caches instead,
+    :func:`chunk_bytes`)."""
+    if all_cpu(devices):
+        return None
+    if devices is None:
+        count = len(jax.local_devices())
+    elif hasattr(devices, "devices"):  # a Mesh
+        count = int(np.asarray(devices.devices).size)
+    else:
+        count = len(list(devices))
+    return max(-(-n_pixels // HOST_FRAME_MIN_CHUNKS), HOST_FRAME_MIN_CHUNK_PIXELS * count)
 
 
 def by_platform(*operands, cpu, default):

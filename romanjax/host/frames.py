@@ -153,11 +153,18 @@ def balanced_chunk_pixels(n_pixels: int, largest: int, unit: int) -> int:
     return min(-(-per_chunk // unit) * unit, max(largest, unit))
 
 
-def _chunk_size(chunk_pixels, n_pixels, n_resultants, itemsize, n_shards, function):
+def _chunk_size(chunk_pixels, n_pixels, n_resultants, itemsize, n_shards, function,
+                mesh=None):  # fmt: skip
     """Fixed chunk length: a multiple of ``n_shards``, no longer than the padded frame. The
-    default is :func:`default_chunk_pixels` at most, balanced over the chunks."""
+    default is :func:`default_chunk_pixels` at most, balanced over the chunks; for a host
+    frame on accelerators (``mesh`` given) also at most
+    :func:`romanjax._platform.host_frame_chunk_pixels`, so that its transfers overlap the
+    compute."""
     if chunk_pixels is None:
         largest = default_chunk_pixels(n_resultants, itemsize)
+        if mesh is not None:
+            overlap = _platform.host_frame_chunk_pixels(n_pixels, mesh)
+            largest = largest if overlap is None else min(largest, overlap)
         chunk = balanced_chunk_pixels(n_pixels, largest, 1024 * n_shards)
     else:
         if isinstance(chunk_pixels, bool) or int(chunk_pixels) != chunk_pixels or chunk_pixels < 1:
@@ -314,7 +321,10 @@ def fit_frame(resultants: ArrayLike, pattern: ReadPattern, read_noise: ArrayLike
         Pixels per chunk (rounded up to a multiple of the device count). Default: at most
         :func:`default_chunk_pixels` (8 MB of resultants on CPU, 1/64 of free device
         memory per device on accelerators), the frame split into equal chunks of a multiple
-        of 1024 pixels per device so that the last one carries little padding.
+        of 1024 pixels per device so that the last one carries little padding. On
+        accelerators a numpy frame is cut into at least eight chunks (of at least 2**18
+        pixels per device, :func:`romanjax._platform.host_frame_chunk_pixels`), so that
+        the copies of some overlap the fits of others; a device frame is not cut.
     mesh : jax.sharding.Mesh, optional
         Devices to shard each chunk over (the pixel axis is split over all mesh axes).
         Default: a 1-D mesh of ``jax.local_devices()``.
@@ -394,7 +404,8 @@ def fit_frame(resultants: ArrayLike, pattern: ReadPattern, read_noise: ArrayLike
     n_shards = mesh.size
     itemsize = 8 if resultants.dtype == np.float64 and jax.config.jax_enable_x64 else 4
     large = not on_device and resultants.nbytes >= LARGE_FRAME_BYTES
-    chunk = _chunk_size(chunk_pixels, n_pixels, n, itemsize, n_shards, function)
+    chunk = _chunk_size(chunk_pixels, n_pixels, n, itemsize, n_shards, function,
+                        mesh=None if on_device else mesh)  # fmt: skip
     ramp_sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(None, axes))
     pixel_sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(axes))
     chunk_noise = read_noise
@@ -798,7 +809,9 @@ def apportion_frame(key: jax.Array, counts: ArrayLike, pattern: ReadPattern, *,
     chunk_pixels : int, optional
         Pixels per chunk (rounded up to a multiple of the device count); default
         :func:`default_chunk_pixels`, made smaller where that gives each of ``workers`` a
-        chunk.
+        chunk, and for numpy counts on accelerators at most
+        :func:`romanjax._platform.host_frame_chunk_pixels` (at least eight chunks, so that
+        transfers overlap the compute).
     mesh : jax.sharding.Mesh, optional
         Devices to shard over; default all local devices.
     progress : bool
@@ -848,7 +861,8 @@ def apportion_frame(key: jax.Array, counts: ArrayLike, pattern: ReadPattern, *,
     n_shards = mesh.size
     workers = _simulation_workers(workers, mesh, "apportion_frame")
     default_chunk = chunk_pixels is None
-    chunk = _chunk_size(chunk_pixels, n_pixels, n, 4, n_shards, "apportion_frame")
+    chunk = _chunk_size(chunk_pixels, n_pixels, n, 4, n_shards, "apportion_frame",
+                        mesh=None if on_device else mesh)  # fmt: skip
     if default_chunk and workers > 1:  # a whole number of equal chunks per worker
         unit = 1024 * n_shards
         n_chunks = -(-max(-(-n_pixels // chunk), 1) // workers) * workers

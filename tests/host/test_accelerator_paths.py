@@ -137,7 +137,8 @@ def test_array_api_on_the_accelerators_branches_gives_the_cpu_results(accelerato
     assert np.any(np.asarray(want_fits["casertano+jumps"].jump_map))  # cosmic rays found
 
 
-def test_frame_drivers_on_the_accelerators_paths_give_the_cpu_results(accelerators):
+def test_frame_drivers_on_the_accelerators_paths_give_the_cpu_results(accelerators,
+                                                                      monkeypatch):
     """apportion_frame, simulate_frame and fit_frame (numpy in and out, and device arrays in
     and out) on the accelerators' host paths (one worker, three chunks in flight, one pass
     per chunk) and programs, in several chunks: the CPU's draws and fits."""
@@ -154,8 +155,9 @@ def test_frame_drivers_on_the_accelerators_paths_give_the_cpu_results(accelerato
         out = {}
         for method, options in (("casertano", {"detect_jumps": True}), ("likely", {}),
                                 ("optimal", {})):  # fmt: skip
+            # default chunks: one on the CPU, five here (host_frame_chunk_pixels below)
             out[method] = romanjax.fit_frame(resultants, MA4, READ_NOISE, method=method, dq=dq,
-                                             chunk_pixels=chunk, **options)  # fmt: skip
+                                             **options)  # fmt: skip
             out[method + " on device"] = romanjax.fit_frame(
                 jnp.asarray(resultants), MA4, READ_NOISE, method=method, dq=jnp.asarray(dq),
                 chunk_pixels=chunk, **options)  # fmt: skip
@@ -169,6 +171,8 @@ def test_frame_drivers_on_the_accelerators_paths_give_the_cpu_results(accelerato
     want_fits = fits(resultants, want[2])
     taken = accelerators()
     assert _platform.chunks_in_flight() == 3 and _platform.host_workers() == 1
+    monkeypatch.setattr(_platform, "HOST_FRAME_MIN_CHUNK_PIXELS", chunk)
+    assert _platform.host_frame_chunk_pixels(counts.size) == chunk
     got = simulate()
     got_fits = fits(resultants, want[2])
     assert taken["_philox_narrow"] > 0 and taken["_refit_queue"] > 0, taken
@@ -179,3 +183,25 @@ def test_frame_drivers_on_the_accelerators_paths_give_the_cpu_results(accelerato
         kind = jax.Array if name.endswith("on device") else np.ndarray
         assert isinstance(fit.slope, kind), (name, type(fit.slope))
         _assert_fits_agree(fit, want_fits[name])
+
+
+def test_host_frames_are_cut_for_their_transfers_to_overlap_on_accelerators(monkeypatch):
+    """A host frame that one chunk would hold (a GPU's memory budget) is cut into
+    HOST_FRAME_MIN_CHUNKS chunks on accelerators, not on CPUs and not for device data; a
+    small frame keeps chunks of at least HOST_FRAME_MIN_CHUNK_PIXELS."""
+    from romanjax.host import frames
+
+    monkeypatch.setattr(_platform, "chunk_bytes", lambda devices: 2**31)  # 60M pixels of 9
+    mesh, _ = frames._mesh_and_spec(None, "test")
+    n_pixels = 4088 * 4088
+
+    def chunks(n, **kwargs):
+        return -(-n // frames._chunk_size(None, n, 9, 4, mesh.size, "test", **kwargs))
+
+    assert chunks(n_pixels, mesh=mesh) == 1  # CPUs: no transfers to overlap
+    monkeypatch.setattr(_platform, "all_cpu", lambda devices=None: False)
+    assert chunks(n_pixels, mesh=mesh) == _platform.HOST_FRAME_MIN_CHUNKS == 8
+    assert chunks(n_pixels) == 1  # device data (no mesh given): nothing to copy
+    small = 2 * _platform.HOST_FRAME_MIN_CHUNK_PIXELS
+    assert chunks(small, mesh=mesh) == 2
+    assert chunks(512 * 512, mesh=mesh) == 1
