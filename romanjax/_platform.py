@@ -22,6 +22,7 @@ __all__ = [
     "chunks_in_flight",
     "chunk_bytes",
     "host_frame_chunk_pixels",
+    "start_copy_to_host",
     "HOST_FRAME_MIN_CHUNKS",
     "CPU_CHUNK_BYTES",
     "DEVICE_MEMORY_FRACTION",
@@ -170,6 +171,20 @@ def host_frame_chunk_pixels(n_pixels: int, devices=None) -> int | None:
     else:
         count = len(list(devices))
     return max(-(-n_pixels // HOST_FRAME_MIN_CHUNKS), HOST_FRAME_MIN_CHUNK_PIXELS * count)
+
+
+def start_copy_to_host(tree, devices=None):
+    """Off the CPU, start copying the arrays of ``tree`` to the host as soon as they are
+    computed (``jax.Array.copy_to_host_async``), so that one chunk's results travel while
+    later chunks compute and the ``np.asarray`` that collects them finds them there; returns
+    ``tree``. On CPUs (``devices`` all CPUs; default the local devices, a ``Mesh`` is
+    accepted) the arrays are in host memory already: nothing is done."""
+    if not all_cpu(devices):
+        for leaf in jax.tree_util.tree_leaves(tree):
+            copy = getattr(leaf, "copy_to_host_async", None)
+            if copy is not None:
+                copy()
+    return tree
 
 
 def by_platform(*operands, cpu, default):

@@ -62,3 +62,21 @@ def test_is_traced_tells_traced_values_from_concrete_ones():
     jax.vmap(record)(x)
     assert seen == [True, True, True]
     assert not any(_platform.is_traced(v) for v in (x, np.arange(3.0), 2.0, None))
+
+
+def test_start_copy_to_host_only_off_the_cpu(monkeypatch):
+    """Results of a chunk start their copy to the host as soon as they are computed on an
+    accelerator; on CPUs they are host memory already and nothing is called."""
+    calls = []
+
+    class Leaf:
+        def copy_to_host_async(self):
+            calls.append(self)
+
+    tree = {"slope": Leaf(), "flags": [Leaf(), np.zeros(2)]}
+    assert _platform.start_copy_to_host(tree) is tree
+    assert calls == []  # the test machine's devices are CPUs
+    monkeypatch.setattr(_platform, "all_cpu", lambda devices=None: False)
+    _platform.start_copy_to_host(tree)
+    assert len(calls) == 2
+    _platform.start_copy_to_host(jnp.arange(3.0))  # a real array takes it too
