@@ -12,8 +12,9 @@ noise added, 1% of the pixels with a 2000 e jump at a random resultant) is made 
 and stays there. Each row is one call waited for with ``jax.block_until_ready`` after a
 warm-up call that compiles (its time less the best call's is the ``compile`` column, 0.0
 where the program was compiled earlier in the run: ``apportion_counts`` makes the frame);
-the best of ``--repeat`` is reported. The frame-driver rows take numpy in and give numpy
-out (transfers included).
+the best of ``--repeat`` calls is reported (fewer once the time budget is spent: the
+JSON's ``calls``). The frame-driver rows take numpy in and give numpy out (transfers
+included).
 
 Floors, measured the same way on the same device:
 
@@ -23,9 +24,10 @@ Floors, measured the same way on the same device:
 
 Each time is printed with its ratio to the floors, and on a GPU with its target; the table
 (``device_check.md``) and a JSON of the same numbers (``device_check.json``) are written to
-``--out`` after every row, so a run stopped by a time limit keeps what it measured. No row
-starts after ``--budget`` seconds (default 240, so that a full run ends within about five
-minutes even where a row is far off its target); the rows left are listed as skipped.
+``--out`` after every row, so a run stopped by a time limit keeps what it measured (the
+rows still to come marked "not run yet"). No row starts after ``--budget`` seconds
+(default 240, so that a full run ends within about five minutes even where a row is far
+off its target); the rows left are listed as skipped.
 """
 
 from __future__ import annotations
@@ -57,21 +59,23 @@ JUMP_FRACTION = 0.01
 
 
 def timed(function, repeat, deadline=np.inf):
-    """(compile-and-first-call time, best time of ``repeat`` calls) [s]; the repeats stop
-    early once ``time.perf_counter()`` passes ``deadline`` (at least one is made)."""
+    """(compile-and-first-call time, best time of the timed calls [s], their number): up to
+    ``repeat`` calls, stopping early once ``time.perf_counter()`` passes ``deadline`` (at
+    least one is made)."""
     import jax
 
     start = time.perf_counter()
     jax.block_until_ready(function())
     first = time.perf_counter() - start
-    best = np.inf
+    best, calls = np.inf, 0
     for i in range(max(repeat, 1)):
         if i and time.perf_counter() > deadline:
             break
         start = time.perf_counter()
         jax.block_until_ready(function())
         best = min(best, time.perf_counter() - start)
-    return first, best
+        calls += 1
+    return first, best, calls
 
 
 def make_frame(size, seed=2026):
@@ -140,8 +144,9 @@ def rows(pattern, counts, resultants, jumped):
     }  # fmt: skip
 
 
-def table_lines(header, read, write, results, skipped):
-    """The Markdown table of ``results`` (and the rows ``skipped`` for the time budget)."""
+def table_lines(header, read, write, results, skipped, pending=()):
+    """The Markdown table of ``results``, the rows ``skipped`` for the time budget and the
+    rows ``pending`` (not run yet: the table as it stands during the run)."""
     lines = [
         header,
         f"Floors: read {read * 1e3:.3f} ms; read+write {write * 1e3:.3f} ms\n",
@@ -155,6 +160,8 @@ def table_lines(header, read, write, results, skipped):
                      f"| {e['over_read']:.1f}x | {e['over_read_write']:.1f}x | {target} |")
     for name in skipped:
         lines.append(f"| {name} | skipped: time budget spent | | | | |")
+    for name in pending:
+        lines.append(f"| {name} | not run yet | | | | |")
     return lines  # fmt: skip
 
 
@@ -200,14 +207,15 @@ def main(argv=None):
                 if not args.only or name in args.only}  # fmt: skip
     results = []
 
-    def save(skipped):
+    def save(skipped, pending=()):
         # after every row, so that a run stopped by a time limit keeps the rows it made
-        table = "\n".join(table_lines(header, read, write, results, skipped))
+        table = "\n".join(table_lines(header, read, write, results, skipped, pending))
         write_atomically(os.path.join(args.out, "device_check.md"), table + "\n")
         write_atomically(os.path.join(args.out, "device_check.json"), json.dumps(
             {"jax": jax.__version__, "backend": backend, "device": device.device_kind,
              "size": args.size, "floor_read_s": read, "floor_read_write_s": write,
-             "results": results, "skipped": skipped, "argv": sys.argv[1:]}, indent=1))
+             "results": results, "skipped": list(skipped), "not_run_yet": list(pending),
+             "argv": sys.argv[1:] if argv is None else list(argv)}, indent=1))
         return table  # fmt: skip
 
     names = list(selected)
@@ -216,14 +224,16 @@ def main(argv=None):
             print(f"  time budget of {args.budget:.0f} s spent: skipping "
                   f"{', '.join(names[position:])}", flush=True)  # fmt: skip
             break
-        first, best = timed(selected[name], args.repeat, deadline)
+        first, best, calls = timed(selected[name], args.repeat, deadline)
         target = GPU_TARGETS.get(name) if backend == "gpu" else None
-        entry = {"row": name, "time_s": best, "compile_s": max(first - best, 0.0),
+        entry = {"row": name, "time_s": best, "calls": calls,
+                 "compile_s": max(first - best, 0.0),
                  "over_read": best / read, "over_read_write": best / write,
                  "target_s": target, "meets_target": None if target is None else best <= target}
         results.append(entry)  # fmt: skip
-        print(f"  {name}: {best * 1e3:.2f} ms (first call {first:.2f} s)", flush=True)
-        save(names[position + 1:])
+        print(f"  {name}: {best * 1e3:.2f} ms (best of {calls}; first call {first:.2f} s)",
+              flush=True)  # fmt: skip
+        save((), names[position + 1:])
     table = save(names[len(results):])
     print("\n" + table, flush=True)
     return results

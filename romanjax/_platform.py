@@ -24,6 +24,7 @@ __all__ = [
     "host_frame_chunk_pixels",
     "start_copy_to_host",
     "HOST_FRAME_MIN_CHUNKS",
+    "HOST_FRAME_MIN_CHUNK_PIXELS",
     "CPU_CHUNK_BYTES",
     "DEVICE_MEMORY_FRACTION",
     "by_platform",
@@ -162,14 +163,15 @@ def host_frame_chunk_pixels(n_pixels: int, devices=None) -> int | None:
     :data:`HOST_FRAME_MIN_CHUNK_PIXELS` per device; None on CPUs, where the device is the
     host and there is nothing to transfer (their chunks are sized for the caches instead,
     :func:`chunk_bytes`)."""
+    if devices is None:
+        devices = jax.local_devices()
+    elif hasattr(devices, "devices"):  # a Mesh
+        devices = list(np.asarray(devices.devices).flat)
+    else:
+        devices = list(devices)
     if all_cpu(devices):
         return None
-    if devices is None:
-        count = len(jax.local_devices())
-    elif hasattr(devices, "devices"):  # a Mesh
-        count = int(np.asarray(devices.devices).size)
-    else:
-        count = len(list(devices))
+    count = len(devices)
     return max(-(-n_pixels // HOST_FRAME_MIN_CHUNKS), HOST_FRAME_MIN_CHUNK_PIXELS * count)
 
 

@@ -162,10 +162,12 @@ def _chunk_size(chunk_pixels, n_pixels, n_resultants, itemsize, n_shards, functi
     compute."""
     if chunk_pixels is None:
         largest = default_chunk_pixels(n_resultants, itemsize)
+        unit = 1024 * n_shards
         if mesh is not None:
             overlap = _platform.host_frame_chunk_pixels(n_pixels, mesh)
-            largest = largest if overlap is None else min(largest, overlap)
-        chunk = balanced_chunk_pixels(n_pixels, largest, 1024 * n_shards)
+            if overlap is not None:  # a whole number of units, as every chunk
+                largest = min(largest, -(-overlap // unit) * unit)
+        chunk = balanced_chunk_pixels(n_pixels, largest, unit)
     else:
         if isinstance(chunk_pixels, bool) or int(chunk_pixels) != chunk_pixels or chunk_pixels < 1:
             raise ValueError(
@@ -326,7 +328,7 @@ def fit_frame(resultants: ArrayLike, pattern: ReadPattern, read_noise: ArrayLike
         of 1024 pixels per device so that the last one carries little padding. On
         accelerators a numpy frame is cut into at least eight chunks (of at least 2**18
         pixels per device, :func:`romanjax._platform.host_frame_chunk_pixels`), so that
-        the copies of some overlap the fits of others; a device frame is not cut.
+        the copies of some overlap the fits of others; a device frame is not cut further.
     mesh : jax.sharding.Mesh, optional
         Devices to shard each chunk over (the pixel axis is split over all mesh axes).
         Default: a 1-D mesh of ``jax.local_devices()``.
@@ -937,7 +939,9 @@ def simulate_frame(key: jax.Array, counts: ArrayLike, pattern: ReadPattern, *,
         Integer total counts per pixel [e].
     pattern : ReadPattern
     chunk_pixels, mesh, progress, workers
-        As :func:`apportion_frame` (chunks are rounded up to whole blocks per device).
+        As :func:`apportion_frame` (chunks are rounded up to whole blocks per device), but
+        the default chunks of a numpy frame are not cut smaller on accelerators (a part's
+        cosmic rays cost a margin of track slots whatever its size).
     rng_block : int or None
         Approximate pixels per block (default: a chunk's share of each device): the unit of
         one simulate_l1 call within a chunk. The values do not depend on it.

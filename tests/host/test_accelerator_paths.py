@@ -4,8 +4,10 @@ what a GPU or TPU takes, the results compared with the CPU's.
 romanjax picks per platform in one module (:mod:`romanjax._platform`): inside the programs
 ``by_platform`` (the CPU's materialising loops, blocked refits, float64 ``log k!`` table,
 64-bit Philox products and nested redraws, or the accelerators' barriers, work queues and
-flat loops), on the host ``all_cpu`` and ``kernel_chunk_pixels`` (one pass instead of
-cache-sized chunks, three chunks in flight instead of two, one host worker). The lowering
+flat loops), on the host ``all_cpu`` and ``kernel_chunk_pixels`` (three chunks in flight
+instead of two, one host worker, numpy frames cut for their copies to overlap the fits, one
+pass instead of cache-sized chunks: the arrays here are smaller than one such chunk, so both
+sides run one pass and compare programs of one shape). The lowering
 tests count what the accelerators' programs hold; these run them. Each branch is written to
 give the CPU's results: the draws are keyed by pixel and attempt, the fits are the same
 arithmetic. The one documented difference is the CPU's float64 ``log k!`` table in the
@@ -140,24 +142,25 @@ def test_array_api_on_the_accelerators_branches_gives_the_cpu_results(accelerato
 def test_frame_drivers_on_the_accelerators_paths_give_the_cpu_results(accelerators,
                                                                       monkeypatch):
     """apportion_frame, simulate_frame and fit_frame (numpy in and out, and device arrays in
-    and out) on the accelerators' host paths (one worker, three chunks in flight, one pass
-    per chunk) and programs, in several chunks: the CPU's draws and fits."""
+    and out) on the accelerators' host paths (one worker; for fit_frame and apportion_frame
+    three chunks in flight, early copies back and, for a numpy frame by default, the chunks
+    cut for overlap) and programs, in several chunks: the CPU's draws and fits. The CPU's
+    reference fits use chunks of the same length, so both sides run programs of one shape."""
     counts = _scene(64 * 80, seed=2).reshape(64, 80)
     key = jax.random.key(5)
-    chunk = 1024  # five chunks
+    chunk = 1024 * jax.local_device_count()  # five chunks on one device
 
     def simulate():
         apportioned = romanjax.apportion_frame(key, counts, MA4, chunk_pixels=chunk)
         l1 = romanjax.simulate_frame(key, counts, MA4, chunk_pixels=chunk)
         return np.asarray(apportioned), np.asarray(l1.resultants), np.asarray(l1.dq)
 
-    def fits(resultants, dq):
+    def fits(resultants, dq, numpy_chunk):
         out = {}
         for method, options in (("casertano", {"detect_jumps": True}), ("likely", {}),
                                 ("optimal", {})):  # fmt: skip
-            # default chunks: one on the CPU, five here (host_frame_chunk_pixels below)
             out[method] = romanjax.fit_frame(resultants, MA4, READ_NOISE, method=method, dq=dq,
-                                             **options)  # fmt: skip
+                                             chunk_pixels=numpy_chunk, **options)  # fmt: skip
             out[method + " on device"] = romanjax.fit_frame(
                 jnp.asarray(resultants), MA4, READ_NOISE, method=method, dq=jnp.asarray(dq),
                 chunk_pixels=chunk, **options)  # fmt: skip
@@ -168,13 +171,14 @@ def test_frame_drivers_on_the_accelerators_paths_give_the_cpu_results(accelerato
         jax.clear_caches()
         want = simulate()
     resultants = (want[1] * 2.0).astype(np.float32)
-    want_fits = fits(resultants, want[2])
+    want_fits = fits(resultants, want[2], chunk)
     taken = accelerators()
     assert _platform.chunks_in_flight() == 3 and _platform.host_workers() == 1
-    monkeypatch.setattr(_platform, "HOST_FRAME_MIN_CHUNK_PIXELS", chunk)
+    # the numpy fits take the default chunks, cut for overlap to the reference's length
+    monkeypatch.setattr(_platform, "HOST_FRAME_MIN_CHUNK_PIXELS", 1024)
     assert _platform.host_frame_chunk_pixels(counts.size) == chunk
     got = simulate()
-    got_fits = fits(resultants, want[2])
+    got_fits = fits(resultants, want[2], None)
     assert taken["_philox_narrow"] > 0 and taken["_refit_queue"] > 0, taken
     np.testing.assert_array_equal(got[0], want[0])
     np.testing.assert_array_equal(got[2], want[2])
@@ -202,6 +206,8 @@ def test_host_frames_are_cut_for_their_transfers_to_overlap_on_accelerators(monk
     monkeypatch.setattr(_platform, "all_cpu", lambda devices=None: False)
     assert chunks(n_pixels, mesh=mesh) == _platform.HOST_FRAME_MIN_CHUNKS == 8
     assert chunks(n_pixels) == 1  # device data (no mesh given): nothing to copy
-    small = 2 * _platform.HOST_FRAME_MIN_CHUNK_PIXELS
+    small = 2 * _platform.HOST_FRAME_MIN_CHUNK_PIXELS * mesh.size
     assert chunks(small, mesh=mesh) == 2
+    assert frames._chunk_size(None, n_pixels, 9, 4, mesh.size, "test", mesh=mesh) % (
+        1024 * mesh.size) == 0  # whole units of 1024 pixels per device
     assert chunks(512 * 512, mesh=mesh) == 1

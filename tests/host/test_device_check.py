@@ -20,7 +20,8 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_device_check_runs_with_jax_and_numpy_only(tmp_path):
     script = textwrap.dedent(f"""
         import sys
-        sys.argv = ["device_check.py", "--size", "512", "--repeat", "1", "--out", {str(tmp_path)!r}]
+        sys.argv = ["device_check.py", "--size", "512", "--repeat", "1", "--budget", "1e9",
+                    "--out", {str(tmp_path)!r}]
         sys.path.insert(0, {str(ROOT / "benchmarks")!r})
         import device_check
         results = device_check.main()
