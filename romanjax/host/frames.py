@@ -40,7 +40,7 @@ import math
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from functools import lru_cache
+from functools import lru_cache, partial
 from importlib import import_module
 from typing import TYPE_CHECKING
 
@@ -178,13 +178,22 @@ def _chunk_size(chunk_pixels, n_pixels, n_resultants, itemsize, n_shards, functi
     return -(-chunk // n_shards) * n_shards
 
 
+@partial(jax.jit, static_argnames=("length",))
+def _device_window(array, start, length):
+    """``array[..., start:start + length]`` with ``start`` traced: one program for every
+    chunk of a frame (a slice at a static start is a program of its own per chunk)."""
+    return jax.lax.dynamic_slice_in_dim(array, start, length, axis=array.ndim - 1)
+
+
 def _flat_slice(array, lead: int, start: int, stop: int) -> np.ndarray:
     """``array.reshape(*array.shape[:lead], -1)[..., start:stop]`` without copying the
     whole array when it is not C-contiguous (e.g. a broadcast view): only the slab of the
     first pixel axis that holds the range is reshaped. Device arrays are sliced on the
-    device."""
+    device; pass them flat already (a reshape of a device array is a copy of all of it, one
+    per chunk)."""
     if isinstance(array, jax.Array):
-        return array.reshape(array.shape[:lead] + (-1,))[..., start:stop]
+        flat = array.reshape(array.shape[:lead] + (-1,))  # the array itself when flat
+        return _device_window(flat, np.int32(start), length=stop - start)
     pixels = array.shape[lead:]
     if len(pixels) <= 1:
         return array.reshape(array.shape[:lead] + (-1,))[..., start:stop]
@@ -403,6 +412,10 @@ def fit_frame(resultants: ArrayLike, pattern: ReadPattern, read_noise: ArrayLike
         resultants = resultants.reshape(n, 1)
         dq = None if dq is None else dq.reshape(n, 1)
         pixel_kwargs = {k: v.reshape(1) for k, v in pixel_kwargs.items()}
+    elif on_device:  # flat once: each reshape of a device array copies all of it
+        resultants = resultants.reshape(n, -1)
+        dq = None if dq is None else dq.reshape(n, -1)
+        pixel_kwargs = {k: v.reshape(-1) for k, v in pixel_kwargs.items()}
 
     mesh, axes = _mesh_and_spec(mesh, function)
     n_shards = mesh.size
