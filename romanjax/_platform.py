@@ -81,14 +81,19 @@ CPU_CHUNK_BYTES = 8 * 2**20
 DEVICE_MEMORY_FRACTION = 1 / 64
 
 
+def _device_list(devices=None) -> list:
+    """``devices`` as a list (default: the local devices; a ``Mesh`` gives its devices)."""
+    if devices is None:
+        return jax.local_devices()
+    if hasattr(devices, "devices"):  # a Mesh
+        return list(np.asarray(devices.devices).flat)
+    return list(devices)
+
+
 def all_cpu(devices=None) -> bool:
     """Whether every device of ``devices`` (default: the local devices; a ``Mesh`` is
     accepted) is a CPU."""
-    if devices is None:
-        devices = jax.local_devices()
-    elif hasattr(devices, "devices"):  # a Mesh
-        devices = np.asarray(devices.devices).flat
-    return all(device.platform == "cpu" for device in devices)
+    return all(device.platform == "cpu" for device in _device_list(devices))
 
 
 def usable_cores() -> int:
@@ -163,16 +168,10 @@ def host_frame_chunk_pixels(n_pixels: int, devices=None) -> int | None:
     :data:`HOST_FRAME_MIN_CHUNK_PIXELS` per device; None on CPUs, where the device is the
     host and there is nothing to transfer (their chunks are sized for the caches instead,
     :func:`chunk_bytes`)."""
-    if devices is None:
-        devices = jax.local_devices()
-    elif hasattr(devices, "devices"):  # a Mesh
-        devices = list(np.asarray(devices.devices).flat)
-    else:
-        devices = list(devices)
+    devices = _device_list(devices)
     if all_cpu(devices):
         return None
-    count = len(devices)
-    return max(-(-n_pixels // HOST_FRAME_MIN_CHUNKS), HOST_FRAME_MIN_CHUNK_PIXELS * count)
+    return max(-(-n_pixels // HOST_FRAME_MIN_CHUNKS), HOST_FRAME_MIN_CHUNK_PIXELS * len(devices))
 
 
 def start_copy_to_host(tree, devices=None):

@@ -895,7 +895,7 @@ def apportion_frame(key: jax.Array, counts: ArrayLike, pattern: ReadPattern, *,
 
     def submit(start):
         stop = min(start + chunk, n_pixels)
-        out = run(key, _pad_last(flat[start:stop], chunk), np.uint32(start))
+        out = run(key, _pad_last(_flat_slice(flat, 0, start, stop), chunk), np.uint32(start))
         if not on_device:  # numpy out: the copy back starts when the chunk is done
             _platform.start_copy_to_host(out, mesh)
         return start, stop, out
