@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
 
+from .. import _platform
 from .. import dq as dqflags
 from .._platform import materialise
 from .._read_pattern import ReadPattern
@@ -46,6 +47,7 @@ from ..kernels.queue import compact
 from ._common import (
     RampFit,
     exclude_non_finite,
+    flag_words,
     map_pixels,
     mark_left_out,
     pack_flags,
@@ -252,16 +254,57 @@ def _optimal_rows(differences, read_noise, flux_estimate, *, pattern, grid):
     return pedestal, slope, var_read, var_poisson
 
 
+@partial(jax.jit, static_argnames=("pattern", "grid"))
+def _refit_non_finite(outputs, flat, read_noise, *flux_estimate, pattern, grid):
+    """The whole-ramp fit's ``outputs`` (pedestal, slope ``[m]``; the read, Poisson and total
+    variance entries, lists of three ``[m]``) of device data, with every pixel that has a
+    non-finite resultant in ``flat`` (``[n, m]``) zeroed and then refitted from its finite
+    resultants by the masked fit, as many as fit one fixed-size batch
+    (:func:`~._common.refit_capacity`); the rest stay unfitted. Returns the outputs and the
+    :attr:`RampFit.flags` words ``[flag_words(n), m]`` (unfitted and left-out bits).
+
+    One ``jax.jit``: the platform branches that call it trace it once."""
+    n, npix = flat.shape
+    unusable = ~jnp.all(jnp.isfinite(flat), axis=0)
+    zero = jnp.zeros((), flat.dtype)
+    pedestal, slope, var_read, var_poisson, var_total = jax.tree_util.tree_map(
+        lambda value: jnp.where(unusable, zero, value), outputs)
+    index = compact(unusable, refit_capacity(npix))
+    take = jnp.minimum(index, npix - 1)
+    sub, sub_dq, _ = exclude_non_finite(flat[:, take], jnp.zeros((n, take.shape[0]), jnp.uint32))
+    low, high, _ = grid
+    par, var, fitted = _optimal_dq_kernel(
+        sub, sub_dq, read_noise[take], flux_estimate[0][take] if flux_estimate else None,
+        pattern=pattern, x_low=10.0**low, x_high=10.0**high)  # fmt: skip
+
+    def put(values, new):
+        return values.at[index].set(new, mode="drop")
+
+    entries = ((0, 0), (0, 1), (1, 1))  # pedestal variance, covariance, slope variance
+    pedestal, slope = put(pedestal, par[0]), put(slope, par[1])
+    var_read, var_poisson, var_total = (
+        [put(v, new[e]) for v, e in zip(values, entries, strict=True)]
+        for values, new in zip((var_read, var_poisson, var_total), var, strict=True))
+    unusable = unusable.at[index].set(~fitted, mode="drop")
+    flags = mark_left_out(unfitted_flags(unusable, n), ~jnp.isfinite(flat))
+    return (pedestal, slope, var_read, var_poisson, var_total), flags
+
+
 @partial(jax.jit, static_argnames=("pattern", "grid", "flag_non_finite"))
 def _fit_optimal(resultants, read_noise, flux_estimate, *, pattern, grid, flag_non_finite=False):
     """The dq=None fit: the interpolated GLS of :func:`_optimal_rows` as ``[*pixels]`` rows.
 
     ``flag_non_finite`` (device data): a pixel with a non-finite resultant is refitted from
     its finite resultants by the masked fit, in one fixed-size batch
-    (:func:`~._common.refit_capacity`); pixels beyond the batch are not fitted (zeros, the
-    unfitted flag) rather than NaN. The test reads the resultants (a reduction XLA fuses
-    with the differences); testing the outputs instead would make every output depend on
-    all the others, which XLA answers by recomputing the weights per output."""
+    (:func:`_refit_non_finite`); pixels beyond the batch are not fitted (zeros, the
+    unfitted flag) rather than NaN. The test reads the resultants; testing the outputs
+    instead would make every output depend on all the others, which XLA answers by
+    recomputing the weights per output. On CPUs all of it sits in a conditional on whether
+    any resultant is non-finite: a frame without one costs one more read of the resultants,
+    where the zeroing and the batch's scatters into the outputs would keep XLA from
+    computing the outputs in one fused pass (their shared weights are then written out and
+    read back) and double the fit's time. Accelerators run it unconditionally (a
+    conditional would copy its predicate to the host)."""
     n = pattern.n_resultants
     pixels = resultants.shape[1:]
     flat = resultants.reshape(n, -1)
@@ -274,37 +317,21 @@ def _fit_optimal(resultants, read_noise, flux_estimate, *, pattern, grid, flag_n
     var_total = [a + b for a, b in zip(var_read, var_poisson, strict=True)]
     flags = None
     if flag_non_finite:
-        unusable = ~jnp.all(jnp.isfinite(flat), axis=0)
-        zero = jnp.zeros((), slope.dtype)
+        outputs = (pedestal, slope, var_read, var_poisson, var_total)
+        columns = [flat, read_noise.reshape(-1)]
+        if flux_estimate is not None:
+            columns.append(flux_estimate)
+        refit = partial(_refit_non_finite, pattern=pattern, grid=grid)
 
-        def clear(values):
-            return [jnp.where(unusable, zero, value) for value in values]
+        def when_finite(outputs, *columns):  # nothing to refit or flag
+            return outputs, jnp.zeros((flag_words(n), flat.shape[1]), jnp.uint32)
 
-        pedestal, slope = clear([pedestal, slope])
-        var_read, var_poisson, var_total = clear(var_read), clear(var_poisson), clear(var_total)
-        # refit those pixels from their finite resultants (the masked fit), as many as fit
-        # one fixed-size batch; the rest stay unfitted
-        npix = flat.shape[1]
-        index = compact(unusable, refit_capacity(npix))
-        take = jnp.minimum(index, npix - 1)
-        sub = flat[:, take]
-        sub, sub_dq, _ = exclude_non_finite(sub, jnp.zeros(sub.shape, jnp.uint32))
-        low, high, _ = grid
-        par, var, fitted = _optimal_dq_kernel(
-            sub, sub_dq, read_noise.reshape(-1)[take],
-            None if flux_estimate is None else flux_estimate[take], pattern=pattern,
-            x_low=10.0**low, x_high=10.0**high)  # fmt: skip
+        def on_cpu(outputs, *columns):  # a conditional costs nothing on a CPU
+            return jax.lax.cond(jnp.any(~jnp.isfinite(flat)), refit, when_finite, outputs,
+                                *columns)  # fmt: skip
 
-        def put(values, new):
-            return values.at[index].set(new, mode="drop")
-
-        pedestal, slope = put(pedestal, par[0]), put(slope, par[1])
-        entries = ((0, 0), (0, 1), (1, 1))  # pedestal variance, covariance, slope variance
-        var_read = [put(v, var[0][e]) for v, e in zip(var_read, entries, strict=True)]
-        var_poisson = [put(v, var[1][e]) for v, e in zip(var_poisson, entries, strict=True)]
-        var_total = [put(v, var[2][e]) for v, e in zip(var_total, entries, strict=True)]
-        unusable = unusable.at[index].set(~fitted, mode="drop")
-        flags = mark_left_out(unfitted_flags(unusable, n), ~jnp.isfinite(flat))
+        outputs, flags = _platform.by_platform(outputs, *columns, cpu=on_cpu, default=refit)
+        pedestal, slope, var_read, var_poisson, var_total = outputs
         flags = flags.reshape(flags.shape[:1] + pixels)
 
     def rows(values):
