@@ -7,8 +7,8 @@ multinomial with probabilities ``dt_j / T``, and resultant ``i`` is the mean of 
 cumulative counts ``C_j`` of its reads: ``R_i = mean_{j in resultant i} C_j``. romanisim's
 ``apportion_counts_to_resultants`` (Casertano 2022; romanisim ``l1.py``) draws it read by
 read, ``c_j ~ Binomial(K - sum_{l<j} c_l, dt_j / (T - t_{j-1}))``; :func:`read_scan` does
-the same (used by :func:`romanjax.simulate_l1`, whose inverse non-linearity needs every
-read).
+the same (used by :func:`romanjax.simulate_l1` when it applies an inverse non-linearity,
+which needs every read).
 
 :func:`apportion_counts` draws the same joint distribution with fewer binomials, sampling
 resultants directly (the seed's suggestion). A photon arriving in group ``g`` (the time from
@@ -132,7 +132,7 @@ def with_table_on_cpu(function, *operands):
 
 
 def read_scan(key, counts, pattern: ReadPattern, dtype, per_read=None, carry0=None,
-              element=None, table=False):
+              element=None, table=False, draws=True):
     """Walk the reads of ``pattern`` drawing the photons of each read interval.
 
     Parameters
@@ -149,6 +149,9 @@ def read_scan(key, counts, pattern: ReadPattern, dtype, per_read=None, carry0=No
         Global pixel indices of the random streams (default ``0..npix-1``).
     table : bool
         First binomial attempts use the float64 ``log k!`` table (:func:`binomial`).
+    draws : bool
+        False: draw no photons (the cumulative count ``per_read`` gets stays 0), for charge
+        that is added to photons drawn otherwise.
 
     Returns
     -------
@@ -167,10 +170,11 @@ def read_scan(key, counts, pattern: ReadPattern, dtype, per_read=None, carry0=No
     def body(state, xs):
         remaining, cumulative, total, flag, out, out_flags, carry = state
         p, j, i, last, inv_n = xs
-        draw = binomial(jax.random.fold_in(key, j), remaining, p, dtype, element, table)
-        draw = jnp.where(j == j_last, remaining, draw)  # the last read takes what is left
-        remaining = remaining - draw
-        cumulative = cumulative + draw
+        if draws:
+            draw = binomial(jax.random.fold_in(key, j), remaining, p, dtype, element, table)
+            draw = jnp.where(j == j_last, remaining, draw)  # the last read takes what is left
+            remaining = remaining - draw
+            cumulative = cumulative + draw
         if per_read is None:
             value = cumulative.astype(dtype)
         else:

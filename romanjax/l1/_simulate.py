@@ -27,8 +27,14 @@ from ..kernels.effects import (
     cosmic_ray_tracks,
     dark_decay_resultants,
 )
-from ..kernels.rng import key_words, standard_normal
-from ._apportion import check_counts, counts_as_int32, read_scan, with_table_on_cpu
+from ..kernels.rng import in_a_buffer, key_words, standard_normal
+from ._apportion import (
+    check_counts,
+    counts_as_int32,
+    factorised_scan,
+    read_scan,
+    with_table_on_cpu,
+)
 from ._persistence import PersistenceParams, PersistenceState, _check_host, _check_state
 from ._persistence import _params as persistence_params_or_default
 from ._persistence import _read as persistence_read_kernel
@@ -147,8 +153,30 @@ def _simulate(key, counts, read_noise, gain, pedestal, pedestal_noise, saturatio
         return read_scan(key, flat, pattern, dtype, per_read=per_read, carry0=instrumental,
                          element=element, table=table)
 
-    resultants, hits, charge = with_table_on_cpu(photons, jax.random.fold_in(key, _PHOTONS),
-                                                 flat, instrumental)  # fmt: skip
+    photon_key = jax.random.fold_in(key, _PHOTONS)
+    if inv_lin is None:
+        # a resultant is then linear in the charge: the photons' resultants are drawn
+        # resultant by resultant (apportion_counts' factorised draws, about half as many
+        # binomials as reads) and the other charge, which draws no photons, is averaged over
+        # the reads on its own
+        resultants = with_table_on_cpu(
+            lambda key, flat, element, table: factorised_scan(key, flat, pattern, dtype,
+                                                              element, table),
+            photon_key, flat, element)  # fmt: skip
+        # the charge that is the same in every read, in a buffer of its own: how XLA fuses
+        # this sum with what follows could otherwise differ with and without the other
+        # charge below, and with it the rounding
+        resultants = in_a_buffer(lambda _, r, i: r + i, element, resultants, instrumental)
+        hits, charge = jnp.zeros(resultants.shape, bool), instrumental
+        if crparams is not None or persistence is not None:
+            # the cosmic rays' and persistence's charge, from 0: a pixel without any gets
+            # exactly the resultants of a simulation without them
+            other, hits, extra = read_scan(photon_key, flat, pattern, dtype,
+                                           per_read=per_read, carry0=jnp.zeros_like(instrumental),
+                                           element=element, draws=False)  # fmt: skip
+            resultants, charge = resultants + other, instrumental + extra
+    else:  # the non-linearity needs every read's photons: drawn read by read
+        resultants, hits, charge = with_table_on_cpu(photons, photon_key, flat, instrumental)
     new_state = None
     if persistence is not None:
         # romanisim: every electron the pixel collected (photons, cosmic rays, persistence,
@@ -226,7 +254,9 @@ def simulate_l1(key: jax.Array, counts: ArrayLike, pattern: ReadPattern, *,
                 ) -> L1 | tuple:  # fmt: skip
     """Simulate an L1 ramp from total electrons, as romanisim's ``make_l1``.
 
-    Order: apportion the photons read by read (:func:`romanjax.apportion_counts`), add the
+    Order: apportion the photons over the reads (:func:`romanjax.apportion_counts`' draws
+    without ``inverse_linearity``, which needs every read's photons and so draws them read
+    by read, from other random numbers), add the
     pedestal plus one N(0, pedestal_noise) draw per pixel (identical in every resultant),
     add cosmic-ray charge and then persistence charge per read to the same non-photon
     buffer (so later reads keep it), apply the inverse non-linearity per read, average reads

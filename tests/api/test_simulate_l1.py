@@ -119,13 +119,14 @@ def test_cosmic_ray_mean_charge_matches_the_model():
 
 def test_inverse_linearity_applied_to_every_read():
     """Single-read resultants: the non-linear output equals the polynomial (in DN) of the
-    linear output, read by read; the photon draws are unchanged (separate keys)."""
+    linear output, read by read. The linear output is that of the identity polynomial, so
+    that both draw their photons read by read, from the same random numbers."""
     pattern = romanjax.ReadPattern([[1], [2], [4], [7], [8]])
     counts = np.random.default_rng(0).integers(0, 60_000, 5000)
     gain = 1.0  # so the rounded linear output is the exact electron count per read
     coefficients = np.array([3.0, 0.98, 4e-7, -2e-12])  # constant first, DN
     kw = dict(read_noise=0.0, gain=gain, pedestal=0.0, pedestal_noise=0.0, saturation=1e9)
-    linear = simulate_l1(jax.random.key(8), counts, pattern, **kw)
+    linear = simulate_l1(jax.random.key(8), counts, pattern, inverse_linearity=[0.0, 1.0], **kw)
     bent = simulate_l1(jax.random.key(8), counts, pattern, inverse_linearity=coefficients, **kw)
     dn = np.asarray(linear.resultants, np.float64)  # integer electrons = DN, exact
     expected = np.polynomial.polynomial.polyval(dn, coefficients)
