@@ -543,6 +543,44 @@ def _coefficients(resultants, dq, words, read_noise, pattern):
     return stack_rows(seg["coefficients"]), seg["coeff"]
 
 
+@partial(jax.jit, static_argnames=("pattern", "intercept", "constant"))
+def _refit_non_finite(slope, var_read, var_poisson, words, flat, read_noise, unusable, *,
+                      pattern, intercept, constant):  # fmt: skip
+    """The whole-ramp fit (``slope``, ``var_read``, ``var_poisson`` ``[m]``, flag ``words``
+    ``[flag_words(n), m]``) of device data, with every pixel that has a non-finite
+    resultant in ``flat`` (``[n, m]``; ``unusable [m]``) zeroed and then refitted from its
+    finite resultants
+    (sub-ramps between them), as many as fit one fixed-size batch
+    (:func:`~._common.refit_capacity`; on CPUs only the blocks of it that hold such pixels,
+    :func:`~._common.refit_batch`); the rest stay unfitted (the unfitted bit). The
+    non-finite resultants get their left-out bits.
+
+    One ``jax.jit``: the platform branches that call it trace it once."""
+    n, npix = flat.shape
+    zero = jnp.zeros((), slope.dtype)
+    slope, var_read, var_poisson = (jnp.where(unusable, zero, value)
+                                    for value in (slope, var_read, var_poisson))
+    if n >= 2:
+        index = _compact(unusable, refit_capacity(npix))
+
+        def refit(form):
+            def run(sub, sub_rn):
+                good = jnp.isfinite(sub)
+                return _general(jnp.where(good, sub, 0), good, sub_rn * sub_rn, pattern,
+                                False, intercept, constant, form=form)[:4]  # fmt: skip
+
+            return run
+
+        s, vr, c, fitted = refit_batch(index, refit(None), refit(CPU_REFIT_FORM), flat,
+                                       read_noise)  # fmt: skip
+        slope = slope.at[index].set(s, mode="drop")
+        var_read = var_read.at[index].set(vr, mode="drop")
+        var_poisson = var_poisson.at[index].set(c * jnp.maximum(s, 0), mode="drop")
+        unusable = unusable.at[index].set(~fitted, mode="drop")
+    return slope, var_read, var_poisson, mark_left_out(unfitted_flags(unusable, n, words),
+                                                       ~jnp.isfinite(flat))  # fmt: skip
+
+
 @partial(
     jax.jit,
     static_argnames=("pattern", "has_dq", "detect_jumps", "intercept", "constant",
@@ -556,9 +594,10 @@ def _fit_casertano(resultants, dq, read_noise, *, pattern, has_dq, detect_jumps,
     # device data on the whole-ramp path (no dq, no jump detection): a pixel with a
     # non-finite resultant is refitted from its finite ones in one fixed-size batch
     # (refit_capacity); any beyond it is not fitted (zeros, DO_NOT_USE), never NaN. The
-    # test reads the resultants (a reduction fused with the fit's own reads); testing the
-    # outputs instead makes each output depend on the others, which XLA answers with
-    # recomputation.
+    # test reads the resultants; testing the outputs instead makes each output depend on
+    # the others, which XLA answers with recomputation. On CPUs the zeroing, refit and
+    # flags sit in a conditional on whether any resultant is non-finite (a clean frame
+    # costs one more read of the resultants, not the scatters into every output).
     check_outputs = flag_non_finite and not (has_dq or detect_jumps)
     # dq None: the zero flags are made here, inside the jit (fused, never read from memory)
     flat_dq = jnp.zeros(flat.shape, jnp.uint32) if dq is None else dq.reshape(n, -1)
@@ -595,32 +634,21 @@ def _fit_casertano(resultants, dq, read_noise, *, pattern, has_dq, detect_jumps,
     if has_dq or detect_jumps or n < 2:
         flags = words if left_out is None else mark_left_out(words, left_out)
     if check_outputs:
-        left_out = ~jnp.isfinite(flat)
-        unusable = jnp.any(left_out, axis=0)
-        zero = jnp.zeros((), slope.dtype)
-        slope, var_read, var_poisson = (jnp.where(unusable, zero, value)
-                                        for value in (slope, var_read, var_poisson))
-        if n >= 2:
-            # refit those pixels from their finite resultants (sub-ramps between them), as
-            # many as fit one fixed-size batch; the rest stay unfitted
-            npix = flat.shape[1]
-            index = _compact(unusable, refit_capacity(npix))
+        npix = flat.shape[1]
+        words = jnp.zeros((flag_words(n), npix), jnp.uint32) if flags is None else flags
+        fix = partial(_refit_non_finite, pattern=pattern, intercept=intercept,
+                      constant=constant)  # fmt: skip
 
-            def refit(form):
-                def run(sub, sub_rn):
-                    good = jnp.isfinite(sub)
-                    return _general(jnp.where(good, sub, 0), good, sub_rn * sub_rn, pattern,
-                                    False, intercept, constant, form=form)[:4]  # fmt: skip
+        def when_finite(slope, var_read, var_poisson, words, *_):
+            return slope, var_read, var_poisson, words
 
-                return run
+        def on_cpu(*operands):  # a conditional costs nothing on a CPU
+            return jax.lax.cond(jnp.any(operands[-1]), fix, when_finite, *operands)
 
-            s, vr, c, fitted = refit_batch(index, refit(None), refit(CPU_REFIT_FORM), flat,
-                                           flat_rn)  # fmt: skip
-            slope = slope.at[index].set(s, mode="drop")
-            var_read = var_read.at[index].set(vr, mode="drop")
-            var_poisson = var_poisson.at[index].set(c * jnp.maximum(s, 0), mode="drop")
-            unusable = unusable.at[index].set(~fitted, mode="drop")
-        flags = mark_left_out(unfitted_flags(unusable, n, flags), left_out)
+        unusable = ~jnp.all(jnp.isfinite(flat), axis=0)
+        slope, var_read, var_poisson, flags = _platform.by_platform(
+            slope, var_read, var_poisson, words, flat, flat_rn, unusable, cpu=on_cpu,
+            default=fix)  # fmt: skip
     if flags is not None:
         flags = flags.reshape(flags.shape[:1] + pixels)
     return RampFit(

@@ -255,17 +255,17 @@ def _optimal_rows(differences, read_noise, flux_estimate, *, pattern, grid):
 
 
 @partial(jax.jit, static_argnames=("pattern", "grid"))
-def _refit_non_finite(outputs, flat, read_noise, *flux_estimate, pattern, grid):
+def _refit_non_finite(outputs, unusable, flat, read_noise, *flux_estimate, pattern, grid):
     """The whole-ramp fit's ``outputs`` (pedestal, slope ``[m]``; the read, Poisson and total
     variance entries, lists of three ``[m]``) of device data, with every pixel that has a
-    non-finite resultant in ``flat`` (``[n, m]``) zeroed and then refitted from its finite
+    non-finite resultant in ``flat`` (``[n, m]``; ``unusable [m]``) zeroed and then refitted
+    from its finite
     resultants by the masked fit, as many as fit one fixed-size batch
     (:func:`~._common.refit_capacity`); the rest stay unfitted. Returns the outputs and the
     :attr:`RampFit.flags` words ``[flag_words(n), m]`` (unfitted and left-out bits).
 
     One ``jax.jit``: the platform branches that call it trace it once."""
     n, npix = flat.shape
-    unusable = ~jnp.all(jnp.isfinite(flat), axis=0)
     zero = jnp.zeros((), flat.dtype)
     pedestal, slope, var_read, var_poisson, var_total = jax.tree_util.tree_map(
         lambda value: jnp.where(unusable, zero, value), outputs)
@@ -323,14 +323,16 @@ def _fit_optimal(resultants, read_noise, flux_estimate, *, pattern, grid, flag_n
             columns.append(flux_estimate)
         refit = partial(_refit_non_finite, pattern=pattern, grid=grid)
 
-        def when_finite(outputs, *columns):  # nothing to refit or flag
+        def when_finite(outputs, *_):  # nothing to refit or flag
             return outputs, jnp.zeros((flag_words(n), flat.shape[1]), jnp.uint32)
 
-        def on_cpu(outputs, *columns):  # a conditional costs nothing on a CPU
-            return jax.lax.cond(jnp.any(~jnp.isfinite(flat)), refit, when_finite, outputs,
+        def on_cpu(outputs, unusable, *columns):  # a conditional costs nothing on a CPU
+            return jax.lax.cond(jnp.any(unusable), refit, when_finite, outputs, unusable,
                                 *columns)  # fmt: skip
 
-        outputs, flags = _platform.by_platform(outputs, *columns, cpu=on_cpu, default=refit)
+        unusable = ~jnp.all(jnp.isfinite(flat), axis=0)
+        outputs, flags = _platform.by_platform(outputs, unusable, *columns, cpu=on_cpu,
+                                               default=refit)  # fmt: skip
         pedestal, slope, var_read, var_poisson, var_total = outputs
         flags = flags.reshape(flags.shape[:1] + pixels)
 
