@@ -67,6 +67,7 @@ from ._common import (
     queue_size,
     refit_batch,
     refit_capacity,
+    refit_if_non_finite,
     through_frames,
     unfitted_flags,
     unpack_jumps,
@@ -549,8 +550,7 @@ def _refit_non_finite(slope, var_read, var_poisson, words, flat, read_noise, unu
     """The whole-ramp fit (``slope``, ``var_read``, ``var_poisson`` ``[m]``, flag ``words``
     ``[flag_words(n), m]``) of device data, with every pixel that has a non-finite
     resultant in ``flat`` (``[n, m]``; ``unusable [m]``) zeroed and then refitted from its
-    finite resultants
-    (sub-ramps between them), as many as fit one fixed-size batch
+    finite resultants (sub-ramps between them), as many as fit one fixed-size batch
     (:func:`~._common.refit_capacity`; on CPUs only the blocks of it that hold such pixels,
     :func:`~._common.refit_batch`); the rest stay unfitted (the unfitted bit). The
     non-finite resultants get their left-out bits.
@@ -596,8 +596,7 @@ def _fit_casertano(resultants, dq, read_noise, *, pattern, has_dq, detect_jumps,
     # (refit_capacity); any beyond it is not fitted (zeros, DO_NOT_USE), never NaN. The
     # test reads the resultants; testing the outputs instead makes each output depend on
     # the others, which XLA answers with recomputation. On CPUs the zeroing, refit and
-    # flags sit in a conditional on whether any resultant is non-finite (a clean frame
-    # costs one more read of the resultants, not the scatters into every output).
+    # flags run only for a frame that has such a pixel (refit_if_non_finite).
     check_outputs = flag_non_finite and not (has_dq or detect_jumps)
     # dq None: the zero flags are made here, inside the jit (fused, never read from memory)
     flat_dq = jnp.zeros(flat.shape, jnp.uint32) if dq is None else dq.reshape(n, -1)
@@ -642,13 +641,10 @@ def _fit_casertano(resultants, dq, read_noise, *, pattern, has_dq, detect_jumps,
         def when_finite(slope, var_read, var_poisson, words, *_):
             return slope, var_read, var_poisson, words
 
-        def on_cpu(*operands):  # a conditional costs nothing on a CPU
-            return jax.lax.cond(jnp.any(operands[-1]), fix, when_finite, *operands)
-
         unusable = ~jnp.all(jnp.isfinite(flat), axis=0)
-        slope, var_read, var_poisson, flags = _platform.by_platform(
-            slope, var_read, var_poisson, words, flat, flat_rn, unusable, cpu=on_cpu,
-            default=fix)  # fmt: skip
+        slope, var_read, var_poisson, flags = refit_if_non_finite(
+            unusable, fix, when_finite, slope, var_read, var_poisson, words, flat, flat_rn,
+            unusable)  # fmt: skip
     if flags is not None:
         flags = flags.reshape(flags.shape[:1] + pixels)
     return RampFit(

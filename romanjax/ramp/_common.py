@@ -14,8 +14,8 @@ from .. import dq as dqflags
 from .._read_pattern import ReadPattern
 
 __all__ = ["RampFit", "pack_flags", "mark_left_out", "unpack_jumps", "flag_words",
-           "refit_capacity", "map_pixels", "map_pixel_chunks", "through_frames",
-           "exclude_non_finite", "refit_batch", "queue_size"]
+           "refit_capacity", "refit_if_non_finite", "map_pixels", "map_pixel_chunks",
+           "through_frames", "exclude_non_finite", "refit_batch", "queue_size"]
 
 
 def exclude_non_finite(resultants, dq):
@@ -101,6 +101,20 @@ def refit_batch(index, refit, cpu_refit, *columns):
         return jax.tree_util.tree_map(lambda o: o.reshape((-1,) + o.shape[2:])[:size], out)
 
     return _platform.by_platform(index, *columns, cpu=on_cpu, default=elsewhere)
+
+
+def refit_if_non_finite(unusable, refit, unchanged, *operands):
+    """``refit(*operands)``, the zeroing and refit of a whole-ramp fit's pixels marked
+    ``unusable`` (``[m]``, a non-finite resultant); on CPUs only when there is such a pixel,
+    else ``unchanged(*operands)`` (same shapes). A conditional costs nothing on a CPU, and
+    a clean frame then keeps its outputs in one fused pass, which the zeroing and the
+    batch's scatters into every output would break; accelerators refit unconditionally, as
+    a conditional there copies its predicate to the host."""
+
+    def on_cpu(*operands):
+        return jax.lax.cond(jnp.any(unusable), refit, unchanged, *operands)
+
+    return _platform.by_platform(*operands, cpu=on_cpu, default=refit)
 
 
 def flag_words(n_resultants: int) -> int:

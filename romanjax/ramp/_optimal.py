@@ -28,7 +28,6 @@ import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
 
-from .. import _platform
 from .. import dq as dqflags
 from .._platform import materialise
 from .._read_pattern import ReadPattern
@@ -52,6 +51,7 @@ from ._common import (
     mark_left_out,
     pack_flags,
     refit_capacity,
+    refit_if_non_finite,
     through_frames,
     unfitted_flags,
 )
@@ -259,8 +259,7 @@ def _refit_non_finite(outputs, unusable, flat, read_noise, *flux_estimate, patte
     """The whole-ramp fit's ``outputs`` (pedestal, slope ``[m]``; the read, Poisson and total
     variance entries, lists of three ``[m]``) of device data, with every pixel that has a
     non-finite resultant in ``flat`` (``[n, m]``; ``unusable [m]``) zeroed and then refitted
-    from its finite
-    resultants by the masked fit, as many as fit one fixed-size batch
+    from its finite resultants by the masked fit, as many as fit one fixed-size batch
     (:func:`~._common.refit_capacity`); the rest stay unfitted. Returns the outputs and the
     :attr:`RampFit.flags` words ``[flag_words(n), m]`` (unfitted and left-out bits).
 
@@ -299,12 +298,11 @@ def _fit_optimal(resultants, read_noise, flux_estimate, *, pattern, grid, flag_n
     (:func:`_refit_non_finite`); pixels beyond the batch are not fitted (zeros, the
     unfitted flag) rather than NaN. The test reads the resultants; testing the outputs
     instead would make every output depend on all the others, which XLA answers by
-    recomputing the weights per output. On CPUs all of it sits in a conditional on whether
-    any resultant is non-finite: a frame without one costs one more read of the resultants,
-    where the zeroing and the batch's scatters into the outputs would keep XLA from
-    computing the outputs in one fused pass (their shared weights are then written out and
-    read back) and double the fit's time. Accelerators run it unconditionally (a
-    conditional would copy its predicate to the host)."""
+    recomputing the weights per output. On CPUs all of it runs only for a frame that has
+    such a pixel (:func:`~._common.refit_if_non_finite`): otherwise the zeroing and the
+    batch's scatters into the outputs keep XLA from computing the outputs in one fused pass
+    (their shared weights are then written out and read back), which doubles the fit's
+    time."""
     n = pattern.n_resultants
     pixels = resultants.shape[1:]
     flat = resultants.reshape(n, -1)
@@ -326,13 +324,9 @@ def _fit_optimal(resultants, read_noise, flux_estimate, *, pattern, grid, flag_n
         def when_finite(outputs, *_):  # nothing to refit or flag
             return outputs, jnp.zeros((flag_words(n), flat.shape[1]), jnp.uint32)
 
-        def on_cpu(outputs, unusable, *columns):  # a conditional costs nothing on a CPU
-            return jax.lax.cond(jnp.any(unusable), refit, when_finite, outputs, unusable,
-                                *columns)  # fmt: skip
-
         unusable = ~jnp.all(jnp.isfinite(flat), axis=0)
-        outputs, flags = _platform.by_platform(outputs, unusable, *columns, cpu=on_cpu,
-                                               default=refit)  # fmt: skip
+        outputs, flags = refit_if_non_finite(unusable, refit, when_finite, outputs, unusable,
+                                             *columns)  # fmt: skip
         pedestal, slope, var_read, var_poisson, var_total = outputs
         flags = flags.reshape(flags.shape[:1] + pixels)
 
